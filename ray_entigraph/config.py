@@ -1,0 +1,229 @@
+"""Typed configuration: the single source of truth for every setting.
+
+A config is a YAML file (an instance of `EntiGraphConfig`) plus `key.sub=value` overrides from the command
+line. Validation happens here, on the driver, before any Ray worker starts: an unknown key, a wrong type or
+an impossible combination raises `ConfigError` naming the key and the fix. The resolved config is written
+next to every output and its hash is part of the run's identity.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration problem; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class InputConfig(_Section):
+    path: str = Field("builtin:demo", description="Source documents: a .jsonl/.parquet file, a folder of .txt/.md files, a glob, or `builtin:demo`.")
+    format: Literal["auto", "jsonl", "parquet", "text"] = Field("auto", description="Input format; `auto` decides by file extension.")
+    text_field: str = Field("text", description="Column holding the document text (jsonl/parquet). `article` is used when this column is absent (QuALITY layout).")
+    title_field: str = Field("title", description="Column holding the document title; the file name is used for text files.")
+    max_documents: int | None = Field(None, ge=1, description="Read at most this many documents (for trials); None reads all.")
+
+
+class IngestConfig(_Section):
+    max_document_tokens: int = Field(1024, ge=32, description="Documents longer than this (in model tokens) are split into chunks at paragraph boundaries; every chunk records its parent.")
+    min_document_chars: int = Field(20, ge=1, description="Documents shorter than this are recorded as errors (`too short`) and not synthesized from.")
+
+
+class ModelConfig(_Section):
+    name: str = Field("bundled:smollm2-135m-instruct", description="Generator model: `bundled:smollm2-135m-instruct`, a Hugging Face model id, or a local path.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="Weights dtype for inference (bf16 is faster than fp32 on AVX-512 CPUs and on GPUs).")
+    max_model_len: int = Field(2048, ge=128, description="Context length used for prompts plus generated tokens.")
+    cache_dir: str | None = Field(None, description="Where the bundled model is converted to safetensors; default ~/.cache/ray_entigraph or $RAY_ENTIGRAPH_CACHE.")
+
+
+class EngineConfig(_Section):
+    kind: Literal["transformers"] = Field("transformers", description="Inference engine behind the engine seam (vLLM and OpenAI-compatible engines plug in here).")
+    device: str = Field("auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda`, or `cuda:N`.")
+    max_batch_size: int = Field(8, ge=1, description="Requests per generate call inside one actor.")
+    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor on CPU; None uses all cores of the node.")
+
+
+class ResourcesConfig(_Section):
+    min_actors: int = Field(1, ge=1, description="Smallest model actor pool per stage.")
+    max_actors: int = Field(1, ge=1, description="Largest model actor pool per stage (the autoscaler grows toward it).")
+    num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per model actor. Keep below the node's CPUs so Ray Data read tasks can run.")
+    num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per model actor (0 on CPU).")
+    accelerator_type: str | None = Field(None, description="Ray accelerator type for model actors, e.g. `H100`.")
+    batch_size: int = Field(8, ge=1, description="Rows (documents or task groups) handed to a model actor per call; one call commits one shard.")
+
+
+class SamplingConfig(_Section):
+    temperature: float = Field(0.7, ge=0.0, description="Sampling temperature; 0 is greedy.")
+    top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_new_tokens: int = Field(256, ge=1, description="Upper bound on generated tokens per request.")
+    repetition_penalty: float = Field(1.15, ge=1.0, description="Repetition penalty (small models loop without it).")
+
+    def key(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+class ExtractConfig(_Section):
+    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=200, repetition_penalty=1.2), description="Sampling for entity extraction.")
+    max_attempts: int = Field(3, ge=1, le=20, description="Attempts per document before it is recorded as failed (later attempts sample at temperature 0.7).")
+    max_entities: int = Field(24, ge=2, description="Keep at most this many entities per document (in the order given).")
+    require_entities_in_document: bool = Field(True, description="Drop entities whose text does not occur in the document (small models invent entities).")
+    min_entities: int = Field(2, ge=2, description="An extraction with fewer (grounded) entities counts as a failed attempt.")
+    fallback: Literal["none", "heuristic"] = Field("heuristic", description="After the last failed attempt: `heuristic` takes capitalised phrases from the document (rows marked entities_source=heuristic); `none` records the document as failed.")
+
+
+class PlanConfig(_Section):
+    max_pairs_per_doc: int | None = Field(None, ge=0, description="Cap on entity pairs per document; None runs all C(n,2) pairs, as the paper does.")
+    max_triplets_per_doc: int = Field(10, ge=0, description="Triplets sampled per document (the paper samples a subset of C(n,3)).")
+    max_tasks_total: int | None = Field(None, ge=1, description="Global budget of relation requests, shared fairly across documents; None means no global cap.")
+    tasks_per_group: int = Field(16, ge=1, description="Requests of one document bundled into one unit of work, served back to back on one replica (prefix reuse).")
+    rephrase_repeats: int = Field(1, ge=1, description="Rephrase augmenter: generations per (document, style).")
+
+
+class SynthesisConfig(_Section):
+    augmenter: Literal["entigraph", "rephrase"] = Field("entigraph", description="`entigraph` (entities, pairs, triplets) or `rephrase` (the paper's WRAP-style baseline: three styles).")
+    prompts: str = Field("entigraph-v1", description="Prompt set: a built-in name (`entigraph-v1`, `rephrase-v1`) or a path to a YAML prompt file.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling for relation and rephrase texts.")
+
+
+class EntiGraphConfig(_Section):
+    output_dir: str = Field("runs/demo", description="Where every stage writes (local path; the resolved config is saved here).")
+    seed: int = Field(0, description="Run seed; every random choice derives from (seed, doc_id, kind).")
+    max_error_fraction: float = Field(0.5, ge=0.0, le=1.0, description="Fail the stage when more than this share of its requests fail.")
+    input: InputConfig = Field(default_factory=InputConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    extract: ExtractConfig = Field(default_factory=ExtractConfig)
+    plan: PlanConfig = Field(default_factory=PlanConfig)
+    synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+
+    @model_validator(mode="after")
+    def _cross_field_checks(self) -> "EntiGraphConfig":
+        if self.resources.min_actors > self.resources.max_actors:
+            raise ValueError(
+                f"resources.min_actors ({self.resources.min_actors}) > resources.max_actors "
+                f"({self.resources.max_actors}). Fix: raise resources.max_actors or lower resources.min_actors."
+            )
+        # Prompt = document chunk + instructions; generation must fit in what is left.
+        room = self.model.max_model_len - self.ingest.max_document_tokens - _PROMPT_OVERHEAD_TOKENS
+        for key, sampling in (("synthesis.sampling", self.synthesis.sampling), ("extract.sampling", self.extract.sampling)):
+            if sampling.max_new_tokens > room:
+                raise ValueError(
+                    f"{key}.max_new_tokens ({sampling.max_new_tokens}) does not fit: model.max_model_len "
+                    f"({self.model.max_model_len}) - ingest.max_document_tokens ({self.ingest.max_document_tokens}) "
+                    f"- {_PROMPT_OVERHEAD_TOKENS} tokens of instructions leaves {room}. Fix: lower {key}.max_new_tokens "
+                    "or ingest.max_document_tokens, or raise model.max_model_len."
+                )
+        if self.synthesis.augmenter == "rephrase" and self.synthesis.prompts.startswith("entigraph"):
+            raise ValueError(
+                "synthesis.augmenter is 'rephrase' but synthesis.prompts is an EntiGraph prompt set. "
+                "Fix: set synthesis.prompts=rephrase-v1 (or your own rephrase prompt file)."
+            )
+        return self
+
+    def config_hash(self) -> str:
+        """Stable hash of the resolved config (part of every manifest)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# Tokens reserved for instructions and few-shot examples around a document chunk in any prompt.
+_PROMPT_OVERHEAD_TOKENS = 512
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    node = tree
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"Override {dotted!r}: {part!r} is a value, not a section.")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """Turn ["a.b=1", "c=x"] into a nested dict; values are parsed as YAML scalars (1 -> int, true -> bool)."""
+    tree: dict = {}
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"Override {item!r} is not of the form key.sub=value (e.g. plan.max_triplets_per_doc=5).")
+        key, raw = item.split("=", 1)
+        key = key.strip().lstrip("-")
+        if not key:
+            raise ConfigError(f"Override {item!r} has an empty key.")
+        _set_dotted(tree, key, yaml.safe_load(raw) if raw != "" else "")
+    return tree
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _known_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        keys.append(prefix + name)
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_known_keys(ann, prefix + name + "."))
+    return keys
+
+
+def _format_validation_error(err: ValidationError) -> str:
+    lines = []
+    known = _known_keys(EntiGraphConfig)
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(loc, known, n=1, cutoff=0.6)
+            hint = f" Did you mean {close[0]!r}?" if close else " Fix: remove it; `ray-entigraph validate --print` lists every key."
+            lines.append(f"  {loc}: unknown key.{hint}")
+        elif e["type"] == "value_error":
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+        else:
+            got = e.get("input")
+            lines.append(f"  {loc or '<root>'}: {e['msg']} (got {got!r}).")
+    return "Invalid configuration:\n" + "\n".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EntiGraphConfig:
+    """Load a YAML config (or the defaults), apply dotted overrides, and validate."""
+    data: dict = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"Config file {str(p)!r} does not exist. Fix: pass an existing YAML file, e.g. configs/demo.yaml.")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"Config file {str(p)!r} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"Config file {str(p)!r} must hold a mapping of keys, not {type(data).__name__}.")
+    data = _merge(data, parse_overrides(overrides or []))
+    try:
+        return EntiGraphConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None

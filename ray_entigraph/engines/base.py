@@ -1,0 +1,58 @@
+"""The engine seam: one small protocol that every inference backend implements.
+
+Stages build `GenerationRequest`s (chat messages + sampling + a prefix key for document affinity) and get
+back one `GenerationResult` per request, in order: text and token counts, or an error with its reason.
+Stages never know which engine runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 256
+    repetition_penalty: float = 1.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    key: str  # the request key; results are matched by it
+    messages: list[dict[str, str]]  # chat messages (role, content)
+    sampling: SamplingParams
+    seed: int = 0
+    prefix_key: str | None = None  # requests sharing it share a long prompt prefix (the document)
+    response_prefix: str = ""  # assistant prefill: generation continues after it (not part of the text)
+
+
+@dataclass
+class GenerationResult:
+    key: str
+    text: str = ""
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_generated_tokens: int = 0
+    finish_reason: str = "stop"  # stop | length | error
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, key: str, reason: str, num_prompt_tokens: int = 0) -> "GenerationResult":
+        return cls(key=key, finish_reason="error", error=reason, num_prompt_tokens=num_prompt_tokens)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An inference backend. `generate` never raises for a bad request: it returns a failed result."""
+
+    model_name: str
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
+
+    def count_tokens(self, text: str) -> int: ...

@@ -1,0 +1,95 @@
+"""The run ledger: what each stage did (requests done and failed, tokens, wall time), read from the commit
+markers in storage alone, plus a live progress line with an ETA while a stage runs."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+from ray_entigraph import schema, storage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StageTotals:
+    stage: str
+    num_shards: int = 0
+    num_ok: int = 0
+    num_failed: int = 0
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_generated_tokens: int = 0
+    busy_s: float = 0.0  # summed model time over units of work (not wall time when actors run in parallel)
+    hosts: list[str] = field(default_factory=list)
+
+    def add(self, entry: dict) -> None:
+        self.num_shards += 1
+        self.num_ok += int(entry.get("num_ok", 0))
+        self.num_failed += int(entry.get("num_failed", 0))
+        self.num_prompt_tokens += int(entry.get("num_prompt_tokens", 0))
+        self.num_cached_tokens += int(entry.get("num_cached_tokens", 0))
+        self.num_generated_tokens += int(entry.get("num_generated_tokens", 0))
+        self.busy_s += float(entry.get("wall_s", 0.0))
+        host = entry.get("host")
+        if host and host not in self.hosts:
+            self.hosts.append(host)
+
+
+def stage_totals(output_dir: str, stage: str) -> StageTotals:
+    totals = StageTotals(stage)
+    for entry in storage.StageStore(output_dir, stage).manifest_entries():
+        totals.add(entry)
+    return totals
+
+
+def read_run_state(output_dir: str) -> dict:
+    """Everything `status` shows, from storage alone (no cluster)."""
+    url = storage.join(output_dir, "run.json")
+    run = json.loads(storage.read_text(url)) if storage.exists(url) else {}
+    stages = {name: asdict(stage_totals(output_dir, name)) for name in schema.STAGES}
+    return {"output_dir": output_dir, "run": run, "stages": stages}
+
+
+def write_run_state(output_dir: str, run: dict) -> None:
+    storage.write_text(storage.join(output_dir, "run.json"), json.dumps(run, indent=2, sort_keys=True))
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
+class Progress:
+    """A progress line per committed unit of work: done/total, tokens/s and an ETA (to stderr)."""
+
+    def __init__(self, stage: str, total: int, unit: str = "requests", stream=None):
+        self.stage, self.total, self.unit = stage, max(total, 0), unit
+        self.done = 0
+        self.failed = 0
+        self.generated = 0
+        self.started = time.time()
+        self.stream = stream or sys.stderr
+
+    def update(self, num_ok: int, num_failed: int, num_generated_tokens: int) -> None:
+        self.done += num_ok + num_failed
+        self.failed += num_failed
+        self.generated += num_generated_tokens
+        elapsed = time.time() - self.started
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 and self.total > self.done else 0.0
+        pct = 100.0 * self.done / self.total if self.total else 100.0
+        tok_s = self.generated / elapsed if elapsed > 0 else 0.0
+        print(
+            f"[{self.stage}] {self.done}/{self.total} {self.unit} ({pct:.0f}%), {self.failed} failed, "
+            f"{tok_s:.0f} generated tok/s, elapsed {_fmt_duration(elapsed)}, ETA {_fmt_duration(eta)}",
+            file=self.stream,
+            flush=True,
+        )

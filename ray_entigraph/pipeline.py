@@ -1,0 +1,256 @@
+"""Composition only: which stage runs after which, over which committed data. No stage logic here.
+
+Each stage reads the previous stage's committed shards from storage, skips what is already committed
+(request keys), and commits its own shards; so a run can stop after any stage and a re-run continues.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from ray_entigraph import ledger, schema, storage
+from ray_entigraph.config import EntiGraphConfig
+
+logger = logging.getLogger(__name__)
+
+
+class StageFailed(RuntimeError):
+    """A stage exceeded max_error_fraction, or its workers failed; the message says which and why."""
+
+
+@dataclass
+class SynthesisSummary:
+    output_dir: str
+    num_documents: int
+    num_document_errors: int
+    num_extracted: int
+    num_extract_failed: int
+    num_model_parsed: int
+    mean_entities: float
+    num_synthetic_rows: int
+    num_synthesis_failed: int
+    num_prompt_tokens: int
+    num_generated_tokens: int
+    wall_s: float
+    generated_tokens_per_s: float
+    rows_by_kind: dict
+
+    def lines(self) -> list[str]:
+        parse_rate = self.num_model_parsed / max(self.num_extracted + self.num_extract_failed, 1)
+        return [
+            f"documents        {self.num_documents} ingested, {self.num_document_errors} rejected (see errors/)",
+            f"extraction       {self.num_extracted} documents, model output parsed for {self.num_model_parsed} "
+            f"({parse_rate:.0%}), {self.num_extract_failed} failed, {self.mean_entities:.1f} entities/doc",
+            f"synthetic rows   {self.num_synthetic_rows} ({', '.join(f'{k}: {v}' for k, v in sorted(self.rows_by_kind.items()))}), "
+            f"{self.num_synthesis_failed} failed",
+            f"tokens           {self.num_prompt_tokens} prompt, {self.num_generated_tokens} generated",
+            f"throughput       {self.generated_tokens_per_s:.1f} generated tokens/s over {self.wall_s:.0f}s of this run",
+            f"output           {storage.join(self.output_dir, schema.SYNTHESIZE)}",
+        ]
+
+
+def init_ray(config: EntiGraphConfig) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise a local instance starts.
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own progress line carries an ETA in request units
+    ctx.print_on_execution_start = False
+
+
+def save_resolved_config(config: EntiGraphConfig) -> None:
+    storage.write_text(storage.join(config.output_dir, "config.yaml"), config.to_yaml())
+
+
+def _read_shards(urls: list[str]):
+    import ray.data
+
+    return ray.data.read_parquet(urls, shuffle=None)
+
+
+def _units_of_work(ds, config: EntiGraphConfig):
+    """One block per actor call, so that each committed shard reaches the driver as soon as it is written
+    (a bigger block is only handed on when all of its batches are done) and actors share the work evenly."""
+    return ds.repartition(target_num_rows_per_block=config.resources.batch_size)
+
+
+def _drain(ds, progress: ledger.Progress, per_row_units: int | None = None) -> ledger.StageTotals:
+    """Run a stage to the end, streaming its manifest rows into the progress line."""
+    totals = ledger.StageTotals(progress.stage)
+    for row in ds.iter_rows():
+        totals.add(row)
+        if per_row_units is None:
+            progress.update(row["num_ok"], row["num_failed"], row["num_generated_tokens"])
+        else:
+            progress.update(per_row_units, 0, row["num_generated_tokens"])
+    return totals
+
+
+def _check_errors(stage: str, totals: ledger.StageTotals, config: EntiGraphConfig) -> None:
+    attempted = totals.num_ok + totals.num_failed
+    if attempted and totals.num_failed / attempted > config.max_error_fraction:
+        raise StageFailed(
+            f"Stage {stage!r}: {totals.num_failed} of {attempted} requests failed "
+            f"({totals.num_failed / attempted:.0%} > max_error_fraction {config.max_error_fraction:.0%}). "
+            f"Reasons are in {storage.join(config.output_dir, storage.ERRORS, stage)}. Fix the cause and re-run "
+            "(committed work is kept), or raise max_error_fraction."
+        )
+
+
+def run_ingest(config: EntiGraphConfig, files: list[tuple[str, str]]) -> ledger.StageTotals:
+    import ray.data
+
+    from ray_entigraph.stages.common import model_actor_kwargs
+    from ray_entigraph.stages.ingest import IngestStage
+
+    kwargs = model_actor_kwargs(config)
+    kwargs["batch_size"] = 1  # one input file per committed shard: deterministic shard contents
+    ds = ray.data.from_items([{"path": url, "format": fmt} for url, fmt in files])
+    ds = ds.map_batches(IngestStage, fn_constructor_args=(config.model_dump_json(),), **kwargs)
+    totals = _drain(ds, ledger.Progress(schema.INGEST, len(files), unit="files"), per_row_units=1)
+    return totals
+
+
+def _documents_to_use(config: EntiGraphConfig) -> list[str]:
+    store = storage.StageStore(config.output_dir, schema.INGEST)
+    doc_ids = list(dict.fromkeys(store.iter_key_column("doc_id")))
+    if config.input.max_documents is not None:
+        doc_ids = doc_ids[: config.input.max_documents]
+    return doc_ids
+
+
+def run_extract(config: EntiGraphConfig) -> ledger.StageTotals:
+    from ray_entigraph.stages.common import model_actor_kwargs
+    from ray_entigraph.stages.extract import EntityExtractionStage, extraction_key
+
+    doc_ids = _documents_to_use(config)
+    keys = {d: extraction_key(config, d) for d in doc_ids}
+    done = set(storage.StageStore(config.output_dir, schema.EXTRACT).iter_key_column("request_key"))
+    todo = {d: k for d, k in keys.items() if k not in done}
+    progress = ledger.Progress(schema.EXTRACT, len(todo), unit="documents")
+    if not todo:
+        return ledger.StageTotals(schema.EXTRACT)
+    ds = _read_shards(storage.StageStore(config.output_dir, schema.INGEST).shard_urls())
+    ds = ds.select_columns(["doc_id", "title", "text"]).filter(lambda r: r["doc_id"] in todo)
+    ds = ds.add_column("request_key", lambda batch: batch["doc_id"].map(todo), batch_format="pandas")
+    ds = _units_of_work(ds, config).map_batches(EntityExtractionStage, fn_constructor_args=(config.model_dump_json(),), **model_actor_kwargs(config))
+    return _drain(ds, progress)
+
+
+def _planning_input(config: EntiGraphConfig):
+    """(dataset of rows to plan from, per-document task allocation or None, expected task count)."""
+    from ray_entigraph.stages.extract import extraction_key
+    from ray_entigraph.stages.plan import capacity
+    from ray_entigraph.text.plan import allocate_budget
+
+    doc_ids = _documents_to_use(config)
+    if config.synthesis.augmenter == "rephrase":
+        from ray_entigraph.prompts import load_prompt_set
+
+        wanted = set(doc_ids)
+        per_doc = len(load_prompt_set(config.synthesis.prompts).rephrase) * config.plan.rephrase_repeats
+        ds = _read_shards(storage.StageStore(config.output_dir, schema.INGEST).shard_urls())
+        ds = ds.select_columns(["doc_id", "title", "text"]).filter(lambda r: r["doc_id"] in wanted)
+        return ds, None, per_doc * len(wanted)
+    keys = {extraction_key(config, d) for d in doc_ids}
+    store = storage.StageStore(config.output_dir, schema.EXTRACT)
+    capacities, num_summaries = {}, 0
+    for url in store.shard_urls():
+        table = storage.read_parquet(url, ["request_key", "doc_id", "entities", "summary"])
+        for row in table.to_pylist():
+            if row["request_key"] in keys:
+                capacities[row["doc_id"]] = capacity(config, len(row["entities"] or []))
+                num_summaries += bool(row["summary"])
+    allocation = allocate_budget(capacities, config.plan.max_tasks_total)
+    if not capacities:
+        return None, allocation, 0
+    ds = _read_shards(store.shard_urls())
+    ds = ds.select_columns(["request_key", "doc_id", "title", "text", "entities", "summary"]).filter(lambda r: r["request_key"] in keys)
+    return ds, allocation, sum(allocation.values()) + num_summaries
+
+
+def run_synthesize(config: EntiGraphConfig) -> ledger.StageTotals:
+    from ray_entigraph.stages.common import model_actor_kwargs
+    from ray_entigraph.stages.plan import plan_groups
+    from ray_entigraph.stages.synthesize import RelationSynthesisStage
+
+    ds, allocation, expected = _planning_input(config)
+    done = set(storage.StageStore(config.output_dir, schema.SYNTHESIZE).iter_key_column("task_id"))
+    progress = ledger.Progress(schema.SYNTHESIZE, max(expected - len(done), 0))
+    if ds is None or expected == 0:
+        return ledger.StageTotals(schema.SYNTHESIZE)
+    ds = ds.flat_map(plan_groups, fn_kwargs={"config_json": config.model_dump_json(), "allocation": allocation, "done": done})
+    ds = _units_of_work(ds, config).map_batches(RelationSynthesisStage, fn_constructor_args=(config.model_dump_json(),), **model_actor_kwargs(config))
+    return _drain(ds, progress)
+
+
+def summarize(config: EntiGraphConfig, wall_s: float, run_totals: dict[str, ledger.StageTotals]) -> SynthesisSummary:
+    """The run's summary, from committed storage (whole run) plus this invocation's wall time."""
+    out = config.output_dir
+    docs = ledger.stage_totals(out, schema.INGEST)
+    ext = ledger.stage_totals(out, schema.EXTRACT)
+    syn = ledger.stage_totals(out, schema.SYNTHESIZE)
+    ent_store = storage.StageStore(out, schema.EXTRACT)
+    entities = ent_store.read(["entities", "entities_source"], schema.ENTITIES).to_pylist()
+    kinds: dict[str, int] = {}
+    for kind in storage.StageStore(out, schema.SYNTHESIZE).iter_key_column("kind"):
+        kinds[kind] = kinds.get(kind, 0) + 1
+    generated_now = sum(t.num_generated_tokens for t in run_totals.values())
+    return SynthesisSummary(
+        output_dir=out,
+        num_documents=docs.num_ok,
+        num_document_errors=docs.num_failed,
+        num_extracted=ext.num_ok,
+        num_extract_failed=ext.num_failed,
+        num_model_parsed=sum(1 for e in entities if e["entities_source"] == "model"),
+        mean_entities=sum(len(e["entities"] or []) for e in entities) / max(len(entities), 1),
+        num_synthetic_rows=syn.num_ok,
+        num_synthesis_failed=syn.num_failed,
+        num_prompt_tokens=ext.num_prompt_tokens + syn.num_prompt_tokens,
+        num_generated_tokens=ext.num_generated_tokens + syn.num_generated_tokens,
+        wall_s=wall_s,
+        generated_tokens_per_s=generated_now / wall_s if wall_s > 0 else 0.0,
+        rows_by_kind=kinds,
+    )
+
+
+def synthesize(config: EntiGraphConfig) -> SynthesisSummary:
+    """ingest -> extract -> plan -> synthesize, each stage resumable from what storage holds."""
+    from ray_entigraph.stages.ingest import list_input_files
+
+    files = list_input_files(config.input)  # bad input fails here, before Ray starts
+    storage.check_writable(config.output_dir)
+    save_resolved_config(config)
+    started = time.time()
+    run = {"command": "synthesize", "state": "running", "started_at": started, "config_hash": config.config_hash()}
+    ledger.write_run_state(config.output_dir, run)
+    init_ray(config)
+    totals: dict[str, ledger.StageTotals] = {}
+    try:
+        for stage, fn in ((schema.INGEST, lambda: run_ingest(config, files)),
+                          (schema.EXTRACT, lambda: run_extract(config)),
+                          (schema.SYNTHESIZE, lambda: run_synthesize(config))):
+            if stage == schema.EXTRACT and config.synthesis.augmenter == "rephrase":
+                continue
+            run["stage"] = stage
+            ledger.write_run_state(config.output_dir, run)
+            totals[stage] = fn()
+            if stage != schema.INGEST:
+                _check_errors(stage, totals[stage], config)
+    except BaseException as exc:
+        run.update(state="failed", error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
+        ledger.write_run_state(config.output_dir, run)
+        raise
+    summary = summarize(config, time.time() - started, totals)
+    run.update(state="finished", finished_at=time.time(), summary=summary.__dict__)
+    ledger.write_run_state(config.output_dir, run)
+    return summary

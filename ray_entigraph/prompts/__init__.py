@@ -1,0 +1,87 @@
+"""Versioned prompt sets: data files, not code.
+
+A prompt set is a YAML file with a `version` and one template per request kind. Built-in sets live beside
+this module (`entigraph-v1`, `rephrase-v1`); `synthesis.prompts` may instead point at a user's own file
+(for instance the exact prompts of the paper's appendix) with no code change.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+_HERE = Path(__file__).parent
+_PLACEHOLDER = re.compile(r"\{\{\s*([a-z_0-9]+)\s*\}\}")
+
+
+class ChatExample(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str
+    assistant: str
+
+
+class ChatTemplate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    system: str | None = None
+    examples: list[ChatExample] = Field(default_factory=list)
+    user: str
+    response_prefix: str = ""  # the start of the assistant's answer, written for the model (prefill)
+
+
+class PromptSet(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: str
+    description: str = ""
+    extract: ChatTemplate | None = None
+    pair: ChatTemplate | None = None
+    triplet: ChatTemplate | None = None
+    rephrase: dict[str, ChatTemplate] = Field(default_factory=dict)
+
+
+def builtin_prompt_sets() -> list[str]:
+    return sorted(p.stem for p in _HERE.glob("*.yaml"))
+
+
+@lru_cache(maxsize=32)
+def load_prompt_set(name_or_path: str) -> PromptSet:
+    """Load a built-in prompt set by name, or a YAML file by path."""
+    path = _HERE / f"{name_or_path}.yaml"
+    if not path.exists():
+        path = Path(name_or_path)
+    if not path.exists():
+        raise ValueError(
+            f"Prompt set {name_or_path!r} is neither a built-in ({', '.join(builtin_prompt_sets())}) nor an "
+            "existing file. Fix: set synthesis.prompts to one of those names or to a YAML file path."
+        )
+    try:
+        return PromptSet.model_validate(yaml.safe_load(path.read_text()))
+    except (ValidationError, yaml.YAMLError) as exc:
+        raise ValueError(f"Prompt file {str(path)!r} is invalid: {exc}") from None
+
+
+def render(template: str, values: dict[str, str]) -> str:
+    """Fill {{name}} placeholders; an unknown placeholder is an error, not an empty string."""
+
+    def sub(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in values:
+            raise KeyError(f"Prompt placeholder {{{{{name}}}}} has no value (known: {sorted(values)}).")
+        return values[name]
+
+    return _PLACEHOLDER.sub(sub, template)
+
+
+def render_chat(template: ChatTemplate, values: dict[str, str]) -> list[dict[str, str]]:
+    """Chat messages for one request: system, few-shot turns, then the filled user turn."""
+    messages: list[dict[str, str]] = []
+    if template.system:
+        messages.append({"role": "system", "content": render(template.system, values)})
+    for ex in template.examples:
+        messages.append({"role": "user", "content": ex.user})
+        messages.append({"role": "assistant", "content": ex.assistant})
+    messages.append({"role": "user", "content": render(template.user, values)})
+    return messages

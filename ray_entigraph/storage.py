@@ -1,0 +1,206 @@
+"""The only filesystem code: URLs, listing, atomic shard commit, manifests.
+
+Every stage reads and writes through here. URLs are strings: plain paths, `file://`, `s3://` (s3fs; the
+endpoint may be overridden with the standard `AWS_ENDPOINT_URL` for MinIO/Ceph/R2/moto) and any other fsspec
+URL. Credentials come from the standard mechanisms of each filesystem, never from our config files.
+
+Commit protocol. A stage's output is a folder of Parquet shards plus a folder of commit markers:
+
+    <output_dir>/<stage>/part-<name>.parquet          the rows
+    <output_dir>/errors/<stage>/part-<name>.parquet   failed requests of the same unit of work
+    <output_dir>/<stage>/_committed/part-<name>.json  the manifest entry, written last
+
+A shard is committed when its marker exists; readers only read shards that have a marker, so a crash
+between the data write and the marker leaves an orphan that nobody reads and the re-run overwrites (shard
+names are a hash of the request keys inside, hence deterministic). Local writes go to a temporary name and
+are renamed; an object-store PUT is already all-or-nothing, and the marker gives the ordering.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import fsspec
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+logger = logging.getLogger(__name__)
+
+COMMITTED = "_committed"
+ERRORS = "errors"
+
+
+def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path inside it) for any URL or local path."""
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def is_local(url: str) -> bool:
+    return "://" not in url or url.startswith("file://")
+
+
+def join(url: str, *parts: str) -> str:
+    if is_local(url):
+        return os.path.join(url.removeprefix("file://"), *parts)
+    return posixpath.join(url, *parts)
+
+
+def exists(url: str) -> bool:
+    fs, path = filesystem(url)
+    return fs.exists(path)
+
+
+def read_bytes(url: str) -> bytes:
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        return f.read()
+
+
+def read_text(url: str) -> str:
+    return read_bytes(url).decode("utf-8")
+
+
+def write_bytes(url: str, data: bytes) -> None:
+    """Write a whole object so that a reader sees all of it or none of it."""
+    fs, path = filesystem(url)
+    parent = posixpath.dirname(path) if not is_local(url) else os.path.dirname(path)
+    if is_local(url):
+        os.makedirs(parent, exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    else:
+        with fs.open(path, "wb") as f:  # one PUT (or a multipart upload completed at close)
+            f.write(data)
+
+
+def write_text(url: str, text: str) -> None:
+    write_bytes(url, text.encode("utf-8"))
+
+
+def list_files(url: str, suffix: str = "") -> list[str]:
+    """Files directly under `url` ending in `suffix`, as URLs, sorted; [] when the folder does not exist."""
+    fs, path = filesystem(url)
+    try:
+        entries = fs.ls(path, detail=False)
+    except FileNotFoundError:
+        return []
+    fs.invalidate_cache(path)
+    prefix = url.split("://")[0] + "://" if not is_local(url) else ""
+    out = []
+    for entry in entries:
+        name = posixpath.basename(entry.rstrip("/"))
+        if name.endswith(suffix):
+            out.append(join(url, name) if prefix else entry)
+    return sorted(out)
+
+
+def table_to_parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink, compression="zstd")
+    return sink.getvalue()
+
+
+def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
+    fs, path = filesystem(url)
+    with fs.open(path, "rb") as f:
+        return pq.read_table(f, columns=columns)
+
+
+def shard_name(keys: list[str]) -> str:
+    """Deterministic shard name: a hash of the request keys inside it."""
+    h = hashlib.blake2b("\n".join(sorted(keys)).encode(), digest_size=10).hexdigest()
+    return f"part-{h}"
+
+
+@dataclass
+class StageStore:
+    """Reads and commits one stage's shards under `output_dir`."""
+
+    output_dir: str
+    stage: str
+
+    @property
+    def url(self) -> str:
+        return join(self.output_dir, self.stage)
+
+    @property
+    def committed_url(self) -> str:
+        return join(self.output_dir, self.stage, COMMITTED)
+
+    @property
+    def errors_url(self) -> str:
+        return join(self.output_dir, ERRORS, self.stage)
+
+    def commit(self, table: pa.Table, errors: pa.Table | None, *, keys: list[str], stats: dict[str, Any]) -> dict:
+        """Write a shard (and its errors), then its marker. Returns the manifest entry."""
+        name = shard_name(keys)
+        entry: dict[str, Any] = {"shard": name, "stage": self.stage, "committed_at": time.time(), **stats}
+        data = table_to_parquet_bytes(table)
+        write_bytes(join(self.url, f"{name}.parquet"), data)
+        entry.update(
+            rows=table.num_rows,
+            bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            file=f"{name}.parquet",
+        )
+        if errors is not None and errors.num_rows:
+            err_data = table_to_parquet_bytes(errors)
+            write_bytes(join(self.errors_url, f"{name}.parquet"), err_data)
+            entry.update(error_rows=errors.num_rows, error_file=f"{ERRORS}/{self.stage}/{name}.parquet")
+        else:
+            entry.update(error_rows=0, error_file=None)
+        write_text(join(self.committed_url, f"{name}.json"), json.dumps(entry, sort_keys=True))
+        return entry
+
+    def manifest_entries(self) -> list[dict]:
+        return [json.loads(read_text(u)) for u in list_files(self.committed_url, ".json")]
+
+    def shard_urls(self) -> list[str]:
+        return [join(self.url, e["file"]) for e in self.manifest_entries() if e.get("rows", 0) > 0]
+
+    def error_urls(self) -> list[str]:
+        return [join(self.output_dir, e["error_file"]) for e in self.manifest_entries() if e.get("error_file")]
+
+    def read(self, columns: list[str] | None = None, schema: pa.Schema | None = None) -> pa.Table:
+        """All committed rows of this stage (small stages and tests; large ones use Ray Data over shard_urls)."""
+        tables = [read_parquet(u, columns) for u in self.shard_urls()]
+        if not tables:
+            if schema is None:
+                return pa.table({})
+            return schema.empty_table() if columns is None else schema.empty_table().select(columns)
+        return pa.concat_tables(tables)
+
+    def iter_key_column(self, column: str) -> Iterator[str]:
+        for url in self.shard_urls():
+            yield from read_parquet(url, [column]).column(column).to_pylist()
+
+    def write_summary(self, summary: dict) -> None:
+        write_text(join(self.url, "manifest.json"), json.dumps(summary, indent=2, sort_keys=True))
+
+
+def check_writable(output_dir: str) -> None:
+    """Fail early, on the driver, when the output location cannot be written."""
+    probe = join(output_dir, f".write-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        write_text(probe, "ok")
+        fs, path = filesystem(probe)
+        fs.rm(path)
+    except Exception as exc:  # noqa: BLE001 - turned into a user-facing error
+        raise OSError(
+            f"Cannot write to output_dir {output_dir!r}: {type(exc).__name__}: {exc}. "
+            "Fix: choose a writable location, or check the credentials/endpoint of the object store."
+        ) from exc
