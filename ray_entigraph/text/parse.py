@@ -31,10 +31,11 @@ class ParsedExtraction:
 
 
 def normalise_entity(name: str) -> str:
-    """Collapse whitespace, strip quotes/punctuation at the edges; keep the document's casing."""
-    name = unicodedata.normalize("NFC", str(name))
-    name = re.sub(r"\s+", " ", name).strip().strip("\"'`*.,;:()[]{}").strip()
-    return name
+    """Collapse whitespace, drop a trailing "(note)", strip quotes/punctuation at the edges; keep casing."""
+    edges = "\"'`*.,;:()[]{} "
+    name = re.sub(r"\s+", " ", unicodedata.normalize("NFC", str(name))).strip().strip(edges)
+    name = re.sub(r"\s*\([^)]*\)?$", "", name)  # "(the founder)" notes, closed or cut off
+    return name.strip().strip(edges).strip()
 
 
 def dedupe_entities(names: list[str], limit: int | None = None) -> list[str]:
@@ -98,7 +99,8 @@ def _salvage(text: str) -> tuple[str | None, list[str]]:
     entities: list[str] = []
     m = re.search(r"""["']?\s*entit(?:y|ies)\w*\s*["']?\s*:\s*(.*)""", text, re.I | re.S)
     if m:
-        entities = re.findall(r"""["']([^"'\n]{1,80})["']""", m.group(1))
+        # quoted strings that are not keys (a key is followed by a colon)
+        entities = re.findall(r"""["']([^"'\n]{1,80})["'](?!\s*:)""", m.group(1))
     return summary, entities
 
 
@@ -120,7 +122,9 @@ def parse_extraction(text: str, max_entities: int | None = None) -> ParsedExtrac
             import json_repair
 
             obj = json_repair.loads(candidate)
-            s2, e2 = _from_object(obj if not isinstance(obj, list) or not obj or not isinstance(obj[0], dict) else obj[0])
+            if isinstance(obj, list):  # repairs that yield a list are guesses; take a leading object only
+                obj = obj[0] if obj and isinstance(obj[0], dict) else {}
+            s2, e2 = _from_object(obj)
             summary, entities = summary or s2, e2
             how = "repaired" if entities else how
         except Exception:  # noqa: BLE001 - json_repair is best effort
