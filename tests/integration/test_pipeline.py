@@ -1,0 +1,164 @@
+"""The real Ray Data pipeline on a local Ray instance with a real (tiny, random) transformers model."""
+
+from __future__ import annotations
+
+import glob
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from ray_entigraph import schema, storage
+from ray_entigraph.config import load_config
+from ray_entigraph.ledger import read_run_state
+from ray_entigraph.pipeline import StageFailed, synthesize
+from ray_entigraph.prompts import load_prompt_set
+from ray_entigraph.stages.plan import entigraph_tasks
+from ray_entigraph.text.plan import allocate_budget
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def tiny_config(model_dir, corpus, out, *extra):
+    return load_config(None, [
+        f"input.path={corpus}", f"output_dir={out}", f"model.name={model_dir}", "model.dtype=float32",
+        "ingest.max_document_tokens=256", "extract.max_attempts=1", "extract.sampling.max_new_tokens=12",
+        "synthesis.sampling.max_new_tokens=12", "plan.max_pairs_per_doc=3", "plan.max_triplets_per_doc=1",
+        "plan.tasks_per_group=2", "resources.batch_size=2", "engine.max_batch_size=4", *extra,
+    ])
+
+
+@pytest.fixture()
+def messy_folder(tmp_path, small_corpus, demo_docs):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "corpus.jsonl").write_text(small_corpus.read_text())
+    (folder / "empty.txt").write_text("")
+    (folder / "latin1.txt").write_bytes("Caf\xe9 Ol\xe9 in Port Imbrel, a town of note.".encode("latin-1"))
+    (folder / "long.md").write_text("\n\n".join(d["article"] for d in demo_docs[2:5]))  # ~800 tokens > 256
+    return folder
+
+
+def _synthetic_rows(out):
+    return [r for f in glob.glob(f"{out}/synthetic/*.parquet") for r in pq.read_table(f).to_pylist()]
+
+
+def _expected_task_ids(config):
+    prompts = load_prompt_set(config.synthesis.prompts)
+    ents = storage.StageStore(config.output_dir, schema.EXTRACT).read(schema=schema.ENTITIES).to_pylist()
+    from ray_entigraph.stages.plan import capacity
+
+    alloc = allocate_budget({e["doc_id"]: capacity(config, len(e["entities"])) for e in ents}, config.plan.max_tasks_total)
+    return {t["task_id"] for e in ents for t in entigraph_tasks(config, prompts, e, alloc[e["doc_id"]])}
+
+
+def test_synthesize_end_to_end_with_bad_inputs_and_resume(ray_local, tiny_model_dir, messy_folder, tmp_path):
+    out = tmp_path / "run"
+    config = tiny_config(tiny_model_dir, messy_folder, out)
+    summary = synthesize(config)
+
+    # bad inputs are recorded with their reason, never dropped silently
+    errors = [r for u in storage.StageStore(str(out), schema.INGEST).error_urls() for r in pq.read_table(u).to_pylist()]
+    reasons = " | ".join(e["error"] for e in errors)
+    assert "empty file" in reasons and "not valid UTF-8" in reasons
+    docs = storage.StageStore(str(out), schema.INGEST).read(schema=schema.DOCUMENTS).to_pylist()
+    long_chunks = [d for d in docs if d["source"].endswith("long.md")]
+    assert len(long_chunks) >= 3 and all(d["num_tokens"] <= 256 for d in docs)
+    assert {d["num_chunks"] for d in long_chunks} == {len(long_chunks)}
+    assert len({d["parent_doc_id"] for d in docs}) == 3  # 2 jsonl documents + long.md, chunked
+    assert summary.num_documents == len(docs)
+
+    # every planned request is present exactly once, with the documented schema
+    rows = _synthetic_rows(out)
+    ids = [r["task_id"] for r in rows]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == _expected_task_ids(config)
+    assert {r["kind"] for r in rows} >= {"pair", "triplet"}
+    assert set(rows[0]) == set(schema.SYNTHETIC.names)
+    for r in rows:
+        if r["kind"] in ("pair", "triplet"):
+            assert r["num_prompt_tokens"] > 0 and r["num_generated_tokens"] > 0 and r["model"] == config.model.name
+            assert len(r["entities"]) == (2 if r["kind"] == "pair" else 3)
+    assert (out / "config.yaml").exists() and load_config(out / "config.yaml") == config
+
+    # loadable with datasets
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=sorted(glob.glob(f"{out}/synthetic/*.parquet")), split="train")
+    assert ds.num_rows == len(rows)
+
+    # a re-run finds everything committed and generates nothing
+    shards_before = sorted(glob.glob(f"{out}/synthetic/*.parquet"))
+    again = synthesize(config)
+    assert sorted(glob.glob(f"{out}/synthetic/*.parquet")) == shards_before
+    assert again.num_synthetic_rows == len(rows)
+    state = read_run_state(str(out))
+    assert state["run"]["state"] == "finished"
+    assert state["stages"]["synthetic"]["num_ok"] == len(rows)
+
+    # a changed prompt version gives new keys: nothing reused, nothing mixed
+    prompt = tmp_path / "v2.yaml"
+    prompt.write_text((load_prompt_set.__wrapped__("entigraph-v1").model_dump_json()).replace('"entigraph-v1"', '"entigraph-v2"'))
+    config2 = tiny_config(tiny_model_dir, messy_folder, out, f"synthesis.prompts={prompt}")
+    synthesize(config2)
+    rows2 = _synthetic_rows(out)
+    v2 = [r for r in rows2 if r["prompt_version"] == "entigraph-v2"]
+    assert v2 and not {r["task_id"] for r in v2} & set(ids)
+    assert len({r["task_id"] for r in rows2}) == len(rows2)
+
+
+def test_partial_shards_are_completed_exactly_once(ray_local, tiny_model_dir, small_corpus, tmp_path):
+    """Delete some committed synthetic shards (as if the run died before them): the re-run redoes only those."""
+    out = tmp_path / "run"
+    config = tiny_config(tiny_model_dir, small_corpus, out)
+    synthesize(config)
+    store = storage.StageStore(str(out), schema.SYNTHESIZE)
+    entries = store.manifest_entries()
+    assert len(entries) >= 3
+    lost = entries[: len(entries) // 2]
+    lost_ids = set()
+    for e in lost:
+        lost_ids |= set(pq.read_table(f"{out}/synthetic/{e['file']}").column("task_id").to_pylist())
+        (out / "synthetic" / "_committed" / f"{e['shard']}.json").unlink()  # the shard stays, an orphan
+    synthesize(config)
+    rows = _synthetic_rows_committed(store)
+    ids = [r["task_id"] for r in rows]
+    assert len(ids) == len(set(ids)) and lost_ids <= set(ids)
+    assert set(ids) == _expected_task_ids(config)
+
+
+def _synthetic_rows_committed(store):
+    return [r for u in store.shard_urls() for r in storage.read_parquet(u).to_pylist()]
+
+
+def test_rephrase_augmenter(ray_local, tiny_model_dir, small_corpus, tmp_path):
+    out = tmp_path / "rephrase"
+    config = tiny_config(tiny_model_dir, small_corpus, out, "synthesis.augmenter=rephrase",
+                         "synthesis.prompts=rephrase-v1", "plan.rephrase_repeats=2", "ingest.max_document_tokens=1024")
+    synthesize(config)
+    rows = _synthetic_rows(out)
+    assert sorted({r["kind"] for r in rows}) == ["rephrase:child", "rephrase:scholarly", "rephrase:wikipedia"]
+    assert len(rows) == 2 * 3 * 2 == len({r["task_id"] for r in rows})
+    assert not (out / "entities").exists()
+
+
+def test_error_fraction_fails_the_stage_with_reason(ray_local, tiny_model_dir, small_corpus, tmp_path):
+    out = tmp_path / "fail"
+    # 1 new token per request is fine, but a max_model_len too small for the document makes every request fail
+    config = tiny_config(tiny_model_dir, small_corpus, out, "model.max_model_len=900", "ingest.max_document_tokens=370",
+                         "extract.fallback=none", "max_error_fraction=0.1")
+    with pytest.raises(StageFailed, match=r"Stage 'entities': (\d+) of \1 requests failed .*max_error_fraction"):
+        synthesize(config)
+    errs = [r for u in storage.StageStore(str(out), schema.EXTRACT).error_urls() for r in pq.read_table(u).to_pylist()]
+    assert len(errs) >= 2 and all("prompt too long" in e["error"] for e in errs)
+    assert read_run_state(str(out))["run"]["state"] == "failed"
+
+
+def test_cli_status(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "ray_entigraph", "status", str(tmp_path), "--json"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    state = json.loads(proc.stdout)
+    assert state["stages"]["synthetic"]["num_ok"] == 0
