@@ -227,3 +227,36 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         return EntiGraphConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err)) from None
+
+
+def config_reference_markdown() -> str:
+    """The configuration reference (docs/configuration.md), generated from the types above."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `ray_entigraph/config.py` by `python -m ray_entigraph.config > docs/configuration.md`;",
+        "a test fails when this file is out of date. Set any key in a YAML file or as `key.sub=value` on the",
+        "command line.",
+        "",
+    ]
+
+    def section(model: type[BaseModel], prefix: str) -> None:
+        rows, subs = [], []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                subs.append((name, ann))
+                continue
+            default = field.get_default(call_default_factory=True)
+            rows.append(f"| `{prefix}{name}` | `{json.dumps(default)}` | {field.description or ''} |")
+        if rows:
+            lines.extend([f"## `{prefix.rstrip('.') or 'top level'}`", "", "| key | default | meaning |", "|---|---|---|", *rows, ""])
+        for name, sub in subs:
+            section(sub, f"{prefix}{name}.")
+
+    section(EntiGraphConfig, "")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(config_reference_markdown(), end="")

@@ -137,9 +137,12 @@ class TransformersEngine:
                 if stopped:
                     toks = toks[: toks.index(eos)]
                 toks = [t for t in toks if t != pad] if pad != eos else toks
+                text = self.tokenizer.decode(toks, skip_special_tokens=True)
+                # after a response prefix the leading space is part of the continuation ("Guild" + " is")
+                text = text.rstrip() if batch[i].response_prefix else text.strip()
                 out[i] = GenerationResult(
                     key=batch[i].key,
-                    text=self.tokenizer.decode(toks, skip_special_tokens=True).strip(),
+                    text=text,
                     num_prompt_tokens=len(encoded[i]),
                     num_cached_tokens=0,
                     num_generated_tokens=len(toks) + (1 if stopped else 0),

@@ -11,7 +11,7 @@ import time
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.engines import GenerationRequest, make_engine, sampling_params
-from ray_entigraph.prompts import ChatTemplate, PromptSet, load_prompt_set, render_chat
+from ray_entigraph.prompts import ChatTemplate, PromptSet, load_prompt_set, render, render_chat
 from ray_entigraph.stages.common import commit_unit, torch_threads_for
 
 
@@ -58,26 +58,28 @@ class RelationSynthesisStage:
                                  "num_prompt_tokens": 0, "num_cached_tokens": 0, "num_generated_tokens": 0})
                     continue
                 template = template_for(self.prompts, task["kind"])
+                values = prompt_values(group["title"], group["text"], task["entities"])
+                prefix = render(template.response_prefix, values)
                 requests.append(GenerationRequest(
                     key=task["task_id"],
-                    messages=render_chat(template, prompt_values(group["title"], group["text"], task["entities"])),
+                    messages=render_chat(template, values),
                     sampling=self.sampling,
                     seed=task["seed"],
                     prefix_key=group["doc_id"],
-                    response_prefix=template.response_prefix,
+                    response_prefix=prefix,
                 ))
-                meta[task["task_id"]] = base
+                meta[task["task_id"]] = (base, prefix)
         usage = {"num_prompt_tokens": 0, "num_cached_tokens": 0, "num_generated_tokens": 0}
         for res in self.engine.generate(requests):
             for k in usage:
                 usage[k] += getattr(res, k)
-            base = meta[res.key]
+            base, prefix = meta[res.key]
             error = res.error or (None if res.text.strip() else "empty generation")
             if error:
                 errors.append({"stage": schema.SYNTHESIZE, "request_key": res.key, "doc_id": base["doc_id"], "error": error})
                 continue
             rows.append({
-                **base, "text": res.text, "sampling_json": self.sampling_json, "finish_reason": res.finish_reason,
+                **base, "text": prefix + res.text, "sampling_json": self.sampling_json, "finish_reason": res.finish_reason,
                 "num_prompt_tokens": res.num_prompt_tokens, "num_cached_tokens": res.num_cached_tokens,
                 "num_generated_tokens": res.num_generated_tokens,
             })

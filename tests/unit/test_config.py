@@ -117,3 +117,12 @@ def test_import_and_help_stay_light():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
     assert "synthesize" in proc.stdout and "status" in proc.stdout
+
+
+def test_configuration_reference_is_up_to_date():
+    from ray_entigraph.config import config_reference_markdown
+
+    path = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert path.read_text() == config_reference_markdown(), (
+        "docs/configuration.md is stale: run `python -m ray_entigraph.config > docs/configuration.md`"
+    )
