@@ -74,7 +74,8 @@ def save_resolved_config(config: EntiGraphConfig) -> None:
 def _read_shards(urls: list[str]):
     import ray.data
 
-    return ray.data.read_parquet(urls, shuffle=None)
+    paths, fs = storage.for_ray_data(urls)
+    return ray.data.read_parquet(paths, filesystem=fs, shuffle=None)
 
 
 def _units_of_work(ds, config: EntiGraphConfig):

@@ -94,11 +94,11 @@ def write_text(url: str, text: str) -> None:
 def list_files(url: str, suffix: str = "") -> list[str]:
     """Files directly under `url` ending in `suffix`, as URLs, sorted; [] when the folder does not exist."""
     fs, path = filesystem(url)
+    fs.invalidate_cache(path)  # object-store listings are cached per process; we need the current one
     try:
         entries = fs.ls(path, detail=False)
     except FileNotFoundError:
         return []
-    fs.invalidate_cache(path)
     prefix = url.split("://")[0] + "://" if not is_local(url) else ""
     out = []
     for entry in entries:
@@ -106,6 +106,17 @@ def list_files(url: str, suffix: str = "") -> list[str]:
         if name.endswith(suffix):
             out.append(join(url, name) if prefix else entry)
     return sorted(out)
+
+
+def for_ray_data(urls: list[str]) -> tuple[list[str], object | None]:
+    """(paths, filesystem) for Ray Data readers: object-store URLs go through our fsspec filesystem, so Ray
+    Data sees the same endpoint and credentials as every other read (AWS_ENDPOINT_URL included)."""
+    if not urls or all(is_local(u) for u in urls):
+        return [u.removeprefix("file://") for u in urls], None
+    from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+    fs, _ = filesystem(urls[0])
+    return [filesystem(u)[1] for u in urls], PyFileSystem(FSSpecHandler(fs))
 
 
 def table_to_parquet_bytes(table: pa.Table) -> bytes:

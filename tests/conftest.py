@@ -41,7 +41,8 @@ def tiny_model_dir(tmp_path_factory, bundled_model_dir) -> str:
 
 
 @pytest.fixture(scope="session")
-def ray_local():
+def ray_local(s3_endpoint):
+    """A local Ray instance; started after the S3 endpoint so that its workers inherit the AWS variables."""
     import ray
 
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, logging_level="ERROR")
@@ -60,3 +61,68 @@ def small_corpus(tmp_path, demo_docs) -> Path:
     path = tmp_path / "corpus.jsonl"
     path.write_text("\n".join(json.dumps({"title": d["title"], "text": d["article"]}) for d in demo_docs[:2]) + "\n")
     return path
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class MotoServer:
+    """A real S3-compatible HTTP endpoint on loopback (moto in server mode), started and stopped by tests."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = None
+
+    def start(self) -> "MotoServer":
+        import shutil
+        import subprocess
+        import sys
+        import time
+        import urllib.request
+
+        exe = shutil.which("moto_server", path=os.path.dirname(sys.executable)) or shutil.which("moto_server")
+        self.proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(self.url, timeout=1)
+                return self
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.2)
+        raise RuntimeError("moto_server did not start within 30 s")
+
+    def stop(self) -> None:
+        if self.proc:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """moto on 127.0.0.1, configured through the standard AWS variables (inherited by Ray workers)."""
+    server = MotoServer().start()
+    os.environ.update({
+        "AWS_ENDPOINT_URL": server.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    })
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
+def s3_bucket(s3_endpoint) -> str:
+    import uuid
+
+    import fsspec
+
+    name = f"test-{uuid.uuid4().hex[:8]}"
+    fsspec.filesystem("s3").mkdir(name)
+    return f"s3://{name}"
