@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from dataclasses import dataclass
 
@@ -105,6 +106,39 @@ def _check_errors(stage: str, totals: ledger.StageTotals, config: EntiGraphConfi
             f"Reasons are in {storage.join(config.output_dir, storage.ERRORS, stage)}. Fix the cause and re-run "
             "(committed work is kept), or raise max_error_fraction."
         )
+
+
+_ERROR_LINE = re.compile(r"^\s*([A-Za-z_][\w.]*(?:Error|Exception|Exit|Timeout)):\s*(.+)$")
+_WRAPPERS = ("UserCodeException", "RayTaskError", "RayActorError")
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The original error behind Ray's wrappers: Ray Data re-raises a UDF failure as UserCodeException whose
+    cause is a RayTaskError carrying the worker's traceback as text; its last `XError: message` line is it."""
+    chain, seen = [], set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        chain.append(exc)
+        nxt = exc.__cause__ or getattr(exc, "cause", None)
+        exc = nxt if isinstance(nxt, BaseException) else None
+    for item in chain:
+        for line in reversed(str(item).splitlines()):
+            m = _ERROR_LINE.match(line)
+            if m and not any(w in m.group(1) for w in _WRAPPERS):
+                return f"{m.group(1).rsplit('.', 1)[-1]}: {m.group(2).strip()}"
+    last = chain[-1]
+    return f"{type(last).__name__}: {str(last).strip().splitlines()[-1] if str(last).strip() else ''}"
+
+
+def _explain_failure(stage: str | None, exc: BaseException, config: EntiGraphConfig) -> str:
+    """One paragraph for the user: which stage, the root cause, and that a re-run continues."""
+    detail = _root_cause(exc)
+    storage_hint = ""
+    if any(word in detail.lower() for word in ("endpoint", "connect", "s3", "bucket", "permission", "credential", "no space")):
+        storage_hint = (f" This looks like a storage problem with {config.output_dir!r}: check the endpoint "
+                        "(AWS_ENDPOINT_URL), credentials and free space.")
+    return (f"Stage {stage!r} failed: {detail[:500]}.{storage_hint} Committed shards are "
+            "kept; re-run the same command to continue from them.")
 
 
 def run_ingest(config: EntiGraphConfig, files: list[tuple[str, str]]) -> ledger.StageTotals:
@@ -248,9 +282,15 @@ def synthesize(config: EntiGraphConfig) -> SynthesisSummary:
             if stage != schema.INGEST:
                 _check_errors(stage, totals[stage], config)
     except BaseException as exc:
-        run.update(state="failed", error=f"{type(exc).__name__}: {exc}", finished_at=time.time())
-        ledger.write_run_state(config.output_dir, run)
-        raise
+        failure = exc if isinstance(exc, StageFailed) else StageFailed(_explain_failure(run.get("stage"), exc, config))
+        run.update(state="failed", error=str(failure), finished_at=time.time())
+        try:
+            ledger.write_run_state(config.output_dir, run)
+        except Exception as write_exc:  # noqa: BLE001 - storage may be what failed; keep the original error
+            logger.warning("could not record the failure in run.json: %s", write_exc)
+        if failure is exc or isinstance(exc, KeyboardInterrupt):
+            raise
+        raise failure from exc
     summary = summarize(config, time.time() - started, totals)
     run.update(state="finished", finished_at=time.time(), summary=summary.__dict__)
     ledger.write_run_state(config.output_dir, run)

@@ -110,3 +110,45 @@ def test_sigkill_mid_run_then_rerun_is_exactly_once(tiny_model_dir, small_corpus
     assert set(ids) == _expected_task_ids(config), "missing or unexpected rows"
     assert {r["task_id"] for r in before} < set(ids)
     _assert_markers_match_shards(out, schema.SYNTHESIZE)
+
+
+def test_s3_endpoint_outage_fails_clearly_then_rerun_completes(tiny_model_dir, small_corpus, s3_endpoint, s3_bucket):
+    from ..conftest import PausableProxy
+
+    proxy = PausableProxy(s3_endpoint.port)
+    out = f"{s3_bucket}/runs/outage"
+    env = {**os.environ, "RAY_ADDRESS": "", "AWS_ENDPOINT_URL": proxy.url,
+           "AWS_MAX_ATTEMPTS": "2", "AWS_RETRY_MODE": "standard"}  # fail fast once the endpoint is gone
+    cmd = _cli(out, small_corpus, tiny_model_dir)
+    try:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "RAY_ENTIGRAPH_TEST_ENDPOINT": proxy.url},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        os.environ["AWS_ENDPOINT_URL"] = proxy.url
+        try:
+            _wait_for_markers(out, schema.SYNTHESIZE, 2, proc)
+        finally:
+            os.environ["AWS_ENDPOINT_URL"] = s3_endpoint.url
+        proxy.pause()  # the object store goes away mid-run
+        try:
+            _, stderr = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode == 2, stderr[-3000:]
+        last = stderr.strip().splitlines()[-1]
+        assert "ray-entigraph synthesize: error: Stage 'synthetic' failed" in last
+        assert "storage problem" in last and "re-run the same command" in last
+        before = _committed_rows(out, schema.SYNTHESIZE)
+        assert before  # what was committed before the outage is still there
+        _assert_markers_match_shards(out, schema.SYNTHESIZE)
+
+        proxy.resume()  # the endpoint is back: the same command finishes the job
+        rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+        assert rerun.returncode == 0, rerun.stderr[-3000:]
+    finally:
+        proxy.stop()
+    config = load_config(None, []).model_validate(__import__("yaml").safe_load(storage.read_text(f"{out}/config.yaml")))
+    rows = _committed_rows(out, schema.SYNTHESIZE)
+    ids = [r["task_id"] for r in rows]
+    assert len(ids) == len(set(ids)) and set(ids) == _expected_task_ids(config)
+    assert {r["task_id"] for r in before} <= set(ids)

@@ -87,3 +87,19 @@ def test_commit_protocol_hides_orphans(tmp_path):
 def test_no_temp_files_left(tmp_path):
     storage.write_text(str(tmp_path / "a" / "b.json"), "{}")
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.json"]
+
+
+def test_failure_explanation_finds_the_worker_error_behind_ray_wrappers():
+    from ray_entigraph.config import load_config
+    from ray_entigraph.pipeline import _explain_failure
+
+    class UserCodeException(Exception):
+        pass
+
+    inner = RuntimeError('ray::MapBatches(f)() (pid=1)\n  File "x.py", line 4\n    raise OSError(...)\n'
+                         "botocore.exceptions.EndpointConnectionError: Could not connect to the endpoint URL: \"http://h/b\"")
+    outer = UserCodeException("UDF failed to process a data block.\nTo change retry attempts, configure it.")
+    outer.__cause__ = inner
+    msg = _explain_failure("synthetic", outer, load_config(None, ["output_dir=s3://b/run"]))
+    assert msg.startswith("Stage 'synthetic' failed: EndpointConnectionError: Could not connect to the endpoint URL")
+    assert "storage problem with 's3://b/run'" in msg and "re-run the same command" in msg
