@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("synthesize", help="ingest -> extract entities -> plan -> synthesize relation texts",
                        description="Run the synthesis pipeline; re-running continues where committed output stops.")
     _add_config_args(p)
+    p.add_argument("--dry-run", action="store_true",
+                   help="count documents and tokens, estimate requests, tokens and cost; start no model")
+    p.add_argument("--assume-entities", type=int, default=15, metavar="N",
+                   help="dry run: entities per document where none were extracted yet (default 15)")
+    p.add_argument("--json", action="store_true", help="dry run: machine-readable output")
 
     p = sub.add_parser("validate", help="check a config (and its inputs) without starting anything",
                        description="Load and validate a config: unknown keys, wrong types, impossible combinations, "
@@ -86,6 +91,18 @@ def cmd_synthesize(args) -> int:
 
     config = _load(args)
     load_prompt_set(config.synthesis.prompts)  # a bad prompt file fails before Ray starts
+    if args.dry_run:
+        from ray_entigraph.pipeline import dry_run
+
+        est = dry_run(config, args.assume_entities)
+        if args.json:
+            print(json.dumps(est, indent=2, sort_keys=True))
+        else:
+            print("ray-entigraph synthesize --dry-run (no model started)")
+            for key, value in est.items():
+                shown = "-" if value is None else (f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
+                print(f"  {key:<36} {shown}")
+        return 0
     started = time.time()
     summary = synthesize(config)
     print("\nray-entigraph synthesize: done")
@@ -106,9 +123,18 @@ def cmd_status(args) -> int:
     print(f"run {args.output_dir}: {run.get('state', 'unknown')}" + (f" (stage {run['stage']})" if run.get("stage") else ""))
     if run.get("error"):
         print(f"  error: {run['error']}")
+    print(f"  {'stage':<10} {'shards':>6} {'ok':>8} {'failed':>7} {'prompt tok':>11} {'generated tok':>13}"
+          f" {'cost $':>8}   last invocation")
     for name, st in state["stages"].items():
-        print(f"  {name:<10} {st['num_shards']:>5} shards  {st['num_ok']:>7} ok  {st['num_failed']:>5} failed  "
-              f"{st['num_prompt_tokens']:>10} prompt tok  {st['num_generated_tokens']:>9} generated tok")
+        cost = st.get("estimated_cost_usd")
+        line = (f"  {name:<10} {st['num_shards']:>6} {st['num_ok']:>8} {st['num_failed']:>7} {st['num_prompt_tokens']:>11} "
+                f"{st['num_generated_tokens']:>13} {'-' if cost is None else f'{cost:.4f}':>8}")
+        if "this_run" in st:
+            r = st["this_run"]
+            rate = r.get("generated_tokens_per_s")
+            line += (f"   {r['done']}/{r['expected']} done, {r['failed']} failed, {r['pending']} pending"
+                     + (f", {rate:.1f} gen tok/s" if rate else ""))
+        print(line)
     return 0
 
 

@@ -95,8 +95,19 @@ class SynthesisConfig(_Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling for relation and rephrase texts.")
 
 
+class CostConfig(_Section):
+    usd_per_million_prompt_tokens: float | None = Field(None, ge=0, description="Price of prompt tokens, for cost estimates in the ledger, `status` and `--dry-run`; None shows no cost.")
+    usd_per_million_generated_tokens: float | None = Field(None, ge=0, description="Price of generated tokens, likewise.")
+
+    def estimate(self, prompt_tokens: int, generated_tokens: int) -> float | None:
+        if self.usd_per_million_prompt_tokens is None and self.usd_per_million_generated_tokens is None:
+            return None
+        return (prompt_tokens * (self.usd_per_million_prompt_tokens or 0.0)
+                + generated_tokens * (self.usd_per_million_generated_tokens or 0.0)) / 1e6
+
+
 class EntiGraphConfig(_Section):
-    output_dir: str = Field("runs/demo", description="Where every stage writes (local path; the resolved config is saved here).")
+    output_dir: str = Field("runs/demo", description="Where every stage writes: a local path, s3://bucket/prefix, or any fsspec URL (S3 endpoint and credentials come from the standard AWS variables). The resolved config is saved here.")
     seed: int = Field(0, description="Run seed; every random choice derives from (seed, doc_id, kind).")
     max_error_fraction: float = Field(0.5, ge=0.0, le=1.0, description="Fail the stage when more than this share of its requests fail.")
     input: InputConfig = Field(default_factory=InputConfig)
@@ -107,6 +118,7 @@ class EntiGraphConfig(_Section):
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    cost: CostConfig = Field(default_factory=CostConfig)
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> "EntiGraphConfig":

@@ -25,6 +25,8 @@ class StageTotals:
     num_generated_tokens: int = 0
     busy_s: float = 0.0  # summed model time over units of work (not wall time when actors run in parallel)
     hosts: list[str] = field(default_factory=list)
+    expected: int = 0  # requests the current config asks for (set by the pipeline, not by markers)
+    done_before: int = 0  # of those, committed before this invocation started
 
     def add(self, entry: dict) -> None:
         self.num_shards += 1
@@ -39,19 +41,58 @@ class StageTotals:
             self.hosts.append(host)
 
 
-def stage_totals(output_dir: str, stage: str) -> StageTotals:
+def stage_totals(output_dir: str, stage: str, since: float | None = None) -> StageTotals:
+    """Totals over a stage's commit markers (those committed at or after `since`, when given)."""
     totals = StageTotals(stage)
     for entry in storage.StageStore(output_dir, stage).manifest_entries():
-        totals.add(entry)
+        if since is None or entry.get("committed_at", 0) >= since:
+            totals.add(entry)
     return totals
 
 
 def read_run_state(output_dir: str) -> dict:
-    """Everything `status` shows, from storage alone (no cluster)."""
+    """Everything `status` shows, from storage alone (no cluster): per stage, what all committed shards
+    hold, and for the last invocation what it expected, did, and has pending."""
     url = storage.join(output_dir, "run.json")
     run = json.loads(storage.read_text(url)) if storage.exists(url) else {}
-    stages = {name: asdict(stage_totals(output_dir, name)) for name in schema.STAGES}
+    started = run.get("started_at")
+    stages = {}
+    for name in schema.STAGES:
+        st = asdict(stage_totals(output_dir, name))
+        planned = run.get("stages", {}).get(name)
+        if planned and started:
+            now = stage_totals(output_dir, name, since=started)
+            st["this_run"] = {
+                "expected": planned["expected"],
+                "done": planned["done_before"] + now.num_ok,
+                "failed": now.num_failed,
+                "pending": max(planned["expected"] - planned["done_before"] - now.num_ok, 0),
+                "num_prompt_tokens": now.num_prompt_tokens,
+                "num_generated_tokens": now.num_generated_tokens,
+                "wall_s": planned.get("wall_s"),
+                "generated_tokens_per_s": planned.get("generated_tokens_per_s"),
+            }
+        stages[name] = st
+    cost = _cost_model(output_dir)
+    if cost is not None:
+        for st in stages.values():
+            st["estimated_cost_usd"] = cost.estimate(st["num_prompt_tokens"], st["num_generated_tokens"])
     return {"output_dir": output_dir, "run": run, "stages": stages}
+
+
+def _cost_model(output_dir: str):
+    """The prices of the run's own resolved config, if it has any."""
+    url = storage.join(output_dir, "config.yaml")
+    if not storage.exists(url):
+        return None
+    import yaml
+
+    from ray_entigraph.config import EntiGraphConfig
+
+    try:
+        return EntiGraphConfig.model_validate(yaml.safe_load(storage.read_text(url))).cost
+    except Exception:  # noqa: BLE001 - a config from another version: show no cost rather than fail status
+        return None
 
 
 def write_run_state(output_dir: str, run: dict) -> None:
@@ -65,6 +106,17 @@ def _fmt_duration(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds // 60}m{seconds % 60:02d}s"
     return f"{seconds}s"
+
+
+def stage_record(totals: StageTotals, started: float, finished: float | None) -> dict:
+    """What run.json keeps per stage of an invocation."""
+    wall = (finished or time.time()) - started
+    return {
+        "expected": totals.expected, "done_before": totals.done_before, "num_ok": totals.num_ok,
+        "num_failed": totals.num_failed, "num_prompt_tokens": totals.num_prompt_tokens,
+        "num_generated_tokens": totals.num_generated_tokens, "started_at": started, "finished_at": finished,
+        "wall_s": round(wall, 2), "generated_tokens_per_s": round(totals.num_generated_tokens / wall, 2) if wall > 0 else None,
+    }
 
 
 class Progress:

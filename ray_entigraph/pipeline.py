@@ -85,9 +85,10 @@ def _units_of_work(ds, config: EntiGraphConfig):
     return ds.repartition(target_num_rows_per_block=config.resources.batch_size)
 
 
-def _drain(ds, progress: ledger.Progress, per_row_units: int | None = None) -> ledger.StageTotals:
+def _drain(ds, progress: ledger.Progress, per_row_units: int | None = None,
+           base: ledger.StageTotals | None = None) -> ledger.StageTotals:
     """Run a stage to the end, streaming its manifest rows into the progress line."""
-    totals = ledger.StageTotals(progress.stage)
+    totals = base or ledger.StageTotals(progress.stage, expected=progress.total)
     for row in ds.iter_rows():
         totals.add(row)
         if per_row_units is None:
@@ -163,7 +164,7 @@ def _documents_to_use(config: EntiGraphConfig) -> list[str]:
     return doc_ids
 
 
-def run_extract(config: EntiGraphConfig) -> ledger.StageTotals:
+def run_extract(config: EntiGraphConfig, on_start=lambda totals: None) -> ledger.StageTotals:
     from ray_entigraph.stages.common import model_actor_kwargs
     from ray_entigraph.stages.extract import EntityExtractionStage, extraction_key
 
@@ -172,8 +173,10 @@ def run_extract(config: EntiGraphConfig) -> ledger.StageTotals:
     done = set(storage.StageStore(config.output_dir, schema.EXTRACT).iter_key_column("request_key"))
     todo = {d: k for d, k in keys.items() if k not in done}
     progress = ledger.Progress(schema.EXTRACT, len(todo), unit="documents")
+    base = ledger.StageTotals(schema.EXTRACT, expected=len(keys), done_before=len(keys) - len(todo))
+    on_start(base)
     if not todo:
-        return ledger.StageTotals(schema.EXTRACT)
+        return base
     ds = _read_shards(storage.StageStore(config.output_dir, schema.INGEST).shard_urls())
     ds = ds.select_columns(["doc_id", "title", "text"]).filter(lambda r: r["doc_id"] in todo)
     ds = ds.add_column("request_key", lambda batch: batch["doc_id"].map(todo), batch_format="pandas")
@@ -213,19 +216,23 @@ def _planning_input(config: EntiGraphConfig):
     return ds, allocation, sum(allocation.values()) + num_summaries
 
 
-def run_synthesize(config: EntiGraphConfig) -> ledger.StageTotals:
+def run_synthesize(config: EntiGraphConfig, on_start=lambda totals: None) -> ledger.StageTotals:
     from ray_entigraph.stages.common import model_actor_kwargs
     from ray_entigraph.stages.plan import plan_groups
     from ray_entigraph.stages.synthesize import RelationSynthesisStage
 
     ds, allocation, expected = _planning_input(config)
     done = set(storage.StageStore(config.output_dir, schema.SYNTHESIZE).iter_key_column("task_id"))
-    progress = ledger.Progress(schema.SYNTHESIZE, max(expected - len(done), 0))
+    # committed rows of other configs (a changed prompt version) also count here: an estimate
+    done_before = min(len(done), expected)
+    progress = ledger.Progress(schema.SYNTHESIZE, expected - done_before)
+    base = ledger.StageTotals(schema.SYNTHESIZE, expected=expected, done_before=done_before)
+    on_start(base)
     if ds is None or expected == 0:
-        return ledger.StageTotals(schema.SYNTHESIZE)
+        return base
     ds = ds.flat_map(plan_groups, fn_kwargs={"config_json": config.model_dump_json(), "allocation": allocation, "done": done})
     ds = _units_of_work(ds, config).map_batches(RelationSynthesisStage, fn_constructor_args=(config.model_dump_json(),), **model_actor_kwargs(config))
-    return _drain(ds, progress)
+    return _drain(ds, progress, base=base)
 
 
 def summarize(config: EntiGraphConfig, wall_s: float, run_totals: dict[str, ledger.StageTotals]) -> SynthesisSummary:
@@ -271,14 +278,22 @@ def synthesize(config: EntiGraphConfig) -> SynthesisSummary:
     init_ray(config)
     totals: dict[str, ledger.StageTotals] = {}
     try:
-        for stage, fn in ((schema.INGEST, lambda: run_ingest(config, files)),
-                          (schema.EXTRACT, lambda: run_extract(config)),
-                          (schema.SYNTHESIZE, lambda: run_synthesize(config))):
+        for stage, fn in ((schema.INGEST, lambda cb: run_ingest(config, files)),
+                          (schema.EXTRACT, lambda cb: run_extract(config, cb)),
+                          (schema.SYNTHESIZE, lambda cb: run_synthesize(config, cb))):
             if stage == schema.EXTRACT and config.synthesis.augmenter == "rephrase":
                 continue
             run["stage"] = stage
             ledger.write_run_state(config.output_dir, run)
-            totals[stage] = fn()
+            stage_started = time.time()
+
+            def record_plan(base, stage=stage, stage_started=stage_started):
+                run.setdefault("stages", {})[stage] = ledger.stage_record(base, stage_started, None)
+                ledger.write_run_state(config.output_dir, run)
+
+            totals[stage] = fn(record_plan)
+            run.setdefault("stages", {})[stage] = ledger.stage_record(totals[stage], stage_started, time.time())
+            ledger.write_run_state(config.output_dir, run)
             if stage != schema.INGEST:
                 _check_errors(stage, totals[stage], config)
     except BaseException as exc:
@@ -295,3 +310,69 @@ def synthesize(config: EntiGraphConfig) -> SynthesisSummary:
     run.update(state="finished", finished_at=time.time(), summary=summary.__dict__)
     ledger.write_run_state(config.output_dir, run)
     return summary
+
+
+def dry_run(config: EntiGraphConfig, assume_entities: int = 15) -> dict:
+    """Read the inputs, count documents and tokens, and estimate requests, tokens and cost for the configured
+    budget. Starts no Ray and no model (only the tokenizer). Entity counts come from committed extraction
+    output where there is one, else `assume_entities` per document."""
+    from transformers import AutoTokenizer
+
+    from ray_entigraph.engines.bundled import resolve_model_path
+    from ray_entigraph.prompts import load_prompt_set, render_chat
+    from ray_entigraph.stages.extract import extraction_key
+    from ray_entigraph.stages.ingest import documents_from_record, list_input_files, records_from_file
+    from ray_entigraph.text.plan import estimate_synthesis
+
+    files = list_input_files(config.input)
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(config.model.name, config.model.cache_dir))
+    count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    doc_tokens: dict[str, int] = {}
+    num_rejected = 0
+    for url, fmt in files:
+        for record in records_from_file(url, fmt, config.input):
+            for row in documents_from_record(record, max_tokens=config.ingest.max_document_tokens,
+                                             min_chars=config.ingest.min_document_chars, count_tokens=count):
+                if row.get("error"):
+                    num_rejected += 1
+                elif config.input.max_documents is None or len(doc_tokens) < config.input.max_documents:
+                    doc_tokens[row["doc_id"]] = row["num_tokens"]
+    prompts = load_prompt_set(config.synthesis.prompts)
+
+    def overhead(template, n_entities: int) -> int:
+        if template is None:
+            return 0
+        values = {"title": "Title", "document": "", "entities": ""}
+        values.update({f"entity_{i + 1}": "Entity" for i in range(n_entities)})
+        text = tok.apply_chat_template(render_chat(template, values), tokenize=False, add_generation_prompt=True)
+        return count(text)
+
+    known = {}
+    if config.synthesis.augmenter == "entigraph":
+        keys = {extraction_key(config, d): d for d in doc_tokens}
+        for url in storage.StageStore(config.output_dir, schema.EXTRACT).shard_urls():
+            for row in storage.read_parquet(url, ["request_key", "entities"]).to_pylist():
+                if row["request_key"] in keys:
+                    known[keys[row["request_key"]]] = len(row["entities"] or [])
+    entity_counts = {d: known.get(d, assume_entities) for d in doc_tokens}
+    rephrase = None
+    if config.synthesis.augmenter == "rephrase":
+        rephrase = len(prompts.rephrase) * config.plan.rephrase_repeats
+    relation_template = prompts.pair or next(iter(prompts.rephrase.values()), None)
+    est = estimate_synthesis(
+        doc_tokens, entity_counts,
+        extract_overhead=overhead(prompts.extract, 0),
+        relation_overhead=overhead(relation_template, 2),
+        extract_max_new=config.extract.sampling.max_new_tokens * config.extract.max_attempts,
+        relation_max_new=config.synthesis.sampling.max_new_tokens,
+        max_pairs=config.plan.max_pairs_per_doc, max_triplets=config.plan.max_triplets_per_doc,
+        budget=config.plan.max_tasks_total, rephrase_per_doc=rephrase,
+    )
+    est.update(
+        num_input_files=len(files),
+        num_rejected_inputs=num_rejected,
+        num_documents_with_known_entities=len(known),
+        assumed_entities_per_document=assume_entities,
+        estimated_cost_usd=config.cost.estimate(est["num_prompt_tokens"], est["max_generated_tokens"]),
+    )
+    return est

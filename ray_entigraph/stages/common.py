@@ -33,6 +33,11 @@ def model_actor_kwargs(config: EntiGraphConfig) -> dict[str, Any]:
     return kwargs
 
 
+def shard_identity(config: EntiGraphConfig, prompt_version: str | None) -> dict[str, str]:
+    """What produced a shard, recorded in its manifest entry."""
+    return {"config_hash": config.config_hash(), "model": config.model.name, "prompt_version": prompt_version or ""}
+
+
 def torch_threads_for(config: EntiGraphConfig) -> int:
     """Ray sets OMP_NUM_THREADS to an actor's num_cpus; on CPU we want every core the node gives us."""
     return config.engine.torch_threads or os.cpu_count() or 1
@@ -46,6 +51,7 @@ def commit_unit(
     key_column: str,
     started: float,
     usage: dict[str, int],
+    identity: dict[str, str] | None = None,
 ) -> pa.Table:
     """Commit one unit of work (ok rows + error rows) and return its manifest row for the driver."""
     table = schema.rows_to_table(rows, schema.SCHEMAS[store.stage])
@@ -61,6 +67,7 @@ def commit_unit(
             "wall_s": round(time.time() - started, 3),
             "host": os.uname().nodename,
             "pid": os.getpid(),
+            **(identity or {}),
             **usage,
         },
     )

@@ -13,7 +13,7 @@ from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.engines import GenerationRequest, make_engine, sampling_params
 from ray_entigraph.prompts import load_prompt_set, render_chat
-from ray_entigraph.stages.common import commit_unit, torch_threads_for
+from ray_entigraph.stages.common import commit_unit, shard_identity, torch_threads_for
 from ray_entigraph.text.identity import derive_seed, request_key
 from ray_entigraph.text.parse import ground_entities, heuristic_entities, parse_extraction
 
@@ -118,4 +118,5 @@ class EntityExtractionStage:
             else:
                 errors.append({"stage": schema.EXTRACT, "request_key": d["request_key"], "doc_id": d["doc_id"],
                                "error": f"extraction failed after {st['attempts']} attempts: {st.get('reason')}"})
-        return commit_unit(self.store, rows, errors, key_column="request_key", started=started, usage=usage)
+        return commit_unit(self.store, rows, errors, key_column="request_key", started=started, usage=usage,
+                           identity=shard_identity(self.config, self.prompts.version))

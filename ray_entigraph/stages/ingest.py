@@ -15,7 +15,7 @@ from pathlib import Path
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig, InputConfig
-from ray_entigraph.stages.common import commit_unit
+from ray_entigraph.stages.common import commit_unit, shard_identity
 from ray_entigraph.text.chunk import split_document
 from ray_entigraph.text.identity import doc_id_for, normalise_text
 
@@ -175,4 +175,5 @@ class IngestStage:
         return commit_unit(
             self.store, ok, errors, key_column="doc_id", started=started,
             usage={"num_prompt_tokens": 0, "num_cached_tokens": 0, "num_generated_tokens": 0},
+            identity=shard_identity(self.config, None),
         )

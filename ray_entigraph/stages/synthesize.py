@@ -12,7 +12,7 @@ from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.engines import GenerationRequest, make_engine, sampling_params
 from ray_entigraph.prompts import ChatTemplate, PromptSet, load_prompt_set, render, render_chat
-from ray_entigraph.stages.common import commit_unit, torch_threads_for
+from ray_entigraph.stages.common import commit_unit, shard_identity, torch_threads_for
 
 
 def template_for(prompts: PromptSet, kind: str) -> ChatTemplate:
@@ -83,4 +83,5 @@ class RelationSynthesisStage:
                 "num_prompt_tokens": res.num_prompt_tokens, "num_cached_tokens": res.num_cached_tokens,
                 "num_generated_tokens": res.num_generated_tokens,
             })
-        return commit_unit(self.store, rows, errors, key_column="task_id", started=started, usage=usage)
+        return commit_unit(self.store, rows, errors, key_column="task_id", started=started, usage=usage,
+                           identity=shard_identity(self.config, self.prompts.version))

@@ -101,3 +101,38 @@ def estimate_requests(num_entities: list[int], max_pairs: int | None, max_triple
     """Relation requests a set of documents yields (for dry runs and docs)."""
     caps = {str(i): task_capacity(n, max_pairs, max_triplets) for i, n in enumerate(num_entities)}
     return sum(allocate_budget(caps, budget).values())
+
+
+def estimate_synthesis(
+    doc_tokens: dict[str, int],
+    entity_counts: dict[str, int],
+    *,
+    extract_overhead: int,
+    relation_overhead: int,
+    extract_max_new: int,
+    relation_max_new: int,
+    max_pairs: int | None,
+    max_triplets: int,
+    budget: int | None,
+    rephrase_per_doc: int | None = None,
+) -> dict[str, int]:
+    """Requests and tokens a synthesis run will use (for `--dry-run`). Prompt tokens are exact up to the
+    chat template; generated tokens are upper bounds (max_new_tokens per request)."""
+    if rephrase_per_doc is not None:
+        n_rel = {d: rephrase_per_doc for d in doc_tokens}
+        n_extract = 0
+    else:
+        caps = {d: task_capacity(entity_counts[d], max_pairs, max_triplets) for d in doc_tokens}
+        n_rel = allocate_budget(caps, budget)
+        n_extract = len(doc_tokens)
+    prompt = sum(n_rel[d] * (t + relation_overhead) for d, t in doc_tokens.items())
+    if n_extract:
+        prompt += sum(t + extract_overhead for t in doc_tokens.values())
+    return {
+        "num_documents": len(doc_tokens),
+        "num_document_tokens": sum(doc_tokens.values()),
+        "num_extract_requests": n_extract,
+        "num_relation_requests": sum(n_rel.values()),
+        "num_prompt_tokens": prompt,
+        "max_generated_tokens": n_extract * extract_max_new + sum(n_rel.values()) * relation_max_new,
+    }

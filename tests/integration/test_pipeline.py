@@ -89,6 +89,14 @@ def test_synthesize_end_to_end_with_bad_inputs_and_resume(ray_local, tiny_model_
     ds = datasets.load_dataset("parquet", data_files=sorted(glob.glob(f"{out}/synthetic/*.parquet")), split="train")
     assert ds.num_rows == len(rows)
 
+    # the dry run agrees with what ran (entity counts now come from the committed extraction)
+    from ray_entigraph.pipeline import dry_run
+
+    est = dry_run(config)
+    assert est["num_documents_with_known_entities"] == est["num_documents"] == len(docs)
+    assert est["num_relation_requests"] == sum(r["kind"] in ("pair", "triplet") for r in rows)
+    assert est["num_prompt_tokens"] > 0 and est["estimated_cost_usd"] is None
+
     # a re-run finds everything committed and generates nothing
     shards_before = sorted(glob.glob(f"{out}/synthetic/*.parquet"))
     again = synthesize(config)
@@ -97,6 +105,8 @@ def test_synthesize_end_to_end_with_bad_inputs_and_resume(ray_local, tiny_model_
     state = read_run_state(str(out))
     assert state["run"]["state"] == "finished"
     assert state["stages"]["synthetic"]["num_ok"] == len(rows)
+    this_run = state["stages"]["synthetic"]["this_run"]
+    assert this_run["expected"] == this_run["done"] == len(rows) and this_run["pending"] == 0
 
     # a changed prompt version gives new keys: nothing reused, nothing mixed
     prompt = tmp_path / "v2.yaml"

@@ -126,3 +126,21 @@ def test_configuration_reference_is_up_to_date():
     assert path.read_text() == config_reference_markdown(), (
         "docs/configuration.md is stale: run `python -m ray_entigraph.config > docs/configuration.md`"
     )
+
+
+def test_cli_dry_run_starts_no_model_and_prices_the_run(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_entigraph", "synthesize", "--config", "configs/demo.yaml", "--dry-run", "--json",
+         f"output_dir={tmp_path}", "cost.usd_per_million_prompt_tokens=1", "cost.usd_per_million_generated_tokens=2",
+         "plan.max_tasks_total=10"],
+        capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parents[2],
+    )
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    est = json.loads(proc.stdout)
+    assert est["num_documents"] == 6 and est["num_extract_requests"] == 6
+    assert est["num_relation_requests"] == 10  # the global budget
+    expected_cost = (est["num_prompt_tokens"] * 1 + est["max_generated_tokens"] * 2) / 1e6
+    assert abs(est["estimated_cost_usd"] - expected_cost) < 1e-9
+    assert not (tmp_path / "documents").exists()  # nothing ran
