@@ -29,6 +29,7 @@ class SynthesisSummary:
     num_document_errors: int
     num_extracted: int
     num_extract_failed: int
+    num_tasks_planned: int
     num_model_parsed: int
     mean_entities: float
     num_synthetic_rows: int
@@ -45,6 +46,7 @@ class SynthesisSummary:
             f"documents        {self.num_documents} ingested, {self.num_document_errors} rejected (see errors/)",
             f"extraction       {self.num_extracted} documents, model output parsed for {self.num_model_parsed} "
             f"({parse_rate:.0%}), {self.num_extract_failed} failed, {self.mean_entities:.1f} entities/doc",
+            f"plan             {self.num_tasks_planned} synthesis tasks for this config (summaries, pairs, triplets)",
             f"synthetic rows   {self.num_synthetic_rows} ({', '.join(f'{k}: {v}' for k, v in sorted(self.rows_by_kind.items()))}), "
             f"{self.num_synthesis_failed} failed",
             f"tokens           {self.num_prompt_tokens} prompt, {self.num_generated_tokens} generated",
@@ -153,6 +155,7 @@ def run_ingest(config: EntiGraphConfig, files: list[tuple[str, str]]) -> ledger.
     ds = ray.data.from_items([{"path": url, "format": fmt} for url, fmt in files])
     ds = ds.map_batches(IngestStage, fn_constructor_args=(config.model_dump_json(),), **kwargs)
     totals = _drain(ds, ledger.Progress(schema.INGEST, len(files), unit="files"), per_row_units=1)
+    totals.expected = totals.num_ok + totals.num_failed  # documents, known only once the files are read
     return totals
 
 
@@ -253,6 +256,7 @@ def summarize(config: EntiGraphConfig, wall_s: float, run_totals: dict[str, ledg
         num_document_errors=docs.num_failed,
         num_extracted=ext.num_ok,
         num_extract_failed=ext.num_failed,
+        num_tasks_planned=run_totals[schema.SYNTHESIZE].expected if schema.SYNTHESIZE in run_totals else 0,
         num_model_parsed=sum(1 for e in entities if e["entities_source"] == "model"),
         mean_entities=sum(len(e["entities"] or []) for e in entities) / max(len(entities), 1),
         num_synthetic_rows=syn.num_ok,

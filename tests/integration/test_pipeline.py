@@ -171,3 +171,18 @@ def test_cli_status(tmp_path):
     assert proc.returncode == 0
     state = json.loads(proc.stdout)
     assert state["stages"]["synthetic"]["num_ok"] == 0
+
+
+def test_rerun_retries_failed_requests_only(ray_local, tiny_model_dir, small_corpus, tmp_path):
+    out = tmp_path / "retry"
+    config = tiny_config(tiny_model_dir, small_corpus, out, "extract.fallback=none", "max_error_fraction=1.0")
+    synthesize(config)  # every extraction fails (a random model writes no entity list); tolerated here
+    store = storage.StageStore(str(out), schema.EXTRACT)
+    first = store.manifest_entries()
+    failed_keys = {r["request_key"] for u in store.error_urls() for r in pq.read_table(u).to_pylist()}
+    assert failed_keys and sum(e["num_ok"] for e in first) == 0
+    synthesize(config)  # the same command again: the failed requests are attempted again, nothing else
+    second = [e for e in store.manifest_entries() if e["committed_at"] > max(x["committed_at"] for x in first)]
+    assert sum(e["num_failed"] for e in second) == len(failed_keys)
+    state = read_run_state(str(out))["stages"]["entities"]["this_run"]
+    assert state["expected"] == len(failed_keys) and state["done"] == 0 and state["failed"] == len(failed_keys)
