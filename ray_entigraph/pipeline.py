@@ -74,11 +74,11 @@ def save_resolved_config(config: EntiGraphConfig) -> None:
     storage.write_text(storage.join(config.output_dir, "config.yaml"), config.to_yaml())
 
 
-def _read_shards(urls: list[str]):
+def _read_shards(urls: list[str], include_paths: bool = False):
     import ray.data
 
     paths, fs = storage.for_ray_data(urls)
-    return ray.data.read_parquet(paths, filesystem=fs, shuffle=None)
+    return ray.data.read_parquet(paths, filesystem=fs, shuffle=None, include_paths=include_paths)
 
 
 def _units_of_work(ds, config: EntiGraphConfig):
@@ -159,20 +159,42 @@ def run_ingest(config: EntiGraphConfig, files: list[tuple[str, str]]) -> ledger.
     return totals
 
 
-def _documents_to_use(config: EntiGraphConfig) -> list[str]:
+def _document_index(config: EntiGraphConfig) -> dict[str, str]:
+    """doc_id -> the committed documents shard to read it from, for the *current* input files only (an
+    output_dir reused with other inputs keeps its old documents out), each document once (the same text in
+    two files is one document), capped at input.max_documents."""
+    from ray_entigraph.stages.ingest import list_input_files
+
+    current = {url for url, _ in list_input_files(config.input)}
     store = storage.StageStore(config.output_dir, schema.INGEST)
-    doc_ids = list(dict.fromkeys(store.iter_key_column("doc_id")))
+    index: dict[str, str] = {}
+    for entry in store.manifest_entries():
+        if entry.get("source") not in current or not entry.get("rows"):
+            continue
+        url = storage.join(store.url, entry["file"])
+        for doc_id in storage.read_parquet(url, ["doc_id"]).column("doc_id").to_pylist():
+            index.setdefault(doc_id, url)
+    doc_ids = sorted(index)
     if config.input.max_documents is not None:
         doc_ids = doc_ids[: config.input.max_documents]
-    return doc_ids
+    return {d: index[d] for d in doc_ids}
+
+
+def _read_documents(index: dict[str, str]):
+    """The indexed documents as a Ray dataset, each from the one shard the index names."""
+    urls = sorted(set(index.values()))
+    paths, _ = storage.for_ray_data(urls)
+    wanted = {doc_id: paths[urls.index(url)] for doc_id, url in index.items()}
+    ds = _read_shards(urls, include_paths=True)
+    return ds.filter(lambda r: wanted.get(r["doc_id"]) == r["path"]).drop_columns(["path"])
 
 
 def run_extract(config: EntiGraphConfig, on_start=lambda totals: None) -> ledger.StageTotals:
     from ray_entigraph.stages.common import model_actor_kwargs
     from ray_entigraph.stages.extract import EntityExtractionStage, extraction_key
 
-    doc_ids = _documents_to_use(config)
-    keys = {d: extraction_key(config, d) for d in doc_ids}
+    index = _document_index(config)
+    keys = {d: extraction_key(config, d) for d in index}
     done = set(storage.StageStore(config.output_dir, schema.EXTRACT).iter_key_column("request_key"))
     todo = {d: k for d, k in keys.items() if k not in done}
     progress = ledger.Progress(schema.EXTRACT, len(todo), unit="documents")
@@ -180,11 +202,10 @@ def run_extract(config: EntiGraphConfig, on_start=lambda totals: None) -> ledger
     on_start(base)
     if not todo:
         return base
-    ds = _read_shards(storage.StageStore(config.output_dir, schema.INGEST).shard_urls())
-    ds = ds.select_columns(["doc_id", "title", "text"]).filter(lambda r: r["doc_id"] in todo)
+    ds = _read_documents({d: index[d] for d in todo}).select_columns(["doc_id", "title", "text"])
     ds = ds.add_column("request_key", lambda batch: batch["doc_id"].map(todo), batch_format="pandas")
     ds = _units_of_work(ds, config).map_batches(EntityExtractionStage, fn_constructor_args=(config.model_dump_json(),), **model_actor_kwargs(config))
-    return _drain(ds, progress)
+    return _drain(ds, progress, base=base)
 
 
 def _planning_input(config: EntiGraphConfig):
@@ -193,16 +214,15 @@ def _planning_input(config: EntiGraphConfig):
     from ray_entigraph.stages.plan import capacity
     from ray_entigraph.text.plan import allocate_budget
 
-    doc_ids = _documents_to_use(config)
+    index = _document_index(config)
     if config.synthesis.augmenter == "rephrase":
         from ray_entigraph.prompts import load_prompt_set
 
-        wanted = set(doc_ids)
         per_doc = len(load_prompt_set(config.synthesis.prompts).rephrase) * config.plan.rephrase_repeats
-        ds = _read_shards(storage.StageStore(config.output_dir, schema.INGEST).shard_urls())
-        ds = ds.select_columns(["doc_id", "title", "text"]).filter(lambda r: r["doc_id"] in wanted)
-        return ds, None, per_doc * len(wanted)
-    keys = {extraction_key(config, d) for d in doc_ids}
+        if not index:
+            return None, None, 0
+        return _read_documents(index).select_columns(["doc_id", "title", "text"]), None, per_doc * len(index)
+    keys = {extraction_key(config, d) for d in index}
     store = storage.StageStore(config.output_dir, schema.EXTRACT)
     capacities, num_summaries = {}, 0
     for url in store.shard_urls():

@@ -52,11 +52,12 @@ def commit_unit(
     started: float,
     usage: dict[str, int],
     identity: dict[str, str] | None = None,
+    name_keys: list[str] | None = None,
 ) -> pa.Table:
     """Commit one unit of work (ok rows + error rows) and return its manifest row for the driver."""
     table = schema.rows_to_table(rows, schema.SCHEMAS[store.stage])
     err_table = schema.rows_to_table(errors, schema.ERRORS) if errors else None
-    keys = [r[key_column] for r in rows] + [e["request_key"] for e in errors]
+    keys = (name_keys or []) + [r[key_column] for r in rows] + [e["request_key"] for e in errors]
     entry = store.commit(
         table,
         err_table,

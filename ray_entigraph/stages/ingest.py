@@ -160,7 +160,8 @@ class IngestStage:
     def __call__(self, batch):
         started = time.time()
         rows = []
-        for url, fmt in zip(batch.column("path").to_pylist(), batch.column("format").to_pylist()):
+        urls = batch.column("path").to_pylist()
+        for url, fmt in zip(urls, batch.column("format").to_pylist()):
             for record in records_from_file(url, fmt, self.config.input):
                 rows.extend(documents_from_record(
                     record,
@@ -175,5 +176,6 @@ class IngestStage:
         return commit_unit(
             self.store, ok, errors, key_column="doc_id", started=started,
             usage={"num_prompt_tokens": 0, "num_cached_tokens": 0, "num_generated_tokens": 0},
-            identity=shard_identity(self.config, None),
+            identity={**shard_identity(self.config, None), "source": urls[0] if len(urls) == 1 else None},
+            name_keys=urls,  # two files with the same content still get one shard each
         )

@@ -186,3 +186,23 @@ def test_rerun_retries_failed_requests_only(ray_local, tiny_model_dir, small_cor
     assert sum(e["num_failed"] for e in second) == len(failed_keys)
     state = read_run_state(str(out))["stages"]["entities"]["this_run"]
     assert state["expected"] == len(failed_keys) and state["done"] == 0 and state["failed"] == len(failed_keys)
+
+
+def test_duplicate_documents_and_reused_output_dir(ray_local, tiny_model_dir, demo_docs, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    line = lambda d: json.dumps({"title": d["title"], "text": d["article"]})  # noqa: E731
+    (folder / "a.jsonl").write_text(line(demo_docs[0]) + "\n" + line(demo_docs[1]) + "\n")
+    (folder / "b.jsonl").write_text(line(demo_docs[1]) + "\n")  # the same document again
+    out = tmp_path / "run"
+    config = tiny_config(tiny_model_dir, folder, out, "ingest.max_document_tokens=1024", "plan.max_pairs_per_doc=1",
+                         "plan.max_triplets_per_doc=0")
+    synthesize(config)
+    keys = [e["request_key"] for e in storage.StageStore(str(out), schema.EXTRACT).read(schema=schema.ENTITIES).to_pylist()]
+    assert len(keys) == len(set(keys)) == 2  # one request per distinct document
+    # the same output_dir with other inputs: the old documents are not part of the new run
+    other = tmp_path / "other.jsonl"
+    other.write_text(line(demo_docs[2]) + "\n")
+    synthesize(tiny_config(tiny_model_dir, other, out, "ingest.max_document_tokens=1024", "plan.max_pairs_per_doc=1",
+                           "plan.max_triplets_per_doc=0"))
+    assert read_run_state(str(out))["run"]["stages"]["entities"]["expected"] == 1
