@@ -20,13 +20,13 @@ Every command takes  --config FILE  plus any number of  key.sub=value  overrides
 
 EPILOG = """\
 commands coming next (tracked in the project's issues):
-  train      continued pretraining on the synthetic corpus with replay mixing (Ray Train)
   eval       closed-book QA and perplexity: what the model learned and what it forgot
   run        synthesize, train and evaluate in one resumable command
 
 examples:
   ray-entigraph validate --config configs/demo.yaml --print
   ray-entigraph synthesize --config configs/demo.yaml
+  ray-entigraph train --config configs/demo.yaml
   ray-entigraph status runs/demo --json
 """
 
@@ -58,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
                        "missing inputs. Exit status 0 when valid.")
     _add_config_args(p)
     p.add_argument("--print", action="store_true", help="print the resolved config as YAML")
+
+    p = sub.add_parser("train", help="continued pretraining on the synthetic corpus with replay mixing (Ray Train)",
+                       description="Pack the synthetic corpus (or the raw documents) and replay corpora into blocks, "
+                       "mix them, train with Ray Train (DDP on CPU, FSDP on GPUs), checkpoint, export a Hugging "
+                       "Face model and plot the metrics. Re-running resumes from the latest checkpoint.")
+    _add_config_args(p)
 
     p = sub.add_parser("status", help="print a run's state from its output directory (no cluster needed)",
                        description="Per stage: shards, requests done and failed, tokens; read from storage alone.")
@@ -112,6 +118,18 @@ def cmd_synthesize(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    from ray_entigraph.train.launch import run_train
+
+    config = _load(args)
+    summary = run_train(config)
+    print("\nray-entigraph train: done")
+    for line in summary.lines():
+        print("  " + line)
+    print(f"  wall time        {summary.wall_s:.1f}s")
+    return 0
+
+
 def cmd_status(args) -> int:
     from ray_entigraph.ledger import read_run_state
 
@@ -138,7 +156,7 @@ def cmd_status(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "synthesize": cmd_synthesize, "status": cmd_status}
+COMMANDS = {"validate": cmd_validate, "synthesize": cmd_synthesize, "train": cmd_train, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -95,6 +95,54 @@ class SynthesisConfig(_Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling for relation and rephrase texts.")
 
 
+class ReplaySource(_Section):
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Short name (letters, digits, _.-); rows are tagged replay:<name>.")
+    path: str = Field(..., description="A Parquet or JSONL file, folder or glob (local or any fsspec URL) of general text.")
+    text_field: str = Field("text", description="The column holding the text.")
+    weight: float = Field(1.0, gt=0, description="Relative weight among replay sources.")
+
+
+class TrainConfig(_Section):
+    base_model: str | None = Field(None, description="Model to continue pretraining; None uses model.name (the generator).")
+    corpus: Literal["synthetic", "raw", "synthetic+raw"] = Field("synthetic", description="What to train on: the synthetic corpus, the source documents themselves (the Raw CPT baseline), or both.")
+    replay: list[ReplaySource] = Field(default_factory=list, description="General-text corpora mixed in so that the model does not forget.")
+    replay_share: float = Field(0.0, ge=0.0, lt=1.0, description="Share of training blocks that are replay blocks (the paper: 0.1); needs train.replay sources.")
+    replay_mode: Literal["replace", "add"] = Field("replace", description="`replace`: replay blocks take synthetic blocks' places (the paper); `add`: they are added on top.")
+    block_len: int = Field(2048, ge=8, description="Tokens per training sequence; texts are packed with an EOS between them.")
+    global_batch_size: int = Field(16, ge=1, description="Sequences per optimizer step over all workers (the paper: 16).")
+    micro_batch_size: int = Field(1, ge=1, description="Sequences per forward pass on one worker; gradient accumulation makes up the rest.")
+    epochs: int = Field(2, ge=1, description="Passes over the mixed stream (the paper: 2).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (None: all epochs).")
+    lr: float = Field(5e-6, gt=0, description="Peak learning rate (the paper: 5e-6).")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warmup over this share of steps, then cosine decay.")
+    min_lr_ratio: float = Field(0.0, ge=0, le=1, description="The cosine decays to peak x this.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (the paper: 0.01).")
+    grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
+    num_workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU on GPU nodes).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
+    use_gpu: bool = Field(False, description="Train on GPUs (NCCL) instead of CPUs (gloo).")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="`ddp`, or `fsdp` (full sharding, GPUs only).")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Training precision: float32 on CPU; bfloat16 autocast on GPUs.")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per worker on CPU; None: the node's cores / workers on it.")
+    checkpoint_every: int = Field(50, ge=1, description="Save a checkpoint (model, optimizer, scheduler, data position, RNG) every N steps.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in storage.")
+    log_every: int = Field(1, ge=1, description="Write a metrics line every N steps.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "TrainConfig":
+        if self.strategy == "fsdp" and not self.use_gpu:
+            raise ValueError("train.strategy is 'fsdp' but train.use_gpu is false. Fix: set train.use_gpu=true, or train.strategy=ddp on CPU.")
+        if self.global_batch_size % (self.micro_batch_size * self.num_workers):
+            raise ValueError(
+                f"train.global_batch_size ({self.global_batch_size}) is not a multiple of train.micro_batch_size "
+                f"({self.micro_batch_size}) x train.num_workers ({self.num_workers}). Fix: change one of them.")
+        if self.replay_share > 0 and not self.replay:
+            raise ValueError("train.replay_share > 0 but train.replay lists no source. Fix: add a replay source or set train.replay_share=0.")
+        if len({r.name for r in self.replay}) != len(self.replay):
+            raise ValueError("train.replay has two sources with the same name. Fix: give each a distinct name.")
+        return self
+
+
 class CostConfig(_Section):
     usd_per_million_prompt_tokens: float | None = Field(None, ge=0, description="Price of prompt tokens, for cost estimates in the ledger, `status` and `--dry-run`; None shows no cost.")
     usd_per_million_generated_tokens: float | None = Field(None, ge=0, description="Price of generated tokens, likewise.")
@@ -119,6 +167,7 @@ class EntiGraphConfig(_Section):
     plan: PlanConfig = Field(default_factory=PlanConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> "EntiGraphConfig":

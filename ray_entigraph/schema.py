@@ -96,3 +96,13 @@ def empty_table(schema: pa.Schema) -> pa.Table:
 def rows_to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
     """Build a table with exactly `schema`'s columns (missing values become null)."""
     return pa.Table.from_pylist([{f.name: r.get(f.name) for f in schema} for r in rows], schema=schema)
+
+# Training blocks: fixed-length token sequences, one folder per source under train/blocks/.
+BLOCKS = pa.schema([("input_ids", pa.list_(pa.int32()))])
+SYNTHETIC_SOURCE = "synthetic"
+REPLAY_PREFIX = "replay:"
+
+
+def blocks_stage(source: str) -> str:
+    """Stage folder of one training source's packed blocks ("replay:wiki" -> train/blocks/replay-wiki)."""
+    return "train/blocks/" + source.replace(":", "-")

@@ -215,3 +215,13 @@ def check_writable(output_dir: str) -> None:
             f"Cannot write to output_dir {output_dir!r}: {type(exc).__name__}: {exc}. "
             "Fix: choose a writable location, or check the credentials/endpoint of the object store."
         ) from exc
+
+
+def put_dir(local_dir: str, url: str) -> None:
+    """Upload a local folder's files (flat or nested) to `url`, each file written whole."""
+    for root, _, files in os.walk(local_dir):
+        for name in files:
+            src = os.path.join(root, name)
+            rel = os.path.relpath(src, local_dir)
+            with open(src, "rb") as f:
+                write_bytes(join(url, *rel.split(os.sep)), f.read())

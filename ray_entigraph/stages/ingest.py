@@ -28,7 +28,14 @@ class InputError(ValueError):
 
 
 def resolve_input_path(path: str) -> str:
-    return str(DEMO_CORPUS) if path == "builtin:demo" else path
+    """Built-in inputs: `builtin:demo` (the demo corpus) and `builtin:stdlib-docs` (a replay corpus)."""
+    if path == "builtin:demo":
+        return str(DEMO_CORPUS)
+    if path == "builtin:stdlib-docs":
+        from ray_entigraph.demo.replay import stdlib_docstrings_path
+
+        return stdlib_docstrings_path()
+    return path
 
 
 def list_input_files(cfg: InputConfig) -> list[tuple[str, str]]:

@@ -1,0 +1,1 @@
+"""Continued pretraining: tokenize and pack texts into blocks, mix replay in, train on Ray Train, export."""

@@ -1,0 +1,137 @@
+"""Launching continued pretraining: pack, mix, train on Ray Train, export, plot. The one home of Ray Train's
+trainer API; the loop itself is in `loop.py`.
+
+Re-running the same command after a crash resumes from the latest complete checkpoint: Ray Train keeps a
+snapshot of its checkpoints under <output_dir>/train/ray/train, and the loop restores model, optimizer,
+scheduler, data position and RNG from it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+
+from ray_entigraph import schema, storage
+from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.train.mix import plan_mixture, realised_share
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainSummary:
+    steps: int
+    blocks: dict
+    realised_replay_share: float
+    final_loss: float | None
+    mean_tokens_per_s: float
+    model_url: str
+    metrics_url: str
+    plot_url: str | None
+    wall_s: float
+
+    def lines(self) -> list[str]:
+        return [
+            f"blocks           {', '.join(f'{k}: {v}' for k, v in sorted(self.blocks.items()))}",
+            f"replay share     {self.realised_replay_share:.2%} of the training stream (realised)",
+            f"steps            {self.steps}, final loss {self.final_loss if self.final_loss is None else round(self.final_loss, 4)}",
+            f"throughput       {self.mean_tokens_per_s:.0f} training tokens/s (mean over steps)",
+            f"model            {self.model_url}  (Hugging Face format)",
+            f"metrics          {self.metrics_url}" + (f"  plot: {self.plot_url}" if self.plot_url else ""),
+        ]
+
+
+def build_mixture(config: EntiGraphConfig, counts: dict[str, int]) -> dict:
+    tc = config.train
+    replay_counts = {r.name: counts.get(schema.REPLAY_PREFIX + r.name, 0) for r in tc.replay}
+    stream = plan_mixture(counts.get(schema.SYNTHETIC_SOURCE, 0), replay_counts, {r.name: r.weight for r in tc.replay},
+                          share=tc.replay_share if tc.replay else 0.0, mode=tc.replay_mode, seed=config.seed)
+    if len(stream) < tc.global_batch_size:
+        raise ValueError(
+            f"The training stream has {len(stream)} blocks, fewer than train.global_batch_size "
+            f"({tc.global_batch_size}). Fix: synthesize more text, lower train.block_len, or lower the batch size.")
+    share = realised_share(stream)
+    logger.info("replay share realised: %.4f (configured %.4f, mode %s)", share, tc.replay_share, tc.replay_mode)
+    return {"stream": stream, "counts": counts, "realised_replay_share": share, "mode": tc.replay_mode,
+            "configured_replay_share": tc.replay_share}
+
+
+def _storage_args(url: str) -> dict:
+    if storage.is_local(url):
+        return {"storage_path": os.path.abspath(url.removeprefix("file://"))}
+    paths, fs = storage.for_ray_data([url])
+    return {"storage_path": paths[0], "storage_filesystem": fs}
+
+
+def run_train(config: EntiGraphConfig) -> TrainSummary:
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from ray_entigraph.pipeline import init_ray, save_resolved_config
+    from ray_entigraph.train.data import run_pack
+    from ray_entigraph.train.loop import train_loop_per_worker
+
+    started = time.time()
+    storage.check_writable(config.output_dir)
+    save_resolved_config(config)
+    init_ray(config)
+    counts = run_pack(config)
+    mixture = build_mixture(config, counts)
+    storage.write_text(storage.join(config.output_dir, "train", "mixture.json"), json.dumps(mixture))
+    print(f"[train] {len(mixture['stream'])} blocks in the stream, replay share realised "
+          f"{mixture['realised_replay_share']:.4f} (configured {config.train.replay_share}, mode {config.train.replay_mode})", flush=True)
+    tc = config.train
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config_json": config.model_dump_json()},
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                     resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}),
+        run_config=RunConfig(name="train", checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+                             **_storage_args(storage.join(config.output_dir, "train", "ray"))),
+    )
+    trainer.fit()
+    metrics_url = storage.join(config.output_dir, "train", "metrics.jsonl")
+    lines = [json.loads(x) for x in storage.read_text(metrics_url).splitlines() if x.strip()]
+    plot_url = plot_metrics(lines, storage.join(config.output_dir, "train", "metrics.png"))
+    return TrainSummary(
+        steps=len(lines), blocks=counts, realised_replay_share=mixture["realised_replay_share"],
+        final_loss=lines[-1]["loss"] if lines else None,
+        mean_tokens_per_s=sum(m["tokens_per_s"] for m in lines) / max(len(lines), 1),
+        model_url=storage.join(config.output_dir, "train", "model"), metrics_url=metrics_url, plot_url=plot_url,
+        wall_s=time.time() - started,
+    )
+
+
+def plot_metrics(lines: list[dict], url: str) -> str | None:
+    """Loss on synthetic and replay blocks, and the learning rate, against steps (PNG)."""
+    if not lines:
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [m["step"] for m in lines]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    for key, label in (("loss_synthetic", "synthetic"), ("loss_replay", "replay"), ("loss", "all")):
+        pts = [(s, m[key]) for s, m in zip(steps, lines) if m.get(key) is not None]
+        if pts:
+            ax1.plot(*zip(*pts), label=label)
+    ax1.set_xlabel("step")
+    ax1.set_ylabel("loss")
+    ax1.legend()
+    ax1.set_title("training loss")
+    ax2.plot(steps, [m["lr"] for m in lines])
+    ax2.set_xlabel("step")
+    ax2.set_title("learning rate")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    storage.write_bytes(url, buf.getvalue())
+    return url
