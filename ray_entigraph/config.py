@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -127,6 +128,7 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(50, ge=1, description="Save a checkpoint (model, optimizer, scheduler, data position, RNG) every N steps.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in storage.")
     log_every: int = Field(1, ge=1, description="Write a metrics line every N steps.")
+    peak_tflops_per_gpu: float = Field(989.0, gt=0, description="Peak dense bf16 TFLOP/s of one GPU, for MFU (H100 SXM: 989).")
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
@@ -285,9 +287,28 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"Config file {str(p)!r} must hold a mapping of keys, not {type(data).__name__}.")
     data = _merge(data, parse_overrides(overrides or []))
     try:
-        return EntiGraphConfig.model_validate(data)
+        config = EntiGraphConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err)) from None
+    return absolutize_local_paths(config)
+
+
+def _absolute(path: str) -> str:
+    if "://" in path or path.startswith("builtin:"):
+        return path
+    return os.path.abspath(os.path.expanduser(path))
+
+
+def absolutize_local_paths(config: EntiGraphConfig) -> EntiGraphConfig:
+    """Relative local paths are resolved against the current directory here, on the driver: Ray workers
+    run in other directories."""
+    config.output_dir = _absolute(config.output_dir)
+    config.input.path = _absolute(config.input.path)
+    for source in config.train.replay:
+        source.path = _absolute(source.path)
+    if config.model.cache_dir:
+        config.model.cache_dir = _absolute(config.model.cache_dir)
+    return config
 
 
 def config_reference_markdown() -> str:

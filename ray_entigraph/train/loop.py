@@ -80,6 +80,7 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
     path = resolve_model_path(base_model_name(config), config.model.cache_dir)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     model.config.use_cache = False
+    num_params = sum(p.numel() for p in model.parameters())
     model = ray.train.torch.prepare_model(model, parallel_strategy=tc.strategy)
     device = ray.train.torch.get_device()
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
@@ -144,6 +145,8 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
             "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens / elapsed,
             "step_s": elapsed, "peak_rss_mb": _peak_rss_mb(),
         }
+        if tc.use_gpu:  # model FLOPs utilisation: 6 N FLOPs per trained token over the GPUs' peak
+            line["mfu"] = 6 * num_params * line["tokens_per_s"] / (world * tc.peak_tflops_per_gpu * 1e12)
         metrics_lines.append(line)
         if rank == 0 and ((step + 1) % tc.log_every == 0 or step + 1 == steps):
             storage.write_text(metrics_url, "".join(json.dumps(m) + "\n" for m in metrics_lines))

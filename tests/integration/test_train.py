@@ -102,3 +102,29 @@ def test_killed_after_checkpoint_resumes_same_trajectory(synthesized, tiny_model
     assert [m["step"] for m in resumed] == list(range(1, 10))
     for a, b in zip(uninterrupted, resumed):
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * abs(a["loss"]), (a["step"], a["loss"], b["loss"])
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(_cuda_devices() == 0, reason="needs CUDA: runs a few FSDP steps on GPUs")
+def test_fsdp_steps_on_gpu(synthesized, tiny_model_dir, tmp_path):
+    import shutil
+
+    from ray_entigraph.train.launch import run_train
+
+    out = tmp_path / "gpu"
+    shutil.copytree(synthesized, out, ignore=shutil.ignore_patterns("train"))
+    workers = _cuda_devices()
+    config = tiny_config(tiny_model_dir, "builtin:demo", out, "input.max_documents=3", *TRAIN,
+                         f"train.num_workers={workers}", f"train.global_batch_size={4 * workers}", "train.use_gpu=true",
+                         "train.strategy=fsdp", "train.dtype=bfloat16", "train.max_steps=4")
+    summary = run_train(config)
+    assert summary.steps == 4 and summary.final_loss < _metrics(out)[0]["loss"]
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(out / "train" / "model")
