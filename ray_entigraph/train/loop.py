@@ -8,6 +8,7 @@ every world-th of them. A resumed run therefore continues the same data order fr
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -23,14 +24,19 @@ from ray_entigraph.train.schedule import accumulation_steps, warmup_cosine
 STATE_FILE = "training_state.pt"
 
 
+@functools.lru_cache(maxsize=4)
+def _epoch_order(length: int, seed: int, epoch: int) -> tuple[int, ...]:
+    order = list(range(length))
+    if epoch:
+        random.Random(seed * 1000003 + epoch).shuffle(order)
+    return tuple(order)
+
+
 def stream_item(stream: list[tuple[str, int]], position: int, seed: int) -> tuple[str, int]:
-    """The (source, block) at a global position of the epoch-concatenated stream."""
+    """The (source, block) at a global position of the epoch-concatenated stream: epoch 0 in stream order,
+    later epochs in a seeded reshuffle (computed once per epoch)."""
     epoch, offset = divmod(position, len(stream))
-    if epoch == 0:
-        return stream[offset]
-    order = list(range(len(stream)))
-    random.Random(seed * 1000003 + epoch).shuffle(order)
-    return stream[order[offset]]
+    return stream[_epoch_order(len(stream), seed, epoch)[offset]]
 
 
 def total_steps(config: EntiGraphConfig, stream_len: int) -> int:
@@ -62,6 +68,9 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
     from ray_entigraph.engines.bundled import resolve_model_path
     from ray_entigraph.train.data import base_model_name, load_blocks
 
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
     config = EntiGraphConfig.model_validate_json(loop_config["config_json"])
     tc = config.train
     ctx = ray.train.get_context()

@@ -128,3 +128,21 @@ def test_fsdp_steps_on_gpu(synthesized, tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(out / "train" / "model")
+
+
+def test_train_with_output_on_s3(synthesized, tiny_model_dir, s3_bucket):
+    """Blocks, checkpoints (Ray Train storage), metrics and the exported model all go to the object store."""
+    from ray_entigraph.train.launch import run_train
+
+    out = f"{s3_bucket}/run"
+    for rel in ("synthetic",):
+        storage.put_dir(str(synthesized / rel), f"{out}/{rel}")
+    config = tiny_config(tiny_model_dir, "builtin:demo", out, "input.max_documents=3", *TRAIN,
+                         "train.max_steps=3", "train.checkpoint_every=2")
+    summary = run_train(config)
+    assert summary.steps == 3
+    fs, path = storage.filesystem(f"{out}/train/ray/train")
+    names = {p.rsplit("/", 1)[-1] for p in fs.ls(path)}
+    assert {"checkpoint-step-00000002", "checkpoint-step-00000003"} <= names
+    assert storage.exists(f"{out}/train/model/model.safetensors") and storage.exists(f"{out}/train/model/tokenizer.json")
+    assert len(_metrics(out)) == 3
