@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints/cpu.txt | sha1sum | cut -c1-12)
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo demo-train test clean
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: install
 	@start=$$(date +%s); \
 	$(BIN)/ray-entigraph synthesize --config configs/demo.yaml output_dir=$(DEMO_OUT) && \
 	echo "demo: pipeline wall time $$(( $$(date +%s) - start ))s (install time excluded)"
+
+demo-train: demo
+	@echo "demo-train: continued pretraining of the bundled model on $(DEMO_OUT)"
+	$(BIN)/ray-entigraph train --config configs/demo.yaml output_dir=$(DEMO_OUT)
 
 test: install
 	$(BIN)/python -m pytest -q -ra
