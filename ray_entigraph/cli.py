@@ -111,11 +111,14 @@ def cmd_synthesize(args) -> int:
         return 0
     started = time.time()
     summary = synthesize(config)
-    print("\nray-entigraph synthesize: done")
-    for line in summary.lines():
-        print("  " + line)
-    print(f"  wall time        {time.time() - started:.1f}s (including Ray start-up)")
+    _print_done("synthesize", summary.lines(), f"{time.time() - started:.1f}s (including Ray start-up)")
     return 0
+
+
+def _print_done(command: str, lines: list[str], wall: str) -> None:
+    print(f"\nray-entigraph {command}: done")
+    for line in lines + [f"wall time        {wall}"]:
+        print("  " + line)
 
 
 def cmd_train(args) -> int:
@@ -123,10 +126,7 @@ def cmd_train(args) -> int:
 
     config = _load(args)
     summary = run_train(config)
-    print("\nray-entigraph train: done")
-    for line in summary.lines():
-        print("  " + line)
-    print(f"  wall time        {summary.wall_s:.1f}s")
+    _print_done("train", summary.lines(), f"{summary.wall_s:.1f}s")
     return 0
 
 

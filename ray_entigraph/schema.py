@@ -86,7 +86,6 @@ ERRORS = pa.schema(
 )
 
 SCHEMAS = {INGEST: DOCUMENTS, EXTRACT: ENTITIES, SYNTHESIZE: SYNTHETIC}
-KEY_COLUMN = {INGEST: "doc_id", EXTRACT: "request_key", SYNTHESIZE: "task_id"}
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

@@ -73,9 +73,8 @@ def read_text(url: str) -> str:
 def write_bytes(url: str, data: bytes) -> None:
     """Write a whole object so that a reader sees all of it or none of it."""
     fs, path = filesystem(url)
-    parent = posixpath.dirname(path) if not is_local(url) else os.path.dirname(path)
     if is_local(url):
-        os.makedirs(parent, exist_ok=True)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp, "wb") as f:
             f.write(data)
@@ -199,8 +198,6 @@ class StageStore:
         for url in self.shard_urls():
             yield from read_parquet(url, [column]).column(column).to_pylist()
 
-    def write_summary(self, summary: dict) -> None:
-        write_text(join(self.url, "manifest.json"), json.dumps(summary, indent=2, sort_keys=True))
 
 
 def check_writable(output_dir: str) -> None:

@@ -8,7 +8,6 @@ bad request cannot fail its neighbours.
 from __future__ import annotations
 
 import logging
-import os
 from itertools import groupby
 
 from ray_entigraph.engines.base import GenerationRequest, GenerationResult, SamplingParams
@@ -39,7 +38,6 @@ class TransformersEngine:
         torch_threads: int | None = None,
         cache_dir: str | None = None,
     ):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1") if model_name.startswith("bundled:") else None
         import torch
         import transformers
         from transformers import AutoModelForCausalLM, AutoTokenizer

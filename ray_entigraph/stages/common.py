@@ -75,18 +75,6 @@ def commit_unit(
     return manifest_row_table([entry])
 
 
-MANIFEST_COLUMNS = (
-    "shard",
-    "num_ok",
-    "num_failed",
-    "num_prompt_tokens",
-    "num_cached_tokens",
-    "num_generated_tokens",
-    "wall_s",
-    "host",
-)
-
-
 def manifest_row_table(entries: list[dict]) -> pa.Table:
     return pa.table(
         {

@@ -97,12 +97,6 @@ def allocate_budget(capacities: dict[str, int], budget: int | None) -> dict[str,
     return alloc
 
 
-def estimate_requests(num_entities: list[int], max_pairs: int | None, max_triplets: int, budget: int | None) -> int:
-    """Relation requests a set of documents yields (for dry runs and docs)."""
-    caps = {str(i): task_capacity(n, max_pairs, max_triplets) for i, n in enumerate(num_entities)}
-    return sum(allocate_budget(caps, budget).values())
-
-
 def estimate_synthesis(
     doc_tokens: dict[str, int],
     entity_counts: dict[str, int],

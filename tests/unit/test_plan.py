@@ -6,7 +6,7 @@ import pytest
 
 from ray_entigraph.text.plan import (
     allocate_budget,
-    estimate_requests,
+    estimate_synthesis,
     plan_entity_subsets,
     task_capacity,
 )
@@ -76,4 +76,7 @@ def test_allocation_properties(trial):
 
 def test_no_budget_means_capacity():
     assert allocate_budget({"a": 3}, None) == {"a": 3}
-    assert estimate_requests([3, 4], None, 1, None) == 3 + 1 + 6 + 1
+    est = estimate_synthesis({"a": 10, "b": 20}, {"a": 3, "b": 4}, extract_overhead=5, relation_overhead=7,
+                             extract_max_new=2, relation_max_new=3, max_pairs=None, max_triplets=1, budget=None)
+    assert est["num_relation_requests"] == 3 + 1 + 6 + 1
+    assert est["num_prompt_tokens"] == 4 * (10 + 7) + 7 * (20 + 7) + (10 + 5) + (20 + 5)
