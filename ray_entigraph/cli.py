@@ -19,15 +19,15 @@ Every command takes  --config FILE  plus any number of  key.sub=value  overrides
 """
 
 EPILOG = """\
-commands coming next (tracked in the project's issues):
-  eval       closed-book QA and perplexity: what the model learned and what it forgot
-  run        synthesize, train and evaluate in one resumable command
-
 examples:
+  ray-entigraph run --config configs/demo.yaml                 # synthesize -> train -> eval, resumable
   ray-entigraph validate --config configs/demo.yaml --print
-  ray-entigraph synthesize --config configs/demo.yaml
-  ray-entigraph train --config configs/demo.yaml
+  ray-entigraph synthesize --config configs/demo.yaml --dry-run
+  ray-entigraph eval --config configs/demo.yaml eval.protocol=generative
+  ray-entigraph sweep --config configs/demo.yaml sweep.num_budgets=3
   ray-entigraph status runs/demo --json
+
+On a cluster: ray job submit --working-dir . -- ray-entigraph run --config ... output_dir=s3://bucket/run
 """
 
 
@@ -63,6 +63,28 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Pack the synthetic corpus (or the raw documents) and replay corpora into blocks, "
                        "mix them, train with Ray Train (DDP on CPU, FSDP on GPUs), checkpoint, export a Hugging "
                        "Face model and plot the metrics. Re-running resumes from the latest checkpoint.")
+    _add_config_args(p)
+
+    p = sub.add_parser("eval", help="closed-book QA and perplexity: what the model learned, what it forgot",
+                       description="Evaluate the base model and the trained model (and any in eval.models): "
+                       "closed-book accuracy on QuALITY-layout questions (option log-likelihood or generative "
+                       "chain of thought), the base model with the document in context as a reference, perplexity "
+                       "on the source documents (knowledge) and on held-out text (forgetting). Writes "
+                       "<output_dir>/eval/report.{json,md} and PNG plots.")
+    _add_config_args(p)
+
+    p = sub.add_parser("run", help="synthesize -> train -> eval in one resumable command",
+                       description="The whole run on one output_dir. Each finished step is recorded in "
+                       "<output_dir>/_steps/; re-running the same command skips finished steps and resumes the "
+                       "interrupted one from its committed work.")
+    _add_config_args(p)
+    p.add_argument("--until", choices=["synthesize", "train", "eval"], help="stop after this step")
+
+    p = sub.add_parser("sweep", help="the paper's experiment: accuracy against synthetic tokens, with baselines",
+                       description="Synthesize once, train on log-spaced subsets of the synthetic corpus "
+                       "(sweep.budgets or sweep.num_budgets), train the Raw CPT and Rephrase baselines, evaluate "
+                       "every model, and fit the paper's mixture-of-exponentials curve. Writes "
+                       "<output_dir>/sweep/{sweep.json,accuracy_vs_tokens.png,eval/report.md}. Resumable like run.")
     _add_config_args(p)
 
     p = sub.add_parser("status", help="print a run's state from its output directory (no cluster needed)",
@@ -130,6 +152,35 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from ray_entigraph.eval.launch import run_eval
+
+    summary = run_eval(_load(args))
+    _print_done("eval", summary.lines(), f"{summary.wall_s:.1f}s")
+    return 0
+
+
+def cmd_run(args) -> int:
+    from ray_entigraph.prompts import load_prompt_set
+    from ray_entigraph.workflow import run
+
+    config = _load(args)
+    load_prompt_set(config.synthesis.prompts)
+    started = time.time()
+    results = run(config, until=args.until)
+    lines = [f"{step:<16} {r['wall_s']:.0f}s" for step, r in results.items()]
+    _print_done("run", lines + [f"output           {config.output_dir}"], f"{time.time() - started:.1f}s")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from ray_entigraph.workflow import sweep
+
+    summary = sweep(_load(args))
+    _print_done("sweep", summary.lines(), f"{summary.wall_s:.1f}s")
+    return 0
+
+
 def cmd_status(args) -> int:
     from ray_entigraph.ledger import read_run_state
 
@@ -156,19 +207,21 @@ def cmd_status(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "synthesize": cmd_synthesize, "train": cmd_train, "status": cmd_status}
+COMMANDS = {"validate": cmd_validate, "synthesize": cmd_synthesize, "train": cmd_train, "eval": cmd_eval, "run": cmd_run,
+            "sweep": cmd_sweep, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     from ray_entigraph.config import ConfigError
+    from ray_entigraph.eval.quality import QuestionsError
     from ray_entigraph.pipeline import StageFailed
     from ray_entigraph.stages.ingest import InputError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, InputError, StageFailed, OSError, ValueError) as exc:
+    except (ConfigError, InputError, QuestionsError, StageFailed, OSError, ValueError, RuntimeError) as exc:
         print(f"ray-entigraph {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

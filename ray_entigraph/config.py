@@ -104,8 +104,10 @@ class ReplaySource(_Section):
 
 
 class TrainConfig(_Section):
+    name: str = Field("train", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", description="Folder under output_dir for this training's mixture, checkpoints, metrics and exported model (`sweep` trains several, each under its own name). Packed blocks are shared under output_dir/train/blocks.")
     base_model: str | None = Field(None, description="Model to continue pretraining; None uses model.name (the generator).")
     corpus: Literal["synthetic", "raw", "synthetic+raw"] = Field("synthetic", description="What to train on: the synthetic corpus, the source documents themselves (the Raw CPT baseline), or both.")
+    max_synthetic_tokens: int | None = Field(None, ge=1, description="Train on a seeded random subset of the synthetic corpus of about this many tokens (whole blocks); None uses all of it. `sweep` sets it per budget, like the paper's scaling experiment.")
     replay: list[ReplaySource] = Field(default_factory=list, description="General-text corpora mixed in so that the model does not forget.")
     replay_share: float = Field(0.0, ge=0.0, lt=1.0, description="Share of training blocks that are replay blocks (the paper: 0.1); needs train.replay sources.")
     replay_mode: Literal["replace", "add"] = Field("replace", description="`replace`: replay blocks take synthetic blocks' places (the paper); `add`: they are added on top.")
@@ -145,6 +147,34 @@ class TrainConfig(_Section):
         return self
 
 
+class EvalConfig(_Section):
+    questions: str = Field("auto", description="QuALITY-layout JSON Lines (`article`, `title`, `questions[]` with `options` and 1-based `gold_label`), local or any fsspec URL; `auto` uses input.path when it holds questions (the demo corpus does); `none` skips question answering.")
+    protocol: Literal["options", "generative"] = Field("options", description="`options`: pick the option whose text has the highest mean per-token log-likelihood after the question (deterministic, fast, works on small base models); `generative`: few-shot chain-of-thought through the configured engine, answer letter parsed from the text (the paper's protocol).")
+    include_base: bool = Field(True, description="Evaluate the base model (train.base_model or model.name).")
+    include_trained: bool = Field(True, description="Evaluate the model exported by training (output_dir/<train.name>/model) when it exists.")
+    models: list[str] = Field(default_factory=list, description="More models to compare: Hugging Face ids, local folders or fsspec URLs of exported models; `label=path` names one.")
+    open_book_reference: bool = Field(True, description="Also score the base model with the document in its context: the ceiling that closed-book training aims at.")
+    max_questions: int | None = Field(None, ge=1, description="Evaluate at most this many questions (in file order); None: all.")
+    batch_size: int = Field(16, ge=1, description="Sequences per forward pass (options) or per generate call (generative).")
+    few_shot: int = Field(3, ge=0, le=3, description="Generative protocol: worked examples in the prompt (from the built-in eval prompt set, never from the evaluated questions).")
+    max_new_tokens: int = Field(256, ge=8, description="Generative protocol: token budget for the reasoning and the answer.")
+    perplexity_texts: int = Field(64, ge=0, description="Texts used for each perplexity (source documents for knowledge, held-out text for forgetting); 0 skips perplexity.")
+    perplexity_window: int = Field(1024, ge=16, description="Tokens per perplexity window (texts are cut into non-overlapping windows).")
+    forgetting_text: str = Field("builtin:stdlib-docs-heldout", description="Held-out general text for the forgetting perplexity; must not be in the replay data. The built-in is docstrings of standard-library modules that `builtin:stdlib-docs` does not use.")
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Evaluation precision: `auto` is float32 on CPU and bfloat16 on GPUs.")
+    device: str = Field("auto", description="`auto`, `cpu`, `cuda`, `cuda:N`.")
+    num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each evaluation task (one Ray task per model).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per evaluation task.")
+    torch_threads: int | None = Field(None, ge=1, description="torch threads per evaluation task on CPU; None: all cores of the node.")
+    max_parallel: int = Field(1, ge=1, description="Models evaluated at once (raise it on a GPU cluster).")
+
+
+class SweepConfig(_Section):
+    budgets: list[int] = Field(default_factory=list, description="Synthetic token budgets to train on (subsets of the synthetic corpus); empty: `num_budgets` log-spaced budgets up to the whole corpus.")
+    num_budgets: int = Field(4, ge=1, description="How many budgets when `budgets` is empty (each half the next).")
+    baselines: list[Literal["raw", "rephrase"]] = Field(default_factory=lambda: ["raw", "rephrase"], description="Baselines trained and evaluated beside EntiGraph: `raw` (Raw CPT on the documents), `rephrase` (the WRAP-style rephrase augmenter, synthesized into output_dir/sweep/rephrase).")
+
+
 class CostConfig(_Section):
     usd_per_million_prompt_tokens: float | None = Field(None, ge=0, description="Price of prompt tokens, for cost estimates in the ledger, `status` and `--dry-run`; None shows no cost.")
     usd_per_million_generated_tokens: float | None = Field(None, ge=0, description="Price of generated tokens, likewise.")
@@ -170,6 +200,8 @@ class EntiGraphConfig(_Section):
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    sweep: SweepConfig = Field(default_factory=SweepConfig)
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> "EntiGraphConfig":
@@ -293,10 +325,33 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     return absolutize_local_paths(config)
 
 
+def derive(config: EntiGraphConfig, overrides: list[str]) -> EntiGraphConfig:
+    """A validated copy of `config` with dotted overrides applied (how `sweep` builds each arm's config)."""
+    try:
+        derived = EntiGraphConfig.model_validate(_merge(config.model_dump(mode="json"), parse_overrides(overrides)))
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err)) from None
+    return absolutize_local_paths(derived)
+
+
+def section_hash(config: EntiGraphConfig, exclude: tuple[str, ...]) -> str:
+    """Hash of the config without the named top-level sections (what a step of `run` depends on)."""
+    blob = json.dumps(config.model_dump(mode="json", exclude=set(exclude)), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
 def _absolute(path: str) -> str:
     if "://" in path or path.startswith("builtin:"):
         return path
     return os.path.abspath(os.path.expanduser(path))
+
+
+def _absolute_model(spec: str) -> str:
+    """`label=path` or `path`; a local folder becomes absolute, a hub id (org/name, not on disk) stays."""
+    label, sep, path = spec.rpartition("=")
+    if "://" not in path and os.path.exists(os.path.expanduser(path)):
+        path = _absolute(path)
+    return f"{label}{sep}{path}"
 
 
 def absolutize_local_paths(config: EntiGraphConfig) -> EntiGraphConfig:
@@ -306,6 +361,10 @@ def absolutize_local_paths(config: EntiGraphConfig) -> EntiGraphConfig:
     config.input.path = _absolute(config.input.path)
     for source in config.train.replay:
         source.path = _absolute(source.path)
+    if config.eval.questions not in ("auto", "none"):
+        config.eval.questions = _absolute(config.eval.questions)
+    config.eval.forgetting_text = _absolute(config.eval.forgetting_text)
+    config.eval.models = [_absolute_model(m) for m in config.eval.models]
     if config.model.cache_dir:
         config.model.cache_dir = _absolute(config.model.cache_dir)
     return config

@@ -289,8 +289,9 @@ def summarize(config: EntiGraphConfig, wall_s: float, run_totals: dict[str, ledg
     )
 
 
-def synthesize(config: EntiGraphConfig) -> SynthesisSummary:
-    """ingest -> extract -> plan -> synthesize, each stage resumable from what storage holds."""
+def synthesize(config: EntiGraphConfig, ingest_only: bool = False) -> SynthesisSummary:
+    """ingest -> extract -> plan -> synthesize, each stage resumable from what storage holds (`ingest_only`:
+    the documents alone, which is all the Raw CPT baseline needs)."""
     from ray_entigraph.stages.ingest import list_input_files
 
     files = list_input_files(config.input)  # bad input fails here, before Ray starts
@@ -306,6 +307,8 @@ def synthesize(config: EntiGraphConfig) -> SynthesisSummary:
                           (schema.EXTRACT, lambda cb: run_extract(config, cb)),
                           (schema.SYNTHESIZE, lambda cb: run_synthesize(config, cb))):
             if stage == schema.EXTRACT and config.synthesis.augmenter == "rephrase":
+                continue
+            if ingest_only and stage != schema.INGEST:
                 continue
             run["stage"] = stage
             ledger.write_run_state(config.output_dir, run)

@@ -222,3 +222,14 @@ def put_dir(local_dir: str, url: str) -> None:
             rel = os.path.relpath(src, local_dir)
             with open(src, "rb") as f:
                 write_bytes(join(url, *rel.split(os.sep)), f.read())
+
+
+def get_dir(url: str, local_dir: str) -> None:
+    """Download every file under `url` into `local_dir`, keeping the relative layout."""
+    fs, root = filesystem(url)
+    for path in fs.find(root):
+        rel = posixpath.relpath(path, root)
+        dst = os.path.join(local_dir, *rel.split("/"))
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        with fs.open(path, "rb") as src, open(dst, "wb") as out:
+            out.write(src.read())

@@ -59,6 +59,22 @@ class TransformersEngine:
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device).eval()
         self._torch = torch
 
+    @classmethod
+    def from_loaded(cls, model, tokenizer, *, device: str, max_batch_size: int, max_model_len: int) -> "TransformersEngine":
+        """An engine around a model already in memory (evaluation scores and generates with one copy)."""
+        import torch
+
+        self = cls.__new__(cls)
+        self.model_name = getattr(model, "name_or_path", "loaded")
+        self.device, self.max_batch_size, self.max_model_len = device, max_batch_size, max_model_len
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = model
+        self._torch = torch
+        return self
+
     # -- protocol ---------------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])

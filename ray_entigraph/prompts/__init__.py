@@ -40,6 +40,7 @@ class PromptSet(BaseModel):
     pair: ChatTemplate | None = None
     triplet: ChatTemplate | None = None
     rephrase: dict[str, ChatTemplate] = Field(default_factory=dict)
+    qa: ChatTemplate | None = None  # evaluation: few-shot chain-of-thought question answering
 
 
 def builtin_prompt_sets() -> list[str]:

@@ -28,13 +28,14 @@ class InputError(ValueError):
 
 
 def resolve_input_path(path: str) -> str:
-    """Built-in inputs: `builtin:demo` (the demo corpus) and `builtin:stdlib-docs` (a replay corpus)."""
+    """Built-in inputs: `builtin:demo` (the demo corpus), `builtin:stdlib-docs` (a replay corpus) and
+    `builtin:stdlib-docs-heldout` (held-out general text for the forgetting perplexity)."""
     if path == "builtin:demo":
         return str(DEMO_CORPUS)
-    if path == "builtin:stdlib-docs":
+    if path in ("builtin:stdlib-docs", "builtin:stdlib-docs-heldout"):
         from ray_entigraph.demo.replay import stdlib_docstrings_path
 
-        return stdlib_docstrings_path()
+        return stdlib_docstrings_path(split="train" if path == "builtin:stdlib-docs" else "heldout")
     return path
 
 

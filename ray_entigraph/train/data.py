@@ -22,6 +22,11 @@ def base_model_name(config: EntiGraphConfig) -> str:
     return config.train.base_model or config.model.name
 
 
+def train_url(config: EntiGraphConfig, *parts: str) -> str:
+    """This training's folder (output_dir/<train.name>), or a path inside it."""
+    return storage.join(config.output_dir, *config.train.name.split("/"), *parts)
+
+
 def pack_units(config: EntiGraphConfig) -> list[dict]:
     """Every (source, input file) to pack for the configured training corpus and replay sources."""
     from ray_entigraph.pipeline import _document_index

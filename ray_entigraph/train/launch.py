@@ -26,6 +26,7 @@ class TrainSummary:
     steps: int
     blocks: dict
     realised_replay_share: float
+    synthetic_tokens_used: int
     final_loss: float | None
     mean_tokens_per_s: float
     model_url: str
@@ -36,6 +37,7 @@ class TrainSummary:
     def lines(self) -> list[str]:
         return [
             f"blocks           {', '.join(f'{k}: {v}' for k, v in sorted(self.blocks.items()))}",
+            f"corpus tokens    {self.synthetic_tokens_used} trained on per epoch (whole blocks)",
             f"replay share     {self.realised_replay_share:.2%} of the training stream (realised)",
             f"steps            {self.steps}, final loss {self.final_loss if self.final_loss is None else round(self.final_loss, 4)}",
             f"throughput       {self.mean_tokens_per_s:.0f} training tokens/s (mean over steps)",
@@ -47,8 +49,10 @@ class TrainSummary:
 def build_mixture(config: EntiGraphConfig, counts: dict[str, int]) -> dict:
     tc = config.train
     replay_counts = {r.name: counts.get(schema.REPLAY_PREFIX + r.name, 0) for r in tc.replay}
-    stream = plan_mixture(counts.get(schema.SYNTHETIC_SOURCE, 0), replay_counts, {r.name: r.weight for r in tc.replay},
+    chosen = synthetic_subset(counts.get(schema.SYNTHETIC_SOURCE, 0), tc.max_synthetic_tokens, tc.block_len, config.seed)
+    stream = plan_mixture(len(chosen), replay_counts, {r.name: r.weight for r in tc.replay},
                           share=tc.replay_share if tc.replay else 0.0, mode=tc.replay_mode, seed=config.seed)
+    stream = [(src, chosen[i]) if src == schema.SYNTHETIC_SOURCE else (src, i) for src, i in stream]
     if len(stream) < tc.global_batch_size:
         raise ValueError(
             f"The training stream has {len(stream)} blocks, fewer than train.global_batch_size "
@@ -56,7 +60,19 @@ def build_mixture(config: EntiGraphConfig, counts: dict[str, int]) -> dict:
     share = realised_share(stream)
     logger.info("replay share realised: %.4f (configured %.4f, mode %s)", share, tc.replay_share, tc.replay_mode)
     return {"stream": stream, "counts": counts, "realised_replay_share": share, "mode": tc.replay_mode,
-            "configured_replay_share": tc.replay_share}
+            "configured_replay_share": tc.replay_share, "synthetic_blocks_used": len(chosen),
+            "synthetic_tokens_used": len(chosen) * tc.block_len}
+
+
+def synthetic_subset(available: int, max_tokens: int | None, block_len: int, seed: int) -> list[int]:
+    """Indices of the synthetic blocks to train on: all of them, or a seeded random subset of
+    ceil(max_tokens / block_len) blocks (at least one), in ascending order."""
+    if max_tokens is None or max_tokens >= available * block_len:
+        return list(range(available))
+    import random
+
+    want = max(1, -(-max_tokens // block_len))
+    return sorted(random.Random(f"{seed}:synthetic-subset").sample(range(available), want))
 
 
 def _storage_args(url: str) -> dict:
@@ -71,7 +87,7 @@ def run_train(config: EntiGraphConfig) -> TrainSummary:
     from ray.train.torch import TorchTrainer
 
     from ray_entigraph.pipeline import init_ray, save_resolved_config
-    from ray_entigraph.train.data import run_pack
+    from ray_entigraph.train.data import run_pack, train_url
     from ray_entigraph.train.loop import train_loop_per_worker
 
     started = time.time()
@@ -80,7 +96,7 @@ def run_train(config: EntiGraphConfig) -> TrainSummary:
     init_ray(config)
     counts = run_pack(config)
     mixture = build_mixture(config, counts)
-    storage.write_text(storage.join(config.output_dir, "train", "mixture.json"), json.dumps(mixture))
+    storage.write_text(train_url(config, "mixture.json"), json.dumps(mixture))
     print(f"[train] {len(mixture['stream'])} blocks in the stream, replay share realised "
           f"{mixture['realised_replay_share']:.4f} (configured {config.train.replay_share}, mode {config.train.replay_mode})", flush=True)
     tc = config.train
@@ -90,17 +106,18 @@ def run_train(config: EntiGraphConfig) -> TrainSummary:
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
                                      resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}),
         run_config=RunConfig(name="train", checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
-                             **_storage_args(storage.join(config.output_dir, "train", "ray"))),
+                             **_storage_args(train_url(config, "ray"))),
     )
     trainer.fit()
-    metrics_url = storage.join(config.output_dir, "train", "metrics.jsonl")
+    metrics_url = train_url(config, "metrics.jsonl")
     lines = [json.loads(x) for x in storage.read_text(metrics_url).splitlines() if x.strip()]
-    plot_url = plot_metrics(lines, storage.join(config.output_dir, "train", "metrics.png"))
+    plot_url = plot_metrics(lines, train_url(config, "metrics.png"))
     return TrainSummary(
         steps=len(lines), blocks=counts, realised_replay_share=mixture["realised_replay_share"],
+        synthetic_tokens_used=mixture["synthetic_tokens_used"],
         final_loss=lines[-1]["loss"] if lines else None,
         mean_tokens_per_s=sum(m["tokens_per_s"] for m in lines) / max(len(lines), 1),
-        model_url=storage.join(config.output_dir, "train", "model"), metrics_url=metrics_url, plot_url=plot_url,
+        model_url=train_url(config, "model"), metrics_url=metrics_url, plot_url=plot_url,
         wall_s=time.time() - started,
     )
 

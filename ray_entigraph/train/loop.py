@@ -66,7 +66,7 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from ray_entigraph.engines.bundled import resolve_model_path
-    from ray_entigraph.train.data import base_model_name, load_blocks
+    from ray_entigraph.train.data import base_model_name, load_blocks, train_url
 
     import transformers
 
@@ -80,7 +80,7 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
     torch.manual_seed(config.seed)
 
     # data: the mixed stream and every source's blocks
-    stream = [tuple(x) for x in json.loads(storage.read_text(storage.join(config.output_dir, "train", "mixture.json")))["stream"]]
+    stream = [tuple(x) for x in json.loads(storage.read_text(train_url(config, "mixture.json")))["stream"]]
     blocks = {src: torch.from_numpy(load_blocks(config, src).astype(np.int64)) for src in sorted({s for s, _ in stream})}
     steps = total_steps(config, len(stream))
     accum = accumulation_steps(tc.global_batch_size, tc.micro_batch_size, world)
@@ -114,7 +114,7 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
         np.random.set_state(state["rng_numpy"])
         start_step = state["step"]
         metrics_lines = [m for m in state["metrics"] if m["step"] <= start_step]  # steps are 1-based
-    metrics_url = storage.join(config.output_dir, "train", "metrics.jsonl")
+    metrics_url = train_url(config, "metrics.jsonl")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if tc.use_gpu and tc.dtype == "bfloat16" else _null()
 
     model.train()
@@ -192,14 +192,14 @@ def _export(state: dict, tokenizer, config: EntiGraphConfig) -> None:
     from transformers import AutoModelForCausalLM
 
     from ray_entigraph.engines.bundled import resolve_model_path
-    from ray_entigraph.train.data import base_model_name
+    from ray_entigraph.train.data import base_model_name, train_url
 
     fresh = AutoModelForCausalLM.from_pretrained(resolve_model_path(base_model_name(config), config.model.cache_dir))
     fresh.load_state_dict(state)
     with tempfile.TemporaryDirectory() as tmp:
         fresh.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        storage.put_dir(tmp, storage.join(config.output_dir, "train", "model"))
+        storage.put_dir(tmp, train_url(config, "model"))
 
 
 def _peak_rss_mb() -> float:

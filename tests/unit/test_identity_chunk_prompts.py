@@ -41,6 +41,11 @@ def test_builtin_prompt_sets_render():
     msgs = render_chat(ps.pair, {"title": "T", "document": "D", "entity_1": "A", "entity_2": "B"})
     assert msgs[-1]["role"] == "user" and '"A" and "B"' in msgs[-1]["content"] and "T" in msgs[-1]["content"]
     assert len(load_prompt_set("rephrase-v1").rephrase) == 3
+    for name in builtin_prompt_sets():  # every shipped prompt file parses
+        assert load_prompt_set(name).version == name
+    qa = load_prompt_set("eval-cot-v1").qa
+    assert len(qa.examples) == 3 and all(ex.assistant.rstrip().endswith(("Answer: A", "Answer: B", "Answer: D"))
+                                         for ex in qa.examples)
 
 
 def test_unknown_placeholder_is_an_error():

@@ -1,0 +1,1 @@
+"""Evaluation: closed-book question answering (QuALITY layout) and perplexity, per model, with reports."""

@@ -1,0 +1,122 @@
+"""QuALITY-layout questions: the public dataset's JSON Lines files and the demo corpus read the same way.
+
+A record is one article: `article_id`, `title`, `author`, `year`, `article` (plain text or HTML) and
+`questions[]`, each with `question`, four `options` and a 1-based `gold_label` (`difficult` optional).
+Pure functions; no model, no Ray.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+from dataclasses import dataclass
+
+from ray_entigraph import storage
+
+_TAG = re.compile(r"<[^>]+>")
+_HIDDEN = re.compile(r"<(head|script|style)\b.*?</\1>", re.IGNORECASE | re.DOTALL)
+_BLOCK_TAG = re.compile(r"</?(p|br|div|h[1-6]|li|tr|blockquote)\b[^>]*>", re.IGNORECASE)
+_SPACES = re.compile(r"[ \t\r\f\v]+")
+_BLANKS = re.compile(r"\n\s*\n+")
+
+
+@dataclass(frozen=True)
+class Question:
+    qid: str  # <article_id>/<index within the article>
+    article_id: str
+    title: str
+    author: str
+    year: str
+    question: str
+    options: tuple[str, ...]
+    gold: int  # 0-based index into options
+    difficult: bool
+    article: str  # plain text (used only for the open-book reference)
+
+    def header(self) -> str:
+        """The closed-book prefix: the article's title (and author and year where present), as in the paper."""
+        parts = [f'Title: "{self.title}"'] if self.title else []
+        if self.author:
+            parts.append(f"Author: {self.author}")
+        if self.year:
+            parts.append(f"Year: {self.year}")
+        return "\n".join(parts)
+
+
+def strip_html(text: str) -> str:
+    """Plain text from QuALITY's HTML articles: block tags become paragraph breaks, entities are decoded."""
+    if "<" not in text and "&" not in text:
+        return text.strip()
+    text = _BLOCK_TAG.sub("\n\n", _HIDDEN.sub("", text))
+    text = html.unescape(_TAG.sub("", text)).replace("\xa0", " ")
+    lines = [_SPACES.sub(" ", line).strip() for line in text.split("\n")]
+    return _BLANKS.sub("\n\n", "\n".join(lines)).strip()
+
+
+class QuestionsError(ValueError):
+    """A questions file that cannot be used; the message names the line and the fix."""
+
+
+def parse_records(lines: list[str], source: str = "<questions>") -> list[Question]:
+    """Questions from QuALITY-layout JSON Lines; a malformed record is an error naming its line."""
+    out: list[Question] = []
+    for lineno, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise QuestionsError(f"{source}:{lineno}: not JSON ({exc.msg}). Fix: one JSON object per line.") from None
+        article_id = str(rec.get("article_id") or rec.get("set_unique_id") or f"line{lineno}")
+        article = strip_html(str(rec.get("article") or rec.get("text") or ""))
+        for i, q in enumerate(rec.get("questions") or []):
+            options = tuple(str(o).strip() for o in q.get("options") or [])
+            gold = q.get("gold_label")
+            where = f"{source}:{lineno} question {i + 1}"
+            if len(options) < 2:
+                raise QuestionsError(f"{where}: needs at least 2 options, has {len(options)}.")
+            if not isinstance(gold, int) or not 1 <= gold <= len(options):
+                raise QuestionsError(f"{where}: gold_label {gold!r} is not a 1-based index into its "
+                                     f"{len(options)} options. Fix: QuALITY labels are 1..{len(options)}.")
+            out.append(Question(
+                qid=f"{article_id}/{i}", article_id=article_id, title=str(rec.get("title") or ""),
+                author=str(rec.get("author") or ""), year=str(rec.get("year") or ""),
+                question=str(q.get("question", "")).strip(), options=options, gold=gold - 1,
+                difficult=bool(q.get("difficult", False)), article=article,
+            ))
+    return out
+
+
+def load_questions(url: str, max_questions: int | None = None) -> list[Question]:
+    """Read a QuALITY-layout .jsonl (local or any fsspec URL; `builtin:demo` is the demo corpus)."""
+    from ray_entigraph.stages.ingest import resolve_input_path
+
+    path = resolve_input_path(url)
+    if not storage.exists(path):
+        raise QuestionsError(f"Questions file {url!r} does not exist. Fix: set eval.questions to a QuALITY-layout "
+                             "JSON Lines file (or `none` to skip question answering).")
+    questions = parse_records(storage.read_text(path).splitlines(), source=url)
+    if not questions:
+        raise QuestionsError(f"{url!r} holds no questions (no record has a `questions` list). Fix: point "
+                             "eval.questions at a QuALITY-layout file, or set eval.questions=none.")
+    return questions[:max_questions] if max_questions else questions
+
+
+def resolve_questions_url(eval_questions: str, input_path: str) -> str | None:
+    """`auto`: the input itself when it is a single JSON Lines file holding questions; `none`: no QA."""
+    if eval_questions == "none":
+        return None
+    if eval_questions != "auto":
+        return eval_questions
+    from ray_entigraph.stages.ingest import resolve_input_path
+
+    path = resolve_input_path(input_path)
+    if not path.endswith((".jsonl", ".json")) or not storage.exists(path):
+        return None
+    with storage.filesystem(path)[0].open(storage.filesystem(path)[1], "rt") as f:
+        first = f.readline()
+    try:
+        return input_path if "questions" in json.loads(first) else None
+    except json.JSONDecodeError:
+        return None

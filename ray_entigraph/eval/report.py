@@ -1,0 +1,153 @@
+"""Reports from per-model results: accuracy with bootstrap intervals, the change against the base model,
+perplexities, a per-question breakdown, JSON + Markdown + PNG plots. Pure except for writing the files."""
+
+from __future__ import annotations
+
+import io
+import random
+
+CHANCE_NOTE = "chance is 1 / number of options (25% for four options)"
+
+
+def bootstrap_ci(values: list[float], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values` (resampling questions)."""
+    if not values:
+        return (float("nan"), float("nan"))
+    rng = random.Random(seed)
+    n = len(values)
+    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
+    lo = means[int((1 - level) / 2 * n_boot)]
+    hi = means[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
+    return (lo, hi)
+
+
+def summarize(results: list[dict], base_label: str | None) -> list[dict]:
+    """One row per model: accuracy and its interval, the paired change against the base model and its
+    interval (same questions resampled), perplexities."""
+    base = next((r for r in results if r["label"] == base_label), None)
+    base_correct = {q["qid"]: q["correct"] for q in base["questions"]} if base else {}
+    rows = []
+    for r in results:
+        correct = [float(q["correct"]) for q in r["questions"]]
+        row = {
+            "label": r["label"], "model": r["model"], "protocol": r["protocol"], "n": len(correct),
+            "accuracy": r.get("accuracy"), "accuracy_ci95": bootstrap_ci(correct) if correct else None,
+            "open_book_accuracy": r.get("open_book_accuracy"),
+            "unparsed": sum(q["pick"] == -1 for q in r["questions"]),
+            "perplexity_knowledge": (r.get("perplexity_knowledge") or {}).get("perplexity"),
+            "perplexity_forgetting": (r.get("perplexity_forgetting") or {}).get("perplexity"),
+            "wall_s": r.get("wall_s"),
+        }
+        if base and r is not base and correct:
+            diffs = [float(q["correct"]) - float(base_correct.get(q["qid"], False)) for q in r["questions"]]
+            row["delta_vs_base"] = sum(diffs) / len(diffs)
+            row["delta_vs_base_ci95"] = bootstrap_ci(diffs)
+        rows.append(row)
+    return rows
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci) -> str:
+    return "" if not ci else f" [{100 * ci[0]:.1f}, {100 * ci[1]:.1f}]"
+
+
+def _num(x) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def markdown(rows: list[dict], results: list[dict], questions: list, meta: dict, plots: dict[str, str]) -> str:
+    lines = [f"# Evaluation report: {meta.get('output_dir', '')}", ""]
+    lines += [f"- questions: {meta.get('questions_url') or 'none'} ({len(questions)} questions); protocol "
+              f"`{meta.get('protocol')}`; {CHANCE_NOTE}",
+              f"- knowledge perplexity: on {meta.get('knowledge_texts', 0)} source documents; forgetting perplexity: on "
+              f"{meta.get('forgetting_texts', 0)} held-out texts ({meta.get('forgetting_source')})",
+              "- intervals are 95% percentile bootstrap intervals over questions; the change against the base model "
+              "is paired (the same questions resampled)", ""]
+    lines += ["| model | closed-book accuracy [95% CI] | change vs base [95% CI] | open-book (reference) | "
+              "knowledge ppl | forgetting ppl | eval time |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        delta = ("-" if "delta_vs_base" not in r else
+                 f"{100 * r['delta_vs_base']:+.1f} pts{_ci(r['delta_vs_base_ci95'])}")
+        lines.append(f"| {r['label']} | {_pct(r['accuracy'])}{_ci(r['accuracy_ci95'])} | {delta} | "
+                     f"{_pct(r['open_book_accuracy'])} | {_num(r['perplexity_knowledge'])} | "
+                     f"{_num(r['perplexity_forgetting'])} | {r['wall_s']}s |")
+    lines.append("")
+    for name, url in plots.items():
+        lines += [f"![{name}]({url.rsplit('/', 1)[-1]})", ""]
+    if questions:
+        labels = [r["label"] for r in results]
+        by_model = {r["label"]: {q["qid"]: q for q in r["questions"]} for r in results}
+        lines += ["## Per question", "", "| question | gold | " + " | ".join(labels) + " |",
+                  "|---|---|" + "---|" * len(labels)]
+        for q in questions:
+            cells = []
+            for label in labels:
+                a = by_model[label].get(q.qid)
+                if a is None:
+                    cells.append("")
+                else:
+                    choice = "unparsed" if a["pick"] == -1 else "ABCDEFGHIJ"[a["pick"]]
+                    cells.append(("✓ " if a["correct"] else "✗ ") + choice)
+            text = q.question if len(q.question) <= 70 else q.question[:67] + "..."
+            lines.append(f"| `{q.qid}` {text} | {'ABCDEFGHIJ'[q.gold]}. {q.options[q.gold]} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _png(fig) -> bytes:
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def accuracy_plot(rows: list[dict], num_options: int = 4) -> bytes | None:
+    rows = [r for r in rows if r["accuracy"] is not None]
+    if not rows:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(rows) + 2), 4))
+    xs = range(len(rows))
+    acc = [100 * r["accuracy"] for r in rows]
+    err = [[100 * (r["accuracy"] - r["accuracy_ci95"][0]) for r in rows],
+           [100 * (r["accuracy_ci95"][1] - r["accuracy"]) for r in rows]]
+    ax.bar(xs, acc, yerr=err, capsize=4, color="#4C72B0")
+    ax.axhline(100 / num_options, color="grey", ls=":", label="chance")
+    ob = next((r["open_book_accuracy"] for r in rows if r.get("open_book_accuracy") is not None), None)
+    if ob is not None:
+        ax.axhline(100 * ob, color="#DD8452", ls="--", label="base, document in context")
+    ax.set_xticks(list(xs), [r["label"] for r in rows], rotation=20, ha="right")
+    ax.set_ylabel("closed-book accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.set_title("What the model learned (95% bootstrap CI)")
+    ax.legend(loc="upper left", fontsize=8)
+    return _png(fig)
+
+
+def perplexity_plot(rows: list[dict]) -> bytes | None:
+    if not any(r["perplexity_knowledge"] or r["perplexity_forgetting"] for r in rows):
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(max(8, 1.6 * len(rows) + 4), 4))
+    for ax, key, title in ((axes[0], "perplexity_knowledge", "source documents (lower: learned)"),
+                           (axes[1], "perplexity_forgetting", "held-out general text (higher: forgot)")):
+        vals = [r[key] or 0.0 for r in rows]
+        ax.bar(range(len(rows)), vals, color="#55A868" if "knowledge" in key else "#C44E52")
+        ax.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=20, ha="right")
+        ax.set_title(title)
+        ax.set_ylabel("perplexity")
+    return _png(fig)

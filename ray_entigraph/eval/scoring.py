@@ -1,0 +1,125 @@
+"""Scoring a causal LM: multiple-choice options by log-likelihood, and perplexity. The one home of torch in
+evaluation; batched, any device. The prompt texts are built by pure functions that tests can read."""
+
+from __future__ import annotations
+
+from ray_entigraph.eval.quality import Question
+
+
+def option_prompt(q: Question, open_book: bool = False) -> tuple[str, list[str]]:
+    """(context, continuations): the question after the article's title/author/year (and, open-book, after
+    the article itself); each option is scored as a continuation of "Answer:"."""
+    context = (f"{q.article}\n\n" if open_book else "") + f"{q.header()}\nQuestion: {q.question}\nAnswer:"
+    return context, [" " + o for o in q.options]
+
+
+def continuation_logprobs(logits, input_ids, spans):
+    """Sum and count of log-probabilities of tokens input_ids[b, s:e] for each (s, e) in spans, given the
+    model's logits for the same batch (the token at t is predicted at t-1). Returns (sums, counts)."""
+    import torch
+
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    sums, counts = [], []
+    for b, (s, e) in enumerate(spans):
+        targets = input_ids[b, s:e]
+        picked = logprobs[b, s - 1:e - 1].gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        sums.append(float(picked.sum()))
+        counts.append(int(e - s))
+    return sums, counts
+
+
+def _forward_batches(model, sequences: list[list[int]], spans: list[tuple[int, int]], batch_size: int, device: str,
+                     pad_id: int) -> list[tuple[float, int]]:
+    """Run padded batches (sorted by length to waste little padding) and return (sum, count) per sequence."""
+    import torch
+
+    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
+    out: list[tuple[float, int] | None] = [None] * len(sequences)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        width = max(len(sequences[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
+            mask[row, :len(sequences[i])] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        sums, counts = continuation_logprobs(logits, ids.to(device), [spans[i] for i in idx])
+        for row, i in enumerate(idx):
+            out[i] = (sums[row], counts[row])
+    return out  # type: ignore[return-value]
+
+
+def score_options(model, tokenizer, questions: list[Question], *, open_book: bool, batch_size: int, device: str,
+                  max_len: int) -> list[list[float]]:
+    """Mean per-token log-likelihood of every option's text after its question, per question. Each option is
+    scored on its own, so the scores do not depend on the order of the options."""
+    sequences, spans, owners = [], [], []
+    for qi, q in enumerate(questions):
+        context, continuations = option_prompt(q, open_book)
+        ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
+        for cont in continuations:
+            opt = tokenizer(cont, add_special_tokens=False)["input_ids"][: max_len // 2] or [tokenizer.eos_token_id]
+            keep = ctx[-(max_len - len(opt)):]  # a too-long context loses its start, never the question
+            sequences.append(keep + opt)
+            spans.append((len(keep), len(keep) + len(opt)))
+            owners.append(qi)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    results = _forward_batches(model, sequences, spans, batch_size, device, pad)
+    scores: list[list[float]] = [[] for _ in questions]
+    for qi, (total, count) in zip(owners, results):
+        scores[qi].append(total / max(count, 1))
+    return scores
+
+
+def perplexity(model, tokenizer, texts: list[str], *, window: int, batch_size: int, device: str) -> dict:
+    """Token-level perplexity over texts cut into non-overlapping windows of `window` tokens."""
+    import math
+
+    sequences, spans = [], []
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for s in range(0, len(ids), window):
+            piece = ids[s:s + window]
+            if len(piece) >= 2:
+                sequences.append(piece)
+                spans.append((1, len(piece)))
+    if not sequences:
+        return {"perplexity": None, "mean_nll": None, "tokens": 0, "texts": len(texts)}
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    results = _forward_batches(model, sequences, spans, batch_size, device, pad)
+    nll = -sum(t for t, _ in results)
+    tokens = sum(c for _, c in results)
+    return {"perplexity": math.exp(nll / tokens), "mean_nll": nll / tokens, "tokens": tokens, "texts": len(texts)}
+
+
+def load_model(path: str, *, dtype: str, device: str, cache_dir: str | None = None, torch_threads: int | None = None):
+    """(model, tokenizer, device) for a Hugging Face id, a local folder, `bundled:...`, or an exported model
+    on object storage (downloaded to a temporary folder first)."""
+    import os
+    import tempfile
+
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from ray_entigraph import storage
+    from ray_entigraph.engines.bundled import resolve_model_path
+    from ray_entigraph.engines.transformers_engine import pick_device
+
+    transformers.utils.logging.disable_progress_bar()
+    device = pick_device(device)
+    if device == "cpu":
+        torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+    local = resolve_model_path(path, cache_dir)
+    if "://" in local and not local.startswith("file://"):
+        tmp = tempfile.mkdtemp(prefix="ray-entigraph-eval-")
+        storage.get_dir(local, tmp)
+        local = tmp
+    local = local.removeprefix("file://")
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    tokenizer = AutoTokenizer.from_pretrained(local)
+    model = AutoModelForCausalLM.from_pretrained(local, dtype=getattr(torch, dtype)).to(device).eval()
+    return model, tokenizer, device

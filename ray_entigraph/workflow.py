@@ -1,0 +1,224 @@
+"""The whole mission as steps: `run` (synthesize -> train -> eval) and `sweep` (the paper's scaling
+experiment at the user's scale). Composition only; every step is a resumable command of its own.
+
+A step that finishes writes a marker, <output_dir>/_steps/<step>.json, holding the hash of the config
+sections it depends on and its summary. A re-run skips a step whose marker matches, so a run killed between
+steps (or during one) continues where it stopped; a step killed midway resumes from its own committed work
+(shards, checkpoints). Change a setting a step depends on and that step and the ones after it run again.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+
+from ray_entigraph import storage
+from ray_entigraph.config import EntiGraphConfig, derive, section_hash
+
+# top-level config sections each step does NOT depend on
+_IGNORED = {
+    "synthesize": ("train", "eval", "sweep"),
+    "train": ("eval", "sweep"),
+    "eval": ("sweep",),
+}
+
+
+def _marker_url(config: EntiGraphConfig, step: str) -> str:
+    return storage.join(config.output_dir, "_steps", step.replace("/", "-") + ".json")
+
+
+def _done_earlier(config: EntiGraphConfig, step: str, kind: str) -> dict | None:
+    url = _marker_url(config, step)
+    if not storage.exists(url):
+        return None
+    marker = json.loads(storage.read_text(url))
+    return marker if marker.get("config_hash") == section_hash(config, _IGNORED[kind]) else None
+
+
+def _log(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_step(config: EntiGraphConfig, step: str, kind: str, fn) -> dict:
+    """Run `fn()` unless this step finished earlier with the same relevant config; record it when done."""
+    earlier = _done_earlier(config, step, kind)
+    if earlier:
+        _log(f"[run] {step}: done earlier ({time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(earlier['finished_at']))}),"
+            " skipped")
+        return earlier["result"]
+    _log(f"[run] {step}: starting")
+    started = time.time()
+    summary = fn()
+    result = {"lines": summary.lines(), "wall_s": round(time.time() - started, 2)}
+    for key in ("synthetic_tokens_used", "rows", "steps"):
+        if hasattr(summary, key):
+            result[key] = getattr(summary, key)
+    storage.write_text(_marker_url(config, step), json.dumps({
+        "step": step, "config_hash": section_hash(config, _IGNORED[kind]), "finished_at": time.time(), "result": result,
+    }, indent=2, default=str))
+    _log(f"[run] {step}: done in {result['wall_s']:.0f}s")
+    for line in result["lines"]:
+        _log("      " + line)
+    return result
+
+
+STEPS = ("synthesize", "train", "eval")
+
+
+def run(config: EntiGraphConfig, until: str | None = None) -> dict[str, dict]:
+    """synthesize -> train -> eval on one output_dir; `until` stops after the named step."""
+    from ray_entigraph.eval.launch import run_eval
+    from ray_entigraph.pipeline import synthesize
+    from ray_entigraph.train.launch import run_train
+
+    if until is not None and until not in STEPS:
+        raise ValueError(f"--until {until!r} is not a step; steps are {', '.join(STEPS)}.")
+    fns = {
+        "synthesize": lambda: synthesize(config, ingest_only=config.train.corpus == "raw"),
+        "train": lambda: run_train(config),
+        "eval": lambda: run_eval(config),
+    }
+    results = {}
+    for step in STEPS:
+        results[step] = run_step(config, step, step, fns[step])
+        if step == until:
+            break
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------- sweep
+
+@dataclass
+class SweepSummary:
+    points: list[dict]
+    fit: dict | None
+    report_url: str
+    plot_url: str | None
+    wall_s: float
+    lines_extra: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        out = [f"{p['arm']:<24} {p['synthetic_tokens']:>9} tokens  accuracy {100 * p['accuracy']:.1f}% "
+               f"[{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]" for p in self.points]
+        if self.fit:
+            out.append("fit              y(x) = {:.2f} - ".format(self.fit["a"]) + " - ".join(
+                f"{b:.2f}*{r:.6f}^x" for b, r in self.fit["terms"]) + f"  (x in tokens, rmse {self.fit['rmse']:.2f})")
+        return out + self.lines_extra + [f"report           {self.report_url}"] + (
+            [f"plot             {self.plot_url}"] if self.plot_url else [])
+
+
+def sweep_budgets(config: EntiGraphConfig, available_blocks: int) -> list[int]:
+    """Token budgets: the configured ones, or `num_budgets` halvings down from the whole corpus (whole blocks,
+    at least one block, duplicates removed)."""
+    block = config.train.block_len
+    if config.sweep.budgets:
+        return sorted(set(config.sweep.budgets))
+    blocks = {max(1, available_blocks >> k) for k in range(config.sweep.num_budgets)}
+    return sorted(b * block for b in blocks)
+
+
+def sweep(config: EntiGraphConfig) -> SweepSummary:
+    """EntiGraph at several synthetic token budgets, plus the baselines, trained and evaluated alike."""
+    from ray_entigraph import schema
+    from ray_entigraph.eval.launch import BASE_LABEL, run_eval
+    from ray_entigraph.pipeline import init_ray, synthesize
+    from ray_entigraph.train.data import run_pack, train_url
+    from ray_entigraph.train.launch import run_train
+
+    started = time.time()
+    if config.synthesis.augmenter != "entigraph":
+        raise ValueError("sweep needs synthesis.augmenter=entigraph (the rephrase baseline is one of its arms). "
+                         "Fix: use an EntiGraph config.")
+    run_step(config, "synthesize", "synthesize", lambda: synthesize(config))
+    init_ray(config)
+    available = run_pack(config).get(schema.SYNTHETIC_SOURCE, 0)
+    arms: list[tuple[str, EntiGraphConfig]] = []
+    for budget in sweep_budgets(config, available):
+        arms.append((f"entigraph-{budget}", derive(config, [f"train.name=sweep/entigraph-{budget}",
+                                                            f"train.max_synthetic_tokens={budget}"])))
+    if "raw" in config.sweep.baselines:
+        arms.append(("raw-cpt", derive(config, ["train.name=sweep/raw-cpt", "train.corpus=raw",
+                                                "train.max_synthetic_tokens=null"])))
+    if "rephrase" in config.sweep.baselines:
+        rephrase = derive(config, [f"output_dir={storage.join(config.output_dir, 'sweep', 'rephrase')}",
+                                   "synthesis.augmenter=rephrase", "synthesis.prompts=rephrase-v1",
+                                   "train.max_synthetic_tokens=null"])
+        run_step(rephrase, "synthesize", "synthesize", lambda: synthesize(rephrase))
+        arms.append(("rephrase", rephrase))
+    tokens = {}
+    for name, arm in arms:
+        result = run_step(config, f"sweep/train-{name}", "train", lambda arm=arm: run_train(arm)) if arm.output_dir == \
+            config.output_dir else run_step(arm, "train", "train", lambda arm=arm: run_train(arm))
+        tokens[name] = result["synthetic_tokens_used"]
+    models = [(BASE_LABEL, config.train.base_model or config.model.name)]
+    models += [(name, train_url(arm, "model")) for name, arm in arms]
+    eval_out = storage.join(config.output_dir, "sweep", "eval")
+    ev = run_step(config, "sweep/eval", "eval", lambda: run_eval(config, models=models, out_url=eval_out))
+    report = json.loads(storage.read_text(storage.join(eval_out, "report.json")))
+    return _sweep_report(config, report, tokens, time.time() - started, ev)
+
+
+def _sweep_report(config: EntiGraphConfig, report: dict, tokens: dict[str, int], wall_s: float, ev: dict) -> SweepSummary:
+    from ray_entigraph.eval.curve import fit, terms_for
+
+    rows = {r["label"]: r for r in report["summary"]}
+    points = []
+    for label, row in rows.items():
+        if row["accuracy"] is None:
+            continue
+        arm = "entigraph" if label.startswith("entigraph-") else label
+        points.append({"arm": label, "series": arm, "synthetic_tokens": 0 if label == "base" else tokens.get(label, 0),
+                       "accuracy": row["accuracy"], "ci95": row["accuracy_ci95"]})
+    curve_pts = sorted((p["synthetic_tokens"], p["accuracy"]) for p in points if p["series"] in ("entigraph", "base"))
+    n_terms = terms_for(len(curve_pts))
+    fitted = None
+    if n_terms:
+        f = fit([x for x, _ in curve_pts], [100 * y for _, y in curve_pts], n_terms)
+        fitted = {"a": f.a, "terms": [list(t) for t in f.terms], "rmse": f.rmse, "num_points": len(curve_pts)}
+    out = storage.join(config.output_dir, "sweep")
+    plot_url = _sweep_plot(points, fitted, storage.join(out, "accuracy_vs_tokens.png"))
+    report_url = storage.join(out, "sweep.json")
+    storage.write_text(report_url, json.dumps({"points": points, "fit": fitted, "eval_report": storage.join(out, "eval", "report.md"),
+                                               "wall_s": wall_s}, indent=2))
+    return SweepSummary(points=points, fit=fitted, report_url=report_url, plot_url=plot_url, wall_s=wall_s,
+                        lines_extra=[f"eval report      {storage.join(out, 'eval', 'report.md')}"])
+
+
+def _sweep_plot(points: list[dict], fitted: dict | None, url: str) -> str | None:
+    if not points:
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from ray_entigraph.eval.curve import CurveFit
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    styles = {"base": ("k", "s"), "entigraph": ("#4C72B0", "o"), "raw-cpt": ("#C44E52", "^"), "rephrase": ("#55A868", "D")}
+    for series in dict.fromkeys(p["series"] for p in points):
+        pts = sorted((p for p in points if p["series"] == series), key=lambda p: p["synthetic_tokens"])
+        color, marker = styles.get(series, ("grey", "x"))
+        xs = [p["synthetic_tokens"] for p in pts]
+        ys = [100 * p["accuracy"] for p in pts]
+        err = [[y - 100 * p["ci95"][0] for y, p in zip(ys, pts)], [100 * p["ci95"][1] - y for y, p in zip(ys, pts)]]
+        ax.errorbar(xs, ys, yerr=err, fmt=marker, color=color, capsize=3, label=series)
+    if fitted:
+        curve = CurveFit(fitted["a"], tuple(tuple(t) for t in fitted["terms"]), fitted["rmse"])
+        xmax = max(p["synthetic_tokens"] for p in points if p["series"] in ("entigraph", "base")) or 1
+        xs = np.linspace(0, xmax * 1.05, 200)
+        ax.plot(xs, curve(xs), color="#4C72B0", alpha=0.6, label=f"mixture-of-exponentials fit ({len(fitted['terms'])} term)")
+    ax.set_xlabel("synthetic tokens trained on (per epoch)")
+    ax.set_ylabel("closed-book accuracy (%)")
+    ax.set_title("Accuracy against synthetic tokens (95% bootstrap CI)")
+    ax.legend(fontsize=8)
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    storage.write_bytes(url, buf.getvalue())
+    return url
