@@ -1,5 +1,5 @@
 # Two commands do all set-up on a fresh machine (Python 3.11, no GPU, no model hub):
-#   make demo   install, then run the synthesis pipeline on the built-in demo corpus
+#   make demo   install, then the whole run on the built-in demo corpus: synthesize -> train -> eval
 #   make test   install, then run the test suite
 PYTHON ?= python3.11
 VENV   ?= .venv
@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints/cpu.txt | sha1sum | cut -c1-12)
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo demo-train test clean
+.PHONY: install demo demo-synthesize demo-sweep test clean
 
 install: $(STAMP)
 
@@ -21,14 +21,18 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	echo "install: done in $$(( $$(date +%s) - start ))s"
 
 demo: install
-	@echo "demo: synthesis on the built-in demo corpus -> $(DEMO_OUT)"
+	@echo "demo: synthesize -> train -> eval on the built-in demo corpus -> $(DEMO_OUT)"
 	@start=$$(date +%s); \
-	$(BIN)/ray-entigraph synthesize --config configs/demo.yaml output_dir=$(DEMO_OUT) && \
-	echo "demo: pipeline wall time $$(( $$(date +%s) - start ))s (install time excluded)"
+	$(BIN)/ray-entigraph run --config configs/demo.yaml output_dir=$(DEMO_OUT) && \
+	echo "demo: wall time $$(( $$(date +%s) - start ))s (install time excluded); report: $(DEMO_OUT)/eval/report.md"
 
-demo-train: demo
-	@echo "demo-train: continued pretraining of the bundled model on $(DEMO_OUT)"
-	$(BIN)/ray-entigraph train --config configs/demo.yaml output_dir=$(DEMO_OUT)
+demo-synthesize: install
+	$(BIN)/ray-entigraph synthesize --config configs/demo.yaml output_dir=$(DEMO_OUT)
+
+demo-sweep: install
+	@start=$$(date +%s); \
+	$(BIN)/ray-entigraph sweep --config configs/demo.yaml output_dir=$(DEMO_OUT) && \
+	echo "demo-sweep: wall time $$(( $$(date +%s) - start ))s; plot: $(DEMO_OUT)/sweep/accuracy_vs_tokens.png"
 
 test: install
 	$(BIN)/python -m pytest -q -ra

@@ -103,7 +103,7 @@ def run_train(config: EntiGraphConfig) -> TrainSummary:
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config_json": config.model_dump_json()},
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, accelerator_type=tc.accelerator_type,
                                      resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}),
         run_config=RunConfig(name="train", checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
                              **_storage_args(train_url(config, "ray"))),
