@@ -323,7 +323,18 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         config = EntiGraphConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err)) from None
-    return absolutize_local_paths(config)
+    config = absolutize_local_paths(config)
+    check_local_models(config)
+    return config
+
+
+def check_local_models(config: EntiGraphConfig) -> None:
+    """A model named by a local path must exist (otherwise transformers reads it as a hub id and fails in a
+    worker with an unrelated message)."""
+    for key, name in (("model.name", config.model.name), ("train.base_model", config.train.base_model)):
+        if name and name.startswith(("/", "./", "../", "~")) and not os.path.exists(os.path.expanduser(name)):
+            raise ConfigError(f"{key} {name!r} is a local path that does not exist. Fix: point it at a folder "
+                              "holding a Hugging Face model (config.json and weights), or use a hub id.")
 
 
 def derive(config: EntiGraphConfig, overrides: list[str]) -> EntiGraphConfig:

@@ -25,6 +25,7 @@ class StageTotals:
     num_generated_tokens: int = 0
     busy_s: float = 0.0  # summed model time over units of work (not wall time when actors run in parallel)
     hosts: list[str] = field(default_factory=list)
+    node_ids: list[str] = field(default_factory=list)  # Ray node ids (markers written before node_id: none)
     expected: int = 0  # requests the current config asks for (set by the pipeline, not by markers)
     done_before: int = 0  # of those, committed before this invocation started
 
@@ -39,6 +40,9 @@ class StageTotals:
         host = entry.get("host")
         if host and host not in self.hosts:
             self.hosts.append(host)
+        node_id = entry.get("node_id")
+        if node_id and node_id not in self.node_ids:
+            self.node_ids.append(node_id)
 
 
 def stage_totals(output_dir: str, stage: str, since: float | None = None) -> StageTotals:

@@ -140,7 +140,7 @@ def _explain_failure(stage: str | None, exc: BaseException, config: EntiGraphCon
     if any(word in detail.lower() for word in ("endpoint", "connect", "s3", "bucket", "permission", "credential", "no space")):
         storage_hint = (f" This looks like a storage problem with {config.output_dir!r}: check the endpoint "
                         "(AWS_ENDPOINT_URL), credentials and free space.")
-    return (f"Stage {stage!r} failed: {detail[:500]}.{storage_hint} Committed shards are "
+    return (f"Stage {stage!r} failed: {detail[:500].rstrip('.')}.{storage_hint} Committed shards are "
             "kept; re-run the same command to continue from them.")
 
 

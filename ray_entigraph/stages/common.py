@@ -38,6 +38,14 @@ def shard_identity(config: EntiGraphConfig, prompt_version: str | None) -> dict[
     return {"config_hash": config.config_hash(), "model": config.model.name, "prompt_version": prompt_version or ""}
 
 
+def ray_node_id() -> str:
+    """The Ray node running this unit of work ("" outside Ray): tells the nodes of a cluster apart where
+    `host` may not (several nodes on one machine, or containers with the same hostname)."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
 def torch_threads_for(config: EntiGraphConfig) -> int:
     """Ray sets OMP_NUM_THREADS to an actor's num_cpus; on CPU we want every core the node gives us."""
     return config.engine.torch_threads or os.cpu_count() or 1
@@ -67,6 +75,7 @@ def commit_unit(
             "num_failed": len(errors),
             "wall_s": round(time.time() - started, 3),
             "host": os.uname().nodename,
+            "node_id": ray_node_id(),
             "pid": os.getpid(),
             **(identity or {}),
             **usage,
@@ -86,5 +95,6 @@ def manifest_row_table(entries: list[dict]) -> pa.Table:
             "num_generated_tokens": [int(e.get("num_generated_tokens", 0)) for e in entries],
             "wall_s": [float(e.get("wall_s", 0.0)) for e in entries],
             "host": [str(e.get("host", "")) for e in entries],
+            "node_id": [str(e.get("node_id", "")) for e in entries],
         }
     )

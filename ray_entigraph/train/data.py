@@ -90,6 +90,7 @@ class PackStage:
     def __call__(self, batch):
         import pyarrow as pa
 
+        from ray_entigraph.stages.common import ray_node_id
         from ray_entigraph.train.pack import pack_token_lists
 
         entries = []
@@ -103,7 +104,7 @@ class PackStage:
             entry = store.commit(table, None, keys=unit_keys(self.config, unit), stats={
                 "source": unit["source"], "source_file": unit["url"], "num_texts": len(texts),
                 "num_tokens": sum(len(x) + 1 for x in ids), "leftover_tokens": leftover,
-                "wall_s": round(time.time() - started, 3),
+                "wall_s": round(time.time() - started, 3), "node_id": ray_node_id(),
             })
             entries.append({"source": unit["source"], "rows": entry["rows"], "num_tokens": entry["num_tokens"]})
         return pa.Table.from_pylist(entries)

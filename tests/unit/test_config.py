@@ -144,3 +144,11 @@ def test_cli_dry_run_starts_no_model_and_prices_the_run(tmp_path):
     expected_cost = (est["num_prompt_tokens"] * 1 + est["max_generated_tokens"] * 2) / 1e6
     assert abs(est["estimated_cost_usd"] - expected_cost) < 1e-9
     assert not (tmp_path / "documents").exists()  # nothing ran
+
+
+def test_missing_local_model_path_is_named_before_workers_start(tmp_path):
+    with pytest.raises(ConfigError, match="model.name .* local path that does not exist"):
+        load_config(None, [f"model.name={tmp_path}/nope"])
+    with pytest.raises(ConfigError, match="train.base_model"):
+        load_config(None, ["train.base_model=./no-such-model"])
+    assert load_config(None, ["model.name=HuggingFaceTB/SmolLM2-135M"]).model.name == "HuggingFaceTB/SmolLM2-135M"
