@@ -23,7 +23,7 @@ _BLANKS = re.compile(r"\n\s*\n+")
 
 @dataclass(frozen=True)
 class Question:
-    qid: str  # <article_id>/<index within the article>
+    qid: str  # <set_unique_id or article_id>/<index within the record> (QuALITY has several question sets per article)
     article_id: str
     title: str
     author: str
@@ -69,6 +69,7 @@ def parse_records(lines: list[str], source: str = "<questions>") -> list[Questio
         except json.JSONDecodeError as exc:
             raise QuestionsError(f"{source}:{lineno}: not JSON ({exc.msg}). Fix: one JSON object per line.") from None
         article_id = str(rec.get("article_id") or rec.get("set_unique_id") or f"line{lineno}")
+        set_id = str(rec.get("set_unique_id") or article_id)
         article = strip_html(str(rec.get("article") or rec.get("text") or ""))
         for i, q in enumerate(rec.get("questions") or []):
             options = tuple(str(o).strip() for o in q.get("options") or [])
@@ -80,7 +81,7 @@ def parse_records(lines: list[str], source: str = "<questions>") -> list[Questio
                 raise QuestionsError(f"{where}: gold_label {gold!r} is not a 1-based index into its "
                                      f"{len(options)} options. Fix: QuALITY labels are 1..{len(options)}.")
             out.append(Question(
-                qid=f"{article_id}/{i}", article_id=article_id, title=str(rec.get("title") or ""),
+                qid=f"{set_id}/{i}", article_id=article_id, title=str(rec.get("title") or ""),
                 author=str(rec.get("author") or ""), year=str(rec.get("year") or ""),
                 question=str(q.get("question", "")).strip(), options=options, gold=gold - 1,
                 difficult=bool(q.get("difficult", False)), article=article,
@@ -97,6 +98,12 @@ def load_questions(url: str, max_questions: int | None = None) -> list[Question]
         raise QuestionsError(f"Questions file {url!r} does not exist. Fix: set eval.questions to a QuALITY-layout "
                              "JSON Lines file (or `none` to skip question answering).")
     questions = parse_records(storage.read_text(path).splitlines(), source=url)
+    seen: set[str] = set()
+    for q in questions:
+        if q.qid in seen:
+            raise QuestionsError(f"{url!r}: question id {q.qid!r} occurs twice. Fix: give every record a distinct "
+                                 "set_unique_id (QuALITY's own files do).")
+        seen.add(q.qid)
     if not questions:
         raise QuestionsError(f"{url!r} holds no questions (no record has a `questions` list). Fix: point "
                              "eval.questions at a QuALITY-layout file, or set eval.questions=none.")

@@ -53,24 +53,68 @@ def _forward_batches(model, sequences: list[list[int]], spans: list[tuple[int, i
 
 def score_options(model, tokenizer, questions: list[Question], *, open_book: bool, batch_size: int, device: str,
                   max_len: int) -> list[list[float]]:
-    """Mean per-token log-likelihood of every option's text after its question, per question. Each option is
-    scored on its own, so the scores do not depend on the order of the options."""
-    sequences, spans, owners = [], [], []
-    for qi, q in enumerate(questions):
+    """Mean per-token log-likelihood of every option's text after its question, per question.
+
+    The question's context (with the whole article, open-book) is run once and its key/value cache is
+    shared by the options, which are then scored in one batch on top of it: the options of a question cost
+    one context pass, not one each. Each option is scored on its own, so the scores do not depend on the
+    order of the options. `batch_size` bounds the options scored at once."""
+    import torch
+
+    scores: list[list[float]] = []
+    for q in questions:
         context, continuations = option_prompt(q, open_book)
+        opts = [tokenizer(c, add_special_tokens=False)["input_ids"][: max_len // 2] or [tokenizer.eos_token_id]
+                for c in continuations]
         ctx = tokenizer(context, add_special_tokens=False)["input_ids"]
-        for cont in continuations:
-            opt = tokenizer(cont, add_special_tokens=False)["input_ids"][: max_len // 2] or [tokenizer.eos_token_id]
-            keep = ctx[-(max_len - len(opt)):]  # a too-long context loses its start, never the question
-            sequences.append(keep + opt)
-            spans.append((len(keep), len(keep) + len(opt)))
-            owners.append(qi)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    results = _forward_batches(model, sequences, spans, batch_size, device, pad)
-    scores: list[list[float]] = [[] for _ in questions]
-    for qi, (total, count) in zip(owners, results):
-        scores[qi].append(total / max(count, 1))
+        ctx = ctx[-(max_len - max(len(o) for o in opts)):]  # a too-long context loses its start, never the question
+        with torch.inference_mode():
+            first = model(input_ids=torch.tensor([ctx], device=device), use_cache=True)
+            first_logprobs = torch.log_softmax(first.logits[0, -1].float(), dim=-1)
+            cache = getattr(first, "cache", None) or first.past_key_values
+            row: list[float] = []
+            for start in range(0, len(opts), batch_size):
+                chunk = opts[start:start + batch_size]
+                row += _options_on_prefix(model, cache, first_logprobs, chunk, len(ctx), device,
+                                          last=start + batch_size >= len(opts))
+        scores.append(row)
     return scores
+
+
+def _options_on_prefix(model, cache, first_logprobs, opts: list[list[int]], ctx_len: int, device: str,
+                       last: bool) -> list[float]:
+    """Mean log-probability of each option given a cached context (the cache is copied unless `last`)."""
+    import copy
+
+    import torch
+
+    width = max(len(o) for o in opts)
+    ids = torch.zeros((len(opts), width), dtype=torch.long)
+    mask = torch.zeros((len(opts), ctx_len + width), dtype=torch.long)
+    mask[:, :ctx_len] = 1
+    for i, o in enumerate(opts):
+        ids[i, :len(o)] = torch.tensor(o)
+        mask[i, ctx_len:ctx_len + len(o)] = 1
+    shared = cache if last else copy.deepcopy(cache)
+    shared.batch_repeat_interleave(len(opts))
+    out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
+                **{_cache_argument(model): shared})
+    logprobs = torch.log_softmax(out.logits.float(), dim=-1)
+    result = []
+    for i, o in enumerate(opts):
+        total = float(first_logprobs[o[0]])
+        if len(o) > 1:
+            targets = torch.tensor(o[1:], device=logprobs.device)
+            total += float(logprobs[i, : len(o) - 1].gather(-1, targets.unsqueeze(-1)).sum())
+        result.append(total / len(o))
+    return result
+
+
+def _cache_argument(model) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.2x); use whichever this version's model takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def perplexity(model, tokenizer, texts: list[str], *, window: int, batch_size: int, device: str) -> dict:

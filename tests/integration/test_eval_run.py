@@ -61,6 +61,27 @@ def test_option_scoring_picks_the_planted_answer_in_any_order(bundled):
             assert by_text[text] == pytest.approx(reference[text], abs=1e-3)
 
 
+def test_shared_context_scoring_equals_scoring_whole_sequences(bundled):
+    """Options scored on the question's cached context give the same log-likelihoods as scoring each
+    (context + option) sequence from scratch."""
+    from ray_entigraph.eval.scoring import _forward_batches, option_prompt, score_options
+
+    model, tok, device = bundled
+    questions = load_questions("builtin:demo")[:2]
+    shared = score_options(model, tok, questions, open_book=True, batch_size=3, device=device, max_len=2048)
+    sequences, spans = [], []
+    for q in questions:
+        context, continuations = option_prompt(q, open_book=True)
+        ctx = tok(context, add_special_tokens=False)["input_ids"]
+        for cont in continuations:
+            opt = tok(cont, add_special_tokens=False)["input_ids"]
+            sequences.append(ctx + opt)
+            spans.append((len(ctx), len(ctx) + len(opt)))
+    whole = _forward_batches(model, sequences, spans, 4, device, tok.pad_token_id)
+    flat = [score for row in shared for score in row]
+    assert flat == pytest.approx([total / count for total, count in whole], abs=1e-3)
+
+
 def test_eval_bundled_model_reports_and_plots(ray_local, tmp_path):
     """`eval` on the bundled model over the demo questions: closed-book and open-book accuracy, both
     perplexities, report.json/.md and PNG plots a person can open."""

@@ -43,7 +43,7 @@ def test_quality_loader_reads_the_public_layout(tmp_path):
     qs = load_questions(str(path))
     assert len(qs) == 3
     first = qs[0]
-    assert first.qid == "20001/0" and first.gold == 1 and first.difficult and first.options[1] == "Mars"
+    assert first.qid == "20001_ABC/0" and first.article_id == "20001" and first.gold == 1 and first.difficult and first.options[1] == "Mars"
     assert first.article == "The ship & its crew waited.\n\nNight fell on Mars.\n\nIt was cold."  # HTML stripped
     assert first.header() == 'Title: "THE LONG NIGHT"\nAuthor: Jane Q. Writer\nYear: 1958'
     assert qs[2].header() == 'Title: "Second"' and qs[2].gold == 3
