@@ -60,6 +60,7 @@ def build_mixture(config: EntiGraphConfig, counts: dict[str, int]) -> dict:
     share = realised_share(stream)
     logger.info("replay share realised: %.4f (configured %.4f, mode %s)", share, tc.replay_share, tc.replay_mode)
     return {"stream": stream, "counts": counts, "realised_replay_share": share, "mode": tc.replay_mode,
+            "trajectory": trajectory_settings(config),
             "configured_replay_share": tc.replay_share, "synthetic_blocks_used": len(chosen),
             "synthetic_tokens_used": len(chosen) * tc.block_len}
 
@@ -73,6 +74,34 @@ def synthetic_subset(available: int, max_tokens: int | None, block_len: int, see
 
     want = max(1, -(-max_tokens // block_len))
     return sorted(random.Random(f"{seed}:synthetic-subset").sample(range(available), want))
+
+
+def trajectory_settings(config: EntiGraphConfig) -> dict:
+    """The settings that decide a training's trajectory (a checkpoint only resumes under the same ones);
+    max_steps, checkpointing, logging and worker counts may change between resumes."""
+    tc = config.train
+    keys = ("base_model", "block_len", "global_batch_size", "epochs", "lr", "warmup_ratio", "min_lr_ratio",
+            "weight_decay", "grad_clip", "dtype", "strategy")
+    return {"seed": config.seed, **{k: getattr(tc, k) for k in keys}}
+
+
+def _check_same_data(config: EntiGraphConfig, mixture: dict) -> None:
+    """Checkpoints in this training's folder resume a run over the same data stream and settings; anything
+    else would silently continue the old training, so it is an error naming the fix."""
+    from ray_entigraph.train.data import train_url
+
+    previous = train_url(config, "mixture.json")
+    if not storage.exists(previous) or not storage.exists(train_url(config, "ray")):
+        return
+    old = json.loads(storage.read_text(previous))
+    recorded = old.get("trajectory")  # absent in runs made before it was recorded: only the stream is compared
+    changed = [k for k, v in mixture.get("trajectory", {}).items() if recorded is not None and recorded.get(k) != v]
+    if old.get("stream") != [list(x) for x in mixture["stream"]]:
+        changed.insert(0, "the data stream (synthetic corpus, train.max_synthetic_tokens, block length or replay)")
+    if changed:
+        raise ValueError(
+            f"{train_url(config)} holds checkpoints of a different training ({', '.join(changed)} changed), which a "
+            "re-run would resume. Fix: set train.name to a new folder, or delete that folder to train from scratch.")
 
 
 def _storage_args(url: str) -> dict:
@@ -96,6 +125,7 @@ def run_train(config: EntiGraphConfig) -> TrainSummary:
     init_ray(config)
     counts = run_pack(config)
     mixture = build_mixture(config, counts)
+    _check_same_data(config, mixture)
     storage.write_text(train_url(config, "mixture.json"), json.dumps(mixture))
     print(f"[train] {len(mixture['stream'])} blocks in the stream, replay share realised "
           f"{mixture['realised_replay_share']:.4f} (configured {config.train.replay_share}, mode {config.train.replay_mode})", flush=True)

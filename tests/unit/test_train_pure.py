@@ -54,3 +54,26 @@ def test_stream_positions_cover_each_epoch_once():
     assert sorted(epoch1) == stream and epoch1 != stream
     assert [stream_item(stream, p, 3) for p in range(10)] == stream
     assert [stream_item(stream, p, 3) for p in range(10, 20)] == epoch1  # a pure function of position
+
+
+def test_checkpoints_of_another_data_stream_are_not_resumed(tmp_path):
+    import json
+
+    from ray_entigraph.config import load_config
+    from ray_entigraph.train.launch import _check_same_data
+
+    from ray_entigraph.train.launch import trajectory_settings
+
+    config = load_config(None, [f"output_dir={tmp_path}"])
+    stream = {"stream": [("synthetic", 0), ("synthetic", 1)], "trajectory": trajectory_settings(config)}
+    _check_same_data(config, stream)  # nothing trained yet
+    (tmp_path / "train" / "ray").mkdir(parents=True)
+    (tmp_path / "train" / "mixture.json").write_text(json.dumps(stream))
+    _check_same_data(config, stream)  # the same stream and settings resume
+    longer = load_config(None, [f"output_dir={tmp_path}", "train.max_steps=500", "train.checkpoint_every=7"])
+    _check_same_data(longer, {**stream, "trajectory": trajectory_settings(longer)})  # may change between resumes
+    with pytest.raises(ValueError, match="the data stream .* changed.*train.name"):
+        _check_same_data(config, {**stream, "stream": [("synthetic", 1), ("synthetic", 0)]})
+    other_lr = load_config(None, [f"output_dir={tmp_path}", "train.lr=1e-4"])
+    with pytest.raises(ValueError, match="lr changed"):
+        _check_same_data(other_lr, {**stream, "trajectory": trajectory_settings(other_lr)})
