@@ -58,11 +58,10 @@ class SynthesisSummary:
 def init_ray(config: EntiGraphConfig) -> None:
     import ray
 
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise a local instance starts.
-    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise a local instance starts.
+        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
