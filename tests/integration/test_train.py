@@ -80,22 +80,25 @@ def test_killed_after_checkpoint_resumes_same_trajectory(synthesized, tiny_model
     import shutil
 
     uninterrupted = _metrics(synthesized)  # from the test above: same config, same data
-    out = tmp_path / "run"
-    shutil.copytree(synthesized, out, ignore=shutil.ignore_patterns("train"))
     env = {**os.environ, "RAY_ADDRESS": ""}
-    proc = subprocess.Popen(_cli(out, tiny_model_dir), cwd=ROOT, env=env, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 400
-        while not list((out / "train" / "ray" / "train").glob("checkpoint-step-00000003*")):
-            assert proc.poll() is None and time.time() < deadline, "train ended or stalled before its first checkpoint"
-            time.sleep(0.2)
-        time.sleep(1.0)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=30)
-    killed_at = len(_metrics(out))
-    assert killed_at < 9
+    for attempt in range(3):  # the kill must land inside the run: retry the set-up if the run beat it
+        out = tmp_path / f"run{attempt}"
+        shutil.copytree(synthesized, out, ignore=shutil.ignore_patterns("train"))
+        proc = subprocess.Popen(_cli(out, tiny_model_dir), cwd=ROOT, env=env, start_new_session=True,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.time() + 400
+            # kill as soon as the first checkpoint appears: the tiny model's remaining 6 steps take about a second
+            while not list((out / "train" / "ray" / "train").glob("checkpoint-step-00000003*")):
+                assert proc.poll() is None and time.time() < deadline, "train ended or stalled before its first checkpoint"
+                time.sleep(0.02)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+        killed_at = len(_metrics(out))
+        if killed_at < 9:
+            break
+    assert killed_at < 9, "the run finished before every kill"
     rerun = subprocess.run(_cli(out, tiny_model_dir), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed = _metrics(out)
