@@ -102,8 +102,11 @@ class SweepSummary:
         out = [f"{p['arm']:<24} {p['synthetic_tokens']:>9} tokens  accuracy {100 * p['accuracy']:.1f}% "
                f"[{100 * p['ci95'][0]:.1f}, {100 * p['ci95'][1]:.1f}]" for p in self.points]
         if self.fit:
-            out.append("fit              y(x) = {:.2f} - ".format(self.fit["a"]) + " - ".join(
-                f"{b:.2f}*{r:.6f}^x" for b, r in self.fit["terms"]) + f"  (x in tokens, rmse {self.fit['rmse']:.2f})")
+            terms = "".join(f" {'-' if b >= 0 else '+'} {abs(b):.2f}*{r:.6f}^x" for b, r in self.fit["terms"])
+            out.append(f"fit              y(x) = {self.fit['a']:.2f}{terms}  (x in tokens, rmse {self.fit['rmse']:.2f})")
+            if not self.fit["rises"]:
+                out.append("                 accuracy does not rise with synthetic tokens here: the fitted curve "
+                           "describes no gain")
         return out + self.lines_extra + [f"report           {self.report_url}"] + (
             [f"plot             {self.plot_url}"] if self.plot_url else [])
 
@@ -175,7 +178,9 @@ def _sweep_report(config: EntiGraphConfig, report: dict, tokens: dict[str, int],
     fitted = None
     if n_terms:
         f = fit([x for x, _ in curve_pts], [100 * y for _, y in curve_pts], n_terms)
-        fitted = {"a": f.a, "terms": [list(t) for t in f.terms], "rmse": f.rmse, "num_points": len(curve_pts)}
+        fitted = {"a": f.a, "terms": [list(t) for t in f.terms], "rmse": f.rmse, "num_points": len(curve_pts),
+                  # the paper's shape: a gain (every b_i > 0) toward an asymptote that is an accuracy
+                  "rises": all(b > 0 for b, _ in f.terms) and 0.0 <= f.a <= 100.0}
     out = storage.join(config.output_dir, "sweep")
     plot_url = _sweep_plot(points, fitted, storage.join(out, "accuracy_vs_tokens.png"))
     report_url = storage.join(out, "sweep.json")
@@ -211,7 +216,9 @@ def _sweep_plot(points: list[dict], fitted: dict | None, url: str) -> str | None
         curve = CurveFit(fitted["a"], tuple(tuple(t) for t in fitted["terms"]), fitted["rmse"])
         xmax = max(p["synthetic_tokens"] for p in points if p["series"] in ("entigraph", "base")) or 1
         xs = np.linspace(0, xmax * 1.05, 200)
-        ax.plot(xs, curve(xs), color="#4C72B0", alpha=0.6, label=f"mixture-of-exponentials fit ({len(fitted['terms'])} term)")
+        note = "" if fitted["rises"] else ", no gain"
+        ax.plot(xs, curve(xs), color="#4C72B0", alpha=0.6,
+                label=f"mixture-of-exponentials fit ({len(fitted['terms'])} term{note})")
     ax.set_xlabel("synthetic tokens trained on (per epoch)")
     ax.set_ylabel("closed-book accuracy (%)")
     ax.set_title("Accuracy against synthetic tokens (95% bootstrap CI)")
