@@ -126,7 +126,7 @@ def sweep(config: EntiGraphConfig) -> SweepSummary:
     from ray_entigraph import schema
     from ray_entigraph.eval.launch import BASE_LABEL, run_eval
     from ray_entigraph.pipeline import init_ray, synthesize
-    from ray_entigraph.train.data import run_pack, train_url
+    from ray_entigraph.train.data import base_model_name, run_pack, train_url
     from ray_entigraph.train.launch import run_train
 
     started = time.time()
@@ -151,10 +151,10 @@ def sweep(config: EntiGraphConfig) -> SweepSummary:
         arms.append(("rephrase", rephrase))
     tokens = {}
     for name, arm in arms:
-        result = run_step(config, f"sweep/train-{name}", "train", lambda arm=arm: run_train(arm)) if arm.output_dir == \
-            config.output_dir else run_step(arm, "train", "train", lambda arm=arm: run_train(arm))
-        tokens[name] = result["synthetic_tokens_used"]
-    models = [(BASE_LABEL, config.train.base_model or config.model.name)]
+        # arms on the main output_dir keep their markers apart by name; the rephrase arm has its own output_dir
+        step = f"sweep/train-{name}" if arm.output_dir == config.output_dir else "train"
+        tokens[name] = run_step(arm, step, "train", lambda arm=arm: run_train(arm))["synthetic_tokens_used"]
+    models = [(BASE_LABEL, base_model_name(config))]
     models += [(name, train_url(arm, "model")) for name, arm in arms]
     eval_out = storage.join(config.output_dir, "sweep", "eval")
     ev = run_step(config, "sweep/eval", "eval", lambda: run_eval(config, models=models, out_url=eval_out))

@@ -121,7 +121,8 @@ def resolve_questions_url(eval_questions: str, input_path: str) -> str | None:
     path = resolve_input_path(input_path)
     if not path.endswith((".jsonl", ".json")) or not storage.exists(path):
         return None
-    with storage.filesystem(path)[0].open(storage.filesystem(path)[1], "rt") as f:
+    fs, fs_path = storage.filesystem(path)
+    with fs.open(fs_path, "rt") as f:
         first = f.readline()
     try:
         return input_path if "questions" in json.loads(first) else None
