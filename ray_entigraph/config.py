@@ -47,11 +47,44 @@ class ModelConfig(_Section):
     cache_dir: str | None = Field(None, description="Where the bundled model is converted to safetensors; default ~/.cache/ray_entigraph or $RAY_ENTIGRAPH_CACHE.")
 
 
+class VLLMConfig(_Section):
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one vLLM replica spans (tensor parallelism); set resources.num_gpus_per_actor to the same number.")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of each GPU's memory vLLM may take (weights + KV cache).")
+    enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of a shared prompt prefix (the document) across a document's requests.")
+    enforce_eager: bool = Field(False, description="Skip CUDA graphs / torch.compile: faster start, slower steps (tests and the CPU build use true).")
+    max_num_seqs: int | None = Field(None, ge=1, description="Sequences vLLM runs at once per replica; None: vLLM's default.")
+    cpu_kv_cache_gib: int | None = Field(None, ge=1, description="CPU build only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); None: vLLM's default.")
+    structured_extraction: bool = Field(True, description="Constrain entity-extraction output to the JSON schema {summary, entities[]} (vLLM structured outputs).")
+    engine_args: dict[str, Any] = Field(default_factory=dict, description="More keyword arguments passed as they are to `vllm.LLM(...)` (e.g. `quantization`, `kv_cache_dtype`, `swap_space`).")
+
+
+class OpenAIConfig(_Section):
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of an OpenAI-compatible API (`https://api.openai.com/v1`, or a vLLM / llama.cpp / SGLang server's `/v1`).")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API key (the key itself is never read from config, logged or written); None sends no key.")
+    served_model: str | None = Field(None, description="Model name the server knows; None: model.name.")
+    max_concurrency: int = Field(16, ge=1, description="Requests in flight at once per actor.")
+    request_timeout_s: float = Field(300.0, gt=0, description="Timeout of one HTTP request (connect + response).")
+    max_retries: int = Field(8, ge=0, description="Retries per request on 429, 5xx, timeouts and dropped connections (exponential backoff with full jitter, honouring Retry-After).")
+    backoff_base_s: float = Field(1.0, gt=0, description="First backoff step; step k waits a random time up to base x 2^k.")
+    backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between two tries (Retry-After included).")
+    prefill: Literal["continue", "instruct"] = Field("continue", description="How the assistant prefill (a prompt's response_prefix) is sent: `continue` as a final assistant message the server continues (vLLM, SGLang: `continue_final_message`); `instruct` as an instruction to start the answer with it (hosted APIs without prefill).")
+    send_repetition_penalty: bool = Field(True, description="Send `repetition_penalty` in the request body (vLLM, SGLang, llama.cpp accept it; set false for hosted APIs that reject unknown fields).")
+    extra_body: dict[str, Any] = Field(default_factory=dict, description="More fields merged into every request body.")
+    use_batch_api: bool = Field(False, description="Submit each unit of work as one offline batch (`/v1/files` + `/v1/batches`, half price at providers that offer it) instead of live requests.")
+    batch_poll_s: float = Field(30.0, gt=0, description="Batch API: seconds between status polls.")
+    batch_completion_window: str = Field("24h", description="Batch API: the completion window asked for.")
+    tokenizer: str | None = Field(None, description="Hugging Face tokenizer (id or path) for counting tokens before sending; None: model.name when it loads, else about 4 characters per token.")
+
+
 class EngineConfig(_Section):
-    kind: Literal["transformers"] = Field("transformers", description="Inference engine behind the engine seam (vLLM and OpenAI-compatible engines plug in here).")
-    device: str = Field("auto", description="`auto` (CUDA when present, else CPU), `cpu`, `cuda`, or `cuda:N`.")
-    max_batch_size: int = Field(8, ge=1, description="Requests per generate call inside one actor.")
+    kind: Literal["transformers", "vllm", "openai", "echo"] = Field("transformers", description="Inference engine behind the engine seam: `transformers` (any device, the laptop default), `vllm` (GPU actors; its CPU build runs too), `openai` (an OpenAI-compatible HTTP API), `echo` (answers instantly with a copy of the prompt's end: for measuring the framework alone).")
+    device: str = Field("auto", description="transformers: `auto` (CUDA when present, else CPU), `cpu`, `cuda`, or `cuda:N`.")
+    max_batch_size: int = Field(8, ge=1, description="transformers: requests per generate call inside one actor.")
     torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor on CPU; None uses all cores of the node.")
+    prefix_reuse: bool = Field(True, description="transformers: compute a document's shared prompt prefix (its key/value cache) once and reuse it for that document's requests.")
+    min_prefix_tokens: int = Field(64, ge=1, description="transformers: reuse a shared prefix only when it is at least this long.")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="Settings of the vLLM engine.")
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig, description="Settings of the OpenAI-compatible HTTP engine.")
 
 
 class ResourcesConfig(_Section):
@@ -210,6 +243,13 @@ class EntiGraphConfig(_Section):
             raise ValueError(
                 f"resources.min_actors ({self.resources.min_actors}) > resources.max_actors "
                 f"({self.resources.max_actors}). Fix: raise resources.max_actors or lower resources.min_actors."
+            )
+        tp = self.engine.vllm.tensor_parallel_size
+        if self.engine.kind == "vllm" and tp > 1 and self.resources.num_gpus_per_actor != tp:
+            raise ValueError(
+                f"engine.vllm.tensor_parallel_size is {tp} but resources.num_gpus_per_actor is "
+                f"{self.resources.num_gpus_per_actor:g}: a replica needs one GPU per tensor-parallel rank. "
+                f"Fix: set resources.num_gpus_per_actor={tp}."
             )
         # Prompt = document chunk + instructions; generation must fit in what is left.
         room = self.model.max_model_len - self.ingest.max_document_tokens - _PROMPT_OVERHEAD_TOKENS

@@ -23,6 +23,7 @@ class StageTotals:
     num_prompt_tokens: int = 0
     num_cached_tokens: int = 0
     num_generated_tokens: int = 0
+    num_retries: int = 0  # engine transport retries (HTTP engines)
     busy_s: float = 0.0  # summed model time over units of work (not wall time when actors run in parallel)
     hosts: list[str] = field(default_factory=list)
     node_ids: list[str] = field(default_factory=list)  # Ray node ids (markers written before node_id: none)
@@ -36,6 +37,7 @@ class StageTotals:
         self.num_prompt_tokens += int(entry.get("num_prompt_tokens", 0))
         self.num_cached_tokens += int(entry.get("num_cached_tokens", 0))
         self.num_generated_tokens += int(entry.get("num_generated_tokens", 0))
+        self.num_retries += int(entry.get("num_retries", 0))
         self.busy_s += float(entry.get("wall_s", 0.0))
         host = entry.get("host")
         if host and host not in self.hosts:

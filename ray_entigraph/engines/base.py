@@ -30,6 +30,9 @@ class GenerationRequest:
     seed: int = 0
     prefix_key: str | None = None  # requests sharing it share a long prompt prefix (the document)
     response_prefix: str = ""  # assistant prefill: generation continues after it (not part of the text)
+    # Constrain the output to this JSON schema. Only sent to engines whose `supports_json_schema` is true;
+    # the stage then sends no response_prefix (a grammar starts at the answer's first character).
+    json_schema: dict | None = None
 
 
 @dataclass
@@ -41,6 +44,7 @@ class GenerationResult:
     num_generated_tokens: int = 0
     finish_reason: str = "stop"  # stop | length | error
     error: str | None = None
+    num_retries: int = 0  # transport retries spent on this request (HTTP engines: 429, 5xx, timeouts)
 
     @classmethod
     def failed(cls, key: str, reason: str, num_prompt_tokens: int = 0) -> "GenerationResult":
@@ -52,6 +56,7 @@ class Engine(Protocol):
     """An inference backend. `generate` never raises for a bad request: it returns a failed result."""
 
     model_name: str
+    supports_json_schema: bool  # honours GenerationRequest.json_schema (constrained decoding)
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
 

@@ -13,6 +13,10 @@ from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.storage import StageStore
 
 
+# Per-request accounting that every engine reports and every model stage sums into its commit marker.
+USAGE_FIELDS = ("num_prompt_tokens", "num_cached_tokens", "num_generated_tokens", "num_retries")
+
+
 def model_actor_kwargs(config: EntiGraphConfig) -> dict[str, Any]:
     """`map_batches` keyword arguments for a model stage: an actor pool with explicit bounds and resources."""
     from ray.data import ActorPoolStrategy
@@ -93,6 +97,7 @@ def manifest_row_table(entries: list[dict]) -> pa.Table:
             "num_prompt_tokens": [int(e.get("num_prompt_tokens", 0)) for e in entries],
             "num_cached_tokens": [int(e.get("num_cached_tokens", 0)) for e in entries],
             "num_generated_tokens": [int(e.get("num_generated_tokens", 0)) for e in entries],
+            "num_retries": [int(e.get("num_retries", 0)) for e in entries],
             "wall_s": [float(e.get("wall_s", 0.0)) for e in entries],
             "host": [str(e.get("host", "")) for e in entries],
             "node_id": [str(e.get("node_id", "")) for e in entries],

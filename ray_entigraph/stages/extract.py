@@ -11,11 +11,11 @@ import time
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
-from ray_entigraph.engines import GenerationRequest, make_engine, sampling_params
+from ray_entigraph.engines import GenerationRequest, constrains_json, make_engine, sampling_params
 from ray_entigraph.prompts import load_prompt_set, render_chat
-from ray_entigraph.stages.common import commit_unit, shard_identity, torch_threads_for
+from ray_entigraph.stages.common import USAGE_FIELDS, commit_unit, shard_identity, torch_threads_for
 from ray_entigraph.text.identity import derive_seed, request_key
-from ray_entigraph.text.parse import ground_entities, heuristic_entities, parse_extraction
+from ray_entigraph.text.parse import EXTRACTION_SCHEMA, ground_entities, heuristic_entities, parse_extraction
 
 KIND = "extract"
 
@@ -28,7 +28,8 @@ def extraction_key(config: EntiGraphConfig, doc_id: str) -> str:
         prompt_version=load_prompt_set(config.synthesis.prompts).version,
         model=config.model.name,
         sampling={**config.extract.sampling.key(), "max_attempts": config.extract.max_attempts,
-                  "fallback": config.extract.fallback, "max_entities": config.extract.max_entities},
+                  "fallback": config.extract.fallback, "max_entities": config.extract.max_entities,
+                  **({"json_schema": True} if constrains_json(config) else {})},
         seed=config.seed,
     )
 
@@ -57,10 +58,14 @@ class EntityExtractionStage:
         cfg = self.config.extract
         docs = batch.select(["doc_id", "title", "text", "request_key"]).to_pylist()
         state = {d["doc_id"]: {"attempts": 0, "parsed": None, "raw": "", "dropped": 0} for d in docs}
-        usage = {"num_prompt_tokens": 0, "num_cached_tokens": 0, "num_generated_tokens": 0}
+        usage = dict.fromkeys(USAGE_FIELDS, 0)
         pending = list(docs)
         base = sampling_params(cfg.sampling)
         template = self.prompts.extract
+        # With constrained decoding the grammar writes the whole object: no prefill then.
+        structured = constrains_json(self.config)
+        assert structured == self.engine.supports_json_schema, "constrains_json and the engine disagree"
+        prefix = "" if structured else template.response_prefix
         for attempt in range(cfg.max_attempts):
             if not pending:
                 break
@@ -71,7 +76,8 @@ class EntityExtractionStage:
                     sampling=retry_sampling(base, attempt),
                     seed=derive_seed(self.config.seed, d["doc_id"], KIND, attempt),
                     prefix_key=d["doc_id"],
-                    response_prefix=template.response_prefix,
+                    response_prefix=prefix,
+                    json_schema=EXTRACTION_SCHEMA if structured else None,
                 )
                 for d in pending
             ]
@@ -86,7 +92,7 @@ class EntityExtractionStage:
                     st["raw"], st["reason"] = "", res.error
                     still.append(d)
                     continue
-                raw = template.response_prefix + res.text
+                raw = prefix + res.text
                 parsed = parse_extraction(raw, cfg.max_entities)
                 if cfg.require_entities_in_document and parsed.entities:
                     parsed.entities, st["dropped"] = ground_entities(parsed.entities, d["text"])

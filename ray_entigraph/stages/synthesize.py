@@ -12,7 +12,7 @@ from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.engines import GenerationRequest, make_engine, sampling_params
 from ray_entigraph.prompts import ChatTemplate, PromptSet, load_prompt_set, render, render_chat
-from ray_entigraph.stages.common import commit_unit, shard_identity, torch_threads_for
+from ray_entigraph.stages.common import USAGE_FIELDS, commit_unit, shard_identity, torch_threads_for
 
 
 def template_for(prompts: PromptSet, kind: str) -> ChatTemplate:
@@ -69,7 +69,7 @@ class RelationSynthesisStage:
                     response_prefix=prefix,
                 ))
                 meta[task["task_id"]] = (base, prefix)
-        usage = {"num_prompt_tokens": 0, "num_cached_tokens": 0, "num_generated_tokens": 0}
+        usage = dict.fromkeys(USAGE_FIELDS, 0)
         for res in self.engine.generate(requests):
             for k in usage:
                 usage[k] += getattr(res, k)

@@ -104,6 +104,18 @@ def _salvage(text: str) -> tuple[str | None, list[str]]:
     return summary, entities
 
 
+# The answer shape of the extraction prompt, for engines that constrain decoding to a JSON schema.
+EXTRACTION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "summary": {"type": "string"},
+        "entities": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["summary", "entities"],
+    "additionalProperties": False,
+}
+
+
 def parse_extraction(text: str, max_entities: int | None = None) -> ParsedExtraction:
     """Parse a model's extraction output into (summary, entities), as leniently as is safe."""
     if not text or not text.strip():

@@ -1,0 +1,626 @@
+"""OpenAI-compatible HTTP engine: a vLLM / SGLang / llama.cpp server's `/v1`, or a hosted API.
+
+The one home of `httpx`. `generate` is synchronous (a Ray Data actor calls it) and runs one asyncio event
+loop per call: the requests go out concurrently, at most `max_concurrency` in flight, each retried on its
+own on 429, 5xx, timeouts and dropped connections (exponential backoff with full jitter, `Retry-After`
+honoured). A request that cannot succeed comes back as a failed result with its reason; `generate` never
+raises for one request.
+
+Every request carries the header `X-Request-Key: <request key>`. Servers ignore it; a proxy or a test can
+count answers per request with it (the `user` body field would do too, but it is meant for end users and
+hosted APIs log it).
+
+The pure pieces (backoff, Retry-After parsing, request bodies, response parsing, error reasons) are
+module-level functions so they can be tested without a server.
+
+The batch API path (`use_batch_api`: `/files` + `/batches`) follows OpenAI's documented protocol and was
+tested against a stand-in server written in the unit tests, not against a provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import email.utils
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+
+from ray_entigraph.engines.base import GenerationRequest, GenerationResult
+
+logger = logging.getLogger(__name__)
+
+LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+REQUEST_KEY_HEADER = "X-Request-Key"
+CHAT_PATH = "/chat/completions"
+BATCH_ENDPOINT = "/v1/chat/completions"  # the batch API names endpoints with their /v1 prefix
+BATCH_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+_MAX_MESSAGE_CHARS = 500
+# Fields that only some servers accept, and how to stop sending them (hosted APIs reject unknown fields).
+_FIELD_FIXES = {
+    "continue_final_message": "set engine.openai.prefill=instruct",
+    "add_generation_prompt": "set engine.openai.prefill=instruct",
+    "repetition_penalty": "set engine.openai.send_repetition_penalty=false",
+}
+
+# Transport failures worth another try: the request may not have reached the server, or its answer was lost.
+RETRYABLE_ERRORS = (
+    httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError, TimeoutError,
+)
+
+
+# -- pure helpers ---------------------------------------------------------------------------------------
+def is_local_url(base_url: str) -> bool:
+    """True when the server runs on this machine (no key needed to talk to it)."""
+    return (urlsplit(base_url).hostname or "") in LOCAL_HOSTS
+
+
+def is_retryable_status(status: int) -> bool:
+    """429 (rate limit), 408 (request timeout) and every 5xx are transient; other 4xx are the request's fault."""
+    return status in (408, 429) or status >= 500
+
+
+def backoff_delay(
+    attempt: int, base_s: float, max_s: float, rng: random.Random, retry_after_s: float | None = None
+) -> float:
+    """Seconds to wait before retry number `attempt + 1` (attempt counts from 0).
+
+    Full jitter: uniform in [0, min(max_s, base_s * 2**attempt)], so clients that failed together do not
+    retry together. A server's Retry-After is a floor (capped at max_s: a server asking for an hour does
+    not stall the actor for an hour).
+    """
+    cap = min(max_s, base_s * 2.0 ** min(attempt, 60))
+    delay = rng.uniform(0.0, cap)
+    if retry_after_s is not None:
+        delay = max(delay, min(retry_after_s, max_s))
+    return delay
+
+
+def parse_retry_after(headers, now: float | None = None) -> float | None:
+    """Seconds a server asks us to wait: `retry-after-ms`, or `Retry-After` as seconds or an HTTP date.
+
+    Returns None when there is no usable header; a date in the past gives 0.
+    """
+    ms = headers.get("retry-after-ms")
+    if ms is not None:
+        try:
+            value = float(ms)
+            if value >= 0:
+                return value / 1000.0
+        except ValueError:
+            pass
+    raw = headers.get("retry-after")
+    if raw is None:
+        return None
+    raw = raw.strip()
+    try:
+        value = float(raw)
+        return value if value >= 0 else None
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(raw)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:  # HTTP dates are GMT; a date without a zone is not one
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def instruct_prefill_line(prefix: str) -> str:
+    """The instruction that stands in for an assistant prefill on servers that cannot continue a message."""
+    return (
+        "\n\nBegin your answer with exactly the text between the markers <<< and >>> (without the markers), "
+        f"then continue it:\n<<<{prefix}>>>"
+    )
+
+
+def build_chat_body(
+    request: GenerationRequest,
+    *,
+    model: str,
+    prefill: str = "continue",
+    send_repetition_penalty: bool = True,
+    extra_body: dict | None = None,
+) -> dict:
+    """The JSON body of a `/chat/completions` request.
+
+    The response prefix is sent as an assistant message the server continues (`prefill="continue"`, vLLM
+    and SGLang semantics) or as an instruction appended to the last user message (`"instruct"`).
+    `extra_body` is merged last, so it may override any field; a None value there removes the field
+    (e.g. `{"max_tokens": None, "max_completion_tokens": 256}` for APIs that refuse `max_tokens`).
+    """
+    s = request.sampling
+    messages = [dict(m) for m in request.messages]  # never mutate the caller's request
+    body: dict = {
+        "model": model,
+        "messages": messages,
+        "temperature": s.temperature,
+        "top_p": s.top_p,
+        "max_tokens": s.max_new_tokens,
+        "seed": request.seed,
+        "stream": False,
+    }
+    if send_repetition_penalty:
+        body["repetition_penalty"] = s.repetition_penalty
+    prefix = request.response_prefix
+    if prefix and prefill == "continue":
+        messages.append({"role": "assistant", "content": prefix})
+        body["continue_final_message"] = True
+        body["add_generation_prompt"] = False
+    elif prefix and prefill == "instruct":
+        if messages and messages[-1].get("role") == "user":
+            messages[-1]["content"] = messages[-1]["content"] + instruct_prefill_line(prefix)
+        else:
+            messages.append({"role": "user", "content": instruct_prefill_line(prefix).lstrip()})
+    elif prefix:
+        raise ValueError(f"prefill must be 'continue' or 'instruct', not {prefill!r}")
+    if request.json_schema is not None:
+        body["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "extraction", "schema": request.json_schema, "strict": True},
+        }
+    for key, value in (extra_body or {}).items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    return body
+
+
+def server_message(payload) -> str:
+    """The human-readable error message in a server's answer (OpenAI, vLLM and FastAPI shapes), shortened."""
+    message = None
+    if isinstance(payload, dict):
+        err = payload.get("error")
+        if isinstance(err, dict):
+            message = err.get("message")
+        elif isinstance(err, str):
+            message = err
+        message = message or payload.get("message") or payload.get("detail")
+    if message is None:
+        message = payload
+    text = message if isinstance(message, str) else json.dumps(message, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= _MAX_MESSAGE_CHARS else text[:_MAX_MESSAGE_CHARS] + "..."
+
+
+def _payload_of(response: httpx.Response):
+    try:
+        return response.json()
+    except ValueError:
+        return response.text
+
+
+def status_error_reason(status: int, payload, *, api_key_env: str | None = None, what: str = CHAT_PATH) -> str:
+    """Why a request failed with HTTP `status`: the status, the server's message, and a fix where one is known."""
+    reason = f"HTTP {status} from {what}: {server_message(payload) or '(no message)'}"
+    if status in (401, 403):
+        name = api_key_env or "(none: engine.openai.api_key_env is null)"
+        reason += (f". Fix: set the environment variable named by engine.openai.api_key_env ({name}) to a valid "
+                   "key for this server, on every node.")
+    elif status == 404:
+        reason += ". Fix: check engine.openai.base_url (it usually ends in /v1) and engine.openai.served_model."
+    elif status in (400, 422):
+        fix = next((fix for field, fix in _FIELD_FIXES.items() if field in reason), None)
+        if fix:
+            reason += f". Fix, if the server does not know that field: {fix}."
+    return reason
+
+
+def describe_exception(exc: BaseException) -> str:
+    """`Type: message` of a transport error; httpx messages carry no headers, so no key can leak here."""
+    text = str(exc) or repr(exc)
+    return f"{type(exc).__name__}: {text}"
+
+
+def remove_response_prefix(content: str, prefix: str, *, required: bool) -> str | None:
+    """The continuation after `prefix` in an answer that may repeat it.
+
+    A server that continues an assistant message returns the continuation only (vLLM does); one that echoes
+    the prefix gets it removed here. With `required` (prefill by instruction) an answer that does not start
+    with the prefix gives None: the model ignored the instruction and the text would not continue the prefix.
+    """
+    if content.startswith(prefix):
+        return content[len(prefix):]
+    stripped_prefix = prefix.strip()
+    if not stripped_prefix:  # a whitespace prefix: nothing to check
+        return content
+    if content.lstrip().startswith(stripped_prefix):
+        return content.lstrip()[len(stripped_prefix):]
+    return None if required else content
+
+
+def parse_chat_response(payload, request: GenerationRequest, *, prefill: str = "continue") -> GenerationResult:
+    """A `GenerationResult` from a `/chat/completions` answer (text stripped like the transformers engine)."""
+    if not isinstance(payload, dict) or not payload.get("choices"):
+        return GenerationResult.failed(request.key, f"answer has no choices: {server_message(payload)}")
+    choice = payload["choices"][0] or {}
+    message = choice.get("message") or {}
+    content = message.get("content") or ""
+    usage = payload.get("usage") or {}
+    details = usage.get("prompt_tokens_details") or {}
+    counts = {
+        "num_prompt_tokens": int(usage.get("prompt_tokens") or 0),
+        "num_cached_tokens": int(details.get("cached_tokens") or 0),
+        "num_generated_tokens": int(usage.get("completion_tokens") or 0),
+    }
+    prefix = request.response_prefix
+    if prefix:
+        continuation = remove_response_prefix(content, prefix, required=prefill == "instruct")
+        if continuation is None:
+            failed = GenerationResult.failed(
+                request.key,
+                "prefill=instruct: the answer does not start with the response prefix "
+                f"(it starts {content[:80]!r}); the model ignored the instruction",
+            )
+            failed.num_prompt_tokens = counts["num_prompt_tokens"]
+            failed.num_generated_tokens = counts["num_generated_tokens"]
+            return failed
+        text = continuation.rstrip()  # the leading space is part of the continuation ("Guild" + " is")
+    else:
+        text = content.strip()
+    finish_reason = "length" if choice.get("finish_reason") == "length" else "stop"
+    return GenerationResult(key=request.key, text=text, finish_reason=finish_reason, **counts)
+
+
+def parse_batch_line(
+    line: dict, request: GenerationRequest, *, prefill: str, api_key_env: str | None
+) -> GenerationResult:
+    """A `GenerationResult` from one line of a batch's output or error file."""
+    error = line.get("error")
+    response = line.get("response") or {}
+    if error:
+        return GenerationResult.failed(request.key, f"batch API error: {server_message({'error': error})}")
+    status = int(response.get("status_code") or 0)
+    body = response.get("body")
+    if status != 200:
+        return GenerationResult.failed(request.key, status_error_reason(status, body, api_key_env=api_key_env,
+                                                                        what=f"batch {BATCH_ENDPOINT}"))
+    return parse_chat_response(body, request, prefill=prefill)
+
+
+def batch_request_line(key: str, body: dict) -> str:
+    """One JSONL line of a batch input file."""
+    return json.dumps({"custom_id": key, "method": "POST", "url": BATCH_ENDPOINT, "body": body})
+
+
+def _run_coroutine(coro):
+    """Run a coroutine to completion from synchronous code, also when this thread already runs a loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+
+
+@dataclass
+class _Reply:
+    """What came of one HTTP call after its retries: the response, or the reason it failed."""
+
+    response: httpx.Response | None
+    num_retries: int
+    error: str | None = None
+
+
+# -- the engine -----------------------------------------------------------------------------------------
+class OpenAIEngine:
+    """Engine protocol over an OpenAI-compatible `/chat/completions` API (or its batch API)."""
+
+    supports_json_schema = True
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        base_url: str = "http://127.0.0.1:8000/v1",
+        api_key_env: str | None = "OPENAI_API_KEY",
+        max_concurrency: int = 16,
+        request_timeout_s: float = 300.0,
+        max_retries: int = 8,
+        backoff_base_s: float = 1.0,
+        backoff_max_s: float = 60.0,
+        prefill: str = "continue",
+        send_repetition_penalty: bool = True,
+        extra_body: dict | None = None,
+        use_batch_api: bool = False,
+        batch_poll_s: float = 30.0,
+        batch_completion_window: str = "24h",
+        tokenizer: str | None = None,
+        cache_dir: str | None = None,
+    ):
+        if prefill not in ("continue", "instruct"):
+            raise ValueError(f"engine.openai.prefill must be 'continue' or 'instruct', not {prefill!r}")
+        self.model_name = model
+        self.base_url = base_url.rstrip("/")
+        self.api_key_env = api_key_env
+        self.max_concurrency = max_concurrency
+        self.request_timeout_s = request_timeout_s
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_max_s = backoff_max_s
+        self.prefill = prefill
+        self.send_repetition_penalty = send_repetition_penalty
+        self.extra_body = dict(extra_body or {})
+        self.use_batch_api = use_batch_api
+        self.batch_poll_s = batch_poll_s
+        self.batch_completion_window = batch_completion_window
+        self._tokenizer_name = tokenizer
+        self._cache_dir = cache_dir
+        self._tokenizer = None
+        self._tokenizer_loaded = False
+        self._rng = random.Random()
+        self._api_key = self._read_api_key()
+        # httpx logs every request at INFO: one line per request floods actor logs. Quiet it unless the
+        # user configured that logger.
+        httpx_logger = logging.getLogger("httpx")
+        if httpx_logger.level == logging.NOTSET:
+            httpx_logger.setLevel(logging.WARNING)
+
+    @classmethod
+    def from_config(cls, config) -> "OpenAIEngine":
+        """The engine of `config.engine.openai`; the served model defaults to `config.model.name`."""
+        o = config.engine.openai
+        return cls(
+            o.served_model or config.model.name,
+            base_url=o.base_url,
+            api_key_env=o.api_key_env,
+            max_concurrency=o.max_concurrency,
+            request_timeout_s=o.request_timeout_s,
+            max_retries=o.max_retries,
+            backoff_base_s=o.backoff_base_s,
+            backoff_max_s=o.backoff_max_s,
+            prefill=o.prefill,
+            send_repetition_penalty=o.send_repetition_penalty,
+            extra_body=o.extra_body,
+            use_batch_api=o.use_batch_api,
+            batch_poll_s=o.batch_poll_s,
+            batch_completion_window=o.batch_completion_window,
+            tokenizer=o.tokenizer or config.model.name,
+            cache_dir=config.model.cache_dir,
+        )
+
+    def __repr__(self) -> str:
+        key = f"from ${self.api_key_env}" if self._api_key else "none"
+        return (f"OpenAIEngine(model={self.model_name!r}, base_url={self.base_url!r}, api_key=<{key}>, "
+                f"max_concurrency={self.max_concurrency}, batch_api={self.use_batch_api})")
+
+    def __getstate__(self):
+        # Never ship the key inside a pickle (Ray may pickle objects); the receiver reads its own env.
+        state = dict(self.__dict__)
+        state["_api_key"] = None
+        state["_tokenizer"], state["_tokenizer_loaded"] = None, False
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        if self.api_key_env:
+            self._api_key = os.environ.get(self.api_key_env) or None
+
+    # -- protocol ---------------------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        if not self._tokenizer_loaded:
+            self._tokenizer = self._load_tokenizer()
+            self._tokenizer_loaded = True
+        if self._tokenizer is None:
+            return len(text) // 4 + 1
+        return len(self._tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        if not requests:
+            return []
+        run = self._generate_batch_api if self.use_batch_api else self._generate_live
+        return _run_coroutine(run(list(requests)))
+
+    # -- set-up -----------------------------------------------------------------------------------------
+    def _read_api_key(self) -> str | None:
+        if not self.api_key_env:
+            return None
+        key = os.environ.get(self.api_key_env)
+        if key:
+            return key
+        if is_local_url(self.base_url):
+            logger.warning("Environment variable %s is not set: sending no API key to the local server %s.",
+                           self.api_key_env, self.base_url)
+            return None
+        raise ValueError(
+            f"engine.openai.api_key_env names the environment variable {self.api_key_env!r}, which is not set, "
+            f"and {self.base_url} is not a local server. Fix: export {self.api_key_env}=<your key> on every "
+            "node (on a Ray cluster: runtime_env env_vars), or set engine.openai.api_key_env=null for a server "
+            "without authentication."
+        )
+
+    def _load_tokenizer(self):
+        name = self._tokenizer_name
+        if name:
+            try:
+                from transformers import AutoTokenizer
+
+                from ray_entigraph.engines.bundled import resolve_model_path
+
+                return AutoTokenizer.from_pretrained(resolve_model_path(name, self._cache_dir))
+            except Exception as exc:  # noqa: BLE001 - any load failure falls back to the estimate
+                logger.warning("Tokenizer %r did not load (%s); counting about 4 characters per token. Set "
+                               "engine.openai.tokenizer to a Hugging Face tokenizer for exact counts.", name, exc)
+        return None
+
+    def _client(self) -> httpx.AsyncClient:
+        headers = {"User-Agent": "ray-entigraph"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return httpx.AsyncClient(
+            headers=headers,
+            timeout=httpx.Timeout(self.request_timeout_s),
+            limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
+        )
+
+    def _redact(self, text: str) -> str:
+        """Belt and braces: a server that quotes our headers back must not put the key into a result."""
+        if self._api_key and self._api_key in text:
+            text = text.replace(self._api_key, "<redacted>")
+        return text
+
+    def _body(self, request: GenerationRequest) -> dict:
+        return build_chat_body(request, model=self.model_name, prefill=self.prefill,
+                               send_repetition_penalty=self.send_repetition_penalty, extra_body=self.extra_body)
+
+    # -- HTTP with retries ------------------------------------------------------------------------------
+    async def _call(self, client: httpx.AsyncClient, method: str, path: str, *, semaphore=None,
+                    headers: dict | None = None, what: str | None = None, **kwargs) -> _Reply:
+        """One HTTP call, retried on transient failures. Never raises for an HTTP or transport error."""
+        url = self.base_url + path
+        what = what or path
+        error = "no try made"
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                async with semaphore or contextlib.nullcontext():
+                    response = await asyncio.wait_for(
+                        client.request(method, url, headers=headers, **kwargs), self.request_timeout_s)
+            except RETRYABLE_ERRORS as exc:
+                error = self._redact(describe_exception(exc))
+            except httpx.HTTPError as exc:
+                return _Reply(None, attempt, self._redact(f"{what}: {describe_exception(exc)}"))
+            else:
+                if response.is_success:
+                    return _Reply(response, attempt)
+                error = self._redact(status_error_reason(response.status_code, _payload_of(response),
+                                                         api_key_env=self.api_key_env, what=what))
+                if not is_retryable_status(response.status_code):
+                    return _Reply(None, attempt, error)
+                retry_after = parse_retry_after(response.headers)
+            if attempt == self.max_retries:
+                break
+            delay = backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s, self._rng, retry_after)
+            logger.debug("%s %s failed (%s); retry %d/%d in %.2fs", method, what, error, attempt + 1,
+                         self.max_retries, delay)
+            await asyncio.sleep(delay)
+        tries = self.max_retries + 1
+        tries_text = f"{tries} try" if tries == 1 else f"{tries} tries"
+        return _Reply(None, self.max_retries, f"gave up after {tries_text}; last error: {error}")
+
+    # -- live requests ----------------------------------------------------------------------------------
+    async def _generate_live(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        async with self._client() as client:
+            results = await asyncio.gather(*(self._complete(client, semaphore, r) for r in requests))
+        num_retries = sum(r.num_retries for r in results)
+        if num_retries:
+            logger.info("%d requests: %d retries, %d failed", len(results), num_retries,
+                        sum(r.error is not None for r in results))
+        return list(results)
+
+    async def _complete(self, client, semaphore, request: GenerationRequest) -> GenerationResult:
+        try:
+            headers = {REQUEST_KEY_HEADER: request.key} if request.key.isascii() and request.key.isprintable() else None
+            reply = await self._call(client, "POST", CHAT_PATH, semaphore=semaphore, headers=headers,
+                                     json=self._body(request))
+            if reply.response is None:
+                result = GenerationResult.failed(request.key, reply.error or "unknown error")
+            else:
+                result = parse_chat_response(_payload_of(reply.response), request, prefill=self.prefill)
+            result.num_retries = reply.num_retries
+        except Exception as exc:  # noqa: BLE001 - one bad request never fails its neighbours
+            reason = self._redact(describe_exception(exc))
+            logger.warning("request %s failed: %s", request.key, reason)
+            result = GenerationResult.failed(request.key, reason)
+        if result.error:
+            result.error = self._redact(result.error)
+        return result
+
+    # -- batch API --------------------------------------------------------------------------------------
+    async def _generate_batch_api(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        unique: dict[str, GenerationRequest] = {}
+        for request in requests:  # custom_id must be unique: the first request of a key stands for all
+            unique.setdefault(request.key, request)
+        try:
+            async with self._client() as client:
+                answers, reason = await self._run_batch(client, unique)
+        except Exception as exc:  # noqa: BLE001 - e.g. a malformed answer of the batch API: fail the unit
+            answers, reason = {}, self._redact(f"batch API: {describe_exception(exc)}")
+            logger.warning("%s", reason)
+        by_key = {}
+        for key, request in unique.items():
+            line = answers.get(key)
+            if line is None:
+                result = GenerationResult.failed(key, reason)
+            else:
+                try:
+                    result = parse_batch_line(line, request, prefill=self.prefill, api_key_env=self.api_key_env)
+                except Exception as exc:  # noqa: BLE001 - a malformed line fails its request only
+                    result = GenerationResult.failed(key, f"malformed batch output line: {describe_exception(exc)}")
+            if result.error:
+                result.error = self._redact(result.error)
+            by_key[key] = result
+        return [by_key[r.key] for r in requests]
+
+    async def _run_batch(self, client, requests: dict[str, GenerationRequest]) -> tuple[dict[str, dict], str]:
+        """Upload, create, poll, download. Returns the answer lines by custom_id, and the reason that
+        applies to a request without one."""
+        data = "\n".join(batch_request_line(k, self._body(r)) for k, r in requests.items()).encode() + b"\n"
+        up = await self._call(client, "POST", "/files", what="batch upload /files",
+                              files={"file": ("requests.jsonl", data, "application/jsonl")}, data={"purpose": "batch"})
+        if up.response is None:
+            return {}, f"batch API: uploading the requests failed: {up.error}"
+        file_id = up.response.json()["id"]
+        created = await self._call(client, "POST", "/batches", what="batch create /batches", json={
+            "input_file_id": file_id, "endpoint": BATCH_ENDPOINT, "completion_window": self.batch_completion_window,
+        })
+        if created.response is None:
+            return {}, f"batch API: creating the batch failed: {created.error}"
+        batch = created.response.json()
+        batch_id = batch["id"]
+        logger.info("batch %s: submitted %d requests (input file %s, window %s)", batch_id, len(requests),
+                    file_id, self.batch_completion_window)
+        started, last_progress = time.monotonic(), None
+        while batch.get("status") not in BATCH_TERMINAL:
+            await asyncio.sleep(self.batch_poll_s)
+            polled = await self._call(client, "GET", f"/batches/{batch_id}", what=f"batch poll /batches/{batch_id}")
+            if polled.response is None:
+                return {}, (f"batch API: polling batch {batch_id} failed: {polled.error}; the batch may still run "
+                            "at the provider (cancel it there if this unit of work is retried)")
+            batch = polled.response.json()
+            counts = batch.get("request_counts") or {}
+            progress = (batch.get("status"), counts.get("completed"), counts.get("failed"))
+            if progress != last_progress:
+                logger.info("batch %s: %s, %s/%s completed, %s failed, %.0fs", batch_id, progress[0],
+                            counts.get("completed", "?"), counts.get("total", len(requests)),
+                            counts.get("failed", 0), time.monotonic() - started)
+                last_progress = progress
+        status = batch["status"]
+        answers: dict[str, dict] = {}
+        lost: list[str] = []
+        for field in ("output_file_id", "error_file_id"):
+            file_ref = batch.get(field)
+            if not file_ref:
+                continue
+            content = await self._call(client, "GET", f"/files/{file_ref}/content", what=f"batch {field} content")
+            if content.response is None:
+                logger.warning("batch %s: downloading %s failed: %s", batch_id, field, content.error)
+                lost.append(f"downloading {field} {file_ref} failed: {content.error}")
+                continue
+            for text in content.response.text.splitlines():
+                try:
+                    line = json.loads(text) if text.strip() else None
+                except ValueError:
+                    logger.warning("batch %s: skipping a malformed line of %s: %.200s", batch_id, field, text)
+                    continue
+                if isinstance(line, dict) and line.get("custom_id") in requests:
+                    answers.setdefault(line["custom_id"], line)
+        reason = f"batch API: batch {batch_id} ended '{status}' without an answer for this request"
+        errors = (batch.get("errors") or {}).get("data") or []
+        if errors:
+            reason += "; batch errors: " + "; ".join(server_message({"error": e}) for e in errors[:3])
+        if lost:
+            reason += "; " + "; ".join(lost)
+        logger.info("batch %s: %s, %d of %d requests answered", batch_id, status,
+                    sum(k in answers for k in requests), len(requests))
+        return answers, reason

