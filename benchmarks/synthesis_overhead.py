@@ -36,7 +36,7 @@ def main() -> None:  # noqa: C901 - a linear script
     from ray_entigraph.config import load_config
     from ray_entigraph.prompts import load_prompt_set
     from ray_entigraph.stages.extract import extraction_key
-    from ray_entigraph.stages.ingest import DEMO_CORPUS
+    from ray_entigraph.stages.ingest import DEMO_CORPUS, list_input_files
     from ray_entigraph.stages.plan import entigraph_tasks, group_tasks
     from ray_entigraph.stages.synthesize import RelationSynthesisStage
     from ray_entigraph.text.identity import doc_id_for, normalise_text
@@ -65,17 +65,9 @@ def main() -> None:  # noqa: C901 - a linear script
     engine = stage.engine
 
     def requests_of(group):
-        from ray_entigraph.engines import GenerationRequest
-        from ray_entigraph.prompts import render, render_chat
-        from ray_entigraph.stages.synthesize import prompt_values, template_for
+        from ray_entigraph.stages.synthesize import relation_request
 
-        reqs = []
-        for t in group["tasks"]:
-            tpl = template_for(prompts, t["kind"])
-            values = prompt_values(group["title"], group["text"], t["entities"])
-            reqs.append(GenerationRequest(key=t["task_id"], messages=render_chat(tpl, values), sampling=stage.sampling,
-                                          seed=t["seed"], prefix_key=group["doc_id"], response_prefix=render(tpl.response_prefix, values)))
-        return reqs
+        return [relation_request(prompts, group, t, stage.sampling) for t in group["tasks"] if t["kind"] != schema.KIND_SUMMARY]
 
     engine.generate(requests_of(groups[0])[:2])  # warm-up
     raw_s = stage_s = 0.0
@@ -103,7 +95,8 @@ def main() -> None:  # noqa: C901 - a linear script
 
     ray_config = config.model_copy(update={"output_dir": f"{out}/ray"})
     storage.StageStore(ray_config.output_dir, schema.INGEST).commit(
-        schema.rows_to_table(entity_rows, schema.DOCUMENTS), None, keys=[r["doc_id"] for r in entity_rows], stats={})
+        schema.rows_to_table(entity_rows, schema.DOCUMENTS), None, keys=[r["doc_id"] for r in entity_rows],
+        stats={"source": list_input_files(ray_config.input)[0][0]})  # as ingest would have committed it
     storage.StageStore(ray_config.output_dir, schema.EXTRACT).commit(
         schema.rows_to_table(entity_rows, schema.ENTITIES), None, keys=[r["request_key"] for r in entity_rows], stats={})
     init_ray(ray_config)

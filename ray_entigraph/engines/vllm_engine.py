@@ -85,6 +85,17 @@ class VLLMEngine:
         llm = vllm.LLM(**kwargs)
         return cls(llm, config.model.name, config.model.max_model_len, vc.structured_extraction)
 
+    def close(self) -> None:
+        """Stop vLLM's engine process and free its memory now (not at interpreter exit), so another engine
+        can start in the same process (benchmarks, tests)."""
+        import gc
+
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm = None
+        gc.collect()
+
     # -- protocol ---------------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text, add_special_tokens=False))

@@ -31,6 +31,21 @@ def prompt_values(title: str, text: str, entities: list[str]) -> dict[str, str]:
     return values
 
 
+def relation_request(prompts: PromptSet, group: dict, task: dict, sampling) -> GenerationRequest:
+    """The engine request of one relation (or rephrase) task of a document's task group. The document is the
+    prefix key: its requests share the long document prompt, which engines compute once."""
+    template = template_for(prompts, task["kind"])
+    values = prompt_values(group["title"], group["text"], task["entities"])
+    return GenerationRequest(
+        key=task["task_id"],
+        messages=render_chat(template, values),
+        sampling=sampling,
+        seed=task["seed"],
+        prefix_key=group["doc_id"],
+        response_prefix=render(template.response_prefix, values),
+    )
+
+
 class RelationSynthesisStage:
     """Ray Data callable: a batch of task groups -> synthetic rows, one committed shard per call."""
 
@@ -57,18 +72,9 @@ class RelationSynthesisStage:
                     rows.append({**base, "text": task["text"], "sampling_json": None, "finish_reason": "stop",
                                  "num_prompt_tokens": 0, "num_cached_tokens": 0, "num_generated_tokens": 0})
                     continue
-                template = template_for(self.prompts, task["kind"])
-                values = prompt_values(group["title"], group["text"], task["entities"])
-                prefix = render(template.response_prefix, values)
-                requests.append(GenerationRequest(
-                    key=task["task_id"],
-                    messages=render_chat(template, values),
-                    sampling=self.sampling,
-                    seed=task["seed"],
-                    prefix_key=group["doc_id"],
-                    response_prefix=prefix,
-                ))
-                meta[task["task_id"]] = (base, prefix)
+                request = relation_request(self.prompts, group, task, self.sampling)
+                requests.append(request)
+                meta[task["task_id"]] = (base, request.response_prefix)
         usage = dict.fromkeys(USAGE_FIELDS, 0)
         for res in self.engine.generate(requests):
             for k in usage:

@@ -86,6 +86,7 @@ def test_vllm_engine_records_an_overlong_request_as_failed(tmp_path):
                                  sampling=SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=24))
                for i, seed in enumerate([7, 7, 8, 9])]
     texts = [r.text for r in engine.generate(sampled)]
+    engine.close()
     assert texts[0] == texts[1]
     assert len(set(texts[1:])) > 1
 

@@ -1,0 +1,203 @@
+"""Synthesis on an EntiGraph-shaped workload, measured side by side in one run with one engine and model.
+
+Workload: documents of about 1,500 tokens (demo articles joined), 20 pair requests each, the whole document
+in every prompt: the cost shape of ENTIGRAPH.md. Greedy decoding, so variants generate the same tokens.
+
+  raw        the engine alone on the same prompts: engine start + `generate` per document (what a user's own
+             script would do), prefix reuse on
+  pipeline   the whole synthesize stage through Ray Data (planning, actor pool, commits, ledger), from
+             committed entities to committed synthetic rows, actor start and model load included
+  naive      one request at a time, as the paper's reference code sends them (sequential, synchronous);
+             run on the first document only and compared by generated tokens/s
+  no-reuse   the engine alone with document-prefix reuse off (transformers: no shared KV cache; vLLM:
+             prefix caching off), same prompts as raw
+
+Prints (a) pipeline vs raw throughput, (b) pipeline vs naive throughput, (c) raw wall time with reuse vs
+without and the share of prompt tokens served from cache.
+
+    .venv/bin/python benchmarks/engine_synthesis.py --engine transformers [--docs 3] [--pairs 20]
+    .venv/bin/python benchmarks/engine_synthesis.py --engine vllm
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+
+def build_config(args, out: str, *extra: str):
+    from ray_entigraph.config import load_config
+
+    overrides = [
+        f"output_dir={out}", f"model.name={args.model}", f"engine.kind={args.engine}", "model.dtype=bfloat16",
+        "model.max_model_len=2560", "ingest.max_document_tokens=1700", "resources.batch_size=1",
+        f"plan.tasks_per_group={args.pairs}", f"plan.max_pairs_per_doc={args.pairs}", "plan.max_triplets_per_doc=0",
+        "synthesis.sampling.temperature=0", f"synthesis.sampling.max_new_tokens={args.max_new_tokens}",
+        f"engine.max_batch_size={args.batch}", "engine.vllm.enforce_eager=true", "engine.vllm.cpu_kv_cache_gib=2",
+    ]
+    return load_config(None, overrides + list(extra))
+
+
+def long_documents(num_docs: int, target_tokens: int, count_tokens) -> list[dict]:
+    """Demo articles joined (rotated per document) until each document holds about `target_tokens`."""
+    from ray_entigraph.stages.ingest import DEMO_CORPUS
+
+    articles = [json.loads(line) for line in open(DEMO_CORPUS)]
+    docs = []
+    for i in range(num_docs):
+        parts, n = [], 0
+        j = i
+        while n < target_tokens:
+            art = articles[j % len(articles)]["article"]
+            parts.append(art)
+            n += count_tokens(art)
+            j += 1
+        text = "\n\n".join(parts)
+        while count_tokens(text) > target_tokens + 100:
+            text = text[: int(len(text) * 0.95)].rsplit(" ", 1)[0] + "."
+        docs.append({"title": f"Kestavel compendium, volume {i + 1}", "text": text})
+    return docs
+
+
+def main() -> None:  # noqa: C901 - a linear script
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--engine", choices=["transformers", "vllm"], default="transformers")
+    ap.add_argument("--docs", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=20, help="pair requests per document")
+    ap.add_argument("--doc-tokens", type=int, default=1500)
+    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--batch", type=int, default=10, help="transformers: requests per generate call")
+    ap.add_argument("--model", default="bundled:smollm2-135m-instruct")
+    args = ap.parse_args()
+
+    from transformers import AutoTokenizer
+
+    from ray_entigraph import schema, storage
+    from ray_entigraph.engines import make_engine, sampling_params
+    from ray_entigraph.engines.bundled import resolve_model_path
+    from ray_entigraph.prompts import load_prompt_set
+    from ray_entigraph.stages.extract import extraction_key
+    from ray_entigraph.stages.ingest import list_input_files
+    from ray_entigraph.stages.plan import entigraph_tasks, group_tasks
+    from ray_entigraph.stages.synthesize import relation_request
+    from ray_entigraph.text.identity import doc_id_for, normalise_text
+    from ray_entigraph.text.parse import heuristic_entities
+
+    out = tempfile.mkdtemp(prefix="bench-engine-")
+    tok = AutoTokenizer.from_pretrained(resolve_model_path(args.model))
+    count = lambda t: len(tok(t, add_special_tokens=False)["input_ids"])  # noqa: E731
+    documents = long_documents(args.docs, args.doc_tokens, count)
+    corpus = f"{out}/corpus.jsonl"
+    with open(corpus, "w") as f:
+        f.writelines(json.dumps(d) + "\n" for d in documents)
+    config = build_config(args, f"{out}/pipeline", f"input.path={corpus}")
+    prompts = load_prompt_set(config.synthesis.prompts)
+    entity_rows = []
+    for d in documents:
+        text = normalise_text(d["text"])
+        doc_id = doc_id_for(text)
+        entity_rows.append({"request_key": extraction_key(config, doc_id), "doc_id": doc_id, "title": d["title"],
+                            "text": text, "summary": None, "entities": heuristic_entities(text, 24),
+                            "entities_source": "heuristic", "num_tokens": count(text)})
+    groups = []
+    for row in entity_rows:
+        groups.extend(group_tasks(row, entigraph_tasks(config, prompts, row, None), set(), config.plan.tasks_per_group))
+    sampling = sampling_params(config.synthesis.sampling)
+
+    per_doc = [[relation_request(prompts, g, t, sampling) for t in g["tasks"] if t["kind"] != schema.KIND_SUMMARY]
+               for g in groups]
+    num_requests = sum(len(r) for r in per_doc)
+    print(f"workload: {len(entity_rows)} documents of {[r['num_tokens'] for r in entity_rows]} tokens, "
+          f"{num_requests} requests ({num_requests // len(entity_rows)} per document), greedy, "
+          f"max_new_tokens={args.max_new_tokens}, engine={args.engine}, model={args.model}, cpus={os.cpu_count()}",
+          flush=True)
+
+    def close(engine):
+        if hasattr(engine, "close"):
+            engine.close()
+
+    def run_engine(cfg, docs, one_at_a_time=False):
+        """(wall incl. engine start, wall of generate alone, results)."""
+        t0 = time.perf_counter()
+        engine = make_engine(cfg)
+        t1 = time.perf_counter()
+        results = []
+        for reqs in docs:
+            if one_at_a_time:
+                for r in reqs:
+                    results += engine.generate([r])
+            else:
+                results += engine.generate(reqs)
+        t2 = time.perf_counter()
+        close(engine)
+        return t2 - t0, t2 - t1, results
+
+    def gen(results):
+        return sum(r.num_generated_tokens for r in results)
+
+    # raw: the engine alone with prefix reuse on
+    raw_total, raw_gen_s, raw_res = run_engine(config, per_doc)
+    print(f"raw       done: {raw_total:.1f}s ({raw_gen_s:.1f}s generating)", flush=True)
+
+    # pipeline: committed entities in, committed synthetic rows out, through Ray Data
+    from ray_entigraph.pipeline import init_ray, run_synthesize
+
+    storage.StageStore(config.output_dir, schema.INGEST).commit(
+        schema.rows_to_table(entity_rows, schema.DOCUMENTS), None, keys=[r["doc_id"] for r in entity_rows],
+        stats={"source": list_input_files(config.input)[0][0]})  # as ingest would have committed it
+    storage.StageStore(config.output_dir, schema.EXTRACT).commit(
+        schema.rows_to_table(entity_rows, schema.ENTITIES), None, keys=[r["request_key"] for r in entity_rows], stats={})
+    import ray
+
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
+    init_ray(config)
+    t0 = time.perf_counter()
+    totals = run_synthesize(config)
+    pipe_s = time.perf_counter() - t0
+    ray.shutdown()
+    print(f"pipeline  done: {pipe_s:.1f}s", flush=True)
+
+    # naive: one request at a time (first document only)
+    naive_cfg = build_config(args, f"{out}/naive", "engine.prefix_reuse=false")
+    naive_total, naive_gen_s, naive_res = run_engine(naive_cfg, per_doc[:1], one_at_a_time=True)
+    print(f"naive     done: {naive_total:.1f}s ({naive_gen_s:.1f}s generating)", flush=True)
+
+    # no reuse: the engine alone, document-prefix reuse off
+    off = ["engine.prefix_reuse=false", "engine.vllm.enable_prefix_caching=false"]
+    off_total, off_gen_s, off_res = run_engine(build_config(args, f"{out}/off", *off), per_doc)
+    print(f"no-reuse  done: {off_total:.1f}s ({off_gen_s:.1f}s generating)", flush=True)
+
+    raw_tps = gen(raw_res) / raw_total
+    pipe_tps = totals.num_generated_tokens / pipe_s
+    naive_tps = gen(naive_res) / naive_gen_s
+    prompt_tokens = sum(r.num_prompt_tokens for r in raw_res)
+    cached = sum(r.num_cached_tokens for r in raw_res)
+    same = sum(a.text == b.text for a, b in zip(raw_res, off_res))
+    print()
+    print(f"{'variant':<10} {'requests':>8} {'wall s':>8} {'generate s':>10} {'gen tokens':>10} {'gen tok/s':>9}")
+    for name, n, total, gen_s, toks in (
+        ("raw", num_requests, raw_total, raw_gen_s, gen(raw_res)),
+        ("pipeline", totals.num_ok, pipe_s, float("nan"), totals.num_generated_tokens),
+        ("naive", len(naive_res), naive_total, naive_gen_s, gen(naive_res)),
+        ("no-reuse", num_requests, off_total, off_gen_s, gen(off_res)),
+    ):
+        print(f"{name:<10} {n:>8} {total:>8.1f} {gen_s:>10.1f} {toks:>10} {toks / total:>9.1f}")
+    print()
+    print(f"(a) pipeline vs raw engine, tokens/s (both include engine start):   {pipe_tps / raw_tps:.3f}  (target >= 0.85)")
+    print(f"(b) pipeline vs naive one-at-a-time loop, tokens/s:                {pipe_tps / naive_tps:.2f}x  (target >= 5x)"
+          f"  [naive tokens/s over generate time only: {naive_tps:.1f}]")
+    print(f"(c) generate wall time, no reuse / reuse:                           {off_gen_s / raw_gen_s:.2f}x  (target >= 2x)")
+    print(f"    prompt tokens served from cache with reuse: {cached} of {prompt_tokens} ({cached / prompt_tokens:.1%}); "
+          f"pipeline: {totals.num_cached_tokens} of {totals.num_prompt_tokens} "
+          f"({totals.num_cached_tokens / max(totals.num_prompt_tokens, 1):.1%})")
+    print(f"    identical outputs with and without reuse (greedy): {same} of {num_requests}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
