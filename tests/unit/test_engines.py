@@ -1,0 +1,102 @@
+"""Pure parts of the engines: prefix detection and padding, request grouping, vLLM arguments, engine config."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from ray_entigraph.config import ConfigError, load_config
+from ray_entigraph.engines import GenerationRequest, SamplingParams, constrains_json, make_engine
+from ray_entigraph.engines.transformers_engine import group_requests, pad_batch, shared_prefix_length
+from ray_entigraph.engines.vllm_engine import engine_kwargs
+from ray_entigraph.stages.extract import extraction_key
+
+
+def test_shared_prefix_length_leaves_every_sequence_a_token_of_its_own():
+    assert shared_prefix_length([[1, 2, 3, 4], [1, 2, 3, 5], [1, 2, 3, 4, 6]]) == 3
+    assert shared_prefix_length([[1, 2, 3], [1, 2, 3, 4]]) == 2  # [1,2,3] must keep its last token
+    assert shared_prefix_length([[1, 2], [3, 4]]) == 0
+    assert shared_prefix_length([[7]]) == 0
+    assert shared_prefix_length([]) == 0
+
+
+def test_shared_prefix_length_matches_brute_force():
+    rng = random.Random(0)
+    for _ in range(200):
+        common = [rng.randrange(5) for _ in range(rng.randrange(6))]
+        seqs = [common + [rng.randrange(5) for _ in range(rng.randrange(1, 5))] for _ in range(rng.randrange(1, 5))]
+        n = shared_prefix_length(seqs)
+        assert all(s[:n] == seqs[0][:n] for s in seqs)
+        assert all(len(s) > n for s in seqs)
+        # maximal: one more token is either not shared or would leave a sequence empty
+        assert any(len(s) <= n + 1 or s[n] != seqs[0][n] for s in seqs)
+
+
+def test_pad_batch_puts_padding_between_prefix_and_own_tokens():
+    ids, mask = pad_batch([[1, 2, 3, 9], [1, 2, 3, 8, 8, 8]], prefix_len=3, pad_id=0)
+    assert ids == [[1, 2, 3, 0, 0, 9], [1, 2, 3, 8, 8, 8]]
+    assert mask == [[1, 1, 1, 0, 0, 1], [1, 1, 1, 1, 1, 1]]
+    # positions follow the mask: the own tokens of both rows continue right after the prefix
+    positions = [[sum(m[: i + 1]) - 1 for i in range(len(m))] for m in mask]
+    assert positions[0][-1] == 3 and positions[1][3] == 3
+
+
+def test_pad_batch_without_prefix_is_left_padding():
+    ids, mask = pad_batch([[5], [6, 7, 8]], prefix_len=0, pad_id=0)
+    assert ids == [[0, 0, 5], [6, 7, 8]] and mask == [[0, 0, 1], [1, 1, 1]]
+
+
+def _req(key, doc, temperature=0.7):
+    return GenerationRequest(key=key, messages=[{"role": "user", "content": key}],
+                             sampling=SamplingParams(temperature=temperature), prefix_key=doc)
+
+
+def test_group_requests_by_sampling_then_document_in_caller_order():
+    reqs = [_req("a1", "A"), _req("b1", "B"), _req("a2", "A"), _req("g", "A", temperature=0.0), _req("b2", "B")]
+    groups = [[reqs[i].key for i in g] for g in group_requests(reqs)]
+    assert groups == [["a1", "a2"], ["b1", "b2"], ["g"]]
+
+
+def _cfg(*overrides):
+    return load_config(None, list(overrides))
+
+
+def test_vllm_engine_kwargs_pass_config_through():
+    cfg = _cfg("engine.kind=vllm", "engine.vllm.enforce_eager=true", "engine.vllm.max_num_seqs=32",
+               "engine.vllm.engine_args.kv_cache_dtype=fp8", "model.max_model_len=4096", "seed=3")
+    kw = engine_kwargs(cfg, "/models/m")
+    assert kw["model"] == "/models/m" and kw["max_model_len"] == 4096 and kw["enable_prefix_caching"] is True
+    assert kw["enforce_eager"] is True and kw["max_num_seqs"] == 32 and kw["kv_cache_dtype"] == "fp8"
+    assert kw["seed"] == 3 and "distributed_executor_backend" not in kw
+    tp = _cfg("engine.kind=vllm", "engine.vllm.tensor_parallel_size=4", "resources.num_gpus_per_actor=4")
+    kw = engine_kwargs(tp, "/models/m")
+    assert kw["tensor_parallel_size"] == 4 and kw["distributed_executor_backend"] == "mp"
+
+
+def test_tensor_parallel_needs_as_many_gpus_per_actor():
+    with pytest.raises(ConfigError, match="resources.num_gpus_per_actor=2"):
+        _cfg("engine.kind=vllm", "engine.vllm.tensor_parallel_size=2", "resources.num_gpus_per_actor=1")
+
+
+def test_unknown_engine_kind_is_a_config_error():
+    with pytest.raises(ConfigError, match="engine.kind"):
+        _cfg("engine.kind=sglang")
+
+
+def test_structured_extraction_changes_the_request_key_only_where_it_applies():
+    plain = _cfg()
+    vllm = _cfg("engine.kind=vllm")
+    vllm_free = _cfg("engine.kind=vllm", "engine.vllm.structured_extraction=false")
+    assert not constrains_json(plain) and constrains_json(vllm) and not constrains_json(vllm_free)
+    assert extraction_key(plain, "d") == extraction_key(vllm_free, "d")  # same request on either engine
+    assert extraction_key(plain, "d") != extraction_key(vllm, "d")  # a constrained request is another request
+
+
+def test_echo_engine_answers_instantly_and_deterministically():
+    engine = make_engine(_cfg("engine.kind=echo"))
+    reqs = [_req("k1", "A"), _req("k2", "A")]
+    first, second = engine.generate(reqs), engine.generate(reqs)
+    assert [r.key for r in first] == ["k1", "k2"]
+    assert [r.text for r in first] == [r.text for r in second] and all(r.text.strip() for r in first)
+    assert all(r.num_generated_tokens > 0 and r.error is None for r in first)
