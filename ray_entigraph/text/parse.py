@@ -104,14 +104,16 @@ def _salvage(text: str) -> tuple[str | None, list[str]]:
     return summary, entities
 
 
-# The answer shape of the extraction prompt, for engines that constrain decoding to a JSON schema.
+# The answer shape of the extraction prompt, for engines that constrain decoding to a JSON schema. The
+# entities come first: grammars follow the property order, and when max_new_tokens cuts an answer short it
+# then cuts the summary (which may be missing) rather than the entity list (which the stage needs).
 EXTRACTION_SCHEMA = {
     "type": "object",
     "properties": {
-        "summary": {"type": "string"},
         "entities": {"type": "array", "items": {"type": "string"}},
+        "summary": {"type": "string"},
     },
-    "required": ["summary", "entities"],
+    "required": ["entities", "summary"],
     "additionalProperties": False,
 }
 

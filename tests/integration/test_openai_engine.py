@@ -103,7 +103,7 @@ def make_engine(proxy, vllm_server, **kwargs):
     from ray_entigraph.engines.openai_engine import OpenAIEngine
 
     kwargs = {"base_url": f"{proxy.url}/v1", "api_key_env": None, "backoff_base_s": 0.05, "backoff_max_s": 2.0,
-              "max_retries": 4, "request_timeout_s": 120.0, "tokenizer": vllm_server.model_dir, **kwargs}
+              "max_retries": 6, "request_timeout_s": 120.0, "tokenizer": vllm_server.model_dir, **kwargs}
     return OpenAIEngine(SERVED, **kwargs)
 
 

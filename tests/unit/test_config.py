@@ -152,3 +152,13 @@ def test_missing_local_model_path_is_named_before_workers_start(tmp_path):
     with pytest.raises(ConfigError, match="train.base_model"):
         load_config(None, ["train.base_model=./no-such-model"])
     assert load_config(None, ["model.name=HuggingFaceTB/SmolLM2-135M"]).model.name == "HuggingFaceTB/SmolLM2-135M"
+
+
+def test_gpu_cluster_config_differs_from_the_laptop_demo_only_in_engine_and_resources():
+    import yaml
+
+    root = Path(__file__).resolve().parents[2] / "configs"
+    laptop, cluster = (yaml.safe_load((root / name).read_text()) for name in ("demo.yaml", "demo-gpu.yaml"))
+    differing = {key for key in set(laptop) | set(cluster) if laptop.get(key) != cluster.get(key)}
+    assert differing == {"engine", "resources", "output_dir"}
+    assert cluster["engine"]["kind"] == "vllm" and cluster["resources"]["num_gpus_per_actor"] == 1
