@@ -104,9 +104,13 @@ def cmd_validate(args) -> int:
     from ray_entigraph.prompts import load_prompt_set
     from ray_entigraph.stages.ingest import list_input_files
 
+    from ray_entigraph.engines import preflight
+
     config = _load(args)
     load_prompt_set(config.synthesis.prompts)
     files = list_input_files(config.input)
+    for warning in preflight(config):
+        print(f"warning: {warning}", file=sys.stderr)
     if args.print:
         print(config.to_yaml(), end="")
     print(f"config ok: {len(files)} input file(s), output_dir={config.output_dir}", file=sys.stderr)
@@ -192,12 +196,14 @@ def cmd_status(args) -> int:
     print(f"run {args.output_dir}: {run.get('state', 'unknown')}" + (f" (stage {run['stage']})" if run.get("stage") else ""))
     if run.get("error"):
         print(f"  error: {run['error']}")
-    print(f"  {'stage':<10} {'shards':>6} {'ok':>8} {'failed':>7} {'prompt tok':>11} {'generated tok':>13}"
-          f" {'cost $':>8}   last invocation")
+    print(f"  {'stage':<10} {'shards':>6} {'ok':>8} {'failed':>7} {'prompt tok':>11} {'cached':>7} {'generated tok':>13}"
+          f" {'retries':>7} {'cost $':>8}   last invocation")
     for name, st in state["stages"].items():
         cost = st.get("estimated_cost_usd")
+        cached = f"{st['num_cached_tokens'] / st['num_prompt_tokens']:.0%}" if st["num_prompt_tokens"] else "-"
         line = (f"  {name:<10} {st['num_shards']:>6} {st['num_ok']:>8} {st['num_failed']:>7} {st['num_prompt_tokens']:>11} "
-                f"{st['num_generated_tokens']:>13} {'-' if cost is None else f'{cost:.4f}':>8}")
+                f"{cached:>7} {st['num_generated_tokens']:>13} {st['num_retries']:>7} "
+                f"{'-' if cost is None else f'{cost:.4f}':>8}")
         if "this_run" in st:
             r = st["this_run"]
             rate = r.get("generated_tokens_per_s")

@@ -35,7 +35,9 @@ class SynthesisSummary:
     num_synthetic_rows: int
     num_synthesis_failed: int
     num_prompt_tokens: int
+    num_cached_tokens: int
     num_generated_tokens: int
+    num_retries: int
     wall_s: float
     generated_tokens_per_s: float
     rows_by_kind: dict
@@ -49,7 +51,9 @@ class SynthesisSummary:
             f"plan             {self.num_tasks_planned} synthesis tasks for this config (summaries, pairs, triplets)",
             f"synthetic rows   {self.num_synthetic_rows} ({', '.join(f'{k}: {v}' for k, v in sorted(self.rows_by_kind.items()))}), "
             f"{self.num_synthesis_failed} failed",
-            f"tokens           {self.num_prompt_tokens} prompt, {self.num_generated_tokens} generated",
+            f"tokens           {self.num_prompt_tokens} prompt ({self.num_cached_tokens} served from the engine's "
+            f"prefix cache, {self.num_cached_tokens / max(self.num_prompt_tokens, 1):.0%}), "
+            f"{self.num_generated_tokens} generated, {self.num_retries} request retries",
             f"throughput       {self.generated_tokens_per_s:.1f} generated tokens/s over {self.wall_s:.0f}s of this run",
             f"output           {storage.join(self.output_dir, schema.SYNTHESIZE)}",
         ]
@@ -281,7 +285,9 @@ def summarize(config: EntiGraphConfig, wall_s: float, run_totals: dict[str, ledg
         num_synthetic_rows=syn.num_ok,
         num_synthesis_failed=syn.num_failed,
         num_prompt_tokens=ext.num_prompt_tokens + syn.num_prompt_tokens,
+        num_cached_tokens=ext.num_cached_tokens + syn.num_cached_tokens,
         num_generated_tokens=ext.num_generated_tokens + syn.num_generated_tokens,
+        num_retries=ext.num_retries + syn.num_retries,
         wall_s=wall_s,
         generated_tokens_per_s=generated_now / wall_s if wall_s > 0 else 0.0,
         rows_by_kind=kinds,
@@ -293,7 +299,11 @@ def synthesize(config: EntiGraphConfig, ingest_only: bool = False) -> SynthesisS
     the documents alone, which is all the Raw CPT baseline needs)."""
     from ray_entigraph.stages.ingest import list_input_files
 
+    from ray_entigraph.engines import preflight
+
     files = list_input_files(config.input)  # bad input fails here, before Ray starts
+    for warning in preflight(config):  # so does an engine that cannot work
+        logger.warning("%s", warning)
     storage.check_writable(config.output_dir)
     save_resolved_config(config)
     started = time.time()

@@ -13,7 +13,7 @@ from ray_entigraph.engines.base import Engine, GenerationRequest, GenerationResu
 if TYPE_CHECKING:
     from ray_entigraph.config import EntiGraphConfig
 
-__all__ = ["Engine", "GenerationRequest", "GenerationResult", "SamplingParams", "constrains_json", "make_engine",
+__all__ = ["Engine", "GenerationRequest", "GenerationResult", "SamplingParams", "constrains_json", "make_engine", "preflight",
            "sampling_params"]
 
 
@@ -32,6 +32,31 @@ def constrains_json(config: "EntiGraphConfig") -> bool:
     request key: a constrained request is a different request). Engines' `supports_json_schema` agrees."""
     kind = config.engine.kind
     return (kind == "vllm" and config.engine.vllm.structured_extraction) or kind == "openai"
+
+
+def preflight(config: "EntiGraphConfig") -> list[str]:
+    """Engine checks on the driver, before any worker starts: raises for what cannot work (a hosted API
+    without its key), returns warnings for what may only be true here (vLLM missing on the driver is fine
+    when the GPU nodes have it)."""
+    import importlib.util
+    import os
+
+    kind, warnings = config.engine.kind, []
+    if kind == "openai":
+        from ray_entigraph.engines.openai_engine import is_local_url
+
+        o = config.engine.openai
+        if o.api_key_env and not os.environ.get(o.api_key_env) and not is_local_url(o.base_url):
+            raise ValueError(
+                f"engine.kind is 'openai' with base_url {o.base_url} but the environment variable "
+                f"{o.api_key_env!r} (engine.openai.api_key_env) is not set. Fix: export {o.api_key_env}=<key> "
+                "(on a cluster also in the job's runtime_env env_vars), or set engine.openai.api_key_env=null "
+                "for a server without authentication.")
+    if kind == "vllm" and importlib.util.find_spec("vllm") is None:
+        from ray_entigraph.engines.vllm_engine import vllm_missing_message
+
+        warnings.append(vllm_missing_message() + " (This is only a problem if the model actors' nodes lack it too.)")
+    return warnings
 
 
 def make_engine(config: "EntiGraphConfig") -> Engine:

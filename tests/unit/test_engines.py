@@ -100,3 +100,30 @@ def test_echo_engine_answers_instantly_and_deterministically():
     assert [r.key for r in first] == ["k1", "k2"]
     assert [r.text for r in first] == [r.text for r in second] and all(r.text.strip() for r in first)
     assert all(r.num_generated_tokens > 0 and r.error is None for r in first)
+
+
+def test_preflight_refuses_a_hosted_api_without_its_key_before_workers_start(monkeypatch):
+    from ray_entigraph.engines import preflight
+
+    monkeypatch.delenv("EG_TEST_KEY", raising=False)
+    hosted = _cfg("engine.kind=openai", "engine.openai.base_url=https://api.example.com/v1",
+                  "engine.openai.api_key_env=EG_TEST_KEY")
+    with pytest.raises(ValueError, match="EG_TEST_KEY.*is not set"):
+        preflight(hosted)
+    monkeypatch.setenv("EG_TEST_KEY", "sk-test")
+    assert preflight(hosted) == []
+    monkeypatch.delenv("EG_TEST_KEY")
+    local = _cfg("engine.kind=openai", "engine.openai.base_url=http://127.0.0.1:8000/v1",
+                 "engine.openai.api_key_env=EG_TEST_KEY")
+    assert preflight(local) == []  # a local server gets no key
+
+
+def test_cli_validate_names_the_missing_key(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in __import__("os").environ.items() if k != "EG_TEST_KEY"}
+    proc = subprocess.run([sys.executable, "-m", "ray_entigraph", "validate", "engine.kind=openai",
+                           "engine.openai.base_url=https://api.example.com/v1", "engine.openai.api_key_env=EG_TEST_KEY"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0 and "EG_TEST_KEY" in proc.stderr and "Fix:" in proc.stderr
