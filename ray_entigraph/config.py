@@ -129,6 +129,21 @@ class SynthesisConfig(_Section):
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling for relation and rephrase texts.")
 
 
+class CurateConfig(_Section):
+    enabled: bool = Field(False, description="Score every synthetic row against its document, filter and deduplicate, and train on the result (output_dir/curated/<id>); the synthetic stage's own output is never changed.")
+    min_grounding: float | None = Field(None, ge=0.0, le=1.0, description="Drop rows whose grounding score (share of their entities, numbers and content words the document contains) is below this; None keeps every row (rows are still scored).")
+    min_sentence_grounding: float | None = Field(None, ge=0.0, le=1.0, description="Repair: drop the sentences of a row whose grounding score is below this and keep the rest; None keeps every sentence.")
+    min_chars: int = Field(40, ge=0, description="A row shorter than this after repair is dropped (nothing left to learn from).")
+    dedup: bool = Field(False, description="Drop near-duplicate rows across the corpus (MinHash over word shingles, LSH buckets); the row with the smallest task_id of each cluster is kept.")
+    dedup_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Estimated Jaccard similarity of word shingles at or above which two rows are near-duplicates.")
+    num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations per row.")
+    ngram: int = Field(5, ge=1, le=20, description="Words per shingle.")
+
+    def identity(self) -> dict[str, Any]:
+        """What decides the curated rows (everything but `enabled`)."""
+        return self.model_dump(exclude={"enabled"})
+
+
 class ReplaySource(_Section):
     name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Short name (letters, digits, _.-); rows are tagged replay:<name>.")
     path: str = Field(..., description="A Parquet or JSONL file, folder or glob (local or any fsspec URL) of general text.")
@@ -209,6 +224,20 @@ class SweepConfig(_Section):
     baselines: list[Literal["raw", "rephrase"]] = Field(default_factory=lambda: ["raw", "rephrase"], description="Baselines trained and evaluated beside EntiGraph: `raw` (Raw CPT on the documents), `rephrase` (the WRAP-style rephrase augmenter, synthesized into output_dir/sweep/rephrase).")
 
 
+AblationVariant = Literal["entigraph", "grounded", "repaired", "dedup", "freeform", "temperature", "entigraph+raw", "raw-cpt"]
+
+
+class AblationConfig(_Section):
+    variants: list[AblationVariant] = Field(
+        default_factory=lambda: ["entigraph", "grounded", "dedup", "freeform", "temperature", "entigraph+raw", "raw-cpt"],
+        description="Arms of `ray-entigraph ablate`, trained at equal synthetic tokens and equal steps: `entigraph` (no filter), `grounded` (rows below min_grounding dropped), `repaired` (sentences below min_sentence_grounding dropped), `dedup` (near-duplicates dropped), `freeform` (free-form relation prompts, prompt set entigraph-freeform-v1), `temperature` (synthesis at `temperature`), `entigraph+raw` (the synthetic corpus plus the documents), `raw-cpt` (the documents alone).")
+    min_grounding: float = Field(0.6, ge=0.0, le=1.0, description="`grounded` arm: curate.min_grounding.")
+    min_sentence_grounding: float = Field(0.5, ge=0.0, le=1.0, description="`repaired` arm: curate.min_sentence_grounding.")
+    temperature: float = Field(1.0, ge=0.0, description="`temperature` arm: synthesis.sampling.temperature (the paper: 1.0).")
+    freeform_prompts: str = Field("entigraph-freeform-v1", description="`freeform` arm: its prompt set.")
+    num_budgets: int = Field(1, ge=1, le=4, description="Synthetic token budgets per arm: the largest that every arm can fill, then halvings of it (for the accuracy-against-tokens plot).")
+
+
 class CostConfig(_Section):
     usd_per_million_prompt_tokens: float | None = Field(None, ge=0, description="Price of prompt tokens, for cost estimates in the ledger, `status` and `--dry-run`; None shows no cost.")
     usd_per_million_generated_tokens: float | None = Field(None, ge=0, description="Price of generated tokens, likewise.")
@@ -232,10 +261,12 @@ class EntiGraphConfig(_Section):
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    curate: CurateConfig = Field(default_factory=CurateConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
+    ablation: AblationConfig = Field(default_factory=AblationConfig)
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> "EntiGraphConfig":

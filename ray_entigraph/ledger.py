@@ -24,6 +24,7 @@ class StageTotals:
     num_cached_tokens: int = 0
     num_generated_tokens: int = 0
     num_retries: int = 0  # engine transport retries (HTTP engines)
+    num_dropped: int = 0  # rows a filter removed (curate), with their reasons in errors/
     busy_s: float = 0.0  # summed model time over units of work (not wall time when actors run in parallel)
     hosts: list[str] = field(default_factory=list)
     node_ids: list[str] = field(default_factory=list)  # Ray node ids (markers written before node_id: none)
@@ -38,6 +39,7 @@ class StageTotals:
         self.num_cached_tokens += int(entry.get("num_cached_tokens", 0))
         self.num_generated_tokens += int(entry.get("num_generated_tokens", 0))
         self.num_retries += int(entry.get("num_retries", 0))
+        self.num_dropped += int(entry.get("num_dropped", 0))
         self.busy_s += float(entry.get("wall_s", 0.0))
         host = entry.get("host")
         if host and host not in self.hosts:

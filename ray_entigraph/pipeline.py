@@ -41,6 +41,7 @@ class SynthesisSummary:
     wall_s: float
     generated_tokens_per_s: float
     rows_by_kind: dict
+    curation: dict | None = None  # what curate kept and dropped, when curate.enabled
 
     def lines(self) -> list[str]:
         parse_rate = self.num_model_parsed / max(self.num_extracted + self.num_extract_failed, 1)
@@ -56,6 +57,16 @@ class SynthesisSummary:
             f"{self.num_generated_tokens} generated, {self.num_retries} request retries",
             f"throughput       {self.generated_tokens_per_s:.1f} generated tokens/s over {self.wall_s:.0f}s of this run",
             f"output           {storage.join(self.output_dir, schema.SYNTHESIZE)}",
+        ] + (self._curation_lines() if self.curation else [])
+
+    def _curation_lines(self) -> list[str]:
+        c = self.curation
+        grounding = "-" if c["mean_grounding"] is None else f"{c['mean_grounding']:.2f}"
+        return [
+            f"curated          {c['kept']} rows kept, mean grounding {grounding}; dropped {c['dropped']}: "
+            f"{c['dropped_grounding']} below min_grounding, {c['dropped_duplicate']} near-duplicates, "
+            f"{c['dropped_short']} empty after repair ({c['sentences_dropped']} sentences removed from kept rows)",
+            f"curated output   {c['url']} (drops and reasons: {c['errors_url']})",
         ]
 
 
@@ -261,6 +272,38 @@ def run_synthesize(config: EntiGraphConfig, on_start=lambda totals: None) -> led
     return _drain(ds, progress, base=base)
 
 
+def run_curate(config: EntiGraphConfig, on_start=lambda totals: None) -> ledger.StageTotals:
+    """Score, repair, filter and deduplicate the synthetic corpus into output_dir/curated/<id> (stages/curate.py)."""
+    import ray.data
+
+    from ray_entigraph.stages.curate import candidate_pairs, commit_batch, curated_stage, signatures_batch
+    from ray_entigraph.text.dedup import duplicates_to_drop
+
+    stage = curated_stage(config)
+    sources = storage.StageStore(config.output_dir, schema.SYNTHESIZE).shard_urls()
+    done = {e.get("source_shard") for e in storage.StageStore(config.output_dir, stage).manifest_entries()}
+    todo = [u for u in sources if storage.posixpath.basename(u).removesuffix(".parquet") not in done]
+    base = ledger.StageTotals(stage, expected=len(sources), done_before=len(sources) - len(todo))
+    on_start(base)
+    if not todo:
+        return base
+    doc_index = _document_index(config)
+    kwargs = {"config_json": config.model_dump_json(), "doc_index": doc_index}
+    duplicates: dict[str, str] = {}
+    if config.curate.dedup:
+        # every shard's signatures (dedup is corpus-wide), bucketed by LSH band key; only pairs reach the driver
+        shards = ray.data.from_items([{"url": u} for u in sources], override_num_blocks=max(len(sources), 1))
+        bands = shards.map_batches(signatures_batch, fn_kwargs=kwargs, batch_size=1, num_cpus=1)
+        pairs = bands.groupby("band").map_groups(candidate_pairs, batch_format="pyarrow")
+        duplicates = duplicates_to_drop(((r["a"], r["b"], r["similarity"]) for r in pairs.iter_rows()),
+                                        config.curate.dedup_threshold)
+    progress = ledger.Progress(schema.CURATE, len(todo), unit="shards")
+    ds = ray.data.from_items([{"url": u} for u in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(commit_batch, fn_kwargs={**kwargs, "duplicates": duplicates, "stage": stage},
+                        batch_size=1, num_cpus=1)
+    return _drain(ds, progress, per_row_units=1, base=base)
+
+
 def summarize(config: EntiGraphConfig, wall_s: float, run_totals: dict[str, ledger.StageTotals]) -> SynthesisSummary:
     """The run's summary, from committed storage (whole run) plus this invocation's wall time."""
     out = config.output_dir
@@ -273,6 +316,7 @@ def summarize(config: EntiGraphConfig, wall_s: float, run_totals: dict[str, ledg
     for kind in storage.StageStore(out, schema.SYNTHESIZE).iter_key_column("kind"):
         kinds[kind] = kinds.get(kind, 0) + 1
     generated_now = sum(t.num_generated_tokens for t in run_totals.values())
+    curation = curation_summary(config) if config.curate.enabled else None
     return SynthesisSummary(
         output_dir=out,
         num_documents=docs.num_ok,
@@ -291,7 +335,26 @@ def summarize(config: EntiGraphConfig, wall_s: float, run_totals: dict[str, ledg
         wall_s=wall_s,
         generated_tokens_per_s=generated_now / wall_s if wall_s > 0 else 0.0,
         rows_by_kind=kinds,
+        curation=curation,
     )
+
+
+def curation_summary(config: EntiGraphConfig) -> dict:
+    """Kept and dropped rows of the current curated dataset, from its commit markers."""
+    from ray_entigraph.stages.curate import curated_stage
+
+    store = storage.StageStore(config.output_dir, curated_stage(config))
+    entries = store.manifest_entries()
+    kept = sum(int(e.get("num_ok", 0)) for e in entries)
+    weighted = sum((e.get("mean_grounding") or 0.0) * int(e.get("num_ok", 0)) for e in entries)
+    return {
+        "url": store.url, "errors_url": store.errors_url, "kept": kept,
+        "dropped": sum(int(e.get("num_dropped", 0)) for e in entries),
+        **{f"dropped_{k}": sum(int(e.get(f"num_dropped_{k}", 0)) for e in entries)
+           for k in ("grounding", "duplicate", "short", "document")},
+        "sentences_dropped": sum(int(e.get("num_sentences_dropped", 0)) for e in entries),
+        "mean_grounding": weighted / kept if kept else None,
+    }
 
 
 def synthesize(config: EntiGraphConfig, ingest_only: bool = False) -> SynthesisSummary:
@@ -314,10 +377,13 @@ def synthesize(config: EntiGraphConfig, ingest_only: bool = False) -> SynthesisS
     try:
         for stage, fn in ((schema.INGEST, lambda cb: run_ingest(config, files)),
                           (schema.EXTRACT, lambda cb: run_extract(config, cb)),
-                          (schema.SYNTHESIZE, lambda cb: run_synthesize(config, cb))):
+                          (schema.SYNTHESIZE, lambda cb: run_synthesize(config, cb)),
+                          (schema.CURATE, lambda cb: run_curate(config, cb))):
             if stage == schema.EXTRACT and config.synthesis.augmenter == "rephrase":
                 continue
             if ingest_only and stage != schema.INGEST:
+                continue
+            if stage == schema.CURATE and not config.curate.enabled:
                 continue
             run["stage"] = stage
             ledger.write_run_state(config.output_dir, run)
@@ -330,7 +396,7 @@ def synthesize(config: EntiGraphConfig, ingest_only: bool = False) -> SynthesisS
             totals[stage] = fn(record_plan)
             run.setdefault("stages", {})[stage] = ledger.stage_record(totals[stage], stage_started, time.time())
             ledger.write_run_state(config.output_dir, run)
-            if stage != schema.INGEST:
+            if stage not in (schema.INGEST, schema.CURATE):  # curate drops rows on purpose; drops are not errors
                 _check_errors(stage, totals[stage], config)
     except BaseException as exc:
         failure = exc if isinstance(exc, StageFailed) else StageFailed(_explain_failure(run.get("stage"), exc, config))

@@ -76,6 +76,19 @@ SYNTHETIC = pa.schema(
     ]
 )
 
+# The curated corpus (output_dir/curated/<curation id>/): synthetic rows that passed the filters, with their
+# grounding scores against the source document. The synthetic stage's own shards are never changed.
+CURATE = "curated"
+CURATED = pa.schema(
+    list(SYNTHETIC)
+    + [
+        ("grounding", pa.float32()),  # weighted share of the text's entities, numbers and words the document has
+        ("sentence_grounding", pa.list_(pa.float32())),  # per sentence of the text as kept
+        ("unsupported", pa.list_(pa.string())),  # units of the text the document does not contain (at most 20)
+        ("num_sentences_dropped", pa.int32()),  # sentences removed by the sentence filter (repair)
+    ]
+)
+
 ERRORS = pa.schema(
     [
         ("stage", pa.string()),
@@ -85,7 +98,7 @@ ERRORS = pa.schema(
     ]
 )
 
-SCHEMAS = {INGEST: DOCUMENTS, EXTRACT: ENTITIES, SYNTHESIZE: SYNTHETIC}
+SCHEMAS = {INGEST: DOCUMENTS, EXTRACT: ENTITIES, SYNTHESIZE: SYNTHETIC, CURATE: CURATED}
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

@@ -18,9 +18,9 @@ from ray_entigraph.config import EntiGraphConfig, derive, section_hash
 
 # top-level config sections each step does NOT depend on
 _IGNORED = {
-    "synthesize": ("train", "eval", "sweep"),
-    "train": ("eval", "sweep"),
-    "eval": ("sweep",),
+    "synthesize": ("train", "eval", "sweep", "ablation"),
+    "train": ("eval", "sweep", "ablation"),
+    "eval": ("sweep", "ablation"),
 }
 
 
@@ -190,7 +190,8 @@ def _sweep_report(config: EntiGraphConfig, report: dict, tokens: dict[str, int],
                         lines_extra=[f"eval report      {storage.join(out, 'eval', 'report.md')}"])
 
 
-def _sweep_plot(points: list[dict], fitted: dict | None, url: str) -> str | None:
+def _sweep_plot(points: list[dict], fitted: dict | None, url: str,
+                title: str = "Accuracy against synthetic tokens (95% bootstrap CI)") -> str | None:
     if not points:
         return None
     import io
@@ -204,7 +205,9 @@ def _sweep_plot(points: list[dict], fitted: dict | None, url: str) -> str | None
     from ray_entigraph.eval.curve import CurveFit
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"base": ("k", "s"), "entigraph": ("#4C72B0", "o"), "raw-cpt": ("#C44E52", "^"), "rephrase": ("#55A868", "D")}
+    styles = {"base": ("k", "s"), "entigraph": ("#4C72B0", "o"), "raw-cpt": ("#C44E52", "^"), "rephrase": ("#55A868", "D"),
+              "grounded": ("#8172B2", "v"), "repaired": ("#937860", "<"), "dedup": ("#DA8BC3", ">"),
+              "freeform": ("#CCB974", "P"), "temperature": ("#64B5CD", "X"), "entigraph+raw": ("#8C8C8C", "*")}
     for series in dict.fromkeys(p["series"] for p in points):
         pts = sorted((p for p in points if p["series"] == series), key=lambda p: p["synthetic_tokens"])
         color, marker = styles.get(series, ("grey", "x"))
@@ -221,7 +224,7 @@ def _sweep_plot(points: list[dict], fitted: dict | None, url: str) -> str | None
                 label=f"mixture-of-exponentials fit ({len(fitted['terms'])} term{note})")
     ax.set_xlabel("synthetic tokens trained on (per epoch)")
     ax.set_ylabel("closed-book accuracy (%)")
-    ax.set_title("Accuracy against synthetic tokens (95% bootstrap CI)")
+    ax.set_title(title)
     ax.legend(fontsize=8)
     buf = io.BytesIO()
     fig.tight_layout()
@@ -229,3 +232,127 @@ def _sweep_plot(points: list[dict], fitted: dict | None, url: str) -> str | None
     plt.close(fig)
     storage.write_bytes(url, buf.getvalue())
     return url
+
+
+# ------------------------------------------------------------------------------------------------- ablation
+
+# Arm settings of `ablate` (dotted overrides on top of the user's config; `None` marks an arm that
+# synthesizes into its own output_dir because its synthetic rows differ).
+def ablation_overrides(config: EntiGraphConfig, variant: str) -> tuple[list[str], str | None]:
+    """(overrides, own output_dir subfolder or None) of one ablation arm."""
+    a = config.ablation
+    curate_off = ["curate.enabled=false"]
+    return {
+        "entigraph": (curate_off, None),
+        "grounded": (["curate.enabled=true", f"curate.min_grounding={a.min_grounding}"], None),
+        "repaired": (["curate.enabled=true", f"curate.min_sentence_grounding={a.min_sentence_grounding}"], None),
+        "dedup": (["curate.enabled=true", "curate.dedup=true"], None),
+        "freeform": (curate_off + [f"synthesis.prompts={a.freeform_prompts}"], "freeform"),
+        "temperature": (curate_off + [f"synthesis.sampling.temperature={a.temperature}"], f"temperature-{a.temperature:g}"),
+        "entigraph+raw": (curate_off + ["train.corpus=synthetic+raw"], None),
+        "raw-cpt": (curate_off + ["train.corpus=raw"], None),
+    }[variant]
+
+
+def ablation_budgets(common_blocks: int, block_len: int, num_budgets: int) -> list[int]:
+    """Token budgets every arm can fill: the largest (whole blocks), then halvings, ascending."""
+    blocks = sorted({max(1, common_blocks >> k) for k in range(num_budgets)})
+    return [b * block_len for b in blocks]
+
+
+def equal_steps(config: EntiGraphConfig, budget_tokens: int) -> int:
+    """Optimizer steps of `train.epochs` over a budget (replay blocks replace synthetic ones): every arm of
+    that budget trains exactly this many steps, however long its own stream is."""
+    blocks = max(budget_tokens // config.train.block_len, 1)
+    return max(config.train.epochs * blocks // config.train.global_batch_size, 1)
+
+
+@dataclass
+class AblationSummary:
+    rows: list[dict]
+    report_url: str
+    plot_url: str | None
+    wall_s: float
+
+    def lines(self) -> list[str]:
+        out = [f"{'arm':<28} {'synth tokens':>12} {'steps':>5}  accuracy [95% CI]      vs base (paired)"]
+        for r in self.rows:
+            delta = "" if r["delta_vs_base"] is None else (
+                f"{100 * r['delta_vs_base']:+.1f} pts [{100 * r['delta_vs_base_ci95'][0]:+.1f}, "
+                f"{100 * r['delta_vs_base_ci95'][1]:+.1f}]")
+            out.append(f"{r['arm']:<28} {r['synthetic_tokens']:>12} {r['steps']:>5}  {100 * r['accuracy']:5.1f}% "
+                       f"[{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]  {delta}")
+        return out + [f"report           {self.report_url}"] + ([f"plot             {self.plot_url}"] if self.plot_url else [])
+
+
+def ablate(config: EntiGraphConfig) -> AblationSummary:
+    """Synthesis variants and filters trained at equal synthetic tokens and equal steps, evaluated alike."""
+    from ray_entigraph import schema
+    from ray_entigraph.eval.launch import BASE_LABEL, run_eval
+    from ray_entigraph.pipeline import init_ray, synthesize
+    from ray_entigraph.train.data import base_model_name, run_pack, train_url
+    from ray_entigraph.train.launch import run_train
+
+    started = time.time()
+    if config.synthesis.augmenter != "entigraph":
+        raise ValueError("ablate needs synthesis.augmenter=entigraph. Fix: use an EntiGraph config.")
+    run_step(config, "synthesize", "synthesize", lambda: synthesize(config))
+    arms: dict[str, EntiGraphConfig] = {}
+    for variant in config.ablation.variants:
+        overrides, own_dir = ablation_overrides(config, variant)
+        if own_dir:
+            overrides = [f"output_dir={storage.join(config.output_dir, 'ablation', own_dir)}"] + overrides
+        arm = derive(config, overrides)
+        if arm.output_dir != config.output_dir or arm.curate.enabled:
+            # its own synthetic rows, or a curated copy of the main ones (synthesis itself is done and skipped)
+            step = "synthesize" if arm.output_dir != config.output_dir else f"ablation/curate-{variant}"
+            run_step(arm, step, "synthesize", lambda arm=arm: synthesize(arm))
+        arms[variant] = arm
+    init_ray(config)
+    available = {v: run_pack(arm).get(schema.SYNTHETIC_SOURCE, 0) for v, arm in arms.items() if v != "raw-cpt"}
+    common = min(available.values()) if available else 0
+    if not common:
+        raise ValueError(f"ablate: an arm has no synthetic blocks to train on ({available}). Fix: synthesize more "
+                         "(plan.*) or loosen the curate thresholds (ablation.min_grounding).")
+    runs: list[tuple[str, str, int, EntiGraphConfig]] = []
+    for budget in ablation_budgets(common, config.train.block_len, config.ablation.num_budgets):
+        steps = equal_steps(config, budget)
+        for variant, arm in arms.items():
+            name = f"{variant}-{budget}"
+            runs.append((name, variant, steps, derive(arm, [
+                f"train.name=ablation/{name.replace('+', '-plus-')}", f"train.max_steps={steps}",
+                # a stream long enough for every arm to reach `steps` (Raw CPT's is short)
+                f"train.epochs={max(config.train.epochs, 64)}",
+                f"train.max_synthetic_tokens={'null' if variant == 'raw-cpt' else budget}",
+            ])))
+    tokens = {}
+    for name, variant, steps, arm in runs:
+        step = f"ablation/train-{name}" if arm.output_dir == config.output_dir else f"ablation-train-{name}"
+        tokens[name] = run_step(arm, step, "train", lambda arm=arm: run_train(arm))["synthetic_tokens_used"]
+    models = [(BASE_LABEL, base_model_name(config))] + [(name, train_url(arm, "model")) for name, _, _, arm in runs]
+    eval_out = storage.join(config.output_dir, "ablation", "eval")
+    run_step(config, "ablation/eval", "eval", lambda: run_eval(config, models=models, out_url=eval_out))
+    report = json.loads(storage.read_text(storage.join(eval_out, "report.json")))
+    return _ablation_report(config, report, runs, tokens, time.time() - started)
+
+
+def _ablation_report(config: EntiGraphConfig, report: dict, runs, tokens: dict[str, int], wall_s: float) -> AblationSummary:
+    by_label = {r["label"]: r for r in report["summary"]}
+    rows = []
+    for label, variant, steps in [("base", "base", 0)] + [(n, v, s) for n, v, s, _ in runs]:
+        r = by_label.get(label)
+        if r is None or r["accuracy"] is None:
+            continue
+        rows.append({"arm": label, "variant": variant, "synthetic_tokens": tokens.get(label, 0), "steps": steps,
+                     "accuracy": r["accuracy"], "ci95": r["accuracy_ci95"], "delta_vs_base": r.get("delta_vs_base"),
+                     "delta_vs_base_ci95": r.get("delta_vs_base_ci95"),
+                     "perplexity_knowledge": r["perplexity_knowledge"], "perplexity_forgetting": r["perplexity_forgetting"]})
+    out = storage.join(config.output_dir, "ablation")
+    points = [{"arm": r["arm"], "series": r["variant"], "synthetic_tokens": r["synthetic_tokens"],
+               "accuracy": r["accuracy"], "ci95": r["ci95"]} for r in rows]
+    plot_url = _sweep_plot(points, None, storage.join(out, "accuracy_vs_tokens.png"),
+                           title="Ablation: accuracy against synthetic tokens (95% bootstrap CI)")
+    report_url = storage.join(out, "ablation.json")
+    storage.write_text(report_url, json.dumps({"rows": rows, "eval_report": storage.join(out, "eval", "report.md"),
+                                               "wall_s": wall_s}, indent=2))
+    return AblationSummary(rows=rows, report_url=report_url, plot_url=plot_url, wall_s=wall_s)

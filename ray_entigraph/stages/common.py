@@ -94,6 +94,7 @@ def manifest_row_table(entries: list[dict]) -> pa.Table:
             "shard": [e["shard"] for e in entries],
             "num_ok": [int(e.get("num_ok", 0)) for e in entries],
             "num_failed": [int(e.get("num_failed", 0)) for e in entries],
+            "num_dropped": [int(e.get("num_dropped", 0)) for e in entries],
             "num_prompt_tokens": [int(e.get("num_prompt_tokens", 0)) for e in entries],
             "num_cached_tokens": [int(e.get("num_cached_tokens", 0)) for e in entries],
             "num_generated_tokens": [int(e.get("num_generated_tokens", 0)) for e in entries],

@@ -34,7 +34,13 @@ def pack_units(config: EntiGraphConfig) -> list[dict]:
 
     units = []
     if config.train.corpus in ("synthetic", "synthetic+raw"):
-        for url in storage.StageStore(config.output_dir, schema.SYNTHESIZE).shard_urls():
+        # the curated copy when curate is on (stages/curate.py), else the synthetic stage's own shards
+        stage = schema.SYNTHESIZE
+        if config.curate.enabled:
+            from ray_entigraph.stages.curate import curated_stage
+
+            stage = curated_stage(config)
+        for url in storage.StageStore(config.output_dir, stage).shard_urls():
             units.append({"source": schema.SYNTHETIC_SOURCE, "url": url, "fmt": "parquet", "text_field": "text",
                           "sort_by": "task_id", "internal": True})
     if config.train.corpus in ("raw", "synthetic+raw"):

@@ -1,0 +1,76 @@
+"""The curate stage through Ray Data: grounding scores, row and sentence filters, near-duplicate removal,
+a derived dataset with a drop log, and the raw synthetic output left as it was."""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+
+import pyarrow.parquet as pq
+import pytest
+
+from ray_entigraph import schema, storage
+from ray_entigraph.config import load_config
+from ray_entigraph.pipeline import run_curate, synthesize
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _row(task_id, doc, text, kind="pair"):
+    return {"task_id": task_id, "doc_id": doc["doc_id"], "title": doc["title"], "kind": kind,
+            "entities": ["Harbour", "Guild"], "text": text, "model": "m", "prompt_version": "entigraph-v1",
+            "sampling_json": "{}", "seed": 0, "num_prompt_tokens": 10, "num_cached_tokens": 0,
+            "num_generated_tokens": 10, "finish_reason": "stop"}
+
+
+def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_model_dir, small_corpus, tmp_path):
+    out = tmp_path / "run"
+    overrides = [f"input.path={small_corpus}", f"output_dir={out}", f"model.name={tiny_model_dir}",
+                 "ingest.max_document_tokens=512", "curate.enabled=true", "curate.min_grounding=0.5",
+                 "curate.min_sentence_grounding=0.5", "curate.dedup=true", "curate.min_chars=20"]
+    config = load_config(None, overrides)
+    synthesize(config, ingest_only=True)
+    docs = storage.StageStore(str(out), schema.INGEST).read(schema=schema.DOCUMENTS).to_pylist()
+    d0, d1 = docs[0], docs[1]
+    copied = ". ".join(d0["text"].split(". ")[:6]) + "."
+    invented = ("Zorbanek Vellitrax founded the Quoridan Empire in 2317 with 4,096 soldiers from Plethmoor. "
+                "Its capital Drussenhal hosted 88 crimson zeppelins until 2399.")
+    rows_a = [_row("t1-copied", d0, copied), _row("t2-invented", d0, invented),
+              _row("t3-mixed", d1, " ".join(d1["text"].split(". ")[:2]) + ". " + invented)]
+    near_dup = copied[::-1].replace(" eht ", " a ", 1)[::-1]  # one word changed near the end
+    assert near_dup != copied
+    rows_b = [_row("t4-near-duplicate", d0, near_dup)]
+    syn = storage.StageStore(str(out), schema.SYNTHESIZE)
+    for i, rows in enumerate((rows_a, rows_b)):
+        syn.commit(schema.rows_to_table(rows, schema.SYNTHETIC), None, keys=[f"shard{i}"], stats={"num_ok": len(rows)})
+    raw_before = {f: hashlib.sha256(open(f, "rb").read()).hexdigest() for f in glob.glob(f"{out}/synthetic/*.parquet")}
+
+    totals = run_curate(config)
+    assert totals.num_ok == 2 and totals.num_dropped == 2  # kept: copied, mixed (repaired); dropped: 2
+
+    from ray_entigraph.stages.curate import curated_stage
+
+    store = storage.StageStore(str(out), curated_stage(config))
+    kept = {r["task_id"]: r for r in store.read(schema=schema.CURATED).to_pylist()}
+    assert set(kept) == {"t1-copied", "t3-mixed"}
+    assert kept["t1-copied"]["grounding"] > 0.9 and kept["t1-copied"]["num_sentences_dropped"] == 0
+    mixed = kept["t3-mixed"]
+    assert mixed["num_sentences_dropped"] == 2 and "Zorbanek" not in mixed["text"]
+    assert all(s >= 0.5 for s in mixed["sentence_grounding"])
+    dropped = {r["request_key"]: r["error"] for u in store.error_urls() for r in pq.read_table(u).to_pylist()}
+    # every sentence of the invented row fell below min_sentence_grounding: nothing left
+    assert dropped["t2-invented"].startswith("too short after repair: 2 sentences")
+    assert dropped["t4-near-duplicate"] == "near-duplicate of t1-copied"
+    # the synthetic stage's own shards are untouched, and loadable curated Parquet has the documented columns
+    assert raw_before == {f: hashlib.sha256(open(f, "rb").read()).hexdigest() for f in glob.glob(f"{out}/synthetic/*.parquet")}
+    assert set(pq.read_table(store.shard_urls()[0]).column_names) == set(schema.CURATED.names)
+
+    # a re-run has nothing to do; training reads the curated copy
+    again = run_curate(config)
+    assert again.done_before == again.expected == 2 and again.num_shards == 0
+    from ray_entigraph.train.data import pack_units
+
+    urls = [u["url"] for u in pack_units(config) if u["source"] == schema.SYNTHETIC_SOURCE]
+    assert sorted(urls) == sorted(store.shard_urls())
+    plain = load_config(None, overrides[:-5])
+    assert all("/synthetic/" in u["url"] for u in pack_units(plain) if u["source"] == schema.SYNTHETIC_SOURCE)
