@@ -4,7 +4,7 @@ Workload: documents of about 1,500 tokens (demo articles joined), 20 pair reques
 in every prompt: the cost shape of ENTIGRAPH.md. Greedy decoding, so variants generate the same tokens.
 
   raw        the engine alone on the same prompts: engine start + `generate` per document (what a user's own
-             script would do), prefix reuse on
+             script would do), prefix reuse on; run before and after the pipeline (the machine's speed drifts)
   pipeline   the whole synthesize stage through Ray Data (planning, actor pool, commits, ledger), from
              committed entities to committed synthetic rows, actor start and model load included
   naive      one request at a time, as the paper's reference code sends them (sequential, synchronous);
@@ -162,6 +162,11 @@ def main() -> None:  # noqa: C901 - a linear script
     ray.shutdown()
     print(f"pipeline  done: {pipe_s:.1f}s", flush=True)
 
+    # raw again: this machine's speed drifts (shared cores), so raw brackets the pipeline and the ratio uses
+    # the mean of the two raw runs
+    raw2_total, raw2_gen_s, _ = run_engine(config, per_doc)
+    print(f"raw again done: {raw2_total:.1f}s ({raw2_gen_s:.1f}s generating)", flush=True)
+
     # naive: one request at a time (first document only)
     naive_cfg = build_config(args, f"{out}/naive", "engine.prefix_reuse=false")
     naive_total, naive_gen_s, naive_res = run_engine(naive_cfg, per_doc[:1], one_at_a_time=True)
@@ -172,7 +177,7 @@ def main() -> None:  # noqa: C901 - a linear script
     off_total, off_gen_s, off_res = run_engine(build_config(args, f"{out}/off", *off), per_doc)
     print(f"no-reuse  done: {off_total:.1f}s ({off_gen_s:.1f}s generating)", flush=True)
 
-    raw_tps = gen(raw_res) / raw_total
+    raw_tps = gen(raw_res) / ((raw_total + raw2_total) / 2)
     pipe_tps = totals.num_generated_tokens / pipe_s
     naive_tps = gen(naive_res) / naive_gen_s
     prompt_tokens = sum(r.num_prompt_tokens for r in raw_res)
@@ -182,16 +187,19 @@ def main() -> None:  # noqa: C901 - a linear script
     print(f"{'variant':<10} {'requests':>8} {'wall s':>8} {'generate s':>10} {'gen tokens':>10} {'gen tok/s':>9}")
     for name, n, total, gen_s, toks in (
         ("raw", num_requests, raw_total, raw_gen_s, gen(raw_res)),
+        ("raw again", num_requests, raw2_total, raw2_gen_s, gen(raw_res)),
         ("pipeline", totals.num_ok, pipe_s, float("nan"), totals.num_generated_tokens),
         ("naive", len(naive_res), naive_total, naive_gen_s, gen(naive_res)),
         ("no-reuse", num_requests, off_total, off_gen_s, gen(off_res)),
     ):
         print(f"{name:<10} {n:>8} {total:>8.1f} {gen_s:>10.1f} {toks:>10} {toks / total:>9.1f}")
     print()
-    print(f"(a) pipeline vs raw engine, tokens/s (both include engine start):   {pipe_tps / raw_tps:.3f}  (target >= 0.85)")
+    print(f"(a) pipeline vs raw engine (mean of its two runs), tokens/s, both including engine start: "
+          f"{pipe_tps / raw_tps:.3f}  (target >= 0.85)")
     print(f"(b) pipeline vs naive one-at-a-time loop, tokens/s:                {pipe_tps / naive_tps:.2f}x  (target >= 5x)"
           f"  [naive tokens/s over generate time only: {naive_tps:.1f}]")
-    print(f"(c) generate wall time, no reuse / reuse:                           {off_gen_s / raw_gen_s:.2f}x  (target >= 2x)")
+    reuse_gen_s = (raw_gen_s + raw2_gen_s) / 2
+    print(f"(c) generate wall time, no reuse / reuse (mean of the raw runs):  {off_gen_s / reuse_gen_s:.2f}x  (target >= 2x)")
     print(f"    prompt tokens served from cache with reuse: {cached} of {prompt_tokens} ({cached / prompt_tokens:.1%}); "
           f"pipeline: {totals.num_cached_tokens} of {totals.num_prompt_tokens} "
           f"({totals.num_cached_tokens / max(totals.num_prompt_tokens, 1):.1%})")

@@ -50,7 +50,7 @@ def preflight(config: "EntiGraphConfig") -> list[str]:
             raise ValueError(
                 f"engine.kind is 'openai' with base_url {o.base_url} but the environment variable "
                 f"{o.api_key_env!r} (engine.openai.api_key_env) is not set. Fix: export {o.api_key_env}=<key> "
-                "(on a cluster also in the job's runtime_env env_vars), or set engine.openai.api_key_env=null "
+                "(on a cluster: in every node's environment), or set engine.openai.api_key_env=null "
                 "for a server without authentication.")
     if kind == "vllm" and importlib.util.find_spec("vllm") is None:
         from ray_entigraph.engines.vllm_engine import vllm_missing_message

@@ -434,7 +434,7 @@ class OpenAIEngine:
         raise ValueError(
             f"engine.openai.api_key_env names the environment variable {self.api_key_env!r}, which is not set, "
             f"and {self.base_url} is not a local server. Fix: export {self.api_key_env}=<your key> on every "
-            "node (on a Ray cluster: runtime_env env_vars), or set engine.openai.api_key_env=null for a server "
+            "node (in its environment when Ray starts), or set engine.openai.api_key_env=null for a server "
             "without authentication."
         )
 
