@@ -16,7 +16,7 @@ Prints (a) pipeline vs raw throughput, (b) pipeline vs naive throughput, (c) raw
 without and the share of prompt tokens served from cache.
 
     .venv/bin/python benchmarks/engine_synthesis.py --engine transformers [--docs 3] [--pairs 20]
-    .venv/bin/python benchmarks/engine_synthesis.py --engine vllm
+    .venv/bin/python benchmarks/engine_synthesis.py --engine vllm --docs 6 --pairs 24 --docs-per-call 3
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ def build_config(args, out: str, *extra: str):
 
     overrides = [
         f"output_dir={out}", f"model.name={args.model}", f"engine.kind={args.engine}", "model.dtype=bfloat16",
-        "model.max_model_len=2560", "ingest.max_document_tokens=1700", "resources.batch_size=1",
+        "model.max_model_len=2560", "ingest.max_document_tokens=1700", f"resources.batch_size={args.docs_per_call}",
         f"plan.tasks_per_group={args.pairs}", f"plan.max_pairs_per_doc={args.pairs}", "plan.max_triplets_per_doc=0",
         "synthesis.sampling.temperature=0", f"synthesis.sampling.max_new_tokens={args.max_new_tokens}",
         f"engine.max_batch_size={args.batch}", "engine.vllm.enforce_eager=true", "engine.vllm.cpu_kv_cache_gib=2",
@@ -71,6 +71,8 @@ def main() -> None:  # noqa: C901 - a linear script
     ap.add_argument("--doc-tokens", type=int, default=1500)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--batch", type=int, default=10, help="transformers: requests per generate call")
+    ap.add_argument("--docs-per-call", type=int, default=1,
+                    help="documents (task groups) per unit of work, for raw and pipeline alike (vLLM batches them)")
     ap.add_argument("--model", default="bundled:smollm2-135m-instruct")
     args = ap.parse_args()
 
@@ -108,8 +110,10 @@ def main() -> None:  # noqa: C901 - a linear script
         groups.extend(group_tasks(row, entigraph_tasks(config, prompts, row, None), set(), config.plan.tasks_per_group))
     sampling = sampling_params(config.synthesis.sampling)
 
-    per_doc = [[relation_request(prompts, g, t, sampling) for t in g["tasks"] if t["kind"] != schema.KIND_SUMMARY]
-               for g in groups]
+    per_group = [[relation_request(prompts, g, t, sampling) for t in g["tasks"] if t["kind"] != schema.KIND_SUMMARY]
+                 for g in groups]
+    # the units of work the pipeline will hand its actor: `--docs-per-call` task groups each
+    per_doc = [sum(per_group[i:i + args.docs_per_call], []) for i in range(0, len(per_group), args.docs_per_call)]
     num_requests = sum(len(r) for r in per_doc)
     print(f"workload: {len(entity_rows)} documents of {[r['num_tokens'] for r in entity_rows]} tokens, "
           f"{num_requests} requests ({num_requests // len(entity_rows)} per document), greedy, "
@@ -169,7 +173,7 @@ def main() -> None:  # noqa: C901 - a linear script
 
     # naive: one request at a time (first document only)
     naive_cfg = build_config(args, f"{out}/naive", "engine.prefix_reuse=false")
-    naive_total, naive_gen_s, naive_res = run_engine(naive_cfg, per_doc[:1], one_at_a_time=True)
+    naive_total, naive_gen_s, naive_res = run_engine(naive_cfg, per_group[:1], one_at_a_time=True)
     print(f"naive     done: {naive_total:.1f}s ({naive_gen_s:.1f}s generating)", flush=True)
 
     # no reuse: the engine alone, document-prefix reuse off

@@ -229,7 +229,7 @@ AblationVariant = Literal["entigraph", "grounded", "repaired", "dedup", "freefor
 
 class AblationConfig(_Section):
     variants: list[AblationVariant] = Field(
-        default_factory=lambda: ["entigraph", "grounded", "dedup", "freeform", "temperature", "entigraph+raw", "raw-cpt"],
+        default_factory=lambda: ["entigraph", "grounded", "dedup", "freeform", "entigraph+raw", "raw-cpt"],
         description="Arms of `ray-entigraph ablate`, trained at equal synthetic tokens and equal steps: `entigraph` (no filter), `grounded` (rows below min_grounding dropped), `repaired` (sentences below min_sentence_grounding dropped), `dedup` (near-duplicates dropped), `freeform` (free-form relation prompts, prompt set entigraph-freeform-v1), `temperature` (synthesis at `temperature`), `entigraph+raw` (the synthetic corpus plus the documents), `raw-cpt` (the documents alone).")
     min_grounding: float = Field(0.6, ge=0.0, le=1.0, description="`grounded` arm: curate.min_grounding.")
     min_sentence_grounding: float = Field(0.5, ge=0.0, le=1.0, description="`repaired` arm: curate.min_sentence_grounding.")
