@@ -21,10 +21,10 @@ def test_ablation_trains_every_arm_at_equal_tokens_and_steps(ray_local, tiny_mod
     # the tiny model writes random tokens: every row would fail a real grounding threshold, so the grounded
     # arm here only checks the wiring (threshold 0); docs/faithfulness.md has the real run
     config = tiny_config(tiny_model_dir, "builtin:demo", out, *SMALL,
-                         "ablation.variants=[entigraph,grounded,dedup,raw-cpt]", "ablation.min_grounding=0.0")
+                         "ablation.variants=[entigraph,grounded,raw-cpt]", "ablation.min_grounding=0.0")
     summary = ablate(config)
     arms = {r["variant"]: r for r in summary.rows}
-    assert set(arms) == {"base", "entigraph", "grounded", "dedup", "raw-cpt"}
+    assert set(arms) == {"base", "entigraph", "grounded", "raw-cpt"}
     trained = [r for r in summary.rows if r["variant"] != "base"]
     assert len({r["steps"] for r in trained}) == 1 and trained[0]["steps"] >= 1  # equal steps
     synthetic = [r["synthetic_tokens"] for r in trained if r["variant"] != "raw-cpt"]
@@ -33,12 +33,13 @@ def test_ablation_trains_every_arm_at_equal_tokens_and_steps(ray_local, tiny_mod
         metrics = (out / "ablation" / r["arm"] / "metrics.jsonl").read_text().splitlines()
         assert json.loads(metrics[-1])["step"] == r["steps"]  # each arm really ran that many steps
         assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] and r["delta_vs_base_ci95"] is not None
-    # the curated arms trained on curated copies, with scores, beside the untouched synthetic corpus
+    # the curated arm trained on a curated copy, with scores, beside the untouched synthetic corpus (dedup is
+    # tested in test_curate.py)
     curated = sorted(p.name for p in (out / "curated").iterdir())
-    assert len(curated) == 2
+    assert len(curated) == 1
     for cid in curated:
         rows = storage.StageStore(str(out), f"{schema.CURATE}/{cid}").read(schema=schema.CURATED).to_pylist()
         assert rows and all(0.0 <= r["grounding"] <= 1.0 for r in rows)
     assert (out / "ablation" / "accuracy_vs_tokens.png").stat().st_size > 5000
     assert json.loads((out / "ablation" / "ablation.json").read_text())["rows"] == summary.rows
-    assert any(line.startswith("dedup-") for line in summary.lines())
+    assert any(line.startswith("grounded-") for line in summary.lines())
