@@ -162,6 +162,8 @@ class TransformersEngine:
                         prefix_len: int) -> list[GenerationResult]:
         import copy
 
+        from ray_entigraph.eval.scoring import cache_argument
+
         torch = self._torch
         sampling = batch[0][0].sampling
         pad = self.tokenizer.pad_token_id
@@ -170,7 +172,7 @@ class TransformersEngine:
         if prefix_cache is not None:
             cache = copy.deepcopy(prefix_cache)
             cache.batch_repeat_interleave(len(batch))
-            extra[_cache_argument(self.model)] = cache
+            extra[cache_argument(self.model)] = cache
         # transformers samples from the global RNG: seed it from the batch's own request seeds so
         # the result depends on the requests, never on worker order or time.
         torch.manual_seed(sum(req.seed for req, _ in batch) % (2**63))
@@ -251,9 +253,3 @@ def pad_batch(sequences: list[list[int]], prefix_len: int, pad_id: int) -> tuple
         mask.append([1] * len(head) + [0] * gap + [1] * len(tail))
     return ids, mask
 
-
-def _cache_argument(model) -> str:
-    """transformers renamed `past_key_values` to `cache` (5.2x); use whichever this version's model takes."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"

@@ -98,7 +98,7 @@ def _options_on_prefix(model, cache, first_logprobs, opts: list[list[int]], ctx_
     shared = cache if last else copy.deepcopy(cache)
     shared.batch_repeat_interleave(len(opts))
     out = model(input_ids=ids.to(device), attention_mask=mask.to(device), use_cache=True,
-                **{_cache_argument(model): shared})
+                **{cache_argument(model): shared})
     logprobs = torch.log_softmax(out.logits.float(), dim=-1)
     result = []
     for i, o in enumerate(opts):
@@ -110,7 +110,7 @@ def _options_on_prefix(model, cache, first_logprobs, opts: list[list[int]], ctx_
     return result
 
 
-def _cache_argument(model) -> str:
+def cache_argument(model) -> str:
     """transformers renamed `past_key_values` to `cache` (5.2x); use whichever this version's model takes."""
     import inspect
 
