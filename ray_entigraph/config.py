@@ -138,10 +138,21 @@ class CurateConfig(_Section):
     dedup_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Estimated Jaccard similarity of word shingles at or above which two rows are near-duplicates.")
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations per row.")
     ngram: int = Field(5, ge=1, le=20, description="Words per shingle.")
+    judge: bool = Field(False, description="Also rate every synthetic row with a model (the `judge_prompts` set through the configured engine): a `judge_score` in [0, 1] per row, stored in output_dir/judged/<id>. Worth it with a capable model only; the bundled 135M model's ratings are noise.")
+    judge_model: str | None = Field(None, description="The judge's model (same engine kind and settings as synthesis); None uses model.name.")
+    judge_prompts: str = Field("judge-v1", description="Prompt set with a `judge` template (built-in name or YAML path); its version is part of the judge's identity.")
+    min_judge_score: float | None = Field(None, ge=0.0, le=1.0, description="Drop rows whose judge score is below this, and rows the judge gave no rating (reason recorded); None keeps every row. Needs judge=true.")
 
     def identity(self) -> dict[str, Any]:
         """What decides the curated rows (everything but `enabled`)."""
         return self.model_dump(exclude={"enabled"})
+
+    @model_validator(mode="after")
+    def _judge_threshold_needs_judge(self) -> "CurateConfig":
+        if self.min_judge_score is not None and not self.judge:
+            raise ValueError("curate.min_judge_score is set but curate.judge is false. Fix: set curate.judge=true "
+                             "(a model rates every row) or remove min_judge_score.")
+        return self
 
 
 class ReplaySource(_Section):
@@ -224,15 +235,17 @@ class SweepConfig(_Section):
     baselines: list[Literal["raw", "rephrase"]] = Field(default_factory=lambda: ["raw", "rephrase"], description="Baselines trained and evaluated beside EntiGraph: `raw` (Raw CPT on the documents), `rephrase` (the WRAP-style rephrase augmenter, synthesized into output_dir/sweep/rephrase).")
 
 
-AblationVariant = Literal["entigraph", "grounded", "repaired", "dedup", "freeform", "temperature", "entigraph+raw", "raw-cpt"]
+AblationVariant = Literal["entigraph", "grounded", "repaired", "dedup", "judged", "freeform", "temperature", "entigraph+raw",
+                          "raw-cpt"]
 
 
 class AblationConfig(_Section):
     variants: list[AblationVariant] = Field(
         default_factory=lambda: ["entigraph", "grounded", "dedup", "freeform", "entigraph+raw", "raw-cpt"],
-        description="Arms of `ray-entigraph ablate`, trained at equal synthetic tokens and equal steps: `entigraph` (no filter), `grounded` (rows below min_grounding dropped), `repaired` (sentences below min_sentence_grounding dropped), `dedup` (near-duplicates dropped), `freeform` (free-form relation prompts, prompt set entigraph-freeform-v1), `temperature` (synthesis at `temperature`), `entigraph+raw` (the synthetic corpus plus the documents), `raw-cpt` (the documents alone).")
+        description="Arms of `ray-entigraph ablate`, trained at equal synthetic tokens and equal steps: `entigraph` (no filter), `grounded` (rows below min_grounding dropped), `repaired` (sentences below min_sentence_grounding dropped), `dedup` (near-duplicates dropped), `judged` (rows the judge model rates below min_judge_score dropped), `freeform` (free-form relation prompts, prompt set entigraph-freeform-v1), `temperature` (synthesis at `temperature`), `entigraph+raw` (the synthetic corpus plus the documents), `raw-cpt` (the documents alone).")
     min_grounding: float = Field(0.6, ge=0.0, le=1.0, description="`grounded` arm: curate.min_grounding.")
     min_sentence_grounding: float = Field(0.5, ge=0.0, le=1.0, description="`repaired` arm: curate.min_sentence_grounding.")
+    min_judge_score: float = Field(0.75, ge=0.0, le=1.0, description="`judged` arm: curate.judge=true with this curate.min_judge_score (a rating of 4 of 5 or better).")
     temperature: float = Field(1.0, ge=0.0, description="`temperature` arm: synthesis.sampling.temperature (the paper: 1.0).")
     freeform_prompts: str = Field("entigraph-freeform-v1", description="`freeform` arm: its prompt set.")
     num_budgets: int = Field(1, ge=1, le=4, description="Synthetic token budgets per arm: the largest that every arm can fill, then halvings of it (for the accuracy-against-tokens plot).")

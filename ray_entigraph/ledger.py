@@ -81,15 +81,20 @@ def read_run_state(output_dir: str) -> dict:
                 "generated_tokens_per_s": planned.get("generated_tokens_per_s"),
             }
         stages[name] = st
-    cost = _cost_model(output_dir)
+    config = _run_config(output_dir)
+    if config is not None and config.curate.enabled and config.curate.judge:
+        from ray_entigraph.stages.judge import judge_stage
+
+        stages[schema.JUDGE] = asdict(stage_totals(output_dir, judge_stage(config)))  # the judge's tokens count too
+    cost = config.cost if config is not None else None
     if cost is not None:
         for st in stages.values():
             st["estimated_cost_usd"] = cost.estimate(st["num_prompt_tokens"], st["num_generated_tokens"])
     return {"output_dir": output_dir, "run": run, "stages": stages}
 
 
-def _cost_model(output_dir: str):
-    """The prices of the run's own resolved config, if it has any."""
+def _run_config(output_dir: str):
+    """The run's own resolved config (its prices, its judge), if it has one this version can read."""
     url = storage.join(output_dir, "config.yaml")
     if not storage.exists(url):
         return None
@@ -98,8 +103,8 @@ def _cost_model(output_dir: str):
     from ray_entigraph.config import EntiGraphConfig
 
     try:
-        return EntiGraphConfig.model_validate(yaml.safe_load(storage.read_text(url))).cost
-    except Exception:  # noqa: BLE001 - a config from another version: show no cost rather than fail status
+        return EntiGraphConfig.model_validate(yaml.safe_load(storage.read_text(url)))
+    except Exception:  # noqa: BLE001 - a config from another version: show less rather than fail status
         return None
 
 

@@ -64,7 +64,8 @@ class SynthesisSummary:
         grounding = "-" if c["mean_grounding"] is None else f"{c['mean_grounding']:.2f}"
         return [
             f"curated          {c['kept']} rows kept, mean grounding {grounding}; dropped {c['dropped']}: "
-            f"{c['dropped_grounding']} below min_grounding, {c['dropped_duplicate']} near-duplicates, "
+            f"{c['dropped_grounding']} below min_grounding, {c['dropped_judge']} below min_judge_score or unrated, "
+            f"{c['dropped_duplicate']} near-duplicates, "
             f"{c['dropped_short']} empty after repair ({c['sentences_dropped']} sentences removed from kept rows)",
             f"curated output   {c['url']} (drops and reasons: {c['errors_url']})",
         ]
@@ -272,6 +273,32 @@ def run_synthesize(config: EntiGraphConfig, on_start=lambda totals: None) -> led
     return _drain(ds, progress, base=base)
 
 
+def run_judge(config: EntiGraphConfig, on_start=lambda totals: None) -> ledger.StageTotals:
+    """Rate every synthetic row with the judge model (stages/judge.py), one judged shard per synthetic shard."""
+    import ray.data
+
+    from ray_entigraph.stages.common import model_actor_kwargs
+    from ray_entigraph.stages.judge import JudgeStage, judge_config, judge_stage, judge_template
+
+    judge_template(config)  # a prompt set without a judge template fails here, before an actor starts
+    store = storage.StageStore(config.output_dir, judge_stage(config))
+    sources = storage.StageStore(config.output_dir, schema.SYNTHESIZE).manifest_entries()
+    done = {e.get("source_shard") for e in store.manifest_entries()}
+    todo = [storage.join(config.output_dir, schema.SYNTHESIZE, e["file"]) for e in sources
+            if e.get("rows", 0) > 0 and e["shard"] not in done]
+    expected = sum(int(e.get("rows", 0)) for e in sources)
+    base = ledger.StageTotals(schema.JUDGE, expected=expected, done_before=expected - sum(
+        int(e.get("rows", 0)) for e in sources if e["shard"] not in done))
+    on_start(base)
+    if not todo:
+        return base
+    kwargs = model_actor_kwargs(judge_config(config))
+    kwargs.update(batch_size=1, batch_format="numpy")  # one synthetic shard per call = one judged shard
+    ds = ray.data.from_items([{"url": u} for u in todo], override_num_blocks=len(todo))
+    ds = ds.map_batches(JudgeStage, fn_constructor_args=(config.model_dump_json(), _document_index(config)), **kwargs)
+    return _drain(ds, ledger.Progress(schema.JUDGE, base.expected - base.done_before), base=base)
+
+
 def run_curate(config: EntiGraphConfig, on_start=lambda totals: None) -> ledger.StageTotals:
     """Score, repair, filter and deduplicate the synthetic corpus into output_dir/curated/<id> (stages/curate.py)."""
     import ray.data
@@ -351,7 +378,7 @@ def curation_summary(config: EntiGraphConfig) -> dict:
         "url": store.url, "errors_url": store.errors_url, "kept": kept,
         "dropped": sum(int(e.get("num_dropped", 0)) for e in entries),
         **{f"dropped_{k}": sum(int(e.get(f"num_dropped_{k}", 0)) for e in entries)
-           for k in ("grounding", "duplicate", "short", "document")},
+           for k in ("grounding", "judge", "duplicate", "short", "document")},
         "sentences_dropped": sum(int(e.get("num_sentences_dropped", 0)) for e in entries),
         "mean_grounding": weighted / kept if kept else None,
     }
@@ -378,12 +405,15 @@ def synthesize(config: EntiGraphConfig, ingest_only: bool = False) -> SynthesisS
         for stage, fn in ((schema.INGEST, lambda cb: run_ingest(config, files)),
                           (schema.EXTRACT, lambda cb: run_extract(config, cb)),
                           (schema.SYNTHESIZE, lambda cb: run_synthesize(config, cb)),
+                          (schema.JUDGE, lambda cb: run_judge(config, cb)),
                           (schema.CURATE, lambda cb: run_curate(config, cb))):
             if stage == schema.EXTRACT and config.synthesis.augmenter == "rephrase":
                 continue
             if ingest_only and stage != schema.INGEST:
                 continue
             if stage == schema.CURATE and not config.curate.enabled:
+                continue
+            if stage == schema.JUDGE and not (config.curate.enabled and config.curate.judge):
                 continue
             run["stage"] = stage
             ledger.write_run_state(config.output_dir, run)

@@ -86,6 +86,24 @@ CURATED = pa.schema(
         ("sentence_grounding", pa.list_(pa.float32())),  # per sentence of the text as kept
         ("unsupported", pa.list_(pa.string())),  # units of the text the document does not contain (at most 20)
         ("num_sentences_dropped", pa.int32()),  # sentences removed by the sentence filter (repair)
+        ("judge_score", pa.float32()),  # the judge model's rating scaled to [0, 1]; null without curate.judge
+    ]
+)
+
+# Model-based grounding check (curate.judge): one rating per synthetic row, one shard per synthetic shard.
+JUDGE = "judged"
+JUDGED = pa.schema(
+    [
+        ("task_id", pa.string()),
+        ("doc_id", pa.string()),
+        ("judge_model", pa.string()),
+        ("prompt_version", pa.string()),
+        ("rating", pa.int32()),  # 1 (mostly invented) .. 5 (every claim in the document)
+        ("judge_score", pa.float32()),  # (rating - 1) / 4
+        ("judge_text", pa.string()),  # the judge's raw answer
+        ("num_prompt_tokens", pa.int32()),
+        ("num_cached_tokens", pa.int32()),
+        ("num_generated_tokens", pa.int32()),
     ]
 )
 
@@ -98,7 +116,7 @@ ERRORS = pa.schema(
     ]
 )
 
-SCHEMAS = {INGEST: DOCUMENTS, EXTRACT: ENTITIES, SYNTHESIZE: SYNTHETIC, CURATE: CURATED}
+SCHEMAS = {INGEST: DOCUMENTS, EXTRACT: ENTITIES, SYNTHESIZE: SYNTHETIC, CURATE: CURATED, JUDGE: JUDGED}
 
 
 def empty_table(schema: pa.Schema) -> pa.Table:

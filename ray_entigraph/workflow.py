@@ -247,6 +247,7 @@ def ablation_overrides(config: EntiGraphConfig, variant: str) -> tuple[list[str]
         "grounded": (["curate.enabled=true", f"curate.min_grounding={a.min_grounding}"], None),
         "repaired": (["curate.enabled=true", f"curate.min_sentence_grounding={a.min_sentence_grounding}"], None),
         "dedup": (["curate.enabled=true", "curate.dedup=true"], None),
+        "judged": (["curate.enabled=true", "curate.judge=true", f"curate.min_judge_score={a.min_judge_score}"], None),
         "freeform": (curate_off + [f"synthesis.prompts={a.freeform_prompts}"], "freeform"),
         "temperature": (curate_off + [f"synthesis.sampling.temperature={a.temperature}"], f"temperature-{a.temperature:g}"),
         "entigraph+raw": (curate_off + ["train.corpus=synthetic+raw"], None),
@@ -275,13 +276,21 @@ class AblationSummary:
     wall_s: float
 
     def lines(self) -> list[str]:
-        out = [f"{'arm':<28} {'synth tokens':>12} {'steps':>5}  accuracy [95% CI]      vs base (paired)"]
+        def delta(r, key):
+            if r.get(key) is None:
+                return "-"
+            lo, hi = r[f"{key}_ci95"]
+            return f"{100 * r[key]:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+
+        out = [f"{'arm':<24} {'tokens':>7} {'steps':>5}  {'accuracy [95% CI]':<20} {'vs base, pts':<20} "
+               f"{'vs entigraph, pts':<20} {'verdict':<16} {'ppl docs':>8} {'ppl held-out':>12}"]
         for r in self.rows:
-            delta = "" if r["delta_vs_base"] is None else (
-                f"{100 * r['delta_vs_base']:+.1f} pts [{100 * r['delta_vs_base_ci95'][0]:+.1f}, "
-                f"{100 * r['delta_vs_base_ci95'][1]:+.1f}]")
-            out.append(f"{r['arm']:<28} {r['synthetic_tokens']:>12} {r['steps']:>5}  {100 * r['accuracy']:5.1f}% "
-                       f"[{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]  {delta}")
+            ppl = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+            acc = f"{100 * r['accuracy']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
+            out.append(f"{r['arm']:<24} {r['synthetic_tokens']:>7} {r['steps']:>5}  {acc:<20} "
+                       f"{delta(r, 'delta_vs_base'):<20} {delta(r, 'delta_vs_entigraph'):<20} "
+                       f"{r.get('verdict_vs_entigraph', '-'):<16} {ppl(r['perplexity_knowledge']):>8} "
+                       f"{ppl(r['perplexity_forgetting']):>12}")
         return out + [f"report           {self.report_url}"] + ([f"plot             {self.plot_url}"] if self.plot_url else [])
 
 
@@ -336,16 +345,35 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
     return _ablation_report(config, report, runs, tokens, time.time() - started)
 
 
+REFERENCE_ARM = "entigraph"  # every other arm is compared with the unfiltered EntiGraph arm of its budget
+
+
+def verdict(ci95: tuple[float, float] | list[float] | None) -> str:
+    """What a paired interval says: the change is real only when the interval excludes zero."""
+    if not ci95:
+        return "-"
+    return "helped" if ci95[0] > 0 else "hurt" if ci95[1] < 0 else "within interval"
+
+
 def _ablation_report(config: EntiGraphConfig, report: dict, runs, tokens: dict[str, int], wall_s: float) -> AblationSummary:
+    from ray_entigraph.eval.report import paired_delta
+
     by_label = {r["label"]: r for r in report["summary"]}
+    questions = {m["label"]: m["questions"] for m in report["models"]}
     rows = []
     for label, variant, steps in [("base", "base", 0)] + [(n, v, s) for n, v, s, _ in runs]:
         r = by_label.get(label)
         if r is None or r["accuracy"] is None:
             continue
+        reference = f"{REFERENCE_ARM}-{label.rsplit('-', 1)[-1]}"
+        vs_ref = (paired_delta(questions[label], questions[reference])
+                  if variant not in ("base", REFERENCE_ARM) and reference in questions else None)
         rows.append({"arm": label, "variant": variant, "synthetic_tokens": tokens.get(label, 0), "steps": steps,
                      "accuracy": r["accuracy"], "ci95": r["accuracy_ci95"], "delta_vs_base": r.get("delta_vs_base"),
                      "delta_vs_base_ci95": r.get("delta_vs_base_ci95"),
+                     "delta_vs_entigraph": vs_ref[0] if vs_ref else None,
+                     "delta_vs_entigraph_ci95": vs_ref[1] if vs_ref else None,
+                     "verdict_vs_entigraph": verdict(vs_ref[1]) if vs_ref else "-",
                      "perplexity_knowledge": r["perplexity_knowledge"], "perplexity_forgetting": r["perplexity_forgetting"]})
     out = storage.join(config.output_dir, "ablation")
     points = [{"arm": r["arm"], "series": r["variant"], "synthetic_tokens": r["synthetic_tokens"],

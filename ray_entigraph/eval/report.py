@@ -21,11 +21,20 @@ def bootstrap_ci(values: list[float], *, n_boot: int = 2000, seed: int = 0, leve
     return (lo, hi)
 
 
+def paired_delta(questions: list[dict], reference: list[dict]) -> tuple[float, tuple[float, float]] | None:
+    """Mean change in correctness against a reference model on the same questions (matched by qid), and its
+    bootstrap interval (resampling questions, so the pairing is kept); None when no question is shared."""
+    ref = {q["qid"]: float(q["correct"]) for q in reference}
+    diffs = [float(q["correct"]) - ref[q["qid"]] for q in questions if q["qid"] in ref]
+    if not diffs:
+        return None
+    return sum(diffs) / len(diffs), bootstrap_ci(diffs)
+
+
 def summarize(results: list[dict], base_label: str | None) -> list[dict]:
     """One row per model: accuracy and its interval, the paired change against the base model and its
     interval (same questions resampled), perplexities."""
     base = next((r for r in results if r["label"] == base_label), None)
-    base_correct = {q["qid"]: q["correct"] for q in base["questions"]} if base else {}
     rows = []
     for r in results:
         correct = [float(q["correct"]) for q in r["questions"]]
@@ -38,10 +47,9 @@ def summarize(results: list[dict], base_label: str | None) -> list[dict]:
             "perplexity_forgetting": (r.get("perplexity_forgetting") or {}).get("perplexity"),
             "wall_s": r.get("wall_s"),
         }
-        if base and r is not base and correct:
-            diffs = [float(q["correct"]) - float(base_correct.get(q["qid"], False)) for q in r["questions"]]
-            row["delta_vs_base"] = sum(diffs) / len(diffs)
-            row["delta_vs_base_ci95"] = bootstrap_ci(diffs)
+        delta = paired_delta(r["questions"], base["questions"]) if base and r is not base else None
+        if delta:
+            row["delta_vs_base"], row["delta_vs_base_ci95"] = delta
         rows.append(row)
     return rows
 

@@ -41,6 +41,7 @@ class PromptSet(BaseModel):
     triplet: ChatTemplate | None = None
     rephrase: dict[str, ChatTemplate] = Field(default_factory=dict)
     qa: ChatTemplate | None = None  # evaluation: few-shot chain-of-thought question answering
+    judge: ChatTemplate | None = None  # curate.judge: rate a synthetic text against its document
 
 
 def builtin_prompt_sets() -> list[str]:

@@ -54,8 +54,10 @@ def forced_prefix(prompts, row: dict) -> str:
     return prefix if row["text"].startswith(prefix) else ""
 
 
-def curate_row(row: dict, index, cfg: CurateConfig, prefix: str) -> tuple[dict | None, str | None, str | None]:
-    """(the curated row, None, None) or (None, drop category, why it was dropped)."""
+def curate_row(row: dict, index, cfg: CurateConfig, prefix: str,
+               judge_score: float | None = None) -> tuple[dict | None, str | None, str | None]:
+    """(the curated row, None, None) or (None, drop category, why it was dropped). `judge_score`: the judge
+    model's score of the row (curate.judge), None where it gave none."""
     from ray_entigraph.text.grounding import drop_unsupported_sentences, score_text
 
     text, num_dropped = row["text"], 0
@@ -67,8 +69,13 @@ def curate_row(row: dict, index, cfg: CurateConfig, prefix: str) -> tuple[dict |
     if cfg.min_grounding is not None and score.score < cfg.min_grounding:
         return None, "grounding", f"grounding {score.score:.2f} < min_grounding {cfg.min_grounding:g} (unsupported: " \
                      f"{', '.join(score.unsupported[:5])})"
+    if cfg.min_judge_score is not None:
+        if judge_score is None:
+            return None, "judge", "the judge gave no rating (its answer is in errors/judged/)"
+        if judge_score < cfg.min_judge_score:
+            return None, "judge", f"judge score {judge_score:.2f} < min_judge_score {cfg.min_judge_score:g}"
     return {**row, "text": text, "grounding": score.score, "sentence_grounding": score.sentence_scores,
-            "unsupported": score.unsupported, "num_sentences_dropped": num_dropped}, None, None
+            "unsupported": score.unsupported, "num_sentences_dropped": num_dropped, "judge_score": judge_score}, None, None
 
 
 # -- Ray Data tasks ------------------------------------------------------------------------------------
@@ -92,13 +99,16 @@ def _load_shard(url: str, doc_index: dict[str, str], config: EntiGraphConfig):
 
 def _curated_rows(url: str, doc_index: dict[str, str], config: EntiGraphConfig):
     """Yield (row, curated row or None, drop category, drop reason) for every row of a synthetic shard."""
+    from ray_entigraph.stages.judge import judge_scores, shard_name
+
     rows, indexes, prompts = _load_shard(url, doc_index, config)
+    scores = judge_scores(config, shard_name(url)) if config.curate.judge else {}
     for row in rows:
         index = indexes.get(row["doc_id"])
         if index is None:
             yield row, None, "document", "source document not found among the current input's documents"
             continue
-        yield row, *curate_row(row, index, config.curate, forced_prefix(prompts, row))
+        yield row, *curate_row(row, index, config.curate, forced_prefix(prompts, row), scores.get(row["task_id"]))
 
 
 def signatures_batch(batch: dict, *, config_json: str, doc_index: dict[str, str]) -> dict:
@@ -147,7 +157,7 @@ def commit_batch(batch: dict, *, config_json: str, doc_index: dict[str, str], du
     for url in batch["url"]:
         started = time.time()
         kept, dropped = [], []
-        reasons = {"grounding": 0, "duplicate": 0, "short": 0, "document": 0}
+        reasons = {"grounding": 0, "judge": 0, "duplicate": 0, "short": 0, "document": 0}
         for row, out, category, reason in _curated_rows(str(url), doc_index, config):
             if out is not None and row["task_id"] in duplicates:
                 category, reason, out = "duplicate", f"near-duplicate of {duplicates[row['task_id']]}", None

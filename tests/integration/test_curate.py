@@ -74,3 +74,52 @@ def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_m
     assert sorted(urls) == sorted(store.shard_urls())
     plain = load_config(None, overrides[:-5])
     assert all("/synthetic/" in u["url"] for u in pack_units(plain) if u["source"] == schema.SYNTHETIC_SOURCE)
+
+
+def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local, bundled_model_dir, small_corpus, tmp_path):
+    """The model-based check with the real bundled model through Ray Data: every synthetic row gets a rating or
+    a recorded reason, the ratings land beside the rows, and min_judge_score drops exactly the rows below it
+    (or unrated). The 135M model's ratings carry no signal; this checks the mechanism, not the judgment."""
+    from ray_entigraph.pipeline import run_judge
+    from ray_entigraph.stages.curate import curated_stage
+    from ray_entigraph.stages.judge import judge_stage
+
+    out = tmp_path / "run"
+    config = load_config(None, [f"input.path={small_corpus}", f"output_dir={out}", f"model.name={bundled_model_dir}",
+                                "ingest.max_document_tokens=512", "curate.enabled=true", "curate.judge=true",
+                                "curate.min_judge_score=0.5", "curate.min_chars=10", "model.dtype=float32"])
+    synthesize(config, ingest_only=True)
+    docs = storage.StageStore(str(out), schema.INGEST).read(schema=schema.DOCUMENTS).to_pylist()
+    d0, d1 = docs[0], docs[1]
+    rows = [_row("t1-copied", d0, ". ".join(d0["text"].split(". ")[:3]) + "."),
+            _row("t2-invented", d0, "Zorbanek Vellitrax founded the Quoridan Empire in 2317 with 4,096 soldiers."),
+            _row("t3-other-doc", d1, ". ".join(d1["text"].split(". ")[:2]) + "."),
+            _row("t4-orphan", {"doc_id": "no-such-document", "title": "x"}, "Text whose document is gone.")]
+    storage.StageStore(str(out), schema.SYNTHESIZE).commit(schema.rows_to_table(rows, schema.SYNTHETIC), None,
+                                                          keys=["shard0"], stats={"num_ok": len(rows)})
+    totals = run_judge(config)
+    judged = storage.StageStore(str(out), judge_stage(config))
+    rated = {r["task_id"]: r for r in judged.read(schema=schema.JUDGED).to_pylist()}
+    failed = {r["request_key"]: r["error"] for u in judged.error_urls() for r in pq.read_table(u).to_pylist()}
+    assert set(rated) | set(failed) == {r["task_id"] for r in rows} and not set(rated) & set(failed)
+    assert totals.num_ok == len(rated) and totals.num_failed == len(failed) and totals.num_prompt_tokens > 0
+    assert failed["t4-orphan"].startswith("source document not found")
+    for r in rated.values():
+        assert 1 <= r["rating"] <= 5 and r["judge_score"] == pytest.approx((r["rating"] - 1) / 4)
+    assert run_judge(config).num_shards == 0  # resumed: nothing left to rate
+    from ray_entigraph.ledger import read_run_state
+
+    assert read_run_state(str(out))["stages"][schema.JUDGE]["num_ok"] == len(rated)  # `status` counts the judge
+
+    run_curate(config)
+    store = storage.StageStore(str(out), curated_stage(config))
+    kept = {r["task_id"]: r for r in store.read(schema=schema.CURATED).to_pylist()}
+    dropped = {r["request_key"]: r["error"] for u in store.error_urls() for r in pq.read_table(u).to_pylist()}
+    assert set(kept) | set(dropped) == {r["task_id"] for r in rows}
+    for task_id, r in rated.items():
+        if r["judge_score"] >= 0.5:
+            assert kept[task_id]["judge_score"] == pytest.approx(r["judge_score"])
+        else:
+            assert dropped[task_id].startswith(f"judge score {r['judge_score']:.2f} < min_judge_score 0.5")
+    for task_id in set(failed) - {"t4-orphan"}:
+        assert dropped[task_id].startswith("the judge gave no rating")

@@ -14,7 +14,8 @@ def _cfg(*overrides):
 
 def test_every_ablation_arm_is_a_valid_config_that_differs_in_its_own_setting():
     config = _cfg()
-    variants = ["entigraph", "grounded", "repaired", "dedup", "freeform", "temperature", "entigraph+raw", "raw-cpt"]
+    variants = ["entigraph", "grounded", "repaired", "dedup", "judged", "freeform", "temperature", "entigraph+raw",
+                "raw-cpt"]
     arms = {}
     for v in variants:
         overrides, own_dir = ablation_overrides(config, v)
@@ -24,6 +25,7 @@ def test_every_ablation_arm_is_a_valid_config_that_differs_in_its_own_setting():
     assert arms["grounded"].curate.enabled and arms["grounded"].curate.min_grounding == config.ablation.min_grounding
     assert arms["repaired"].curate.min_sentence_grounding == config.ablation.min_sentence_grounding
     assert arms["dedup"].curate.dedup and arms["dedup"].curate.min_grounding is None
+    assert arms["judged"].curate.judge and arms["judged"].curate.min_judge_score == config.ablation.min_judge_score
     assert arms["freeform"].synthesis.prompts == "entigraph-freeform-v1"
     assert arms["temperature"].synthesis.sampling.temperature == config.ablation.temperature
     assert arms["entigraph+raw"].train.corpus == "synthetic+raw" and arms["raw-cpt"].train.corpus == "raw"
