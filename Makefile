@@ -36,7 +36,7 @@ demo-sweep: install
 	echo "demo-sweep: wall time $$(( $$(date +%s) - start ))s; plot: $(DEMO_OUT)/sweep/accuracy_vs_tokens.png"
 
 test: install
-	$(BIN)/python -m pytest -q -ra
+	$(BIN)/python -m pytest -q -ra --durations=25
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

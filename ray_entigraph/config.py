@@ -248,6 +248,7 @@ class AblationConfig(_Section):
     min_judge_score: float = Field(0.75, ge=0.0, le=1.0, description="`judged` arm: curate.judge=true with this curate.min_judge_score (a rating of 4 of 5 or better).")
     temperature: float = Field(1.0, ge=0.0, description="`temperature` arm: synthesis.sampling.temperature (the paper: 1.0).")
     freeform_prompts: str = Field("entigraph-freeform-v1", description="`freeform` arm: its prompt set.")
+    epochs: int | None = Field(None, ge=1, description="Passes over the synthetic token budget that set every arm's number of optimizer steps; None uses train.epochs.")
     num_budgets: int = Field(1, ge=1, le=4, description="Synthetic token budgets per arm: the largest that every arm can fill, then halvings of it (for the accuracy-against-tokens plot).")
 
 

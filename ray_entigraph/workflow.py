@@ -9,6 +9,7 @@ steps (or during one) continues where it stopped; a step killed midway resumes f
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -262,10 +263,11 @@ def ablation_budgets(common_blocks: int, block_len: int, num_budgets: int) -> li
 
 
 def equal_steps(config: EntiGraphConfig, budget_tokens: int) -> int:
-    """Optimizer steps of `train.epochs` over a budget (replay blocks replace synthetic ones): every arm of
-    that budget trains exactly this many steps, however long its own stream is."""
+    """Optimizer steps of `ablation.epochs` (else `train.epochs`) over a budget (replay blocks replace synthetic
+    ones): every arm of that budget trains exactly this many steps, however long its own stream is."""
     blocks = max(budget_tokens // config.train.block_len, 1)
-    return max(config.train.epochs * blocks // config.train.global_batch_size, 1)
+    epochs = config.ablation.epochs or config.train.epochs
+    return max(epochs * blocks // config.train.global_batch_size, 1)
 
 
 @dataclass
@@ -320,6 +322,8 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
     init_ray(config)
     available = {v: run_pack(arm).get(schema.SYNTHETIC_SOURCE, 0) for v, arm in arms.items() if v != "raw-cpt"}
     common = min(available.values()) if available else 0
+    _log(f"[ablate] synthetic blocks each arm can train on: {available}; budget {common} blocks "
+         f"({common * config.train.block_len} tokens), {equal_steps(config, common * config.train.block_len)} steps per arm")
     if not common:
         raise ValueError(f"ablate: an arm has no synthetic blocks to train on ({available}). Fix: synthesize more "
                          "(plan.*) or loosen the curate thresholds (ablation.min_grounding).")
@@ -340,7 +344,9 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
         tokens[name] = run_step(arm, step, "train", lambda arm=arm: run_train(arm))["synthetic_tokens_used"]
     models = [(BASE_LABEL, base_model_name(config))] + [(name, train_url(arm, "model")) for name, _, _, arm in runs]
     eval_out = storage.join(config.output_dir, "ablation", "eval")
-    run_step(config, "ablation/eval", "eval", lambda: run_eval(config, models=models, out_url=eval_out))
+    # the step is named by its models: other arms or budgets are another evaluation, not "done earlier"
+    models_id = hashlib.blake2b(json.dumps(models).encode(), digest_size=4).hexdigest()
+    run_step(config, f"ablation/eval-{models_id}", "eval", lambda: run_eval(config, models=models, out_url=eval_out))
     report = json.loads(storage.read_text(storage.join(eval_out, "report.json")))
     return _ablation_report(config, report, runs, tokens, time.time() - started)
 
