@@ -91,9 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ablate", help="faithfulness ablation: filters and synthesis variants at equal tokens and steps",
                        description="Synthesize, then build the arms of ablation.variants (no filter, grounding filter, "
-                       "sentence repair, dedup, free-form prompts, another temperature, EntiGraph plus the documents, "
-                       "Raw CPT), train each at the same synthetic token budget and the same number of steps, evaluate "
-                       "every model with bootstrap intervals and the paired change against the base model. Writes "
+                       "sentence repair, dedup, a judge model's filter, free-form prompts, another temperature, EntiGraph "
+                       "plus the documents, Raw CPT), train each at the same synthetic token budget and the same number "
+                       "of steps, evaluate every model with bootstrap intervals, and report each arm's paired change "
+                       "against the base model and against the unfiltered EntiGraph arm (helped / hurt / within the "
+                       "interval). Writes "
                        "<output_dir>/ablation/{ablation.json,accuracy_vs_tokens.png,eval/report.md}. Resumable like run.")
     _add_config_args(p)
 

@@ -68,7 +68,9 @@ class SynthesisSummary:
             f"{c['dropped_duplicate']} near-duplicates, "
             f"{c['dropped_short']} empty after repair ({c['sentences_dropped']} sentences removed from kept rows)",
             f"curated output   {c['url']} (drops and reasons: {c['errors_url']})",
-        ]
+        ] + ([f"judge            {c['judge_rated']} rows rated, mean score "
+              f"{'-' if c['mean_judge_score'] is None else format(c['mean_judge_score'], '.2f')}, {c['judge_unrated']} "
+              "without a rating (answers in errors/judged/)"] if "judge_rated" in c else [])
 
 
 def init_ray(config: EntiGraphConfig) -> None:
@@ -381,7 +383,18 @@ def curation_summary(config: EntiGraphConfig) -> dict:
            for k in ("grounding", "judge", "duplicate", "short", "document")},
         "sentences_dropped": sum(int(e.get("num_sentences_dropped", 0)) for e in entries),
         "mean_grounding": weighted / kept if kept else None,
+        **(_judge_summary(config) if config.curate.judge else {}),
     }
+
+
+def _judge_summary(config: EntiGraphConfig) -> dict:
+    from ray_entigraph.stages.judge import judge_stage
+
+    entries = storage.StageStore(config.output_dir, judge_stage(config)).manifest_entries()
+    rated = sum(int(e.get("num_ok", 0)) for e in entries)
+    weighted = sum((e.get("mean_judge_score") or 0.0) * int(e.get("num_ok", 0)) for e in entries)
+    return {"judge_rated": rated, "judge_unrated": sum(int(e.get("num_failed", 0)) for e in entries),
+            "mean_judge_score": weighted / rated if rated else None}
 
 
 def synthesize(config: EntiGraphConfig, ingest_only: bool = False) -> SynthesisSummary:

@@ -30,7 +30,7 @@ RATING_SCHEMA = {"type": "object", "properties": {"rating": {"type": "integer", 
                  "required": ["rating"], "additionalProperties": False}
 # Greedy: a rating is a judgment, not a sample. A few tokens leave room for "4/5" or `{"rating": 4}`.
 JUDGE_SAMPLING = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=12, repetition_penalty=1.0)
-_DIGIT = re.compile(r"(?<![\d.])([1-5])(?![\d.])")
+_DIGIT = re.compile(r"(?<![\d.])([1-5])(?!\d|\.\d)")  # "4", "4/5", "1. The text" but not "2.5" or "10"
 
 
 # -- pure pieces ---------------------------------------------------------------------------------------

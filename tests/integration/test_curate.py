@@ -110,6 +110,7 @@ def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local
     from ray_entigraph.ledger import read_run_state
 
     assert read_run_state(str(out))["stages"][schema.JUDGE]["num_ok"] == len(rated)  # `status` counts the judge
+    from ray_entigraph.pipeline import curation_summary
 
     run_curate(config)
     store = storage.StageStore(str(out), curated_stage(config))
@@ -123,3 +124,6 @@ def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local
             assert dropped[task_id].startswith(f"judge score {r['judge_score']:.2f} < min_judge_score 0.5")
     for task_id in set(failed) - {"t4-orphan"}:
         assert dropped[task_id].startswith("the judge gave no rating")
+    summary = curation_summary(config)  # what the synthesis summary prints
+    assert summary["judge_rated"] == len(rated) and summary["judge_unrated"] == len(failed)
+    assert summary["dropped_judge"] == len(dropped) - 1  # all but the orphan, which has no document

@@ -17,13 +17,13 @@ def _cfg(*overrides):
 
 @pytest.mark.parametrize("answer, rating", [
     ("4", 4), (" 5\n", 5), ('{"rating": 2}', 2), ("I would say 3 out of 5.", 3), ("4/5", 4),
-    ("Rating 1 - mostly invented", 1),
+    ("Rating 1 - mostly invented", 1), ("1. The document supports only the first claim.", 1),
 ])
 def test_parse_rating_reads_json_or_the_first_digit_from_1_to_5(answer, rating):
     assert parse_rating(answer) == rating
 
 
-@pytest.mark.parametrize("answer", ["", "The text is fine.", "0", "7", "10", "2.5", '{"rating": 9}'])
+@pytest.mark.parametrize("answer", ["", "The text is fine.", "0", "7", "10", "2.5", "1.5/10", '{"rating": 9}'])
 def test_parse_rating_refuses_to_guess(answer):
     assert parse_rating(answer) is None
 
