@@ -191,6 +191,12 @@ def _sweep_report(config: EntiGraphConfig, report: dict, tokens: dict[str, int],
                         lines_extra=[f"eval report      {storage.join(out, 'eval', 'report.md')}"])
 
 
+SERIES_STYLES = {"base": ("k", "s"), "entigraph": ("#4C72B0", "o"), "raw-cpt": ("#C44E52", "^"), "rephrase": ("#55A868", "D"),
+                 "grounded": ("#8172B2", "v"), "repaired": ("#937860", "<"), "dedup": ("#DA8BC3", ">"),
+                 "judged": ("#2CA02C", "d"), "freeform": ("#CCB974", "P"), "temperature": ("#64B5CD", "X"),
+                 "entigraph+raw": ("#8C8C8C", "*")}
+
+
 def _sweep_plot(points: list[dict], fitted: dict | None, url: str,
                 title: str = "Accuracy against synthetic tokens (95% bootstrap CI)") -> str | None:
     if not points:
@@ -206,9 +212,7 @@ def _sweep_plot(points: list[dict], fitted: dict | None, url: str,
     from ray_entigraph.eval.curve import CurveFit
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    styles = {"base": ("k", "s"), "entigraph": ("#4C72B0", "o"), "raw-cpt": ("#C44E52", "^"), "rephrase": ("#55A868", "D"),
-              "grounded": ("#8172B2", "v"), "repaired": ("#937860", "<"), "dedup": ("#DA8BC3", ">"),
-              "freeform": ("#CCB974", "P"), "temperature": ("#64B5CD", "X"), "entigraph+raw": ("#8C8C8C", "*")}
+    styles = SERIES_STYLES
     for series in dict.fromkeys(p["series"] for p in points):
         pts = sorted((p for p in points if p["series"] == series), key=lambda p: p["synthetic_tokens"])
         color, marker = styles.get(series, ("grey", "x"))
@@ -276,6 +280,7 @@ class AblationSummary:
     report_url: str
     plot_url: str | None
     wall_s: float
+    arms_plot_url: str | None = None
 
     def lines(self) -> list[str]:
         def delta(r, key):
@@ -293,7 +298,8 @@ class AblationSummary:
                        f"{delta(r, 'delta_vs_base'):<20} {delta(r, 'delta_vs_entigraph'):<20} "
                        f"{r.get('verdict_vs_entigraph', '-'):<16} {ppl(r['perplexity_knowledge']):>8} "
                        f"{ppl(r['perplexity_forgetting']):>12}")
-        return out + [f"report           {self.report_url}"] + ([f"plot             {self.plot_url}"] if self.plot_url else [])
+        return out + [f"report           {self.report_url}"] + [
+            f"plot             {u}" for u in (self.plot_url, self.arms_plot_url) if u]
 
 
 def ablate(config: EntiGraphConfig) -> AblationSummary:
@@ -386,7 +392,49 @@ def _ablation_report(config: EntiGraphConfig, report: dict, runs, tokens: dict[s
                "accuracy": r["accuracy"], "ci95": r["ci95"]} for r in rows]
     plot_url = _sweep_plot(points, None, storage.join(out, "accuracy_vs_tokens.png"),
                            title="Ablation: accuracy against synthetic tokens (95% bootstrap CI)")
+    arms_url = _arms_plot(rows, storage.join(out, "arms.png"))
     report_url = storage.join(out, "ablation.json")
     storage.write_text(report_url, json.dumps({"rows": rows, "eval_report": storage.join(out, "eval", "report.md"),
-                                               "wall_s": wall_s}, indent=2))
-    return AblationSummary(rows=rows, report_url=report_url, plot_url=plot_url, wall_s=wall_s)
+                                               "plots": [plot_url, arms_url], "wall_s": wall_s}, indent=2))
+    return AblationSummary(rows=rows, report_url=report_url, plot_url=plot_url, wall_s=wall_s, arms_plot_url=arms_url)
+
+
+def _arms_plot(rows: list[dict], url: str) -> str | None:
+    """Per arm: closed-book accuracy with its interval (left), perplexity on the documents and on held-out text
+    (right); arms of one budget read side by side, where the tokens plot stacks them on one x."""
+    if not rows:
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["arm"] for r in rows][::-1]
+    ordered = rows[::-1]
+    fig, (acc, ppl) = plt.subplots(1, 2, figsize=(10, 0.45 * len(rows) + 1.6), sharey=True)
+    for i, r in enumerate(ordered):
+        color, marker = SERIES_STYLES.get(r["variant"], ("grey", "x"))
+        y = 100 * r["accuracy"]
+        acc.errorbar([y], [i], xerr=[[y - 100 * r["ci95"][0]], [100 * r["ci95"][1] - y]], fmt=marker, color=color, capsize=3)
+    acc.axvline(25, color="grey", ls=":", lw=1, label="chance (4 options)")
+    acc.axvline(100 * rows[0]["accuracy"], color="k", ls="--", lw=0.8, label=f"{rows[0]['arm']}")
+    acc.set_yticks(range(len(labels)), labels)
+    acc.set_ylim(-1.4, len(labels) - 0.5)  # a free row at the bottom for the legends
+    acc.set_xlabel("closed-book accuracy (%), 95% bootstrap CI")
+    acc.legend(fontsize=8, loc="lower right", ncol=2)
+    docs = [r["perplexity_knowledge"] or 0 for r in ordered]
+    held = [r["perplexity_forgetting"] or 0 for r in ordered]
+    ys = range(len(ordered))
+    ppl.barh([y + 0.2 for y in ys], docs, height=0.4, color="#4C72B0", label="the documents (knowledge)")
+    ppl.barh([y - 0.2 for y in ys], held, height=0.4, color="#C44E52", label="held-out text (forgetting)")
+    ppl.set_xlabel("perplexity (lower is better)")
+    ppl.legend(fontsize=8, loc="lower right", ncol=2)
+    fig.suptitle(f"Ablation at equal synthetic tokens and steps ({rows[-1]['steps']} steps)")
+    buf = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    storage.write_bytes(url, buf.getvalue())
+    return url

@@ -94,7 +94,12 @@ def test_ablation_report_compares_each_arm_with_entigraph_on_the_same_questions(
     report = {"summary": summary, "models": [{"label": k, "questions": v} for k, v in models.items()]}
     runs = [(name, name.rsplit("-", 1)[0], 5, None) for name in models if name != "base"]
     config = _cfg("output_dir=memory://ablation-report")
-    rows = {r["arm"]: r for r in _ablation_report(config, report, runs, {n: 512 for n in models}, 1.0).rows}
+    summary = _ablation_report(config, report, runs, {n: 512 for n in models}, 1.0)
+    rows = {r["arm"]: r for r in summary.rows}
+    from ray_entigraph import storage
+
+    for url in (summary.plot_url, summary.arms_plot_url):  # accuracy against tokens, and per arm
+        assert storage.read_bytes(url).startswith(b"\x89PNG")
     assert rows["entigraph-512"]["delta_vs_entigraph"] is None  # the reference itself
     assert rows["dedup-512"]["delta_vs_entigraph"] == 0 and rows["dedup-512"]["verdict_vs_entigraph"] == "within interval"
     assert rows["raw-cpt-512"]["delta_vs_entigraph"] == pytest.approx(0.5)
