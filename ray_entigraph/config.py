@@ -174,6 +174,10 @@ class TrainConfig(_Section):
     global_batch_size: int = Field(16, ge=1, description="Sequences per optimizer step over all workers (the paper: 16).")
     micro_batch_size: int = Field(1, ge=1, description="Sequences per forward pass on one worker; gradient accumulation makes up the rest.")
     epochs: int = Field(2, ge=1, description="Passes over the mixed stream (the paper: 2).")
+    seed: int | None = Field(None, description="Seed of training alone (synthetic subset, mixture and order, initialisation); None uses the run seed. `ablate` sets it per ablation.seeds without touching synthesis.")
+
+    def effective_seed(self, run_seed: int) -> int:
+        return run_seed if self.seed is None else self.seed
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (None: all epochs).")
     lr: float = Field(5e-6, gt=0, description="Peak learning rate (the paper: 5e-6).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warmup over this share of steps, then cosine decay.")
@@ -249,6 +253,7 @@ class AblationConfig(_Section):
     temperature: float = Field(1.0, ge=0.0, description="`temperature` arm: synthesis.sampling.temperature (the paper: 1.0).")
     freeform_prompts: str = Field("entigraph-freeform-v1", description="`freeform` arm: its prompt set.")
     epochs: int | None = Field(None, ge=1, description="Passes over the synthetic token budget that set every arm's number of optimizer steps; None uses train.epochs.")
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Training seeds: every arm trains once per seed (train.seed); accuracy is averaged over seeds per question and the intervals resample questions. The run seed's arms keep their plain names, so adding seeds reuses them.")
     num_budgets: int = Field(1, ge=1, le=4, description="Synthetic token budgets per arm: the largest that every arm can fill, then halvings of it (for the accuracy-against-tokens plot).")
 
 

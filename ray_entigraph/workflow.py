@@ -289,12 +289,12 @@ class AblationSummary:
             lo, hi = r[f"{key}_ci95"]
             return f"{100 * r[key]:+.1f} [{100 * lo:+.1f}, {100 * hi:+.1f}]"
 
-        out = [f"{'arm':<24} {'tokens':>7} {'steps':>5}  {'accuracy [95% CI]':<20} {'vs base, pts':<20} "
+        out = [f"{'arm':<24} {'tokens':>7} {'steps':>5} {'seeds':>5}  {'accuracy [95% CI]':<20} {'vs base, pts':<20} "
                f"{'vs entigraph, pts':<20} {'verdict':<16} {'ppl docs':>8} {'ppl held-out':>12}"]
         for r in self.rows:
             ppl = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
             acc = f"{100 * r['accuracy']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
-            out.append(f"{r['arm']:<24} {r['synthetic_tokens']:>7} {r['steps']:>5}  {acc:<20} "
+            out.append(f"{r['arm']:<24} {r['synthetic_tokens']:>7} {r['steps']:>5} {len(r['seeds']) or '-':>5}  {acc:<20} "
                        f"{delta(r, 'delta_vs_base'):<20} {delta(r, 'delta_vs_entigraph'):<20} "
                        f"{r.get('verdict_vs_entigraph', '-'):<16} {ppl(r['perplexity_knowledge']):>8} "
                        f"{ppl(r['perplexity_forgetting']):>12}")
@@ -333,28 +333,43 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
     if not common:
         raise ValueError(f"ablate: an arm has no synthetic blocks to train on ({available}). Fix: synthesize more "
                          "(plan.*) or loosen the curate thresholds (ablation.min_grounding).")
-    runs: list[tuple[str, str, int, EntiGraphConfig]] = []
+    runs: list[AblationRun] = []
     for budget in ablation_budgets(common, config.train.block_len, config.ablation.num_budgets):
         steps = equal_steps(config, budget)
-        for variant, arm in arms.items():
-            name = f"{variant}-{budget}"
-            runs.append((name, variant, steps, derive(arm, [
-                f"train.name=ablation/{name.replace('+', '-plus-')}", f"train.max_steps={steps}",
-                # a stream long enough for every arm to reach `steps` (Raw CPT's is short)
-                f"train.epochs={max(config.train.epochs, 64)}",
-                f"train.max_synthetic_tokens={'null' if variant == 'raw-cpt' else budget}",
-            ])))
+        for seed in config.ablation.seeds:
+            for variant, arm in arms.items():
+                # the run seed's arms keep plain names (and train.seed unset), so adding seeds reuses them
+                name = f"{variant}-{budget}" + ("" if seed == config.seed else f"-seed{seed}")
+                runs.append(AblationRun(name, variant, budget, seed, steps, derive(arm, [
+                    f"train.name=ablation/{name.replace('+', '-plus-')}", f"train.max_steps={steps}",
+                    # a stream long enough for every arm to reach `steps` (Raw CPT's is short)
+                    f"train.epochs={max(config.train.epochs, 64)}",
+                    f"train.max_synthetic_tokens={'null' if variant == 'raw-cpt' else budget}",
+                    f"train.seed={'null' if seed == config.seed else seed}",
+                ])))
     tokens = {}
-    for name, variant, steps, arm in runs:
-        step = f"ablation/train-{name}" if arm.output_dir == config.output_dir else f"ablation-train-{name}"
-        tokens[name] = run_step(arm, step, "train", lambda arm=arm: run_train(arm))["synthetic_tokens_used"]
-    models = [(BASE_LABEL, base_model_name(config))] + [(name, train_url(arm, "model")) for name, _, _, arm in runs]
+    for run in runs:
+        arm = run.config
+        step = f"ablation/train-{run.name}" if arm.output_dir == config.output_dir else f"ablation-train-{run.name}"
+        tokens[run.name] = run_step(arm, step, "train", lambda arm=arm: run_train(arm))["synthetic_tokens_used"]
+    models = [(BASE_LABEL, base_model_name(config))] + [(run.name, train_url(run.config, "model")) for run in runs]
     eval_out = storage.join(config.output_dir, "ablation", "eval")
     # the step is named by its models: other arms or budgets are another evaluation, not "done earlier"
     models_id = hashlib.blake2b(json.dumps(models).encode(), digest_size=4).hexdigest()
     run_step(config, f"ablation/eval-{models_id}", "eval", lambda: run_eval(config, models=models, out_url=eval_out))
     report = json.loads(storage.read_text(storage.join(eval_out, "report.json")))
     return _ablation_report(config, report, runs, tokens, time.time() - started)
+
+
+@dataclass(frozen=True)
+class AblationRun:
+    """One training of the ablation: an arm at a budget with a training seed."""
+    name: str
+    variant: str
+    budget: int
+    seed: int
+    steps: int
+    config: EntiGraphConfig | None = None
 
 
 REFERENCE_ARM = "entigraph"  # every other arm is compared with the unfiltered EntiGraph arm of its budget
@@ -367,26 +382,55 @@ def verdict(ci95: tuple[float, float] | list[float] | None) -> str:
     return "helped" if ci95[0] > 0 else "hurt" if ci95[1] < 0 else "within interval"
 
 
-def _ablation_report(config: EntiGraphConfig, report: dict, runs, tokens: dict[str, int], wall_s: float) -> AblationSummary:
-    from ray_entigraph.eval.report import paired_delta
+def aggregate_arms(questions: dict[str, list[dict]], groups: dict[str, list[str]]) -> dict[str, list[dict]]:
+    """Per arm, its models' answers averaged per question over seeds: [{"qid", "correct": mean over seeds}].
+    Resampling these questions keeps both the pairing across arms and the seeds' spread inside each question."""
+    out = {}
+    for arm, labels in groups.items():
+        per_q: dict[str, list[float]] = {}
+        for label in labels:
+            for q in questions[label]:
+                per_q.setdefault(q["qid"], []).append(float(q["correct"]))
+        out[arm] = [{"qid": qid, "correct": sum(v) / len(v)} for qid, v in per_q.items()]
+    return out
+
+
+def _ablation_report(config: EntiGraphConfig, report: dict, runs: list[AblationRun], tokens: dict[str, int],
+                     wall_s: float) -> AblationSummary:
+    from ray_entigraph.eval.report import bootstrap_ci, paired_delta
 
     by_label = {r["label"]: r for r in report["summary"]}
     questions = {m["label"]: m["questions"] for m in report["models"]}
+    # one row per (variant, budget): its seeds' models together
+    groups: dict[str, list[AblationRun]] = {"base": []}
+    for run in runs:
+        if run.name in questions and by_label[run.name]["accuracy"] is not None:
+            groups.setdefault(f"{run.variant}-{run.budget}", []).append(run)
+    answers = aggregate_arms(questions, {"base": ["base"], **{arm: [r.name for r in rs] for arm, rs in groups.items() if rs}})
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     rows = []
-    for label, variant, steps in [("base", "base", 0)] + [(n, v, s) for n, v, s, _ in runs]:
-        r = by_label.get(label)
-        if r is None or r["accuracy"] is None:
+    for arm, rs in groups.items():
+        labels = [r.name for r in rs] or ["base"]
+        if arm not in answers or any(by_label.get(label) is None for label in labels):
             continue
-        reference = f"{REFERENCE_ARM}-{label.rsplit('-', 1)[-1]}"
-        vs_ref = (paired_delta(questions[label], questions[reference])
-                  if variant not in ("base", REFERENCE_ARM) and reference in questions else None)
-        rows.append({"arm": label, "variant": variant, "synthetic_tokens": tokens.get(label, 0), "steps": steps,
-                     "accuracy": r["accuracy"], "ci95": r["accuracy_ci95"], "delta_vs_base": r.get("delta_vs_base"),
-                     "delta_vs_base_ci95": r.get("delta_vs_base_ci95"),
+        variant = rs[0].variant if rs else "base"
+        correct = [q["correct"] for q in answers[arm]]
+        vs_base = paired_delta(answers[arm], answers["base"]) if rs else None
+        reference = f"{REFERENCE_ARM}-{rs[0].budget}" if rs else None
+        vs_ref = (paired_delta(answers[arm], answers[reference])
+                  if rs and variant != REFERENCE_ARM and reference in answers else None)
+        ppl = lambda key: mean([by_label[label][key] for label in labels if by_label[label][key] is not None])  # noqa: E731
+        rows.append({"arm": arm, "variant": variant, "seeds": [r.seed for r in rs],
+                     "synthetic_tokens": tokens.get(labels[0], 0), "steps": rs[0].steps if rs else 0,
+                     "accuracy": mean(correct), "ci95": bootstrap_ci(correct),
+                     "accuracy_per_seed": [by_label[label]["accuracy"] for label in labels],
+                     "delta_vs_base": vs_base[0] if vs_base else None,
+                     "delta_vs_base_ci95": vs_base[1] if vs_base else None,
                      "delta_vs_entigraph": vs_ref[0] if vs_ref else None,
                      "delta_vs_entigraph_ci95": vs_ref[1] if vs_ref else None,
                      "verdict_vs_entigraph": verdict(vs_ref[1]) if vs_ref else "-",
-                     "perplexity_knowledge": r["perplexity_knowledge"], "perplexity_forgetting": r["perplexity_forgetting"]})
+                     "perplexity_knowledge": ppl("perplexity_knowledge"),
+                     "perplexity_forgetting": ppl("perplexity_forgetting")})
     out = storage.join(config.output_dir, "ablation")
     points = [{"arm": r["arm"], "series": r["variant"], "synthetic_tokens": r["synthetic_tokens"],
                "accuracy": r["accuracy"], "ci95": r["ci95"]} for r in rows]

@@ -49,9 +49,9 @@ class TrainSummary:
 def build_mixture(config: EntiGraphConfig, counts: dict[str, int]) -> dict:
     tc = config.train
     replay_counts = {r.name: counts.get(schema.REPLAY_PREFIX + r.name, 0) for r in tc.replay}
-    chosen = synthetic_subset(counts.get(schema.SYNTHETIC_SOURCE, 0), tc.max_synthetic_tokens, tc.block_len, config.seed)
+    chosen = synthetic_subset(counts.get(schema.SYNTHETIC_SOURCE, 0), tc.max_synthetic_tokens, tc.block_len, tc.effective_seed(config.seed))
     stream = plan_mixture(len(chosen), replay_counts, {r.name: r.weight for r in tc.replay},
-                          share=tc.replay_share if tc.replay else 0.0, mode=tc.replay_mode, seed=config.seed)
+                          share=tc.replay_share if tc.replay else 0.0, mode=tc.replay_mode, seed=tc.effective_seed(config.seed))
     stream = [(src, chosen[i]) if src == schema.SYNTHETIC_SOURCE else (src, i) for src, i in stream]
     if len(stream) < tc.global_batch_size:
         raise ValueError(
@@ -82,7 +82,7 @@ def trajectory_settings(config: EntiGraphConfig) -> dict:
     tc = config.train
     keys = ("base_model", "block_len", "global_batch_size", "epochs", "lr", "warmup_ratio", "min_lr_ratio",
             "weight_decay", "grad_clip", "dtype", "strategy")
-    return {"seed": config.seed, **{k: getattr(tc, k) for k in keys}}
+    return {"seed": tc.effective_seed(config.seed), **{k: getattr(tc, k) for k in keys}}
 
 
 def _check_same_data(config: EntiGraphConfig, mixture: dict) -> None:

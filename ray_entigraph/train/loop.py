@@ -77,7 +77,8 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if not tc.use_gpu:
         torch.set_num_threads(tc.torch_threads or max((os.cpu_count() or 1) // max(ctx.get_local_world_size(), 1), 1))
-    torch.manual_seed(config.seed)
+    seed = tc.effective_seed(config.seed)
+    torch.manual_seed(seed)
 
     # data: the mixed stream and every source's blocks
     stream = [tuple(x) for x in json.loads(storage.read_text(train_url(config, "mixture.json")))["stream"]]
@@ -121,7 +122,7 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
     for step in range(start_step, steps):
         t0 = time.time()
         positions = range(step * tc.global_batch_size, (step + 1) * tc.global_batch_size)
-        mine = [stream_item(stream, p, config.seed) for p in positions][rank::world]
+        mine = [stream_item(stream, p, seed) for p in positions][rank::world]
         sums = torch.zeros(4, dtype=torch.float64)  # loss-sum and tokens, synthetic then replay
         for micro in range(accum):
             items = mine[micro * tc.micro_batch_size:(micro + 1) * tc.micro_batch_size]

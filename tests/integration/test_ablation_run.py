@@ -21,7 +21,8 @@ def test_ablation_trains_every_arm_at_equal_tokens_and_steps(ray_local, tiny_mod
     # the tiny model writes random tokens: every row would fail a real grounding threshold, so the grounded
     # arm here only checks the wiring (threshold 0); docs/faithfulness.md has the real run
     config = tiny_config(tiny_model_dir, "builtin:demo", out, *SMALL,
-                         "ablation.variants=[entigraph,grounded,raw-cpt]", "ablation.min_grounding=0.0")
+                         "ablation.variants=[entigraph,grounded,raw-cpt]", "ablation.min_grounding=0.0",
+                         "ablation.seeds=[0,1]")
     summary = ablate(config)
     arms = {r["variant"]: r for r in summary.rows}
     assert set(arms) == {"base", "entigraph", "grounded", "raw-cpt"}
@@ -30,9 +31,18 @@ def test_ablation_trains_every_arm_at_equal_tokens_and_steps(ray_local, tiny_mod
     synthetic = [r["synthetic_tokens"] for r in trained if r["variant"] != "raw-cpt"]
     assert len(set(synthetic)) == 1 and synthetic[0] > 0  # equal synthetic tokens
     for r in trained:
-        metrics = (out / "ablation" / r["arm"] / "metrics.jsonl").read_text().splitlines()
-        assert json.loads(metrics[-1])["step"] == r["steps"]  # each arm really ran that many steps
+        assert r["seeds"] == [0, 1] and len(r["accuracy_per_seed"]) == 2
+        for name in (r["arm"], f"{r['arm']}-seed1"):  # the run seed's arm keeps its plain name
+            metrics = (out / "ablation" / name / "metrics.jsonl").read_text().splitlines()
+            assert json.loads(metrics[-1])["step"] == r["steps"]  # each training really ran that many steps
         assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] and r["delta_vs_base_ci95"] is not None
+    # another training seed is another data order: the two seeds' trained weights differ
+    import hashlib
+
+    digest = lambda d: hashlib.sha256(b"".join(p.read_bytes() for p in sorted(d.glob("*.safetensors")))).hexdigest()  # noqa: E731
+    entigraph = next(r["arm"] for r in trained if r["variant"] == "entigraph")
+    assert digest(out / "ablation" / entigraph / "model") != digest(out / "ablation" / f"{entigraph}-seed1" / "model")
+    assert next(r for r in trained if r["variant"] == "grounded")["delta_vs_entigraph_ci95"] is not None
     # the curated arm trained on a curated copy, with scores, beside the untouched synthetic corpus (dedup is
     # tested in test_curate.py)
     curated = sorted(p.name for p in (out / "curated").iterdir())
@@ -41,5 +51,6 @@ def test_ablation_trains_every_arm_at_equal_tokens_and_steps(ray_local, tiny_mod
         rows = storage.StageStore(str(out), f"{schema.CURATE}/{cid}").read(schema=schema.CURATED).to_pylist()
         assert rows and all(0.0 <= r["grounding"] <= 1.0 for r in rows)
     assert (out / "ablation" / "accuracy_vs_tokens.png").stat().st_size > 5000
+    assert (out / "ablation" / "arms.png").stat().st_size > 5000
     assert json.loads((out / "ablation" / "ablation.json").read_text())["rows"] == summary.rows
     assert any(line.startswith("grounded-") for line in summary.lines())
