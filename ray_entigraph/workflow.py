@@ -422,12 +422,12 @@ def _ablation_report(config: EntiGraphConfig, report: dict, runs: list[AblationR
         ppl = lambda key: mean([by_label[label][key] for label in labels if by_label[label][key] is not None])  # noqa: E731
         rows.append({"arm": arm, "variant": variant, "seeds": [r.seed for r in rs],
                      "synthetic_tokens": tokens.get(labels[0], 0), "steps": rs[0].steps if rs else 0,
-                     "accuracy": mean(correct), "ci95": bootstrap_ci(correct),
+                     "accuracy": mean(correct), "ci95": list(bootstrap_ci(correct)),
                      "accuracy_per_seed": [by_label[label]["accuracy"] for label in labels],
                      "delta_vs_base": vs_base[0] if vs_base else None,
-                     "delta_vs_base_ci95": vs_base[1] if vs_base else None,
+                     "delta_vs_base_ci95": list(vs_base[1]) if vs_base else None,
                      "delta_vs_entigraph": vs_ref[0] if vs_ref else None,
-                     "delta_vs_entigraph_ci95": vs_ref[1] if vs_ref else None,
+                     "delta_vs_entigraph_ci95": list(vs_ref[1]) if vs_ref else None,
                      "verdict_vs_entigraph": verdict(vs_ref[1]) if vs_ref else "-",
                      "perplexity_knowledge": ppl("perplexity_knowledge"),
                      "perplexity_forgetting": ppl("perplexity_forgetting")})
