@@ -21,14 +21,15 @@ def test_ablation_trains_every_arm_at_equal_tokens_and_steps(ray_local, tiny_mod
     # the tiny model writes random tokens: every row would fail a real grounding threshold, so the grounded
     # arm here only checks the wiring (threshold 0); docs/faithfulness.md has the real run
     config = tiny_config(tiny_model_dir, "builtin:demo", out, *SMALL,
-                         "ablation.variants=[entigraph,grounded,raw-cpt]", "ablation.min_grounding=0.0",
+                         "ablation.variants=[entigraph,grounded]", "ablation.min_grounding=0.0",
                          "ablation.seeds=[0,1]")
     summary = ablate(config)
     arms = {r["variant"]: r for r in summary.rows}
-    assert set(arms) == {"base", "entigraph", "grounded", "raw-cpt"}
+    # two arms x two seeds (Raw CPT trains in the sweep test and test_train.py; two arms keep this test short)
+    assert set(arms) == {"base", "entigraph", "grounded"}
     trained = [r for r in summary.rows if r["variant"] != "base"]
     assert len({r["steps"] for r in trained}) == 1 and trained[0]["steps"] >= 1  # equal steps
-    synthetic = [r["synthetic_tokens"] for r in trained if r["variant"] != "raw-cpt"]
+    synthetic = [r["synthetic_tokens"] for r in trained]
     assert len(set(synthetic)) == 1 and synthetic[0] > 0  # equal synthetic tokens
     for r in trained:
         assert r["seeds"] == [0, 1] and len(r["accuracy_per_seed"]) == 2
