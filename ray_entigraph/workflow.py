@@ -201,8 +201,6 @@ def _sweep_plot(points: list[dict], fitted: dict | None, url: str,
                 title: str = "Accuracy against synthetic tokens (95% bootstrap CI)") -> str | None:
     if not points:
         return None
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,11 +229,9 @@ def _sweep_plot(points: list[dict], fitted: dict | None, url: str,
     ax.set_ylabel("closed-book accuracy (%)")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    storage.write_bytes(url, buf.getvalue())
+    from ray_entigraph.eval.report import png_bytes
+
+    storage.write_bytes(url, png_bytes(fig))
     return url
 
 
@@ -448,8 +444,6 @@ def _arms_plot(rows: list[dict], url: str) -> str | None:
     (right); arms of one budget read side by side, where the tokens plot stacks them on one x."""
     if not rows:
         return None
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -476,9 +470,7 @@ def _arms_plot(rows: list[dict], url: str) -> str | None:
     ppl.set_xlabel("perplexity (lower is better)")
     ppl.legend(fontsize=8, loc="lower right", ncol=2)
     fig.suptitle(f"Ablation at equal synthetic tokens and steps ({rows[-1]['steps']} steps)")
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    storage.write_bytes(url, buf.getvalue())
+    from ray_entigraph.eval.report import png_bytes
+
+    storage.write_bytes(url, png_bytes(fig))
     return url

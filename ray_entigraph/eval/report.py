@@ -105,7 +105,8 @@ def markdown(rows: list[dict], results: list[dict], questions: list, meta: dict,
     return "\n".join(lines)
 
 
-def _png(fig) -> bytes:
+def png_bytes(fig) -> bytes:
+    """A finished matplotlib figure as PNG bytes (the figure is closed)."""
     import matplotlib.pyplot as plt
 
     buf = io.BytesIO()
@@ -139,7 +140,7 @@ def accuracy_plot(rows: list[dict], num_options: int = 4) -> bytes | None:
     ax.set_ylim(0, 100)
     ax.set_title("What the model learned (95% bootstrap CI)")
     ax.legend(loc="upper left", fontsize=8)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def perplexity_plot(rows: list[dict]) -> bytes | None:
@@ -158,4 +159,4 @@ def perplexity_plot(rows: list[dict]) -> bytes | None:
         ax.set_xticks(range(len(rows)), [r["label"] for r in rows], rotation=20, ha="right")
         ax.set_title(title)
         ax.set_ylabel("perplexity")
-    return _png(fig)
+    return png_bytes(fig)
