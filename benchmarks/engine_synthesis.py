@@ -44,7 +44,7 @@ def build_config(args, out: str, *extra: str):
 
 def long_documents(num_docs: int, target_tokens: int, count_tokens) -> list[dict]:
     """Demo articles joined (rotated per document) until each document holds about `target_tokens`."""
-    from ray_entigraph.stages.ingest import DEMO_CORPUS
+    from ray_entigraph.inputs import DEMO_CORPUS
 
     articles = [json.loads(line) for line in open(DEMO_CORPUS)]
     docs = []
@@ -81,9 +81,8 @@ def main() -> None:  # noqa: C901 - a linear script
     from ray_entigraph import schema, storage
     from ray_entigraph.engines import make_engine, sampling_params
     from ray_entigraph.engines.bundled import resolve_model_path
-    from ray_entigraph.prompts import load_prompt_set
-    from ray_entigraph.stages.extract import extraction_key
-    from ray_entigraph.stages.ingest import list_input_files
+    from ray_entigraph.context import RunContext
+    from ray_entigraph.inputs import list_input_files
     from ray_entigraph.stages.plan import entigraph_tasks, group_tasks
     from ray_entigraph.stages.synthesize import relation_request
     from ray_entigraph.text.identity import doc_id_for, normalise_text
@@ -97,12 +96,13 @@ def main() -> None:  # noqa: C901 - a linear script
     with open(corpus, "w") as f:
         f.writelines(json.dumps(d) + "\n" for d in documents)
     config = build_config(args, f"{out}/pipeline", f"input.path={corpus}")
-    prompts = load_prompt_set(config.synthesis.prompts)
+    ctx = RunContext.resolve(config)
+    prompts = ctx.prompts
     entity_rows = []
     for d in documents:
         text = normalise_text(d["text"])
         doc_id = doc_id_for(text)
-        entity_rows.append({"request_key": extraction_key(config, doc_id), "doc_id": doc_id, "title": d["title"],
+        entity_rows.append({"request_key": ctx.extraction_key(doc_id), "doc_id": doc_id, "title": d["title"],
                             "text": text, "summary": None, "entities": heuristic_entities(text, 24),
                             "entities_source": "heuristic", "num_tokens": count(text)})
     groups = []
@@ -148,7 +148,9 @@ def main() -> None:  # noqa: C901 - a linear script
     print(f"raw       done: {raw_total:.1f}s ({raw_gen_s:.1f}s generating)", flush=True)
 
     # pipeline: committed entities in, committed synthetic rows out, through Ray Data
-    from ray_entigraph.pipeline import init_ray, run_synthesize
+    from ray_entigraph.runtime import init_ray
+    from ray_entigraph.stages.base import run_stage
+    from ray_entigraph.stages.synthesize import Synthesize
 
     storage.StageStore(config.output_dir, schema.INGEST).commit(
         schema.rows_to_table(entity_rows, schema.DOCUMENTS), None, keys=[r["doc_id"] for r in entity_rows],
@@ -161,7 +163,7 @@ def main() -> None:  # noqa: C901 - a linear script
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     init_ray(config)
     t0 = time.perf_counter()
-    totals = run_synthesize(config)
+    totals = run_stage(Synthesize(), RunContext.resolve(config))
     pipe_s = time.perf_counter() - t0
     ray.shutdown()
     print(f"pipeline  done: {pipe_s:.1f}s", flush=True)

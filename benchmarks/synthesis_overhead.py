@@ -34,11 +34,10 @@ def main() -> None:  # noqa: C901 - a linear script
 
     from ray_entigraph import schema, storage
     from ray_entigraph.config import load_config
-    from ray_entigraph.prompts import load_prompt_set
-    from ray_entigraph.stages.extract import extraction_key
-    from ray_entigraph.stages.ingest import DEMO_CORPUS, list_input_files
+    from ray_entigraph.context import RunContext
+    from ray_entigraph.inputs import DEMO_CORPUS, list_input_files
     from ray_entigraph.stages.plan import entigraph_tasks, group_tasks
-    from ray_entigraph.stages.synthesize import RelationSynthesisStage
+    from ray_entigraph.stages.synthesize import RelationSynthesisWorker
     from ray_entigraph.text.identity import doc_id_for, normalise_text
     from ray_entigraph.text.parse import heuristic_entities
 
@@ -48,20 +47,21 @@ def main() -> None:  # noqa: C901 - a linear script
         f"plan.max_pairs_per_doc={args.pairs}", "plan.max_triplets_per_doc=0", "synthesis.sampling.temperature=0",
         f"synthesis.sampling.max_new_tokens={args.max_new_tokens}", "engine.max_batch_size=8",
     ])
-    prompts = load_prompt_set(config.synthesis.prompts)
+    ctx = RunContext.resolve(config)
+    prompts = ctx.prompts
     docs = [json.loads(line) for line in open(DEMO_CORPUS)][: args.docs]
     entity_rows = []
     for d in docs:
         text = normalise_text(d["article"])
         doc_id = doc_id_for(text)
-        entity_rows.append({"request_key": extraction_key(config, doc_id), "doc_id": doc_id, "title": d["title"],
+        entity_rows.append({"request_key": ctx.extraction_key(doc_id), "doc_id": doc_id, "title": d["title"],
                             "text": text, "summary": None, "entities": heuristic_entities(text),
                             "entities_source": "heuristic"})
     groups = []
     for row in entity_rows:
         groups.extend(group_tasks(row, entigraph_tasks(config, prompts, row, None), set(), config.plan.tasks_per_group))
 
-    stage = RelationSynthesisStage(config.model_dump_json())
+    stage = RelationSynthesisWorker(config, prompts)
     engine = stage.engine
 
     def requests_of(group):
@@ -91,7 +91,9 @@ def main() -> None:  # noqa: C901 - a linear script
             fn(group)
 
     # the same work through Ray Data: committed entities in, committed synthetic rows out
-    from ray_entigraph.pipeline import init_ray, run_synthesize
+    from ray_entigraph.runtime import init_ray
+    from ray_entigraph.stages.base import run_stage as run_ray_stage
+    from ray_entigraph.stages.synthesize import Synthesize
 
     ray_config = config.model_copy(update={"output_dir": f"{out}/ray"})
     storage.StageStore(ray_config.output_dir, schema.INGEST).commit(
@@ -101,7 +103,7 @@ def main() -> None:  # noqa: C901 - a linear script
         schema.rows_to_table(entity_rows, schema.ENTITIES), None, keys=[r["request_key"] for r in entity_rows], stats={})
     init_ray(ray_config)
     t0 = time.perf_counter()
-    totals = run_synthesize(ray_config)
+    totals = run_ray_stage(Synthesize(), RunContext.resolve(ray_config))
     ray_s = time.perf_counter() - t0
 
     n = sum(len(g["tasks"]) for g in groups)

@@ -32,7 +32,7 @@ def main() -> None:
     from ray_entigraph import schema, storage
     from ray_entigraph.config import load_config
     from ray_entigraph.engines.bundled import resolve_model_path
-    from ray_entigraph.stages.ingest import DEMO_CORPUS
+    from ray_entigraph.inputs import DEMO_CORPUS
     from ray_entigraph.train.data import load_blocks
     from ray_entigraph.train.launch import run_train
     from ray_entigraph.train.loop import stream_item

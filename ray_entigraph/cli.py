@@ -7,6 +7,7 @@ import json
 import logging
 import sys
 import time
+import traceback
 
 DESCRIPTION = """\
 EntiGraph synthetic continued pretraining on Ray.
@@ -44,6 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show the full traceback of a user error too (other errors always show theirs)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     p = sub.add_parser("synthesize", help="ingest -> extract entities -> plan -> synthesize relation texts",
@@ -113,14 +116,11 @@ def _load(args):
 
 
 def cmd_validate(args) -> int:
-    from ray_entigraph.prompts import load_prompt_set
-    from ray_entigraph.stages.ingest import list_input_files
-
+    from ray_entigraph.context import RunContext
     from ray_entigraph.engines import preflight
 
     config = _load(args)
-    load_prompt_set(config.synthesis.prompts)
-    files = list_input_files(config.input)
+    files = RunContext.resolve(config).input_files
     for warning in preflight(config):
         print(f"warning: {warning}", file=sys.stderr)
     if args.print:
@@ -130,13 +130,9 @@ def cmd_validate(args) -> int:
 
 
 def cmd_synthesize(args) -> int:
-    from ray_entigraph.pipeline import synthesize
-    from ray_entigraph.prompts import load_prompt_set
-
     config = _load(args)
-    load_prompt_set(config.synthesis.prompts)  # a bad prompt file fails before Ray starts
     if args.dry_run:
-        from ray_entigraph.pipeline import dry_run
+        from ray_entigraph.estimate import dry_run
 
         est = dry_run(config, args.assume_entities)
         if args.json:
@@ -147,6 +143,8 @@ def cmd_synthesize(args) -> int:
                 shown = "-" if value is None else (f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
                 print(f"  {key:<36} {shown}")
         return 0
+    from ray_entigraph.pipeline import synthesize
+
     started = time.time()
     summary = synthesize(config)
     _print_done("synthesize", summary.lines(), f"{time.time() - started:.1f}s (including Ray start-up)")
@@ -177,11 +175,9 @@ def cmd_eval(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from ray_entigraph.prompts import load_prompt_set
-    from ray_entigraph.workflow import run
+    from ray_entigraph.workflows import run
 
     config = _load(args)
-    load_prompt_set(config.synthesis.prompts)
     started = time.time()
     results = run(config, until=args.until)
     lines = [f"{step:<16} {r['wall_s']:.0f}s" for step, r in results.items()]
@@ -190,7 +186,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from ray_entigraph.workflow import sweep
+    from ray_entigraph.workflows import sweep
 
     summary = sweep(_load(args))
     _print_done("sweep", summary.lines(), f"{summary.wall_s:.1f}s")
@@ -198,7 +194,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from ray_entigraph.workflow import ablate
+    from ray_entigraph.workflows import ablate
 
     summary = ablate(_load(args))
     _print_done("ablate", summary.lines(), f"{summary.wall_s:.1f}s")
@@ -240,14 +236,13 @@ COMMANDS = {"validate": cmd_validate, "synthesize": cmd_synthesize, "train": cmd
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    from ray_entigraph.config import ConfigError
-    from ray_entigraph.eval.quality import QuestionsError
-    from ray_entigraph.pipeline import StageFailed
-    from ray_entigraph.stages.ingest import InputError
+    from ray_entigraph.errors import EntiGraphError
 
     try:
         return COMMANDS[args.command](args)
-    except (ConfigError, InputError, QuestionsError, StageFailed, OSError, ValueError, RuntimeError) as exc:
+    except EntiGraphError as exc:  # a user error: one line with its fix; anything else keeps its traceback
+        if args.traceback:
+            traceback.print_exc()
         print(f"ray-entigraph {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ray_entigraph.arms import ARMS, arms_reference
+from ray_entigraph.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A user-facing configuration problem; the message names the key and the fix."""
-
+__all__ = ["ConfigError", "EntiGraphConfig", "load_config", "derive", "section_hash"]
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
@@ -239,14 +239,11 @@ class SweepConfig(_Section):
     baselines: list[Literal["raw", "rephrase"]] = Field(default_factory=lambda: ["raw", "rephrase"], description="Baselines trained and evaluated beside EntiGraph: `raw` (Raw CPT on the documents), `rephrase` (the WRAP-style rephrase augmenter, synthesized into output_dir/sweep/rephrase).")
 
 
-AblationVariant = Literal["entigraph", "grounded", "repaired", "dedup", "judged", "freeform", "temperature", "entigraph+raw",
-                          "raw-cpt"]
-
-
 class AblationConfig(_Section):
-    variants: list[AblationVariant] = Field(
+    variants: list[str] = Field(
         default_factory=lambda: ["entigraph", "grounded", "dedup", "freeform", "entigraph+raw", "raw-cpt"],
-        description="Arms of `ray-entigraph ablate`, trained at equal synthetic tokens and equal steps: `entigraph` (no filter), `grounded` (rows below min_grounding dropped), `repaired` (sentences below min_sentence_grounding dropped), `dedup` (near-duplicates dropped), `judged` (rows the judge model rates below min_judge_score dropped), `freeform` (free-form relation prompts, prompt set entigraph-freeform-v1), `temperature` (synthesis at `temperature`), `entigraph+raw` (the synthetic corpus plus the documents), `raw-cpt` (the documents alone).")
+        description="Arms of `ray-entigraph ablate`, trained at equal synthetic tokens and equal steps: "
+                    f"{arms_reference()}.")
     min_grounding: float = Field(0.6, ge=0.0, le=1.0, description="`grounded` arm: curate.min_grounding.")
     min_sentence_grounding: float = Field(0.5, ge=0.0, le=1.0, description="`repaired` arm: curate.min_sentence_grounding.")
     min_judge_score: float = Field(0.75, ge=0.0, le=1.0, description="`judged` arm: curate.judge=true with this curate.min_judge_score (a rating of 4 of 5 or better).")
@@ -255,6 +252,17 @@ class AblationConfig(_Section):
     epochs: int | None = Field(None, ge=1, description="Passes over the synthetic token budget that set every arm's number of optimizer steps; None uses train.epochs.")
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Training seeds: every arm trains once per seed (train.seed); accuracy is averaged over seeds per question and the intervals resample questions. The run seed's arms keep their plain names, so adding seeds reuses them.")
     num_budgets: int = Field(1, ge=1, le=4, description="Synthetic token budgets per arm: the largest that every arm can fill, then halvings of it (for the accuracy-against-tokens plot).")
+
+    @field_validator("variants")
+    @classmethod
+    def _known_arms(cls, variants: list[str]) -> list[str]:
+        for name in variants:
+            if name not in ARMS:
+                close = difflib.get_close_matches(name, list(ARMS), n=1, cutoff=0.6)
+                hint = f"Did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"ablation.variants: {name!r} is not an arm of `ablate`. {hint}"
+                                 f"Fix: use arms among {', '.join(ARMS)}.")
+        return variants
 
 
 class CostConfig(_Section):

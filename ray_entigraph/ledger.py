@@ -9,7 +9,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
+import yaml
+
 from ray_entigraph import schema, storage
+from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.layout import Layout
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +64,18 @@ def stage_totals(output_dir: str, stage: str, since: float | None = None) -> Sta
 
 def read_run_state(output_dir: str) -> dict:
     """Everything `status` shows, from storage alone (no cluster): per stage, what all committed shards
-    hold, and for the last invocation what it expected, did, and has pending."""
-    url = storage.join(output_dir, "run.json")
-    run = json.loads(storage.read_text(url)) if storage.exists(url) else {}
+    hold, and for the last invocation what it expected, did, and has pending. Stage folders that depend on
+    the run's settings (judged/<id>, curated/<id>) are read from run.json, where the run recorded them."""
+    layout = Layout(output_dir)
+    run = json.loads(storage.read_text(layout.run_state_url)) if storage.exists(layout.run_state_url) else {}
     started = run.get("started_at")
+    config = _run_config(layout)
     stages = {}
-    for name in schema.STAGES:
-        st = asdict(stage_totals(output_dir, name))
+    for name, folder in layout.stage_folders({**_settings_folders(config), **run.get("folders", {})}).items():
+        st = asdict(stage_totals(output_dir, folder))
         planned = run.get("stages", {}).get(name)
         if planned and started:
-            now = stage_totals(output_dir, name, since=started)
+            now = stage_totals(output_dir, folder, since=started)
             st["this_run"] = {
                 "expected": planned["expected"],
                 "done": planned["done_before"] + now.num_ok,
@@ -81,11 +87,6 @@ def read_run_state(output_dir: str) -> dict:
                 "generated_tokens_per_s": planned.get("generated_tokens_per_s"),
             }
         stages[name] = st
-    config = _run_config(output_dir)
-    if config is not None and config.curate.enabled and config.curate.judge:
-        from ray_entigraph.stages.judge import judge_stage
-
-        stages[schema.JUDGE] = asdict(stage_totals(output_dir, judge_stage(config)))  # the judge's tokens count too
     cost = config.cost if config is not None else None
     if cost is not None:
         for st in stages.values():
@@ -93,23 +94,31 @@ def read_run_state(output_dir: str) -> dict:
     return {"output_dir": output_dir, "run": run, "stages": stages}
 
 
-def _run_config(output_dir: str):
-    """The run's own resolved config (its prices, its judge), if it has one this version can read."""
-    url = storage.join(output_dir, "config.yaml")
-    if not storage.exists(url):
+def _settings_folders(config: EntiGraphConfig | None) -> dict[str, str]:
+    """The judged/ and curated/ folders the run's config names now (a run that has not recorded them yet)."""
+    if config is None or not config.curate.enabled:
+        return {}
+    from ray_entigraph.context import RunContext  # lazy: only runs that curate need prompt sets resolved
+
+    ctx = RunContext.resolve(config, list_inputs=False)
+    folders = {schema.CURATE: ctx.curated_stage()}
+    if config.curate.judge:
+        folders[schema.JUDGE] = ctx.judge_stage
+    return folders
+
+
+def _run_config(layout: Layout):
+    """The run's own resolved config (its prices), if it has one this version can read."""
+    if not storage.exists(layout.config_url):
         return None
-    import yaml
-
-    from ray_entigraph.config import EntiGraphConfig
-
     try:
-        return EntiGraphConfig.model_validate(yaml.safe_load(storage.read_text(url)))
+        return EntiGraphConfig.model_validate(yaml.safe_load(storage.read_text(layout.config_url)))
     except Exception:  # noqa: BLE001 - a config from another version: show less rather than fail status
         return None
 
 
 def write_run_state(output_dir: str, run: dict) -> None:
-    storage.write_text(storage.join(output_dir, "run.json"), json.dumps(run, indent=2, sort_keys=True))
+    storage.write_text(Layout(output_dir).run_state_url, json.dumps(run, indent=2, sort_keys=True, default=str))
 
 
 def _fmt_duration(seconds: float) -> str:

@@ -33,6 +33,8 @@ import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ray_entigraph.errors import StorageError
+
 logger = logging.getLogger(__name__)
 
 COMMITTED = "_committed"
@@ -208,7 +210,7 @@ def check_writable(output_dir: str) -> None:
         fs, path = filesystem(probe)
         fs.rm(path)
     except Exception as exc:  # noqa: BLE001 - turned into a user-facing error
-        raise OSError(
+        raise StorageError(
             f"Cannot write to output_dir {output_dir!r}: {type(exc).__name__}: {exc}. "
             "Fix: choose a writable location, or check the credentials/endpoint of the object store."
         ) from exc

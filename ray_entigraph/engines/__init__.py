@@ -1,20 +1,33 @@
 """Engines behind one protocol (`base.Engine`); `make_engine` builds the configured one lazily.
 
-Each engine module is the one home of its heavy dependency (transformers, vllm, httpx) and is imported only
-when that engine is built, so `import ray_entigraph` needs none of them.
+Each engine module is the one home of its heavy dependency (transformers, vllm, httpx) and imports it inside
+its functions, so importing the module is cheap and `import ray_entigraph` needs none of them. `ENGINES`
+names each kind's class; every class has `from_config(config)`, which builds it from its config sections,
+and `supports_json_schema_for(config)`, which says without building it whether it decodes under a JSON
+schema.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING
 
 from ray_entigraph.engines.base import Engine, GenerationRequest, GenerationResult, SamplingParams
+from ray_entigraph.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:
     from ray_entigraph.config import EntiGraphConfig
 
-__all__ = ["Engine", "GenerationRequest", "GenerationResult", "SamplingParams", "constrains_json", "make_engine", "preflight",
-           "sampling_params"]
+__all__ = ["ENGINES", "Engine", "GenerationRequest", "GenerationResult", "SamplingParams", "constrains_json",
+           "engine_class", "make_engine", "preflight", "sampling_params"]
+
+# engine.kind -> (module, class): imported only when that kind is asked for.
+ENGINES: dict[str, tuple[str, str]] = {
+    "transformers": ("ray_entigraph.engines.transformers_engine", "TransformersEngine"),
+    "vllm": ("ray_entigraph.engines.vllm_engine", "VLLMEngine"),
+    "openai": ("ray_entigraph.engines.openai_engine", "OpenAIEngine"),
+    "echo": ("ray_entigraph.engines.echo", "EchoEngine"),
+}
 
 
 def sampling_params(cfg) -> SamplingParams:
@@ -27,11 +40,19 @@ def sampling_params(cfg) -> SamplingParams:
     )
 
 
+def engine_class(kind: str) -> type:
+    """The class of engine kind `kind`, its module imported now."""
+    if kind not in ENGINES:  # config validation prevents this
+        raise ConfigError(f"engine.kind {kind!r} is not available. Fix: set engine.kind to one of {sorted(ENGINES)}.")
+    module, name = ENGINES[kind]
+    return getattr(importlib.import_module(module), name)
+
+
 def constrains_json(config: "EntiGraphConfig") -> bool:
     """Whether the configured engine decodes entity extraction under a JSON schema (part of the extraction's
-    request key: a constrained request is a different request). Engines' `supports_json_schema` agrees."""
-    kind = config.engine.kind
-    return (kind == "vllm" and config.engine.vllm.structured_extraction) or kind == "openai"
+    request key: a constrained request is a different request). The engine class answers; an engine built
+    from the same config has the same `supports_json_schema`."""
+    return engine_class(config.engine.kind).supports_json_schema_for(config)
 
 
 def preflight(config: "EntiGraphConfig") -> list[str]:
@@ -47,7 +68,7 @@ def preflight(config: "EntiGraphConfig") -> list[str]:
 
         o = config.engine.openai
         if o.api_key_env and not os.environ.get(o.api_key_env) and not is_local_url(o.base_url):
-            raise ValueError(
+            raise EngineError(
                 f"engine.kind is 'openai' with base_url {o.base_url} but the environment variable "
                 f"{o.api_key_env!r} (engine.openai.api_key_env) is not set. Fix: export {o.api_key_env}=<key> "
                 "(on a cluster: in every node's environment), or set engine.openai.api_key_env=null "
@@ -61,31 +82,4 @@ def preflight(config: "EntiGraphConfig") -> list[str]:
 
 def make_engine(config: "EntiGraphConfig") -> Engine:
     """The engine named by `engine.kind`, built from the config's model and engine sections."""
-    kind = config.engine.kind
-    if kind == "transformers":
-        from ray_entigraph.engines.transformers_engine import TransformersEngine
-
-        return TransformersEngine(
-            config.model.name,
-            dtype=config.model.dtype,
-            device=config.engine.device,
-            max_batch_size=config.engine.max_batch_size,
-            max_model_len=config.model.max_model_len,
-            torch_threads=config.engine.torch_threads,
-            cache_dir=config.model.cache_dir,
-            prefix_reuse=config.engine.prefix_reuse,
-            min_prefix_tokens=config.engine.min_prefix_tokens,
-        )
-    if kind == "vllm":
-        from ray_entigraph.engines.vllm_engine import VLLMEngine
-
-        return VLLMEngine.from_config(config)
-    if kind == "openai":
-        from ray_entigraph.engines.openai_engine import OpenAIEngine
-
-        return OpenAIEngine.from_config(config)
-    if kind == "echo":
-        from ray_entigraph.engines.echo import EchoEngine
-
-        return EchoEngine(config.model.name)
-    raise ValueError(f"engine.kind {kind!r} is not available")  # config validation prevents this
+    return engine_class(config.engine.kind).from_config(config)

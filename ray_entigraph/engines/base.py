@@ -13,10 +13,13 @@ from typing import Protocol, runtime_checkable
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 256
-    repetition_penalty: float = 1.0
+    """Sampling of one request. Every field is required: the defaults live in `config.SamplingConfig` alone
+    (build from it with `engines.sampling_params`), so a request never samples with a second set of them."""
+
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    repetition_penalty: float
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -56,7 +59,9 @@ class Engine(Protocol):
     """An inference backend. `generate` never raises for a bad request: it returns a failed result."""
 
     model_name: str
-    supports_json_schema: bool  # honours GenerationRequest.json_schema (constrained decoding)
+    # Honours GenerationRequest.json_schema (constrained decoding). Equal to the engine class's
+    # `supports_json_schema_for(config)` for the config it was built from (see `engines.constrains_json`).
+    supports_json_schema: bool
 
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]: ...
 

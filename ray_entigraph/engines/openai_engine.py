@@ -1,6 +1,7 @@
 """OpenAI-compatible HTTP engine: a vLLM / SGLang / llama.cpp server's `/v1`, or a hosted API.
 
-The one home of `httpx`. `generate` is synchronous (a Ray Data actor calls it) and runs one asyncio event
+The one home of `httpx` (imported inside the functions that use it, so importing this module stays cheap:
+`engines.constrains_json` imports it on the driver). `generate` is synchronous (a Ray Data actor calls it) and runs one asyncio event
 loop per call: the requests go out concurrently, at most `max_concurrency` in flight, each retried on its
 own on 429, 5xx, timeouts and dropped connections (exponential backoff with full jitter, `Retry-After`
 honoured). A request that cannot succeed comes back as a failed result with its reason; `generate` never
@@ -23,17 +24,23 @@ import asyncio
 import concurrent.futures
 import contextlib
 import email.utils
+import functools
 import json
 import logging
 import os
 import random
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
-import httpx
-
 from ray_entigraph.engines.base import GenerationRequest, GenerationResult
+from ray_entigraph.errors import EngineError
+
+if TYPE_CHECKING:
+    import httpx
+
+    from ray_entigraph.config import EntiGraphConfig, OpenAIConfig
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +57,14 @@ _FIELD_FIXES = {
     "repetition_penalty": "set engine.openai.send_repetition_penalty=false",
 }
 
-# Transport failures worth another try: the request may not have reached the server, or its answer was lost.
-RETRYABLE_ERRORS = (
-    httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError, TimeoutError,
-)
+
+@functools.cache
+def retryable_errors() -> tuple[type[BaseException], ...]:
+    """Transport failures worth another try: the request may not have reached the server, or its answer was
+    lost. (A function, so that importing this module does not import httpx.)"""
+    import httpx
+
+    return (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError, httpx.ProxyError, TimeoutError)
 
 
 # -- pure helpers ---------------------------------------------------------------------------------------
@@ -317,43 +328,14 @@ class OpenAIEngine:
 
     supports_json_schema = True
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        base_url: str = "http://127.0.0.1:8000/v1",
-        api_key_env: str | None = "OPENAI_API_KEY",
-        max_concurrency: int = 16,
-        request_timeout_s: float = 300.0,
-        max_retries: int = 8,
-        backoff_base_s: float = 1.0,
-        backoff_max_s: float = 60.0,
-        prefill: str = "continue",
-        send_repetition_penalty: bool = True,
-        extra_body: dict | None = None,
-        use_batch_api: bool = False,
-        batch_poll_s: float = 30.0,
-        batch_completion_window: str = "24h",
-        tokenizer: str | None = None,
-        cache_dir: str | None = None,
-    ):
-        if prefill not in ("continue", "instruct"):
-            raise ValueError(f"engine.openai.prefill must be 'continue' or 'instruct', not {prefill!r}")
-        self.model_name = model
-        self.base_url = base_url.rstrip("/")
-        self.api_key_env = api_key_env
-        self.max_concurrency = max_concurrency
-        self.request_timeout_s = request_timeout_s
-        self.max_retries = max_retries
-        self.backoff_base_s = backoff_base_s
-        self.backoff_max_s = backoff_max_s
-        self.prefill = prefill
-        self.send_repetition_penalty = send_repetition_penalty
-        self.extra_body = dict(extra_body or {})
-        self.use_batch_api = use_batch_api
-        self.batch_poll_s = batch_poll_s
-        self.batch_completion_window = batch_completion_window
-        self._tokenizer_name = tokenizer
+    def __init__(self, openai: "OpenAIConfig", model_name: str, *, cache_dir: str | None = None):
+        """`openai` is `config.engine.openai`, kept as `self.openai`; `model_name` (`config.model.name`) is the
+        served model unless `openai.served_model` names another, and the tokenizer unless `openai.tokenizer`
+        does; `cache_dir` is where a bundled tokenizer is converted."""
+        self.openai = openai
+        self.model_name = openai.served_model or model_name
+        self.base_url = openai.base_url.rstrip("/")
+        self._tokenizer_name = openai.tokenizer or model_name
         self._cache_dir = cache_dir
         self._tokenizer = None
         self._tokenizer_loaded = False
@@ -366,32 +348,18 @@ class OpenAIEngine:
             httpx_logger.setLevel(logging.WARNING)
 
     @classmethod
-    def from_config(cls, config) -> "OpenAIEngine":
+    def from_config(cls, config: "EntiGraphConfig") -> "OpenAIEngine":
         """The engine of `config.engine.openai`; the served model defaults to `config.model.name`."""
-        o = config.engine.openai
-        return cls(
-            o.served_model or config.model.name,
-            base_url=o.base_url,
-            api_key_env=o.api_key_env,
-            max_concurrency=o.max_concurrency,
-            request_timeout_s=o.request_timeout_s,
-            max_retries=o.max_retries,
-            backoff_base_s=o.backoff_base_s,
-            backoff_max_s=o.backoff_max_s,
-            prefill=o.prefill,
-            send_repetition_penalty=o.send_repetition_penalty,
-            extra_body=o.extra_body,
-            use_batch_api=o.use_batch_api,
-            batch_poll_s=o.batch_poll_s,
-            batch_completion_window=o.batch_completion_window,
-            tokenizer=o.tokenizer or config.model.name,
-            cache_dir=config.model.cache_dir,
-        )
+        return cls(config.engine.openai, config.model.name, cache_dir=config.model.cache_dir)
+
+    @classmethod
+    def supports_json_schema_for(cls, config: "EntiGraphConfig") -> bool:
+        return True  # sent as `response_format`; a server without it answers 400 with the reason
 
     def __repr__(self) -> str:
-        key = f"from ${self.api_key_env}" if self._api_key else "none"
+        key = f"from ${self.openai.api_key_env}" if self._api_key else "none"
         return (f"OpenAIEngine(model={self.model_name!r}, base_url={self.base_url!r}, api_key=<{key}>, "
-                f"max_concurrency={self.max_concurrency}, batch_api={self.use_batch_api})")
+                f"max_concurrency={self.openai.max_concurrency}, batch_api={self.openai.use_batch_api})")
 
     def __getstate__(self):
         # Never ship the key inside a pickle (Ray may pickle objects); the receiver reads its own env.
@@ -402,8 +370,8 @@ class OpenAIEngine:
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        if self.api_key_env:
-            self._api_key = os.environ.get(self.api_key_env) or None
+        if self.openai.api_key_env:
+            self._api_key = os.environ.get(self.openai.api_key_env) or None
 
     # -- protocol ---------------------------------------------------------------------------------------
     def count_tokens(self, text: str) -> int:
@@ -417,23 +385,24 @@ class OpenAIEngine:
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         if not requests:
             return []
-        run = self._generate_batch_api if self.use_batch_api else self._generate_live
+        run = self._generate_batch_api if self.openai.use_batch_api else self._generate_live
         return _run_coroutine(run(list(requests)))
 
     # -- set-up -----------------------------------------------------------------------------------------
     def _read_api_key(self) -> str | None:
-        if not self.api_key_env:
+        if not self.openai.api_key_env:
             return None
-        key = os.environ.get(self.api_key_env)
+        key = os.environ.get(self.openai.api_key_env)
         if key:
             return key
         if is_local_url(self.base_url):
             logger.warning("Environment variable %s is not set: sending no API key to the local server %s.",
-                           self.api_key_env, self.base_url)
+                           self.openai.api_key_env, self.base_url)
             return None
-        raise ValueError(
-            f"engine.openai.api_key_env names the environment variable {self.api_key_env!r}, which is not set, "
-            f"and {self.base_url} is not a local server. Fix: export {self.api_key_env}=<your key> on every "
+        name = self.openai.api_key_env
+        raise EngineError(
+            f"engine.openai.api_key_env names the environment variable {name!r}, which is not set, "
+            f"and {self.base_url} is not a local server. Fix: export {name}=<your key> on every "
             "node (in its environment when Ray starts), or set engine.openai.api_key_env=null for a server "
             "without authentication."
         )
@@ -442,24 +411,25 @@ class OpenAIEngine:
         name = self._tokenizer_name
         if name:
             try:
-                from transformers import AutoTokenizer
+                from ray_entigraph.engines.hf import load_tokenizer
 
-                from ray_entigraph.engines.bundled import resolve_model_path
-
-                return AutoTokenizer.from_pretrained(resolve_model_path(name, self._cache_dir))
+                return load_tokenizer(name, self._cache_dir)
             except Exception as exc:  # noqa: BLE001 - any load failure falls back to the estimate
                 logger.warning("Tokenizer %r did not load (%s); counting about 4 characters per token. Set "
                                "engine.openai.tokenizer to a Hugging Face tokenizer for exact counts.", name, exc)
         return None
 
     def _client(self) -> httpx.AsyncClient:
+        import httpx
+
         headers = {"User-Agent": "ray-entigraph"}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
+        n = self.openai.max_concurrency
         return httpx.AsyncClient(
             headers=headers,
-            timeout=httpx.Timeout(self.request_timeout_s),
-            limits=httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency),
+            timeout=httpx.Timeout(self.openai.request_timeout_s),
+            limits=httpx.Limits(max_connections=n, max_keepalive_connections=n),
         )
 
     def _redact(self, text: str) -> str:
@@ -469,23 +439,27 @@ class OpenAIEngine:
         return text
 
     def _body(self, request: GenerationRequest) -> dict:
-        return build_chat_body(request, model=self.model_name, prefill=self.prefill,
-                               send_repetition_penalty=self.send_repetition_penalty, extra_body=self.extra_body)
+        o = self.openai
+        return build_chat_body(request, model=self.model_name, prefill=o.prefill,
+                               send_repetition_penalty=o.send_repetition_penalty, extra_body=o.extra_body)
 
     # -- HTTP with retries ------------------------------------------------------------------------------
     async def _call(self, client: httpx.AsyncClient, method: str, path: str, *, semaphore=None,
                     headers: dict | None = None, what: str | None = None, **kwargs) -> _Reply:
         """One HTTP call, retried on transient failures. Never raises for an HTTP or transport error."""
+        import httpx
+
+        o = self.openai
         url = self.base_url + path
         what = what or path
         error = "no try made"
-        for attempt in range(self.max_retries + 1):
+        for attempt in range(o.max_retries + 1):
             retry_after = None
             try:
                 async with semaphore or contextlib.nullcontext():
                     response = await asyncio.wait_for(
-                        client.request(method, url, headers=headers, **kwargs), self.request_timeout_s)
-            except RETRYABLE_ERRORS as exc:
+                        client.request(method, url, headers=headers, **kwargs), o.request_timeout_s)
+            except retryable_errors() as exc:
                 error = self._redact(describe_exception(exc))
             except httpx.HTTPError as exc:
                 return _Reply(None, attempt, self._redact(f"{what}: {describe_exception(exc)}"))
@@ -493,23 +467,23 @@ class OpenAIEngine:
                 if response.is_success:
                     return _Reply(response, attempt)
                 error = self._redact(status_error_reason(response.status_code, _payload_of(response),
-                                                         api_key_env=self.api_key_env, what=what))
+                                                         api_key_env=o.api_key_env, what=what))
                 if not is_retryable_status(response.status_code):
                     return _Reply(None, attempt, error)
                 retry_after = parse_retry_after(response.headers)
-            if attempt == self.max_retries:
+            if attempt == o.max_retries:
                 break
-            delay = backoff_delay(attempt, self.backoff_base_s, self.backoff_max_s, self._rng, retry_after)
+            delay = backoff_delay(attempt, o.backoff_base_s, o.backoff_max_s, self._rng, retry_after)
             logger.debug("%s %s failed (%s); retry %d/%d in %.2fs", method, what, error, attempt + 1,
-                         self.max_retries, delay)
+                         o.max_retries, delay)
             await asyncio.sleep(delay)
-        tries = self.max_retries + 1
+        tries = o.max_retries + 1
         tries_text = f"{tries} try" if tries == 1 else f"{tries} tries"
-        return _Reply(None, self.max_retries, f"gave up after {tries_text}; last error: {error}")
+        return _Reply(None, o.max_retries, f"gave up after {tries_text}; last error: {error}")
 
     # -- live requests ----------------------------------------------------------------------------------
     async def _generate_live(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        semaphore = asyncio.Semaphore(self.max_concurrency)
+        semaphore = asyncio.Semaphore(self.openai.max_concurrency)
         async with self._client() as client:
             results = await asyncio.gather(*(self._complete(client, semaphore, r) for r in requests))
         num_retries = sum(r.num_retries for r in results)
@@ -526,7 +500,7 @@ class OpenAIEngine:
             if reply.response is None:
                 result = GenerationResult.failed(request.key, reply.error or "unknown error")
             else:
-                result = parse_chat_response(_payload_of(reply.response), request, prefill=self.prefill)
+                result = parse_chat_response(_payload_of(reply.response), request, prefill=self.openai.prefill)
             result.num_retries = reply.num_retries
         except Exception as exc:  # noqa: BLE001 - one bad request never fails its neighbours
             reason = self._redact(describe_exception(exc))
@@ -554,7 +528,8 @@ class OpenAIEngine:
                 result = GenerationResult.failed(key, reason)
             else:
                 try:
-                    result = parse_batch_line(line, request, prefill=self.prefill, api_key_env=self.api_key_env)
+                    result = parse_batch_line(line, request, prefill=self.openai.prefill,
+                                              api_key_env=self.openai.api_key_env)
                 except Exception as exc:  # noqa: BLE001 - a malformed line fails its request only
                     result = GenerationResult.failed(key, f"malformed batch output line: {describe_exception(exc)}")
             if result.error:
@@ -572,17 +547,18 @@ class OpenAIEngine:
             return {}, f"batch API: uploading the requests failed: {up.error}"
         file_id = up.response.json()["id"]
         created = await self._call(client, "POST", "/batches", what="batch create /batches", json={
-            "input_file_id": file_id, "endpoint": BATCH_ENDPOINT, "completion_window": self.batch_completion_window,
+            "input_file_id": file_id, "endpoint": BATCH_ENDPOINT,
+            "completion_window": self.openai.batch_completion_window,
         })
         if created.response is None:
             return {}, f"batch API: creating the batch failed: {created.error}"
         batch = created.response.json()
         batch_id = batch["id"]
         logger.info("batch %s: submitted %d requests (input file %s, window %s)", batch_id, len(requests),
-                    file_id, self.batch_completion_window)
+                    file_id, self.openai.batch_completion_window)
         started, last_progress = time.monotonic(), None
         while batch.get("status") not in BATCH_TERMINAL:
-            await asyncio.sleep(self.batch_poll_s)
+            await asyncio.sleep(self.openai.batch_poll_s)
             polled = await self._call(client, "GET", f"/batches/{batch_id}", what=f"batch poll /batches/{batch_id}")
             if polled.response is None:
                 return {}, (f"batch API: polling batch {batch_id} failed: {polled.error}; the batch may still run "

@@ -1,6 +1,6 @@
 """Hugging Face transformers engine: the laptop default, any device, bf16 or fp32.
 
-The one home of `transformers.AutoModelForCausalLM` for inference. Requests are grouped by sampling
+Inference on a Hugging Face causal LM loaded through `engines.hf`. Requests are grouped by sampling
 parameters and by document (`prefix_key`) and run in padded batches of `max_batch_size`; a batch that fails
 is retried row by row so one bad request cannot fail its neighbours.
 
@@ -15,73 +15,59 @@ masked out, so positions stay exact. A request reports the prefix tokens it did 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from ray_entigraph.engines.base import GenerationRequest, GenerationResult, SamplingParams
 from ray_entigraph.engines.bundled import resolve_model_path
+from ray_entigraph.engines.hf import cache_argument, load_causal_lm, load_tokenizer, pick_device, quiet_progress_bars
+
+if TYPE_CHECKING:
+    from ray_entigraph.config import EngineConfig, EntiGraphConfig, ModelConfig
 
 logger = logging.getLogger(__name__)
 
-_DTYPES = {"bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
-
-
-def pick_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
 
 class TransformersEngine:
-    def __init__(
-        self,
-        model_name: str,
-        *,
-        dtype: str = "bfloat16",
-        device: str = "auto",
-        max_batch_size: int = 8,
-        max_model_len: int = 2048,
-        torch_threads: int | None = None,
-        cache_dir: str | None = None,
-        prefix_reuse: bool = True,
-        min_prefix_tokens: int = 64,
-    ):
+    """Built from `config.model` (name, dtype, max_model_len, cache_dir) and `config.engine` (device, batch
+    size, threads, prefix reuse); it reads its settings from those sections, which hold their defaults."""
+
+    def __init__(self, model: "ModelConfig", engine: "EngineConfig"):
         import torch
-        import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        transformers.utils.logging.disable_progress_bar()  # weight-loading bars flood actor logs
-
-        if torch_threads:
-            torch.set_num_threads(torch_threads)
-        self.model_name = model_name
-        self.device = pick_device(device)
-        self.max_batch_size = max_batch_size
-        self.max_model_len = max_model_len
-        self.prefix_reuse, self.min_prefix_tokens = prefix_reuse, min_prefix_tokens
-        path = resolve_model_path(model_name, cache_dir)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        torch_dtype = getattr(torch, _DTYPES[dtype]) if dtype in _DTYPES else "auto"
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(self.device).eval()
+        quiet_progress_bars()
+        if engine.torch_threads:
+            torch.set_num_threads(engine.torch_threads)
+        self.model_config, self.engine_config = model, engine
+        self.model_name = model.name
+        self.device = pick_device(engine.device)
+        path = resolve_model_path(model.name, model.cache_dir)
+        self.tokenizer = _for_batches(load_tokenizer(path))
+        self.model = load_causal_lm(path, dtype=model.dtype, device=self.device)
         self._torch = torch
 
     @classmethod
-    def from_loaded(cls, model, tokenizer, *, device: str, max_batch_size: int, max_model_len: int,
-                    prefix_reuse: bool = True, min_prefix_tokens: int = 64) -> "TransformersEngine":
-        """An engine around a model already in memory (evaluation scores and generates with one copy)."""
+    def from_config(cls, config: "EntiGraphConfig") -> "TransformersEngine":
+        return cls(config.model, config.engine)
+
+    @classmethod
+    def supports_json_schema_for(cls, config: "EntiGraphConfig") -> bool:
+        return False  # transformers has no grammar-constrained decoding here
+
+    @classmethod
+    def from_loaded(cls, model, tokenizer, *, device: str, max_batch_size: int,
+                    max_model_len: int) -> "TransformersEngine":
+        """An engine around a model already in memory (evaluation scores and generates with one copy); the
+        settings not given are the config's defaults."""
         import torch
+
+        from ray_entigraph.config import EngineConfig, ModelConfig
 
         self = cls.__new__(cls)
         self.model_name = getattr(model, "name_or_path", "loaded")
-        self.device, self.max_batch_size, self.max_model_len = device, max_batch_size, max_model_len
-        self.prefix_reuse, self.min_prefix_tokens = prefix_reuse, min_prefix_tokens
-        self.tokenizer = tokenizer
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model_config = ModelConfig(name=self.model_name, max_model_len=max_model_len)
+        self.engine_config = EngineConfig(device=device, max_batch_size=max_batch_size)
+        self.device = device
+        self.tokenizer = _for_batches(tokenizer)
         self.model = model
         self._torch = torch
         return self
@@ -111,20 +97,22 @@ class TransformersEngine:
         encoded = [self.tokenizer(self._render(r), add_special_tokens=False)["input_ids"] for r in group]
         out: list[GenerationResult] = []
         runnable = []
+        max_model_len = self.model_config.max_model_len
         for req, ids in zip(group, encoded):
-            if len(ids) + req.sampling.max_new_tokens > self.max_model_len:
+            if len(ids) + req.sampling.max_new_tokens > max_model_len:
                 out.append(GenerationResult.failed(
                     req.key,
                     f"prompt too long: {len(ids)} prompt + {req.sampling.max_new_tokens} new tokens > "
-                    f"model.max_model_len {self.max_model_len}",
+                    f"model.max_model_len {max_model_len}",
                     num_prompt_tokens=len(ids),
                 ))
             else:
                 runnable.append((req, ids))
         prefix_len = 0
-        if self.prefix_reuse and len(runnable) > 1 and group[0].prefix_key is not None:
+        ec = self.engine_config
+        if ec.prefix_reuse and len(runnable) > 1 and group[0].prefix_key is not None:
             prefix_len = shared_prefix_length([ids for _, ids in runnable])
-            if prefix_len < self.min_prefix_tokens:
+            if prefix_len < ec.min_prefix_tokens:
                 prefix_len = 0
         prefix_cache = None
         if prefix_len:
@@ -133,8 +121,8 @@ class TransformersEngine:
             except Exception as exc:  # noqa: BLE001 - fall back to plain generation, never fail the group
                 logger.warning("prefix prefill failed (%s); generating without prefix reuse", exc)
                 prefix_len = 0
-        for start in range(0, len(runnable), self.max_batch_size):
-            batch = runnable[start : start + self.max_batch_size]
+        for start in range(0, len(runnable), ec.max_batch_size):
+            batch = runnable[start : start + ec.max_batch_size]
             results = self._generate_batch_isolated(batch, prefix_cache, prefix_len)
             if prefix_len:
                 for j, res in enumerate(results):
@@ -161,8 +149,6 @@ class TransformersEngine:
     def _generate_batch(self, batch: list[tuple[GenerationRequest, list[int]]], prefix_cache,
                         prefix_len: int) -> list[GenerationResult]:
         import copy
-
-        from ray_entigraph.eval.scoring import cache_argument
 
         torch = self._torch
         sampling = batch[0][0].sampling
@@ -210,6 +196,14 @@ class TransformersEngine:
                 finish_reason="stop" if stopped else "length",
             ))
         return out
+
+
+def _for_batches(tokenizer):
+    """Left padding, and a pad token (the EOS when the model has none): batches end where generation starts."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _sampling_sort_key(s: SamplingParams) -> tuple:

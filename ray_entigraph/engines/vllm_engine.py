@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from ray_entigraph.engines.base import GenerationRequest, GenerationResult
 from ray_entigraph.engines.bundled import resolve_model_path
+from ray_entigraph.errors import EngineError
 
 if TYPE_CHECKING:
-    from ray_entigraph.config import EntiGraphConfig
+    from ray_entigraph.config import EntiGraphConfig, ModelConfig, VLLMConfig
 
 logger = logging.getLogger(__name__)
 
@@ -31,20 +32,21 @@ def vllm_missing_message() -> str:
             "install` does this); or set engine.kind=transformers.")
 
 
-def engine_kwargs(config: "EntiGraphConfig", model_path: str) -> dict[str, Any]:
-    """Keyword arguments for `vllm.LLM` from the config (pure: unit-tested without vLLM)."""
-    vc = config.engine.vllm
+def engine_kwargs(model: "ModelConfig", vllm_config: "VLLMConfig", seed: int, model_path: str) -> dict[str, Any]:
+    """Keyword arguments for `vllm.LLM` from the config sections and the run seed (pure: unit-tested without
+    vLLM)."""
+    vc = vllm_config
     kwargs: dict[str, Any] = {
         "model": model_path,
         "tokenizer": model_path,
-        "served_model_name": config.model.name,
-        "dtype": config.model.dtype,
-        "max_model_len": config.model.max_model_len,
+        "served_model_name": model.name,
+        "dtype": model.dtype,
+        "max_model_len": model.max_model_len,
         "tensor_parallel_size": vc.tensor_parallel_size,
         "gpu_memory_utilization": vc.gpu_memory_utilization,
         "enable_prefix_caching": vc.enable_prefix_caching,
         "enforce_eager": vc.enforce_eager,
-        "seed": config.seed,
+        "seed": seed,
         "disable_log_stats": True,
     }
     if vc.max_num_seqs is not None:
@@ -58,32 +60,36 @@ def engine_kwargs(config: "EntiGraphConfig", model_path: str) -> dict[str, Any]:
 
 
 class VLLMEngine:
-    def __init__(self, llm: Any, model_name: str, max_model_len: int, structured: bool):
-        self.llm = llm
-        self.model_name = model_name
-        self.max_model_len = max_model_len
-        self.supports_json_schema = structured
-        self.tokenizer = llm.get_tokenizer()
+    """Built from `config.model`, `config.engine.vllm` and the run seed (vLLM's own seed); starts `vllm.LLM`."""
 
-    @classmethod
-    def from_config(cls, config: "EntiGraphConfig") -> "VLLMEngine":
+    def __init__(self, model: "ModelConfig", vllm_config: "VLLMConfig", *, seed: int):
         import importlib.util
 
         if importlib.util.find_spec("vllm") is None:
-            raise RuntimeError(vllm_missing_message())
-        vc = config.engine.vllm
-        if vc.cpu_kv_cache_gib is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(vc.cpu_kv_cache_gib)
+            raise EngineError(vllm_missing_message())
+        if vllm_config.cpu_kv_cache_gib is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(vllm_config.cpu_kv_cache_gib)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines would flood every actor's log
         import vllm
 
-        path = resolve_model_path(config.model.name, config.model.cache_dir)
-        kwargs = engine_kwargs(config, path)
-        logger.info("starting vLLM %s on %s (tensor_parallel_size=%d)", vllm.__version__, config.model.name,
-                    vc.tensor_parallel_size)
-        llm = vllm.LLM(**kwargs)
-        return cls(llm, config.model.name, config.model.max_model_len, vc.structured_extraction)
+        path = resolve_model_path(model.name, model.cache_dir)
+        kwargs = engine_kwargs(model, vllm_config, seed, path)
+        logger.info("starting vLLM %s on %s (tensor_parallel_size=%d)", vllm.__version__, model.name,
+                    vllm_config.tensor_parallel_size)
+        self.llm = vllm.LLM(**kwargs)
+        self.model_config, self.vllm_config = model, vllm_config
+        self.model_name = model.name
+        self.supports_json_schema = vllm_config.structured_extraction
+        self.tokenizer = self.llm.get_tokenizer()
+
+    @classmethod
+    def from_config(cls, config: "EntiGraphConfig") -> "VLLMEngine":
+        return cls(config.model, config.engine.vllm, seed=config.seed)
+
+    @classmethod
+    def supports_json_schema_for(cls, config: "EntiGraphConfig") -> bool:
+        return config.engine.vllm.structured_extraction
 
     def close(self) -> None:
         """Stop vLLM's engine process and free its memory now (not at interpreter exit), so another engine
@@ -103,17 +109,18 @@ class VLLMEngine:
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         out: list[GenerationResult | None] = [None] * len(requests)
         runnable, prompts, params = [], [], []
+        max_model_len = self.model_config.max_model_len
         for i, req in enumerate(requests):
             try:
                 ids = self._prompt_ids(req)
             except Exception as exc:  # noqa: BLE001 - a bad request (template error) fails alone
                 out[i] = GenerationResult.failed(req.key, f"prompt rendering failed: {type(exc).__name__}: {exc}")
                 continue
-            if len(ids) + req.sampling.max_new_tokens > self.max_model_len:
+            if len(ids) + req.sampling.max_new_tokens > max_model_len:
                 out[i] = GenerationResult.failed(
                     req.key,
                     f"prompt too long: {len(ids)} prompt + {req.sampling.max_new_tokens} new tokens > "
-                    f"model.max_model_len {self.max_model_len}",
+                    f"model.max_model_len {max_model_len}",
                     num_prompt_tokens=len(ids),
                 )
                 continue

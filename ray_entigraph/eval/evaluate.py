@@ -16,7 +16,8 @@ def pick(scores: list[float]) -> int:
 
 def evaluate_model(config_json: str, label: str, path: str, questions: list[Question], knowledge_texts: list[str],
                    forgetting_texts: list[str], open_book: bool) -> dict:
-    from ray_entigraph.eval.scoring import load_model, perplexity, score_options
+    from ray_entigraph.engines.hf import load_model
+    from ray_entigraph.eval.scoring import perplexity, score_options
 
     config = EntiGraphConfig.model_validate_json(config_json)
     ec = config.eval

@@ -7,13 +7,23 @@ import json
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig, InputConfig
+from ray_entigraph.errors import ConfigError, StageFailed, root_cause
+from ray_entigraph.inputs import list_input_files, records_from_file
+from ray_entigraph.layout import base_model_name, train_url
+from ray_entigraph.prompts import load_prompt_set
+from ray_entigraph.runtime import init_ray
+
+if TYPE_CHECKING:
+    from ray_entigraph.context import RunContext
 
 logger = logging.getLogger(__name__)
 
 BASE_LABEL = "base"
+QA_PROMPTS = "eval-cot-v1"  # the generative protocol's few-shot chain-of-thought prompt set
 
 
 @dataclass
@@ -44,8 +54,6 @@ def _f(x) -> str:
 
 def models_to_evaluate(config: EntiGraphConfig) -> list[tuple[str, str]]:
     """(label, model path) in report order: base, the trained model when it exists, then eval.models."""
-    from ray_entigraph.train.data import base_model_name, train_url
-
     models = []
     if config.eval.include_base:
         models.append((BASE_LABEL, base_model_name(config)))
@@ -57,33 +65,32 @@ def models_to_evaluate(config: EntiGraphConfig) -> list[tuple[str, str]]:
         models.append((label or path.rstrip("/").rsplit("/", 1)[-1], path))
     labels = [m[0] for m in models]
     if len(set(labels)) != len(labels):
-        raise ValueError(f"Two evaluated models share a label ({labels}). Fix: name them in eval.models as label=path.")
+        raise ConfigError(f"Two evaluated models share a label ({labels}). Fix: name them in eval.models as label=path.")
     if not models:
-        raise ValueError("Nothing to evaluate: eval.include_base and eval.include_trained are off and eval.models is "
+        raise ConfigError("Nothing to evaluate: eval.include_base and eval.include_trained are off and eval.models is "
                          "empty, or training has not exported a model yet. Fix: run `ray-entigraph train` first or list "
                          "models in eval.models.")
     return models
 
 
-def _texts(path: str, limit: int, text_field: str = "text") -> list[str]:
-    from ray_entigraph.stages.ingest import list_input_files, records_from_file
-
+def _texts(cfg: InputConfig, limit: int, files: list[tuple[str, str]] | None = None) -> list[str]:
+    """Up to `limit` texts of an input (`files`: its listing, when the run has it already)."""
     texts: list[str] = []
-    cfg = InputConfig(path=path, text_field=text_field)
-    for url, fmt in list_input_files(cfg):
+    for url, fmt in files if files is not None else list_input_files(cfg):
         texts += [r["text"] for r in records_from_file(url, fmt, cfg) if not r.get("error") and r.get("text")]
         if len(texts) >= limit:
             break
     return texts[:limit]
 
 
-def run_eval(config: EntiGraphConfig, models: list[tuple[str, str]] | None = None, out_url: str | None = None) -> EvalSummary:
+def run_eval(config: EntiGraphConfig, models: list[tuple[str, str]] | None = None, out_url: str | None = None,
+             ctx: RunContext | None = None) -> EvalSummary:
+    """Evaluate every model on the run's questions and texts; `ctx`: the run's context when already resolved."""
     import ray
 
     from ray_entigraph.eval.evaluate import evaluate_model
     from ray_entigraph.eval.quality import load_questions, resolve_questions_url
     from ray_entigraph.eval.report import accuracy_plot, markdown, perplexity_plot, summarize
-    from ray_entigraph.pipeline import init_ray
 
     started = time.time()
     ec = config.eval
@@ -92,13 +99,12 @@ def run_eval(config: EntiGraphConfig, models: list[tuple[str, str]] | None = Non
     # everything a worker needs is read and checked here, before any model loads
     questions_url = resolve_questions_url(ec.questions, config.input.path)
     questions = load_questions(questions_url, ec.max_questions) if questions_url else []
-    knowledge = _texts(config.input.path, ec.perplexity_texts, config.input.text_field) if ec.perplexity_texts else []
-    forgetting = _texts(ec.forgetting_text, ec.perplexity_texts) if ec.perplexity_texts else []
+    input_files = ctx.input_files if ctx is not None else None
+    knowledge = _texts(config.input, ec.perplexity_texts, input_files) if ec.perplexity_texts else []
+    forgetting = _texts(InputConfig(path=ec.forgetting_text), ec.perplexity_texts) if ec.perplexity_texts else []
     storage.check_writable(out_url)
     if ec.protocol == "generative":
-        from ray_entigraph.prompts import load_prompt_set
-
-        load_prompt_set("eval-cot-v1")  # a broken prompt file fails here, not in a worker
+        load_prompt_set(QA_PROMPTS)  # a broken prompt file fails here, not in a worker
     print(f"[eval] {len(models)} model(s), {len(questions)} questions ({ec.protocol}), {len(knowledge)} documents and "
           f"{len(forgetting)} held-out texts for perplexity", flush=True)
 
@@ -117,9 +123,7 @@ def run_eval(config: EntiGraphConfig, models: list[tuple[str, str]] | None = Non
         try:
             results[label] = ray.get(done[0])
         except Exception as exc:  # noqa: BLE001 - one model failing names the model and the cause
-            from ray_entigraph.pipeline import _root_cause
-
-            raise RuntimeError(f"Evaluating model {label!r} failed: {_root_cause(exc)}") from None
+            raise StageFailed(f"Evaluating model {label!r} failed: {root_cause(exc)}") from exc
         r = results[label]
         acc = "-" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f}%"
         print(f"[eval] {label}: closed-book {acc} in {r['wall_s']}s ({len(results)}/{len(models)} models, "

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 from ray_entigraph import storage
+from ray_entigraph.errors import QuestionsError
 
 _TAG = re.compile(r"<[^>]+>")
 _HIDDEN = re.compile(r"<(head|script|style)\b.*?</\1>", re.IGNORECASE | re.DOTALL)
@@ -54,10 +55,6 @@ def strip_html(text: str) -> str:
     return _BLANKS.sub("\n\n", "\n".join(lines)).strip()
 
 
-class QuestionsError(ValueError):
-    """A questions file that cannot be used; the message names the line and the fix."""
-
-
 def parse_records(lines: list[str], source: str = "<questions>") -> list[Question]:
     """Questions from QuALITY-layout JSON Lines; a malformed record is an error naming its line."""
     out: list[Question] = []
@@ -91,7 +88,7 @@ def parse_records(lines: list[str], source: str = "<questions>") -> list[Questio
 
 def load_questions(url: str, max_questions: int | None = None) -> list[Question]:
     """Read a QuALITY-layout .jsonl (local or any fsspec URL; `builtin:demo` is the demo corpus)."""
-    from ray_entigraph.stages.ingest import resolve_input_path
+    from ray_entigraph.inputs import resolve_input_path
 
     path = resolve_input_path(url)
     if not storage.exists(path):
@@ -116,7 +113,7 @@ def resolve_questions_url(eval_questions: str, input_path: str) -> str | None:
         return None
     if eval_questions != "auto":
         return eval_questions
-    from ray_entigraph.stages.ingest import resolve_input_path
+    from ray_entigraph.inputs import resolve_input_path
 
     path = resolve_input_path(input_path)
     if not path.endswith((".jsonl", ".json")) or not storage.exists(path):

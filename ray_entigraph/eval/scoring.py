@@ -1,8 +1,10 @@
 """Scoring a causal LM: multiple-choice options by log-likelihood, and perplexity. The one home of torch in
-evaluation; batched, any device. The prompt texts are built by pure functions that tests can read."""
+evaluation; batched, any device. The prompt texts are built by pure functions that tests can read. Models
+are loaded by `engines.hf.load_model`."""
 
 from __future__ import annotations
 
+from ray_entigraph.engines.hf import cache_argument
 from ray_entigraph.eval.quality import Question
 
 
@@ -110,13 +112,6 @@ def _options_on_prefix(model, cache, first_logprobs, opts: list[list[int]], ctx_
     return result
 
 
-def cache_argument(model) -> str:
-    """transformers renamed `past_key_values` to `cache` (5.2x); use whichever this version's model takes."""
-    import inspect
-
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 def perplexity(model, tokenizer, texts: list[str], *, window: int, batch_size: int, device: str) -> dict:
     """Token-level perplexity over texts cut into non-overlapping windows of `window` tokens."""
     import math
@@ -136,34 +131,3 @@ def perplexity(model, tokenizer, texts: list[str], *, window: int, batch_size: i
     nll = -sum(t for t, _ in results)
     tokens = sum(c for _, c in results)
     return {"perplexity": math.exp(nll / tokens), "mean_nll": nll / tokens, "tokens": tokens, "texts": len(texts)}
-
-
-def load_model(path: str, *, dtype: str, device: str, cache_dir: str | None = None, torch_threads: int | None = None):
-    """(model, tokenizer, device) for a Hugging Face id, a local folder, `bundled:...`, or an exported model
-    on object storage (downloaded to a temporary folder first)."""
-    import os
-    import tempfile
-
-    import torch
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from ray_entigraph import storage
-    from ray_entigraph.engines.bundled import resolve_model_path
-    from ray_entigraph.engines.transformers_engine import pick_device
-
-    transformers.utils.logging.disable_progress_bar()
-    device = pick_device(device)
-    if device == "cpu":
-        torch.set_num_threads(torch_threads or os.cpu_count() or 1)
-    local = resolve_model_path(path, cache_dir)
-    if "://" in local and not local.startswith("file://"):
-        tmp = tempfile.mkdtemp(prefix="ray-entigraph-eval-")
-        storage.get_dir(local, tmp)
-        local = tmp
-    local = local.removeprefix("file://")
-    if dtype == "auto":
-        dtype = "float32" if device == "cpu" else "bfloat16"
-    tokenizer = AutoTokenizer.from_pretrained(local)
-    model = AutoModelForCausalLM.from_pretrained(local, dtype=getattr(torch, dtype)).to(device).eval()
-    return model, tokenizer, device

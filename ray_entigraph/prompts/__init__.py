@@ -8,11 +8,12 @@ this module (`entigraph-v1`, `rephrase-v1`); `synthesis.prompts` may instead poi
 from __future__ import annotations
 
 import re
-from functools import lru_cache
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ray_entigraph.errors import PromptError
 
 _HERE = Path(__file__).parent
 _PLACEHOLDER = re.compile(r"\{\{\s*([a-z_0-9]+)\s*\}\}")
@@ -48,21 +49,21 @@ def builtin_prompt_sets() -> list[str]:
     return sorted(p.stem for p in _HERE.glob("*.yaml"))
 
 
-@lru_cache(maxsize=32)
 def load_prompt_set(name_or_path: str) -> PromptSet:
-    """Load a built-in prompt set by name, or a YAML file by path."""
+    """Load a built-in prompt set by name, or a YAML file by path. Not cached: a run loads each set once
+    (`context.RunContext`) and hands it to the stages that use it."""
     path = _HERE / f"{name_or_path}.yaml"
     if not path.exists():
         path = Path(name_or_path)
     if not path.exists():
-        raise ValueError(
+        raise PromptError(
             f"Prompt set {name_or_path!r} is neither a built-in ({', '.join(builtin_prompt_sets())}) nor an "
             "existing file. Fix: set synthesis.prompts to one of those names or to a YAML file path."
         )
     try:
         return PromptSet.model_validate(yaml.safe_load(path.read_text()))
     except (ValidationError, yaml.YAMLError) as exc:
-        raise ValueError(f"Prompt file {str(path)!r} is invalid: {exc}") from None
+        raise PromptError(f"Prompt file {str(path)!r} is invalid: {exc}") from None
 
 
 def render(template: str, values: dict[str, str]) -> str:

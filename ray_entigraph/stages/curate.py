@@ -14,36 +14,29 @@ curate settings and the synthetic shards it reads, so other settings or a grown 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
 import time
+from dataclasses import dataclass
 
 import pyarrow as pa
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import CurateConfig, EntiGraphConfig
+from ray_entigraph.layout import shard_basename
+from ray_entigraph.ledger import StageTotals
+from ray_entigraph.prompts import PromptSet, render
+from ray_entigraph.stages.base import Stage, StagePlan, commit_unit, error_row, items
+from ray_entigraph.stages.judge import judge_scores
+from ray_entigraph.stages.synthesize import prompt_values, template_for
+
+DROP_CATEGORIES = ("grounding", "judge", "duplicate", "short", "document")
+# Dedup's LSH bands weigh a missed pair (a duplicate kept) above an extra candidate (one comparison more).
+LSH_FALSE_POSITIVE_WEIGHT, LSH_FALSE_NEGATIVE_WEIGHT = 0.2, 0.8
 
 # -- pure pieces ---------------------------------------------------------------------------------------
 
 
-def curation_id(config: EntiGraphConfig, shard_names: list[str]) -> str:
-    blob = json.dumps({"curate": config.curate.identity(), "shards": sorted(shard_names)}, sort_keys=True)
-    return hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()
-
-
-def curated_stage(config: EntiGraphConfig) -> str:
-    """The stage folder (`curated/<id>`) of the curated dataset for the current config and synthetic corpus."""
-    shards = [e["shard"] for e in storage.StageStore(config.output_dir, schema.SYNTHESIZE).manifest_entries()
-              if e.get("rows", 0) > 0]
-    return f"{schema.CURATE}/{curation_id(config, shards)}"
-
-
 def forced_prefix(prompts, row: dict) -> str:
     """The part of a row's text that the prompt wrote (the response prefix), not the model: not scored."""
-    from ray_entigraph.prompts import render
-    from ray_entigraph.stages.synthesize import prompt_values, template_for
-
     if row["kind"] == schema.KIND_SUMMARY:
         return ""
     try:
@@ -81,48 +74,57 @@ def curate_row(row: dict, index, cfg: CurateConfig, prefix: str,
 # -- Ray Data tasks ------------------------------------------------------------------------------------
 
 
-def _load_shard(url: str, doc_index: dict[str, str], config: EntiGraphConfig):
+@dataclass(frozen=True)
+class CurateJob:
+    """What a curate task needs, built once on the driver and shipped with each task."""
+
+    config: EntiGraphConfig
+    prompts: PromptSet
+    doc_index: dict[str, str]
+    judge_stage: str | None  # judged/<id> when curate.judge
+    stage: str  # curated/<id>
+
+
+def _load_shard(url: str, job: CurateJob):
     """The shard's rows and a grounding index per document they come from."""
-    from ray_entigraph.prompts import load_prompt_set
-    from ray_entigraph.text.grounding import DocumentIndex
+    from ray_entigraph.text.grounding import DocumentIndex  # lazy: only curate tasks score text
 
     rows = storage.read_parquet(url).to_pylist()
     wanted = {r["doc_id"] for r in rows}
     indexes = {}
-    for doc_url in sorted({doc_index[d] for d in wanted if d in doc_index}):
+    for doc_url in sorted({job.doc_index[d] for d in wanted if d in job.doc_index}):
         for doc in storage.read_parquet(doc_url, ["doc_id", "title", "text"]).to_pylist():
             if doc["doc_id"] in wanted:
                 # the title counts as the document's: relation texts name it by design
                 indexes[doc["doc_id"]] = DocumentIndex.from_text(doc["text"], title=doc["title"] or "")
-    return rows, indexes, load_prompt_set(config.synthesis.prompts)
+    return rows, indexes
 
 
-def _curated_rows(url: str, doc_index: dict[str, str], config: EntiGraphConfig):
+def _curated_rows(url: str, job: CurateJob):
     """Yield (row, curated row or None, drop category, drop reason) for every row of a synthetic shard."""
-    from ray_entigraph.stages.judge import judge_scores, shard_name
-
-    rows, indexes, prompts = _load_shard(url, doc_index, config)
-    scores = judge_scores(config, shard_name(url)) if config.curate.judge else {}
+    rows, indexes = _load_shard(url, job)
+    scores = {}
+    if job.judge_stage:
+        scores = judge_scores(storage.StageStore(job.config.output_dir, job.judge_stage), shard_basename(url))
     for row in rows:
         index = indexes.get(row["doc_id"])
         if index is None:
             yield row, None, "document", "source document not found among the current input's documents"
             continue
-        yield row, *curate_row(row, index, config.curate, forced_prefix(prompts, row), scores.get(row["task_id"]))
+        yield row, *curate_row(row, index, job.config.curate, forced_prefix(job.prompts, row),
+                               scores.get(row["task_id"]))
 
 
-def signatures_batch(batch: dict, *, config_json: str, doc_index: dict[str, str]) -> dict:
+def signatures_batch(batch: dict, *, job: CurateJob) -> dict:
     """Pass 1 (dedup): one row per (LSH band key, kept synthetic row), with the row's MinHash signature."""
-    from ray_entigraph.text.dedup import band_keys, lsh_params, signature
+    from ray_entigraph.text.dedup import band_keys, lsh_params, signature  # lazy: only dedup needs it
 
-    config = EntiGraphConfig.model_validate_json(config_json)
-    cfg = config.curate
-    # weighted toward recall: a missed pair keeps a duplicate, an extra candidate costs one comparison
-    bands, rows_per_band = lsh_params(cfg.dedup_threshold, cfg.num_perm, false_positive_weight=0.2,
-                                      false_negative_weight=0.8)
+    cfg = job.config.curate
+    bands, rows_per_band = lsh_params(cfg.dedup_threshold, cfg.num_perm, false_positive_weight=LSH_FALSE_POSITIVE_WEIGHT,
+                                      false_negative_weight=LSH_FALSE_NEGATIVE_WEIGHT)
     out: dict[str, list] = {"band": [], "task_id": [], "signature": []}
     for url in batch["url"]:
-        for _, row, _, _ in _curated_rows(str(url), doc_index, config):
+        for _, row, _, _ in _curated_rows(str(url), job):
             if row is None:
                 continue
             sig = signature(row["text"], num_perm=cfg.num_perm, ngram=cfg.ngram)
@@ -137,47 +139,81 @@ def candidate_pairs(group: pa.Table) -> pa.Table:
     """Pass 1, per LSH bucket: every pair of rows sharing the band key, with their estimated Jaccard."""
     import numpy as np
 
-    from ray_entigraph.text.dedup import SIGNATURE_DTYPE, bucket_pairs
+    from ray_entigraph.text.dedup import SIGNATURE_DTYPE, bucket_pairs  # lazy: only dedup needs it
 
     ids = group.column("task_id").to_pylist()
     sigs = [np.frombuffer(b, dtype=SIGNATURE_DTYPE) for b in group.column("signature").to_pylist()]
     pairs = [(min(x, y), max(x, y), s) for x, y, s in bucket_pairs(ids, sigs) if x != y]
     a, b, sim = ([p[i] for p in pairs] for i in range(3))
-    return pa.table({"a": pa.array(a, pa.string()), "b": pa.array(b, pa.string()), "similarity": pa.array(sim, pa.float64())})
+    return pa.table({"a": pa.array(a, pa.string()), "b": pa.array(b, pa.string()),
+                     "similarity": pa.array(sim, pa.float64())})
 
 
-def commit_batch(batch: dict, *, config_json: str, doc_index: dict[str, str], duplicates: dict[str, str],
-                 stage: str) -> pa.Table:
+def commit_batch(batch: dict, *, job: CurateJob, duplicates: dict[str, str]) -> pa.Table:
     """Pass 2: curate one synthetic shard, drop the duplicates, commit the curated shard and its drop log."""
-    from ray_entigraph.stages.common import manifest_row_table, ray_node_id
-
-    config = EntiGraphConfig.model_validate_json(config_json)
-    store = storage.StageStore(config.output_dir, stage)
-    entries = []
+    store = storage.StageStore(job.config.output_dir, job.stage)
+    tables = []
     for url in batch["url"]:
         started = time.time()
         kept, dropped = [], []
-        reasons = {"grounding": 0, "judge": 0, "duplicate": 0, "short": 0, "document": 0}
-        for row, out, category, reason in _curated_rows(str(url), doc_index, config):
+        reasons = dict.fromkeys(DROP_CATEGORIES, 0)
+        for row, out, category, reason in _curated_rows(str(url), job):
             if out is not None and row["task_id"] in duplicates:
                 category, reason, out = "duplicate", f"near-duplicate of {duplicates[row['task_id']]}", None
             if out is None:
-                dropped.append({"stage": schema.CURATE, "request_key": row["task_id"], "doc_id": row["doc_id"],
-                                "error": reason})
+                dropped.append(error_row(schema.CURATE, row["task_id"], row["doc_id"], reason))
                 reasons[category] += 1
             else:
                 kept.append(out)
-        name = storage.posixpath.basename(str(url)).removesuffix(".parquet")
-        entry = store.commit(
-            schema.rows_to_table(kept, schema.CURATED),
-            schema.rows_to_table(dropped, schema.ERRORS) if dropped else None,
-            keys=[name, stage],
-            stats={"source_shard": name, "num_ok": len(kept), "num_failed": 0, "num_dropped": len(dropped),
-                   **{f"num_dropped_{k}": v for k, v in reasons.items()},
-                   "num_sentences_dropped": sum(r["num_sentences_dropped"] for r in kept),
-                   "mean_grounding": (sum(r["grounding"] for r in kept) / len(kept)) if kept else None,
-                   "wall_s": round(time.time() - started, 3), "host": os.uname().nodename,
-                   "node_id": ray_node_id()},
-        )
-        entries.append(entry)
-    return manifest_row_table(entries)
+        name = shard_basename(str(url))
+        stats = {"source_shard": name, "num_dropped": len(dropped),
+                 **{f"num_dropped_{k}": v for k, v in reasons.items()},
+                 "num_sentences_dropped": sum(r["num_sentences_dropped"] for r in kept),
+                 "mean_grounding": (sum(r["grounding"] for r in kept) / len(kept)) if kept else None}
+        # drops are not failures: they go to the errors table, but num_failed stays 0
+        table = commit_unit(store, kept, [], row_schema=schema.CURATED, key_column=None, started=started,
+                            stats=stats, name_keys=[name, job.stage], drops=dropped)
+        tables.append(table)
+    return pa.concat_tables(tables)
+
+
+class Curate(Stage):
+    """Driver half: every committed synthetic shard not curated yet under the current curation id; with
+    dedup, first the corpus-wide near-duplicate pairs (only pairs reach the driver)."""
+
+    name = schema.CURATE
+    checks_errors = False  # curate drops rows on purpose; drops are not errors
+
+    def enabled(self, ctx) -> bool:
+        return ctx.config.curate.enabled
+
+    def folder(self, ctx) -> str:
+        return ctx.curated_stage()
+
+    def plan(self, ctx) -> StagePlan:
+        stage = self.folder(ctx)
+        sources = ctx.layout.synthetic.shard_urls()
+        done = {e.get("source_shard") for e in storage.StageStore(ctx.config.output_dir, stage).manifest_entries()}
+        todo = [u for u in sources if shard_basename(u) not in done]
+        totals = StageTotals(stage, expected=len(sources), done_before=len(sources) - len(todo))
+        if not todo:
+            return StagePlan(totals)
+        job = CurateJob(ctx.config, ctx.prompts, ctx.documents(),
+                        ctx.judge_stage if ctx.config.curate.judge else None, stage)
+        return StagePlan(totals, dataset=items([{"url": u} for u in todo]), units=len(todo), unit="shards",
+                         per_row_units=1, worker_args={"job": job, "sources": sources})
+
+    def apply(self, ctx, plan):
+        job, sources = plan.worker_args["job"], plan.worker_args["sources"]
+        from ray_entigraph.text.dedup import duplicates_to_drop  # lazy: only dedup needs it
+
+        duplicates: dict[str, str] = {}
+        if ctx.config.curate.dedup:
+            # every shard's signatures (dedup is corpus-wide), bucketed by LSH band key
+            bands = items([{"url": u} for u in sources]).map_batches(
+                signatures_batch, fn_kwargs={"job": job}, batch_size=1, num_cpus=1)
+            pairs = bands.groupby("band").map_groups(candidate_pairs, batch_format="pyarrow")
+            duplicates = duplicates_to_drop(((r["a"], r["b"], r["similarity"]) for r in pairs.iter_rows()),
+                                            ctx.config.curate.dedup_threshold)
+        return plan.dataset.map_batches(commit_batch, fn_kwargs={"job": job, "duplicates": duplicates},
+                              batch_size=1, num_cpus=1)

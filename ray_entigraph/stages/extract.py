@@ -9,29 +9,17 @@ from __future__ import annotations
 
 import time
 
-from ray_entigraph import schema, storage
+from ray_entigraph import schema
 from ray_entigraph.config import EntiGraphConfig
-from ray_entigraph.engines import GenerationRequest, constrains_json, make_engine, sampling_params
-from ray_entigraph.prompts import load_prompt_set, render_chat
-from ray_entigraph.stages.common import USAGE_FIELDS, commit_unit, shard_identity, torch_threads_for
-from ray_entigraph.text.identity import derive_seed, request_key
+from ray_entigraph.engines import GenerationRequest, make_engine, sampling_params
+from ray_entigraph.layout import EXTRACT_KIND as KIND
+from ray_entigraph.layout import Layout
+from ray_entigraph.ledger import StageTotals
+from ray_entigraph.prompts import PromptSet, render_chat
+from ray_entigraph.stages.base import (Stage, StagePlan, Usage, commit_unit, error_row, model_actor_kwargs,
+                                       read_documents, shard_identity, units_of_work, worker_config)
+from ray_entigraph.text.identity import derive_seed
 from ray_entigraph.text.parse import EXTRACTION_SCHEMA, ground_entities, heuristic_entities, parse_extraction
-
-KIND = "extract"
-
-
-def extraction_key(config: EntiGraphConfig, doc_id: str) -> str:
-    return request_key(
-        doc_id=doc_id,
-        kind=KIND,
-        entities=(),
-        prompt_version=load_prompt_set(config.synthesis.prompts).version,
-        model=config.model.name,
-        sampling={**config.extract.sampling.key(), "max_attempts": config.extract.max_attempts,
-                  "fallback": config.extract.fallback, "max_entities": config.extract.max_entities,
-                  **({"json_schema": True} if constrains_json(config) else {})},
-        seed=config.seed,
-    )
 
 
 def retry_sampling(base, attempt: int):
@@ -41,30 +29,27 @@ def retry_sampling(base, attempt: int):
     return type(base)(temperature=0.7, top_p=0.95, max_new_tokens=base.max_new_tokens, repetition_penalty=base.repetition_penalty)
 
 
-class EntityExtractionStage:
+class EntityExtractionWorker:
     """Ray Data callable: documents -> entities rows, one committed shard per call."""
 
-    def __init__(self, config_json: str):
-        self.config = EntiGraphConfig.model_validate_json(config_json)
-        self.config.engine.torch_threads = torch_threads_for(self.config)
+    def __init__(self, config: EntiGraphConfig, prompts: PromptSet, constrained: bool):
+        self.config = worker_config(config)
         self.engine = make_engine(self.config)
-        self.prompts = load_prompt_set(self.config.synthesis.prompts)
-        if self.prompts.extract is None:
-            raise ValueError(f"Prompt set {self.config.synthesis.prompts!r} has no `extract` template.")
-        self.store = storage.StageStore(self.config.output_dir, schema.EXTRACT)
+        self.prompts = prompts
+        self.constrained = constrained  # the request key says so too (RunContext.extraction_key)
+        self.store = Layout(config.output_dir).entities
 
     def __call__(self, batch):
         started = time.time()
         cfg = self.config.extract
         docs = batch.select(["doc_id", "title", "text", "request_key"]).to_pylist()
         state = {d["doc_id"]: {"attempts": 0, "parsed": None, "raw": "", "dropped": 0} for d in docs}
-        usage = dict.fromkeys(USAGE_FIELDS, 0)
+        usage = Usage()
         pending = list(docs)
         base = sampling_params(cfg.sampling)
         template = self.prompts.extract
         # With constrained decoding the grammar writes the whole object: no prefill then.
-        structured = constrains_json(self.config)
-        assert structured == self.engine.supports_json_schema, "constrains_json and the engine disagree"
+        structured = self.constrained
         prefix = "" if structured else template.response_prefix
         for attempt in range(cfg.max_attempts):
             if not pending:
@@ -86,8 +71,7 @@ class EntityExtractionStage:
             for d, res in zip(pending, results):
                 st = state[d["doc_id"]]
                 st["attempts"] += 1
-                for k in usage:
-                    usage[k] += getattr(res, k)
+                usage.add(res)
                 if res.error:
                     st["raw"], st["reason"] = "", res.error
                     still.append(d)
@@ -122,7 +106,33 @@ class EntityExtractionStage:
                 rows.append({**row, "summary": st.get("summary"), "entities": fallback,
                              "entities_source": "heuristic", "parse_how": "failed"})
             else:
-                errors.append({"stage": schema.EXTRACT, "request_key": d["request_key"], "doc_id": d["doc_id"],
-                               "error": f"extraction failed after {st['attempts']} attempts: {st.get('reason')}"})
-        return commit_unit(self.store, rows, errors, key_column="request_key", started=started, usage=usage,
-                           identity=shard_identity(self.config, self.prompts.version))
+                errors.append(error_row(schema.EXTRACT, d["request_key"], d["doc_id"],
+                                        f"extraction failed after {st['attempts']} attempts: {st.get('reason')}"))
+        return commit_unit(self.store, rows, errors, row_schema=schema.ENTITIES, key_column="request_key",
+                           started=started, usage=usage, stats=shard_identity(self.config, self.prompts.version))
+
+
+class Extract(Stage):
+    """Driver half: the run's documents whose extraction key is not committed yet."""
+
+    name = schema.EXTRACT
+
+    def enabled(self, ctx) -> bool:
+        return ctx.config.synthesis.augmenter == "entigraph"
+
+    def plan(self, ctx) -> StagePlan:
+        index = ctx.documents()
+        keys = {d: ctx.extraction_key(d) for d in index}
+        done = set(ctx.layout.entities.iter_key_column("request_key"))
+        todo = {d: k for d, k in keys.items() if k not in done}
+        totals = StageTotals(self.name, expected=len(keys), done_before=len(keys) - len(todo))
+        if not todo:
+            return StagePlan(totals)
+        ds = read_documents({d: index[d] for d in todo}).select_columns(["doc_id", "title", "text"])
+        ds = ds.add_column("request_key", lambda batch: batch["doc_id"].map(todo), batch_format="pandas")
+        return StagePlan(totals, dataset=ds, units=len(todo), unit="documents")
+
+    def apply(self, ctx, plan):
+        return units_of_work(plan.dataset, ctx.config).map_batches(
+            EntityExtractionWorker, fn_constructor_args=(ctx.config, ctx.prompts, ctx.constrained_extraction),
+            **model_actor_kwargs(ctx.config))

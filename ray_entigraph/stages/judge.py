@@ -15,52 +15,29 @@ synthetic shard name.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import time
 
+import pyarrow as pa
+
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
-from ray_entigraph.engines import GenerationRequest, GenerationResult, SamplingParams, constrains_json, make_engine
+from ray_entigraph.context import JUDGE_SAMPLING_FIELDS
+from ray_entigraph.engines import GenerationRequest, GenerationResult, SamplingParams, make_engine
+from ray_entigraph.layout import shard_basename
+from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import ChatTemplate, render, render_chat
+from ray_entigraph.stages.base import (Stage, StagePlan, Usage, commit_unit, error_row, items, model_actor_kwargs,
+                                       worker_config)
 
 RATING_SCHEMA = {"type": "object", "properties": {"rating": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},
                  "required": ["rating"], "additionalProperties": False}
-# Greedy: a rating is a judgment, not a sample. A few tokens leave room for "4/5" or `{"rating": 4}`.
-JUDGE_SAMPLING = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=12, repetition_penalty=1.0)
+JUDGE_SAMPLING = SamplingParams(**JUDGE_SAMPLING_FIELDS)  # also part of the judge's identity (judged/<id>)
 _DIGIT = re.compile(r"(?<![\d.])([1-5])(?!\d|\.\d)")  # "4", "4/5", "1. The text" but not "2.5" or "10"
 
 
 # -- pure pieces ---------------------------------------------------------------------------------------
-
-
-def judge_config(config: EntiGraphConfig) -> EntiGraphConfig:
-    """The config a judge actor runs: the generator's engine settings with the judge's model."""
-    if not config.curate.judge_model:
-        return config
-    return config.model_copy(update={"model": config.model.model_copy(update={"name": config.curate.judge_model})})
-
-
-def judge_stage(config: EntiGraphConfig) -> str:
-    """The stage folder (`judged/<id>`) of the current judge's ratings."""
-    from ray_entigraph.prompts import load_prompt_set
-
-    cfg = judge_config(config)
-    blob = json.dumps({"model": cfg.model.name, "prompts": load_prompt_set(config.curate.judge_prompts).version,
-                       "constrained": constrains_json(cfg), "sampling": JUDGE_SAMPLING.as_dict()}, sort_keys=True)
-    return f"{schema.JUDGE}/{hashlib.blake2b(blob.encode(), digest_size=8).hexdigest()}"
-
-
-def judge_template(config: EntiGraphConfig) -> ChatTemplate:
-    from ray_entigraph.prompts import load_prompt_set
-
-    prompts = load_prompt_set(config.curate.judge_prompts)
-    if prompts.judge is None:
-        raise ValueError(f"Prompt set {config.curate.judge_prompts!r} has no `judge` template. Fix: set "
-                         "curate.judge_prompts to judge-v1 or to a YAML file with a `judge` section.")
-    return prompts.judge
 
 
 def judge_request(template: ChatTemplate, row: dict, document: dict, *, constrained: bool) -> GenerationRequest:
@@ -104,13 +81,8 @@ def judged_row(row: dict, result: GenerationResult, model: str, prompt_version: 
             "num_generated_tokens": result.num_generated_tokens}, None
 
 
-def shard_name(url: str) -> str:
-    return storage.posixpath.basename(str(url)).removesuffix(".parquet")
-
-
-def judge_scores(config: EntiGraphConfig, synthetic_shard: str) -> dict[str, float]:
+def judge_scores(store: storage.StageStore, synthetic_shard: str) -> dict[str, float]:
     """task_id -> judge score of one synthetic shard's rows (rows the judge could not rate are absent)."""
-    store = storage.StageStore(config.output_dir, judge_stage(config))
     scores: dict[str, float] = {}
     for entry in store.manifest_entries():
         if entry.get("source_shard") == synthetic_shard and entry.get("rows"):
@@ -119,69 +91,88 @@ def judge_scores(config: EntiGraphConfig, synthetic_shard: str) -> dict[str, flo
     return scores
 
 
+def read_documents_of(doc_index: dict[str, str], doc_ids: set[str]) -> dict[str, dict]:
+    """doc_id -> document row, for the given documents, each read from the shard the index names."""
+    docs = {}
+    for url in sorted({doc_index[d] for d in doc_ids if d in doc_index}):
+        for doc in storage.read_parquet(url, ["doc_id", "title", "text"]).to_pylist():
+            if doc["doc_id"] in doc_ids:
+                docs[doc["doc_id"]] = doc
+    return docs
+
+
 # -- Ray Data callable ---------------------------------------------------------------------------------
 
 
-class JudgeStage:
+class JudgeWorker:
     """Ray Data callable on an actor pool: synthetic shard URLs -> one committed judged shard each."""
 
-    def __init__(self, config_json: str, doc_index: dict[str, str]):
-        from ray_entigraph.prompts import load_prompt_set
-        from ray_entigraph.stages.common import torch_threads_for
-
-        self.config = judge_config(EntiGraphConfig.model_validate_json(config_json))
-        self.config.engine.torch_threads = torch_threads_for(self.config)
-        self.template = judge_template(self.config)
-        self.prompt_version = load_prompt_set(self.config.curate.judge_prompts).version
+    def __init__(self, config: EntiGraphConfig, template: ChatTemplate, prompt_version: str, constrained: bool,
+                 stage: str, doc_index: dict[str, str]):
+        self.config = worker_config(config)  # the judge's config (context.judge_config)
+        self.template, self.prompt_version, self.constrained = template, prompt_version, constrained
         self.engine = make_engine(self.config)
-        self.constrained = constrains_json(self.config)
-        assert self.constrained == self.engine.supports_json_schema, "constrains_json and the engine disagree"
         self.doc_index = doc_index
-        self.store = storage.StageStore(self.config.output_dir, judge_stage(self.config))
-
-    def _documents(self, doc_ids: set[str]) -> dict[str, dict]:
-        docs = {}
-        for url in sorted({self.doc_index[d] for d in doc_ids if d in self.doc_index}):
-            for doc in storage.read_parquet(url, ["doc_id", "title", "text"]).to_pylist():
-                if doc["doc_id"] in doc_ids:
-                    docs[doc["doc_id"]] = doc
-        return docs
+        self.store = storage.StageStore(config.output_dir, stage)
 
     def __call__(self, batch: dict):
-        from ray_entigraph.stages.common import USAGE_FIELDS, manifest_row_table, ray_node_id
+        return pa.concat_tables([self._judge_shard(str(url)) for url in batch["url"]])
 
-        entries = []
-        for url in batch["url"]:
-            started = time.time()
-            rows = storage.read_parquet(str(url), ["task_id", "doc_id", "text"]).to_pylist()
-            docs = self._documents({r["doc_id"] for r in rows})
-            judged, errors, requests, by_key = [], [], [], {}
-            for row in rows:
-                if row["doc_id"] not in docs:
-                    errors.append({"stage": schema.JUDGE, "request_key": row["task_id"], "doc_id": row["doc_id"],
-                                   "error": "source document not found among the current input's documents"})
-                    continue
-                requests.append(judge_request(self.template, row, docs[row["doc_id"]], constrained=self.constrained))
-                by_key[row["task_id"]] = row
-            usage = dict.fromkeys(USAGE_FIELDS, 0)
-            for result in self.engine.generate(requests):
-                for k in usage:
-                    usage[k] += getattr(result, k)
-                row = by_key[result.key]
-                out, reason = judged_row(row, result, self.engine.model_name, self.prompt_version)
-                if out is None:
-                    errors.append({"stage": schema.JUDGE, "request_key": row["task_id"], "doc_id": row["doc_id"],
-                                   "error": reason})
-                else:
-                    judged.append(out)
-            name = shard_name(url)
-            entries.append(self.store.commit(
-                schema.rows_to_table(judged, schema.JUDGED),
-                schema.rows_to_table(errors, schema.ERRORS) if errors else None,
-                keys=[name, self.store.stage],
-                stats={"source_shard": name, "num_ok": len(judged), "num_failed": len(errors),
-                       "mean_judge_score": (sum(r["judge_score"] for r in judged) / len(judged)) if judged else None,
-                       "wall_s": round(time.time() - started, 3), "host": os.uname().nodename,
-                       "node_id": ray_node_id(), **usage},
-            ))
-        return manifest_row_table(entries)
+    def _judge_shard(self, url: str) -> pa.Table:
+        started = time.time()
+        rows = storage.read_parquet(url, ["task_id", "doc_id", "text"]).to_pylist()
+        docs = read_documents_of(self.doc_index, {r["doc_id"] for r in rows})
+        judged, errors, requests, by_key = [], [], [], {}
+        for row in rows:
+            if row["doc_id"] not in docs:
+                errors.append(error_row(schema.JUDGE, row["task_id"], row["doc_id"],
+                                        "source document not found among the current input's documents"))
+                continue
+            requests.append(judge_request(self.template, row, docs[row["doc_id"]], constrained=self.constrained))
+            by_key[row["task_id"]] = row
+        usage = Usage()
+        for result in self.engine.generate(requests):
+            usage.add(result)
+            row = by_key[result.key]
+            out, reason = judged_row(row, result, self.engine.model_name, self.prompt_version)
+            if out is None:
+                errors.append(error_row(schema.JUDGE, row["task_id"], row["doc_id"], reason or "no rating"))
+            else:
+                judged.append(out)
+        name = shard_basename(url)
+        mean = (sum(r["judge_score"] for r in judged) / len(judged)) if judged else None
+        return commit_unit(self.store, judged, errors, row_schema=schema.JUDGED, key_column=None, started=started,
+                           usage=usage, stats={"source_shard": name, "mean_judge_score": mean},
+                           name_keys=[name, self.store.stage])
+
+
+class Judge(Stage):
+    """Driver half: every committed synthetic shard not judged yet by this judge, one unit of work each."""
+
+    name = schema.JUDGE
+
+    def enabled(self, ctx) -> bool:
+        return ctx.config.curate.enabled and ctx.config.curate.judge
+
+    def folder(self, ctx) -> str:
+        return ctx.judge_stage
+
+    def plan(self, ctx) -> StagePlan:
+        store = storage.StageStore(ctx.config.output_dir, self.folder(ctx))
+        sources = ctx.layout.synthetic.manifest_entries()
+        done = {e.get("source_shard") for e in store.manifest_entries()}
+        todo = [e for e in sources if e.get("rows", 0) > 0 and e["shard"] not in done]
+        expected = sum(int(e.get("rows", 0)) for e in sources)
+        left = sum(int(e.get("rows", 0)) for e in sources if e["shard"] not in done)
+        totals = StageTotals(self.name, expected=expected, done_before=expected - left)
+        if not todo:
+            return StagePlan(totals)
+        urls = [storage.join(ctx.layout.synthetic.url, e["file"]) for e in todo]
+        return StagePlan(totals, dataset=items([{"url": u} for u in urls]), units=left)
+
+    def apply(self, ctx, plan):
+        kwargs = model_actor_kwargs(ctx.judge_config)
+        kwargs.update(batch_size=1, batch_format="numpy")  # one synthetic shard per call = one judged shard
+        args = (ctx.judge_config, ctx.judge_template(), ctx.judge_prompts.version, ctx.constrained_judge,
+                self.folder(ctx), ctx.documents())
+        return plan.dataset.map_batches(JudgeWorker, fn_constructor_args=args, **kwargs)

@@ -70,12 +70,10 @@ def group_tasks(row: dict, tasks: list[dict], done: frozenset[str] | set[str], s
     ]
 
 
-def plan_groups(row: dict, *, config_json: str, allocation: dict[str, int] | None, done: set[str]) -> list[dict]:
-    """Ray Data flat_map function: one entities (or documents) row -> task groups."""
-    from ray_entigraph.prompts import load_prompt_set
-
-    config = EntiGraphConfig.model_validate_json(config_json)
-    prompts = load_prompt_set(config.synthesis.prompts)
+def plan_groups(row: dict, *, config: EntiGraphConfig, prompts: PromptSet, allocation: dict[str, int] | None,
+                done: set[str]) -> list[dict]:
+    """Ray Data flat_map function: one entities (or documents) row -> task groups. Its arguments arrive typed
+    and built once per task (Ray ships fn_kwargs with the task), never parsed per row."""
     if config.synthesis.augmenter == "rephrase":
         tasks = rephrase_tasks(config, prompts, row)
     else:

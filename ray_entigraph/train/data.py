@@ -16,36 +16,25 @@ import numpy as np
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig, InputConfig
+from ray_entigraph.context import RunContext
+from ray_entigraph.errors import InputError
+from ray_entigraph.inputs import list_input_files, records_from_file
+from ray_entigraph.layout import Layout, base_model_name, shard_basename
+from ray_entigraph.stages.base import ray_node_id
 
 
-def base_model_name(config: EntiGraphConfig) -> str:
-    return config.train.base_model or config.model.name
-
-
-def train_url(config: EntiGraphConfig, *parts: str) -> str:
-    """This training's folder (output_dir/<train.name>), or a path inside it."""
-    return storage.join(config.output_dir, *config.train.name.split("/"), *parts)
-
-
-def pack_units(config: EntiGraphConfig) -> list[dict]:
+def pack_units(ctx: RunContext) -> list[dict]:
     """Every (source, input file) to pack for the configured training corpus and replay sources."""
-    from ray_entigraph.pipeline import _document_index
-    from ray_entigraph.stages.ingest import list_input_files
-
+    config = ctx.config
     units = []
     if config.train.corpus in ("synthetic", "synthetic+raw"):
         # the curated copy when curate is on (stages/curate.py), else the synthetic stage's own shards
-        stage = schema.SYNTHESIZE
-        if config.curate.enabled:
-            from ray_entigraph.stages.curate import curated_stage
-
-            stage = curated_stage(config)
-        for url in storage.StageStore(config.output_dir, stage).shard_urls():
+        for url in ctx.layout.store(ctx.training_corpus_stage()).shard_urls():
             units.append({"source": schema.SYNTHETIC_SOURCE, "url": url, "fmt": "parquet", "text_field": "text",
                           "sort_by": "task_id", "internal": True})
     if config.train.corpus in ("raw", "synthetic+raw"):
         # the source documents join the main stream ("synthetic" names the corpus being taught)
-        for url in sorted(set(_document_index(config).values())):
+        for url in ctx.document_shards():
             units.append({"source": schema.SYNTHETIC_SOURCE, "url": url, "fmt": "parquet", "text_field": "text",
                           "sort_by": "doc_id", "internal": True})
     for rep in config.train.replay:
@@ -58,7 +47,7 @@ def pack_units(config: EntiGraphConfig) -> list[dict]:
 
 
 def _unit_id(unit: dict) -> str:
-    return storage.posixpath.basename(unit["url"]) if unit["internal"] else unit["url"]
+    return shard_basename(unit["url"]) if unit["internal"] else unit["url"]
 
 
 def unit_keys(config: EntiGraphConfig, unit: dict) -> list[str]:
@@ -73,30 +62,25 @@ def read_texts(unit: dict) -> list[str]:
         if unit["sort_by"]:
             rows.sort(key=lambda r: r[unit["sort_by"]])
         return [r[unit["text_field"]] for r in rows if r[unit["text_field"]]]
-    from ray_entigraph.stages.ingest import records_from_file
-
     records = records_from_file(unit["url"], unit["fmt"], InputConfig(path=unit["url"], text_field=unit["text_field"]))
     bad = [r["error"] for r in records if r.get("error")]
     if bad and len(bad) == len(records):
-        raise ValueError(f"replay input {unit['url']} has no usable text: {bad[0]}")
+        raise InputError(f"replay input {unit['url']} has no usable text: {bad[0]}")
     return [r["text"] for r in records if not r.get("error")]
 
 
-class PackStage:
+class PackWorker:
     """Ray Data callable: input units -> committed block shards, one per unit."""
 
-    def __init__(self, config_json: str):
-        from transformers import AutoTokenizer
+    def __init__(self, config: EntiGraphConfig):
+        from ray_entigraph.engines.hf import load_tokenizer  # lazy: transformers loads in the actor only
 
-        from ray_entigraph.engines.bundled import resolve_model_path
-
-        self.config = EntiGraphConfig.model_validate_json(config_json)
-        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(base_model_name(self.config), self.config.model.cache_dir))
+        self.config = config
+        self.tokenizer = load_tokenizer(base_model_name(self.config), self.config.model.cache_dir)
 
     def __call__(self, batch):
         import pyarrow as pa
 
-        from ray_entigraph.stages.common import ray_node_id
         from ray_entigraph.train.pack import pack_token_lists
 
         entries = []
@@ -105,7 +89,7 @@ class PackStage:
             texts = read_texts(unit)
             ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
             blocks, leftover = pack_token_lists(ids, self.config.train.block_len, self.tokenizer.eos_token_id)
-            store = storage.StageStore(self.config.output_dir, schema.blocks_stage(unit["source"]))
+            store = Layout(self.config.output_dir).blocks(unit["source"])
             table = pa.table({"input_ids": pa.array(blocks, type=pa.list_(pa.int32()))}, schema=schema.BLOCKS)
             entry = store.commit(table, None, keys=unit_keys(self.config, unit), stats={
                 "source": unit["source"], "source_file": unit["url"], "num_texts": len(texts),
@@ -116,48 +100,56 @@ class PackStage:
         return pa.Table.from_pylist(entries)
 
 
-def run_pack(config: EntiGraphConfig) -> dict[str, int]:
+def run_pack(config: EntiGraphConfig, ctx: RunContext | None = None) -> dict[str, int]:
     """Pack every source not packed yet (Ray Data over input units); return blocks per source."""
     import ray.data
 
-    units = pack_units(config)
+    ctx = ctx or RunContext.resolve(config)
+    units = pack_units(ctx)
     if not any(u["source"] == schema.SYNTHETIC_SOURCE for u in units):
-        raise ValueError(
+        raise InputError(
             f"No training text: {config.output_dir!r} has no committed "
             f"{'synthetic rows' if config.train.corpus != 'raw' else 'documents'}. Fix: run `ray-entigraph synthesize` "
             "with the same config first (or point output_dir at a run that has them)."
         )
     todo = []
     for unit in units:
-        store = storage.StageStore(config.output_dir, schema.blocks_stage(unit["source"]))
+        store = ctx.layout.blocks(unit["source"])
         marker = storage.join(store.committed_url, storage.shard_name(unit_keys(config, unit)) + ".json")
         if not storage.exists(marker):
             todo.append(unit)
     if todo:
         ds = ray.data.from_items(todo).map_batches(
-            PackStage, fn_constructor_args=(config.model_dump_json(),), batch_size=1, batch_format="pyarrow",
+            PackWorker, fn_constructor_args=(config,), batch_size=1, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(config.resources.max_actors, 1)), num_cpus=1,
         )
         for _ in ds.iter_rows():
             pass
-    counts: dict[str, int] = {}
-    for source in {u["source"] for u in units}:
-        wanted = {storage.shard_name(unit_keys(config, u)) for u in units if u["source"] == source}
-        entries = storage.StageStore(config.output_dir, schema.blocks_stage(source)).manifest_entries()
-        counts[source] = sum(e["rows"] for e in entries if e["shard"] in wanted)
-    return counts
+    return {source: sum(rows for _, rows in files) for source, files in block_files(ctx, units).items()}
 
 
-def load_blocks(config: EntiGraphConfig, source: str) -> np.ndarray:
-    """All blocks of a source for the current config, in a fixed order, as an [n, block_len] int32 array."""
-    store = storage.StageStore(config.output_dir, schema.blocks_stage(source))
-    entries = {e["shard"]: e for e in store.manifest_entries()}
+def block_files(ctx: RunContext, units: list[dict] | None = None) -> dict[str, list[tuple[str, int]]]:
+    """source -> its committed block shards for the current config, in a fixed order, as (url, rows)."""
+    units = units if units is not None else pack_units(ctx)
+    out: dict[str, list[tuple[str, int]]] = {}
+    entries: dict[str, dict[str, dict]] = {}
+    for unit in units:
+        source = unit["source"]
+        if source not in entries:
+            entries[source] = {e["shard"]: e for e in ctx.layout.blocks(source).manifest_entries()}
+            out[source] = []
+        entry = entries[source].get(storage.shard_name(unit_keys(ctx.config, unit)))
+        if entry and entry["rows"]:
+            out[source].append((storage.join(ctx.layout.blocks(source).url, entry["file"]), int(entry["rows"])))
+    return out
+
+
+def load_blocks(files: list[tuple[str, int]], block_len: int) -> np.ndarray:
+    """The blocks of the given shards (`block_files`), in order, as an [n, block_len] int32 array."""
     arrays = []
-    for unit in pack_units(config):
-        entry = entries.get(storage.shard_name(unit_keys(config, unit)))
-        if unit["source"] == source and entry and entry["rows"]:
-            col = storage.read_parquet(storage.join(store.url, entry["file"]), ["input_ids"]).column("input_ids")
-            arrays.append(np.asarray(col.combine_chunks().values, dtype=np.int32).reshape(-1, config.train.block_len))
+    for url, _ in files:
+        col = storage.read_parquet(url, ["input_ids"]).column("input_ids")
+        arrays.append(np.asarray(col.combine_chunks().values, dtype=np.int32).reshape(-1, block_len))
     if not arrays:
-        return np.zeros((0, config.train.block_len), dtype=np.int32)
+        return np.zeros((0, block_len), dtype=np.int32)
     return np.concatenate(arrays)

@@ -16,6 +16,10 @@ from dataclasses import dataclass
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.context import RunContext
+from ray_entigraph.errors import ConfigError
+from ray_entigraph.layout import train_url
+from ray_entigraph.runtime import init_ray, save_resolved_config
 from ray_entigraph.train.mix import plan_mixture, realised_share
 
 logger = logging.getLogger(__name__)
@@ -54,7 +58,7 @@ def build_mixture(config: EntiGraphConfig, counts: dict[str, int]) -> dict:
                           share=tc.replay_share if tc.replay else 0.0, mode=tc.replay_mode, seed=tc.effective_seed(config.seed))
     stream = [(src, chosen[i]) if src == schema.SYNTHETIC_SOURCE else (src, i) for src, i in stream]
     if len(stream) < tc.global_batch_size:
-        raise ValueError(
+        raise ConfigError(
             f"The training stream has {len(stream)} blocks, fewer than train.global_batch_size "
             f"({tc.global_batch_size}). Fix: synthesize more text, lower train.block_len, or lower the batch size.")
     share = realised_share(stream)
@@ -88,8 +92,6 @@ def trajectory_settings(config: EntiGraphConfig) -> dict:
 def _check_same_data(config: EntiGraphConfig, mixture: dict) -> None:
     """Checkpoints in this training's folder resume a run over the same data stream and settings; anything
     else would silently continue the old training, so it is an error naming the fix."""
-    from ray_entigraph.train.data import train_url
-
     previous = train_url(config, "mixture.json")
     if not storage.exists(previous) or not storage.exists(train_url(config, "ray")):
         return
@@ -99,7 +101,7 @@ def _check_same_data(config: EntiGraphConfig, mixture: dict) -> None:
     if old.get("stream") != [list(x) for x in mixture["stream"]]:
         changed.insert(0, "the data stream (synthetic corpus, train.max_synthetic_tokens, block length or replay)")
     if changed:
-        raise ValueError(
+        raise ConfigError(
             f"{train_url(config)} holds checkpoints of a different training ({', '.join(changed)} changed), which a "
             "re-run would resume. Fix: set train.name to a new folder, or delete that folder to train from scratch.")
 
@@ -111,19 +113,20 @@ def _storage_args(url: str) -> dict:
     return {"storage_path": paths[0], "storage_filesystem": fs}
 
 
-def run_train(config: EntiGraphConfig) -> TrainSummary:
+def run_train(config: EntiGraphConfig, ctx: RunContext | None = None) -> TrainSummary:
+    """Pack, mix and train with Ray Train; `ctx`: the run's context when the caller resolved it already."""
     from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from ray_entigraph.pipeline import init_ray, save_resolved_config
-    from ray_entigraph.train.data import run_pack, train_url
+    from ray_entigraph.train.data import block_files, run_pack
     from ray_entigraph.train.loop import train_loop_per_worker
 
     started = time.time()
+    ctx = ctx or RunContext.resolve(config)
     storage.check_writable(config.output_dir)
     save_resolved_config(config)
     init_ray(config)
-    counts = run_pack(config)
+    counts = run_pack(config, ctx)
     mixture = build_mixture(config, counts)
     _check_same_data(config, mixture)
     storage.write_text(train_url(config, "mixture.json"), json.dumps(mixture))
@@ -132,7 +135,7 @@ def run_train(config: EntiGraphConfig) -> TrainSummary:
     tc = config.train
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"config_json": config.model_dump_json()},
+        train_loop_config={"config_json": config.model_dump_json(), "block_files": block_files(ctx)},
         scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, accelerator_type=tc.accelerator_type,
                                      resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}),
         run_config=RunConfig(name="train", checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),

@@ -63,10 +63,12 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
     import ray.train.torch
     import torch
     import torch.distributed as dist
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from ray_entigraph.engines.bundled import resolve_model_path
-    from ray_entigraph.train.data import base_model_name, load_blocks, train_url
+    from ray_entigraph.engines.hf import load_tokenizer
+    from ray_entigraph.layout import base_model_name, train_url
+    from ray_entigraph.train.data import load_blocks
 
     import transformers
 
@@ -82,7 +84,9 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
 
     # data: the mixed stream and every source's blocks
     stream = [tuple(x) for x in json.loads(storage.read_text(train_url(config, "mixture.json")))["stream"]]
-    blocks = {src: torch.from_numpy(load_blocks(config, src).astype(np.int64)) for src in sorted({s for s, _ in stream})}
+    files = loop_config["block_files"]  # resolved once on the driver (train.data.block_files)
+    blocks = {src: torch.from_numpy(load_blocks(files[src], tc.block_len).astype(np.int64))
+              for src in sorted({s for s, _ in stream})}
     steps = total_steps(config, len(stream))
     accum = accumulation_steps(tc.global_batch_size, tc.micro_batch_size, world)
 
@@ -167,7 +171,7 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
 
     state = _full_state_dict(model, tc.strategy)  # collective under FSDP: every rank takes part
     if rank == 0:
-        _export(state, AutoTokenizer.from_pretrained(path), config)
+        _export(state, load_tokenizer(path), config)
 
 
 def _save_checkpoint(model, optimizer, scheduler, step, metrics_lines, line, rank, strategy) -> None:
@@ -193,7 +197,7 @@ def _export(state: dict, tokenizer, config: EntiGraphConfig) -> None:
     from transformers import AutoModelForCausalLM
 
     from ray_entigraph.engines.bundled import resolve_model_path
-    from ray_entigraph.train.data import base_model_name, train_url
+    from ray_entigraph.layout import base_model_name, train_url
 
     fresh = AutoModelForCausalLM.from_pretrained(resolve_model_path(base_model_name(config), config.model.cache_dir))
     fresh.load_state_dict(state)

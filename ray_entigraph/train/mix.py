@@ -8,6 +8,8 @@ block), not by a per-block coin flip, and the order is a seeded shuffle.
 
 from __future__ import annotations
 
+from ray_entigraph.errors import InputError
+
 import random
 
 
@@ -54,7 +56,8 @@ def plan_mixture(
     for name, count in (_split(num_replay, weights) if num_replay else {}).items():
         available = replay_available.get(name, 0)
         if count and available == 0:
-            raise ValueError(f"replay source {name!r} has no blocks")
+            raise InputError(f"replay source {name!r} has no blocks: its files hold no text. Fix: check "
+                             f"train.replay's path for {name!r}, or remove the source.")
         picks: list[int] = []
         while len(picks) < count:
             cycle = list(range(available))

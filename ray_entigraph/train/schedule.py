@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ray_entigraph.errors import ConfigError
+
 import math
 
 
@@ -19,7 +21,7 @@ def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> 
     """Micro-batches per optimizer step on each worker, so that world x micro x accum == global batch."""
     per_step = micro_batch * world_size
     if global_batch % per_step:
-        raise ValueError(
+        raise ConfigError(
             f"train.global_batch_size ({global_batch}) must be a multiple of train.micro_batch_size "
             f"({micro_batch}) x workers ({world_size}). Fix: change one of them."
         )

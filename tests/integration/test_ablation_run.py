@@ -15,7 +15,7 @@ pytestmark = pytest.mark.timeout(900)
 
 
 def test_ablation_trains_every_arm_at_equal_tokens_and_steps(ray_local, tiny_model_dir, tmp_path):
-    from ray_entigraph.workflow import ablate
+    from ray_entigraph.workflows import ablate
 
     out = tmp_path / "ablation"
     # the tiny model writes random tokens: every row would fail a real grounding threshold, so the grounded

@@ -11,7 +11,11 @@ import pytest
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import load_config
-from ray_entigraph.pipeline import run_curate, synthesize
+from ray_entigraph.context import RunContext
+from ray_entigraph.pipeline import curation_summary, synthesize
+from ray_entigraph.stages.base import run_stage
+from ray_entigraph.stages.curate import Curate
+from ray_entigraph.stages.judge import Judge
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -45,12 +49,11 @@ def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_m
         syn.commit(schema.rows_to_table(rows, schema.SYNTHETIC), None, keys=[f"shard{i}"], stats={"num_ok": len(rows)})
     raw_before = {f: hashlib.sha256(open(f, "rb").read()).hexdigest() for f in glob.glob(f"{out}/synthetic/*.parquet")}
 
-    totals = run_curate(config)
+    totals = run_stage(Curate(), RunContext.resolve(config))
     assert totals.num_ok == 2 and totals.num_dropped == 2  # kept: copied, mixed (repaired); dropped: 2
 
-    from ray_entigraph.stages.curate import curated_stage
-
-    store = storage.StageStore(str(out), curated_stage(config))
+    ctx = RunContext.resolve(config)
+    store = storage.StageStore(str(out), ctx.curated_stage())
     kept = {r["task_id"]: r for r in store.read(schema=schema.CURATED).to_pylist()}
     assert set(kept) == {"t1-copied", "t3-mixed"}
     assert kept["t1-copied"]["grounding"] > 0.9 and kept["t1-copied"]["num_sentences_dropped"] == 0
@@ -66,13 +69,13 @@ def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_m
     assert set(pq.read_table(store.shard_urls()[0]).column_names) == set(schema.CURATED.names)
 
     # a re-run has nothing to do; training reads the curated copy
-    again = run_curate(config)
+    again = run_stage(Curate(), ctx)
     assert again.done_before == again.expected == 2 and again.num_shards == 0
     from ray_entigraph.train.data import pack_units
 
-    urls = [u["url"] for u in pack_units(config) if u["source"] == schema.SYNTHETIC_SOURCE]
+    urls = [u["url"] for u in pack_units(ctx) if u["source"] == schema.SYNTHETIC_SOURCE]
     assert sorted(urls) == sorted(store.shard_urls())
-    plain = load_config(None, overrides[:-5])
+    plain = RunContext.resolve(load_config(None, overrides[:-5]))
     assert all("/synthetic/" in u["url"] for u in pack_units(plain) if u["source"] == schema.SYNTHETIC_SOURCE)
 
 
@@ -80,10 +83,6 @@ def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local
     """The model-based check with the real bundled model through Ray Data: every synthetic row gets a rating or
     a recorded reason, the ratings land beside the rows, and min_judge_score drops exactly the rows below it
     (or unrated). The 135M model's ratings carry no signal; this checks the mechanism, not the judgment."""
-    from ray_entigraph.pipeline import run_judge
-    from ray_entigraph.stages.curate import curated_stage
-    from ray_entigraph.stages.judge import judge_stage
-
     out = tmp_path / "run"
     config = load_config(None, [f"input.path={small_corpus}", f"output_dir={out}", f"model.name={bundled_model_dir}",
                                 "ingest.max_document_tokens=512", "curate.enabled=true", "curate.judge=true",
@@ -97,8 +96,9 @@ def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local
             _row("t4-orphan", {"doc_id": "no-such-document", "title": "x"}, "Text whose document is gone.")]
     storage.StageStore(str(out), schema.SYNTHESIZE).commit(schema.rows_to_table(rows, schema.SYNTHETIC), None,
                                                           keys=["shard0"], stats={"num_ok": len(rows)})
-    totals = run_judge(config)
-    judged = storage.StageStore(str(out), judge_stage(config))
+    ctx = RunContext.resolve(config)
+    totals = run_stage(Judge(), ctx)
+    judged = storage.StageStore(str(out), ctx.judge_stage)
     rated = {r["task_id"]: r for r in judged.read(schema=schema.JUDGED).to_pylist()}
     failed = {r["request_key"]: r["error"] for u in judged.error_urls() for r in pq.read_table(u).to_pylist()}
     assert set(rated) | set(failed) == {r["task_id"] for r in rows} and not set(rated) & set(failed)
@@ -106,14 +106,12 @@ def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local
     assert failed["t4-orphan"].startswith("source document not found")
     for r in rated.values():
         assert 1 <= r["rating"] <= 5 and r["judge_score"] == pytest.approx((r["rating"] - 1) / 4)
-    assert run_judge(config).num_shards == 0  # resumed: nothing left to rate
+    assert run_stage(Judge(), ctx).num_shards == 0  # resumed: nothing left to rate
     from ray_entigraph.ledger import read_run_state
 
     assert read_run_state(str(out))["stages"][schema.JUDGE]["num_ok"] == len(rated)  # `status` counts the judge
-    from ray_entigraph.pipeline import curation_summary
-
-    run_curate(config)
-    store = storage.StageStore(str(out), curated_stage(config))
+    run_stage(Curate(), ctx)
+    store = storage.StageStore(str(out), ctx.curated_stage())
     kept = {r["task_id"]: r for r in store.read(schema=schema.CURATED).to_pylist()}
     dropped = {r["request_key"]: r["error"] for u in store.error_urls() for r in pq.read_table(u).to_pylist()}
     assert set(kept) | set(dropped) == {r["task_id"] for r in rows}
@@ -124,6 +122,6 @@ def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local
             assert dropped[task_id].startswith(f"judge score {r['judge_score']:.2f} < min_judge_score 0.5")
     for task_id in set(failed) - {"t4-orphan"}:
         assert dropped[task_id].startswith("the judge gave no rating")
-    summary = curation_summary(config)  # what the synthesis summary prints
+    summary = curation_summary(ctx)  # what the synthesis summary prints
     assert summary["judge_rated"] == len(rated) and summary["judge_unrated"] == len(failed)
     assert summary["dropped_judge"] == len(dropped) - 1  # all but the orphan, which has no document

@@ -33,7 +33,7 @@ def _question(options, gold, article="", title="Notes"):
 
 @pytest.fixture(scope="module")
 def bundled(bundled_model_dir):
-    from ray_entigraph.eval.scoring import load_model
+    from ray_entigraph.engines.hf import load_model
 
     return load_model(bundled_model_dir, dtype="float32", device="cpu")
 
@@ -167,7 +167,7 @@ def test_run_resumes_after_a_kill_between_steps(tiny_model_dir, tmp_path):
 
 
 def test_sweep_trains_each_budget_and_baseline_and_fits_the_curve(ray_local, tiny_model_dir, tmp_path):
-    from ray_entigraph.workflow import sweep
+    from ray_entigraph.workflows import sweep
 
     out = tmp_path / "sweep"
     config = tiny_config(tiny_model_dir, "builtin:demo", out, *SMALL, "sweep.num_budgets=3")

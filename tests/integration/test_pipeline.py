@@ -90,7 +90,7 @@ def test_synthesize_end_to_end_with_bad_inputs_and_resume(ray_local, tiny_model_
     assert ds.num_rows == len(rows)
 
     # the dry run agrees with what ran (entity counts now come from the committed extraction)
-    from ray_entigraph.pipeline import dry_run
+    from ray_entigraph.estimate import dry_run
 
     est = dry_run(config)
     assert est["num_documents_with_known_entities"] == est["num_documents"] == len(docs)

@@ -1,64 +1,36 @@
-"""Pure parts of the faithfulness ablation and the curate stage: arms, budgets, steps, identities."""
+"""Pure parts of the faithfulness ablation outside the workflow: arm names in the config, and the curate stage
+(identities, forced prefix, row filter). The workflow's arms, budgets, steps and report are tested in
+tests/unit/workflows/test_ablation.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from ray_entigraph.config import derive, load_config
-from ray_entigraph.workflow import ablation_budgets, ablation_overrides, equal_steps
+from ray_entigraph.config import load_config
 
 
 def _cfg(*overrides):
     return load_config("configs/demo.yaml", list(overrides))
 
 
-def test_every_ablation_arm_is_a_valid_config_that_differs_in_its_own_setting():
-    config = _cfg()
-    variants = ["entigraph", "grounded", "repaired", "dedup", "judged", "freeform", "temperature", "entigraph+raw",
-                "raw-cpt"]
-    arms = {}
-    for v in variants:
-        overrides, own_dir = ablation_overrides(config, v)
-        arms[v] = derive(config, overrides)
-        assert (own_dir is not None) == (v in ("freeform", "temperature"))  # new synthetic rows, own output_dir
-    assert not arms["entigraph"].curate.enabled
-    assert arms["grounded"].curate.enabled and arms["grounded"].curate.min_grounding == config.ablation.min_grounding
-    assert arms["repaired"].curate.min_sentence_grounding == config.ablation.min_sentence_grounding
-    assert arms["dedup"].curate.dedup and arms["dedup"].curate.min_grounding is None
-    assert arms["judged"].curate.judge and arms["judged"].curate.min_judge_score == config.ablation.min_judge_score
-    assert arms["freeform"].synthesis.prompts == "entigraph-freeform-v1"
-    assert arms["temperature"].synthesis.sampling.temperature == config.ablation.temperature
-    assert arms["entigraph+raw"].train.corpus == "synthetic+raw" and arms["raw-cpt"].train.corpus == "raw"
-
-
-def test_budgets_are_whole_blocks_every_arm_can_fill():
-    assert ablation_budgets(36, 256, 1) == [36 * 256]
-    assert ablation_budgets(36, 256, 3) == [9 * 256, 18 * 256, 36 * 256]
-    assert ablation_budgets(1, 64, 4) == [64]
-
-
-def test_equal_steps_follow_epochs_over_the_budget():
-    config = _cfg("ablation.epochs=null")  # block_len 256, global batch 4, train.epochs 2
-    assert equal_steps(config, 36 * 256) == 2 * 36 // 4
-    assert equal_steps(config, 10) == 1
-    assert equal_steps(derive(config, ["ablation.epochs=4"]), 36 * 256) == 4 * 36 // 4
-
-
 def test_unknown_variant_is_a_config_error_naming_the_choices():
     from ray_entigraph.config import ConfigError
 
-    with pytest.raises(ConfigError, match="ablation.variants"):
+    with pytest.raises(ConfigError, match="ablation.variants") as err:
         _cfg("ablation.variants=[entigraph,magic]")
+    assert "'magic'" in str(err.value) and "entigraph+raw" in str(err.value) and "raw-cpt" in str(err.value)
+    with pytest.raises(ConfigError, match="Did you mean 'dedup'"):
+        _cfg("ablation.variants=[dedupe]")
 
 
 def test_curation_id_changes_with_settings_and_inputs_but_not_with_enabled():
-    from ray_entigraph.stages.curate import curation_id
+    from ray_entigraph.layout import curation_id
 
-    base = _cfg("curate.min_grounding=0.5")
+    base = _cfg("curate.min_grounding=0.5").curate
     assert curation_id(base, ["a", "b"]) == curation_id(base, ["b", "a"])
     assert curation_id(base, ["a", "b"]) != curation_id(base, ["a", "b", "c"])
-    assert curation_id(base, ["a"]) != curation_id(_cfg("curate.min_grounding=0.6"), ["a"])
-    assert curation_id(base, ["a"]) == curation_id(_cfg("curate.min_grounding=0.5", "curate.enabled=true"), ["a"])
+    assert curation_id(base, ["a"]) != curation_id(_cfg("curate.min_grounding=0.6").curate, ["a"])
+    assert curation_id(base, ["a"]) == curation_id(_cfg("curate.min_grounding=0.5", "curate.enabled=true").curate, ["a"])
 
 
 def test_forced_prefix_is_what_the_prompt_wrote():

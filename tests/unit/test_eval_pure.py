@@ -1,5 +1,5 @@
 """Evaluation's pure parts: the QuALITY loader, answer parsing, option scoring arithmetic, intervals, the
-scaling-curve fit, sweep budgets, and the subset of the synthetic corpus a budget trains on."""
+scaling-curve fit, and the subset of the synthetic corpus a budget trains on."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import json
 import numpy as np
 import pytest
 
-from ray_entigraph.config import load_config
 from ray_entigraph.eval.curve import CurveFit, fit, terms_for
 from ray_entigraph.eval.evaluate import pick
 from ray_entigraph.eval.generative import parse_answer, question_block
 from ray_entigraph.eval.quality import QuestionsError, load_questions, parse_records, resolve_questions_url, strip_html
 from ray_entigraph.eval.report import bootstrap_ci, summarize
 from ray_entigraph.train.launch import synthetic_subset
-from ray_entigraph.workflow import sweep_budgets
 
 # Two records in the public QuALITY layout (HTML article, 1-based gold labels, `difficult` flags), written for
 # this test.
@@ -155,11 +153,7 @@ def test_curve_fit_recovers_known_parameters():
     assert [terms_for(n) for n in (2, 3, 4, 5, 8, 20)] == [0, 0, 1, 1, 3, 3]
 
 
-def test_sweep_budgets_and_synthetic_subsets():
-    config = load_config(None, ["train.block_len=64", "sweep.num_budgets=4"])
-    assert sweep_budgets(config, 40) == [5 * 64, 10 * 64, 20 * 64, 40 * 64]
-    assert sweep_budgets(config, 2) == [64, 128]  # duplicates removed, at least one block
-    assert sweep_budgets(load_config(None, ["sweep.budgets=[900, 100]"]), 40) == [100, 900]
+def test_synthetic_subsets():  # the sweep's budgets are tested in tests/unit/workflows/test_sweep.py
     assert synthetic_subset(10, None, 64, 0) == list(range(10))
     assert synthetic_subset(10, 10 * 64, 64, 0) == list(range(10))
     sub = synthetic_subset(100, 640, 64, 0)

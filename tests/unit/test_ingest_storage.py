@@ -4,7 +4,9 @@ import pyarrow as pa
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import InputConfig
-from ray_entigraph.stages.ingest import InputError, documents_from_record, list_input_files, records_from_file
+from ray_entigraph.errors import InputError
+from ray_entigraph.inputs import list_input_files, records_from_file
+from ray_entigraph.stages.ingest import documents_from_record
 
 count = lambda s: len(s.split())  # noqa: E731
 
@@ -90,8 +92,7 @@ def test_no_temp_files_left(tmp_path):
 
 
 def test_failure_explanation_finds_the_worker_error_behind_ray_wrappers():
-    from ray_entigraph.config import load_config
-    from ray_entigraph.pipeline import _explain_failure
+    from ray_entigraph.errors import explain_stage_failure
 
     class UserCodeException(Exception):
         pass
@@ -100,6 +101,6 @@ def test_failure_explanation_finds_the_worker_error_behind_ray_wrappers():
                          "botocore.exceptions.EndpointConnectionError: Could not connect to the endpoint URL: \"http://h/b\"")
     outer = UserCodeException("UDF failed to process a data block.\nTo change retry attempts, configure it.")
     outer.__cause__ = inner
-    msg = _explain_failure("synthetic", outer, load_config(None, ["output_dir=s3://b/run"]))
+    msg = explain_stage_failure("synthetic", outer, "s3://b/run")
     assert msg.startswith("Stage 'synthetic' failed: EndpointConnectionError: Could not connect to the endpoint URL")
     assert "storage problem with 's3://b/run'" in msg and "re-run the same command" in msg

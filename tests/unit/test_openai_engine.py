@@ -1,5 +1,9 @@
 """The OpenAI-compatible engine without vLLM: pure helpers, and retries against small HTTP servers written
-here (a scripted /chat/completions server and a stand-in for the batch API), on 127.0.0.1."""
+here (a scripted /chat/completions server and a stand-in for the batch API), on 127.0.0.1.
+
+The servers update their counts before they answer, so that a count a test reads after `generate` returns
+is final; no assertion races a server thread, and none depends on how fast this machine is (a wait that
+must not happen is made far longer than any bound the test checks)."""
 
 from __future__ import annotations
 
@@ -18,7 +22,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from ray_entigraph.config import OpenAIConfig
 from ray_entigraph.engines.base import GenerationRequest, SamplingParams
+from ray_entigraph.errors import EngineError
 from ray_entigraph.engines.openai_engine import (
     OpenAIEngine,
     backoff_delay,
@@ -173,8 +179,12 @@ def test_status_error_reasons_name_status_message_and_fix():
 class ScriptedServer:
     """Answers POST /v1/chat/completions by a script per request key (header X-Request-Key): a list of
     actions played in order, the last one repeated. Actions: ("ok",), ("status", code, headers, payload),
-    ("drop",) close without answering, ("hang", s) wait then close, ("slow", s) wait then answer,
-    ("quote_auth", code) an error whose message quotes our Authorization header."""
+    ("drop",) close without answering, ("hang", s) wait (until the server closes, at most s) then close,
+    ("slow", s) wait then answer, ("gate", n, s) answer once n requests were in flight at one time (or after
+    s), ("quote_auth", code) an error whose message quotes our Authorization header.
+
+    Every count (attempts, answers, requests in flight) is updated before the answer is written: once the
+    client has an answer, the counts include it."""
 
     def __init__(self, scripts: dict[str, list[tuple]] | None = None):
         self.scripts = {k: list(v) for k, v in (scripts or {}).items()}
@@ -184,6 +194,8 @@ class ScriptedServer:
         self.bodies: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
+        self.changed = threading.Condition(self.lock)  # notified when max_in_flight grows
+        self.closing = threading.Event()  # releases hanging handlers when the server closes
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -206,35 +218,46 @@ class ScriptedServer:
                     action = script.pop(0) if len(script) > 1 else script[0]
                     server.in_flight += 1
                     server.max_in_flight = max(server.max_in_flight, server.in_flight)
+                    server.changed.notify_all()
+                answer = None
                 try:
-                    server.play(self, action, key, body)
+                    answer = server.play(self, action, key, body)
                 finally:
+                    # counted before answering: the client may assert on the counts as soon as it has the answer
                     with server.lock:
                         server.in_flight -= 1
+                        if answer is not None and answer[0] == 200:
+                            server.answered[key] += 1
+                if answer is None:
+                    self.close_connection = True  # the connection closes with no answer
+                else:
+                    server.send(self, *answer)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.httpd.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
         threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
-    def play(self, handler, action, key, body):
+    def play(self, handler, action, key, body) -> tuple[int, dict, object] | None:
+        """Wait as the action says, then return the answer (status, headers, payload), or None for none."""
         kind = action[0]
-        if kind in ("drop", "hang"):
-            if kind == "hang":
-                time.sleep(action[1])
-            handler.close_connection = True  # the connection closes with no answer
-            return
-        if kind == "slow":
+        if kind == "hang":
+            self.closing.wait(action[1])
+        elif kind == "slow":
             time.sleep(action[1])
-        if kind in ("ok", "slow"):
+        elif kind == "gate":
+            with self.changed:
+                self.changed.wait_for(lambda: self.max_in_flight >= action[1], timeout=action[2])
+        if kind in ("drop", "hang"):
+            return None
+        if kind in ("ok", "slow", "gate"):
             content = " continues." if body.get("continue_final_message") else f"answer to {key}"
-            self.send(handler, 200, {}, completion(content))
-            with self.lock:
-                self.answered[key] += 1
-        elif kind == "status":
-            self.send(handler, action[1], action[2], action[3])
-        elif kind == "quote_auth":
-            self.send(handler, action[1], {}, {"error": {"message": f"rejected header {handler.headers.get('Authorization')}"}})
+            return 200, {}, completion(content)
+        if kind == "status":
+            return action[1], action[2], action[3]
+        if kind == "quote_auth":
+            return action[1], {}, {"error": {"message": f"rejected header {handler.headers.get('Authorization')}"}}
+        raise ValueError(f"unknown action {action!r}")
 
     @staticmethod
     def send(handler, code, headers, payload):
@@ -248,6 +271,7 @@ class ScriptedServer:
         handler.wfile.write(data)
 
     def close(self):
+        self.closing.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -265,10 +289,11 @@ def scripted():
         s.close()
 
 
-def engine_for(url, **kwargs):
-    kwargs = {"api_key_env": None, "backoff_base_s": 0.01, "backoff_max_s": 0.05, "max_retries": 3,
-              "request_timeout_s": 10.0, **kwargs}
-    return OpenAIEngine("served-model", base_url=url, **kwargs)
+def engine_for(url, **settings):
+    """An engine on `url` with fast retries; `settings` are engine.openai fields."""
+    settings = {"api_key_env": None, "backoff_base_s": 0.01, "backoff_max_s": 0.05, "max_retries": 3,
+                "request_timeout_s": 10.0, **settings}
+    return OpenAIEngine(OpenAIConfig(base_url=url, **settings), "served-model")
 
 
 def test_retries_each_request_completes_exactly_once(scripted):
@@ -305,11 +330,14 @@ def test_retry_after_is_waited_for(scripted):
 
 
 def test_timeout_is_retried(scripted):
-    server = scripted({"k": [("hang", 2.0), ("ok",)]})
+    # The first try hangs for 30 s unless the server closes first: only the client's 0.5 s timeout can end it
+    # within the 15 s bound, however slow this machine is.
+    server = scripted({"k": [("hang", 30.0), ("ok",)]})
     started = time.monotonic()
     [res] = engine_for(server.url, request_timeout_s=0.5).generate([request("k")])
     assert res.error is None and res.num_retries == 1 and server.answered["k"] == 1
-    assert time.monotonic() - started < 1.9
+    assert server.attempts["k"] == 2
+    assert time.monotonic() - started < 15.0
 
 
 def test_connection_refused_gives_up_with_the_number_of_tries():
@@ -322,10 +350,12 @@ def test_connection_refused_gives_up_with_the_number_of_tries():
 
 
 def test_concurrency_is_bounded(scripted):
-    server = scripted({f"k{i}": [("slow", 0.15)] for i in range(10)})
+    # Each request is held until 3 were in flight at once (or 5 s passed): the engine must reach 3 and never
+    # exceed it. (A sleep instead would make reaching 3 a matter of timing.)
+    server = scripted({f"k{i}": [("gate", 3, 5.0)] for i in range(10)})
     results = engine_for(server.url, max_concurrency=3).generate([request(f"k{i}") for i in range(10)])
     assert all(r.error is None for r in results)
-    assert 2 <= server.max_in_flight <= 3
+    assert server.max_in_flight == 3 and sum(server.answered.values()) == 10
 
 
 def test_continue_prefill_round_trip(scripted):
@@ -369,8 +399,8 @@ def test_api_key_is_sent_but_never_shown(scripted, monkeypatch, caplog):
 
 def test_missing_key_remote_is_an_error_local_sends_none(scripted, monkeypatch, caplog):
     monkeypatch.delenv("RE_MISSING_KEY", raising=False)
-    with pytest.raises(ValueError, match="RE_MISSING_KEY") as err:
-        OpenAIEngine("m", base_url="https://api.example.com/v1", api_key_env="RE_MISSING_KEY")
+    with pytest.raises(EngineError, match="RE_MISSING_KEY") as err:
+        OpenAIEngine(OpenAIConfig(base_url="https://api.example.com/v1", api_key_env="RE_MISSING_KEY"), "m")
     assert "api_key_env=null" in str(err.value)
     server = scripted()
     with caplog.at_level(logging.WARNING):
@@ -392,17 +422,20 @@ def test_from_config(tmp_path):
     ])
     engine = make_engine(config)
     assert isinstance(engine, OpenAIEngine) and engine.supports_json_schema
-    assert (engine.model_name, engine.base_url, engine.max_concurrency, engine.prefill) == (
+    assert engine.openai == config.engine.openai  # the engine reads its settings from its config section
+    assert (engine.model_name, engine.base_url, engine.openai.max_concurrency, engine.openai.prefill) == (
         "srv", "http://127.0.0.1:9/v1", 3, "instruct")
-    assert engine.extra_body == {"top_k": 5}
+    assert engine.openai.extra_body == {"top_k": 5}
     default = make_engine(load_config(None, [f"output_dir={tmp_path}", "engine.kind=openai", "engine.openai.api_key_env=null"]))
     assert default.model_name == config.model.name
 
 
 def test_count_tokens_falls_back_to_characters(tmp_path):
-    engine = OpenAIEngine("m", api_key_env=None, tokenizer=str(tmp_path / "no-such-tokenizer"))
+    engine = OpenAIEngine(OpenAIConfig(api_key_env=None, tokenizer=str(tmp_path / "no-such-tokenizer")), "m")
     assert engine.count_tokens("x" * 40) == 11
-    assert OpenAIEngine("m", api_key_env=None).count_tokens("abcd") == 2
+    # without engine.openai.tokenizer the model's name is tried (here a folder that does not exist)
+    by_model = OpenAIEngine(OpenAIConfig(api_key_env=None), str(tmp_path / "no-such-model"))
+    assert by_model.count_tokens("abcd") == 2
 
 
 # -- the batch API (a stand-in server, not a provider) -----------------------------------------------------

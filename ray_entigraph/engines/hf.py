@@ -1,0 +1,90 @@
+"""Hugging Face loading: the one home of `from_pretrained` for tokenizers and causal LMs, device and dtype
+choice, and the transformers version differences the engines and evaluation share.
+
+Stages, training, evaluation and the engines load through here, so that a model name means the same thing
+everywhere (`bundled:...` is converted once by `engines.bundled`, a hub id or folder is passed through).
+torch and transformers are imported inside the functions: importing this module costs nothing.
+"""
+
+from __future__ import annotations
+
+# Config dtype names that map to a torch dtype; anything else ("auto") lets from_pretrained use the checkpoint's.
+DTYPES = ("bfloat16", "float16", "float32")
+
+
+def pick_device(device: str) -> str:
+    """`auto` is CUDA when present, else CPU; any other name (`cpu`, `cuda`, `cuda:N`) is kept."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def torch_dtype(name: str):
+    """The torch dtype named by a config's dtype; "auto" (or another name) gives "auto" for `from_pretrained`."""
+    if name not in DTYPES:
+        return "auto"
+    import torch
+
+    return getattr(torch, name)
+
+
+def cache_argument(model) -> str:
+    """transformers renamed `past_key_values` to `cache` (5.2x); use whichever this version's model takes."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def load_tokenizer(model_name: str, cache_dir: str | None = None):
+    """The tokenizer of a Hugging Face id, a local folder or `bundled:...` (converted on first use)."""
+    from transformers import AutoTokenizer
+
+    from ray_entigraph.engines.bundled import resolve_model_path
+
+    return AutoTokenizer.from_pretrained(resolve_model_path(model_name, cache_dir))
+
+
+def quiet_progress_bars() -> None:
+    """No download or weight-loading progress bars: in actor and task logs they are a flood of lines."""
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_causal_lm(path: str, *, dtype: str, device: str):
+    """A causal LM from a resolved local path or hub id, in `dtype` (a config name), on `device`, in eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    quiet_progress_bars()
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)).to(device).eval()
+
+
+def load_model(path: str, *, dtype: str, device: str, cache_dir: str | None = None, torch_threads: int | None = None):
+    """(model, tokenizer, device) for a Hugging Face id, a local folder, `bundled:...`, or an exported model
+    on object storage (downloaded to a temporary folder first). `dtype="auto"` is float32 on CPU (bf16
+    matmuls are slow on many CPUs) and bfloat16 elsewhere; on CPU torch uses `torch_threads` or every core."""
+    import os
+    import tempfile
+
+    import torch
+
+    from ray_entigraph import storage
+    from ray_entigraph.engines.bundled import resolve_model_path
+
+    quiet_progress_bars()
+    device = pick_device(device)
+    if device == "cpu":
+        torch.set_num_threads(torch_threads or os.cpu_count() or 1)
+    local = resolve_model_path(path, cache_dir)
+    if "://" in local and not local.startswith("file://"):
+        tmp = tempfile.mkdtemp(prefix="ray-entigraph-eval-")
+        storage.get_dir(local, tmp)
+        local = tmp
+    local = local.removeprefix("file://")
+    if dtype == "auto":
+        dtype = "float32" if device == "cpu" else "bfloat16"
+    tokenizer = load_tokenizer(local)
+    model = load_causal_lm(local, dtype=dtype, device=device)
+    return model, tokenizer, device

@@ -1,0 +1,119 @@
+"""Reading the user's input: built-in corpora, listing input files, and records from one file.
+
+Inputs are JSON Lines, Parquet, or folders of .txt/.md files, local or on any fsspec URL. Every problem
+with an input (an empty file, bytes that are not UTF-8, a bad JSON line) becomes an error record, so it is
+counted and visible, never silently dropped. Used by ingest, evaluation (questions, perplexity texts) and
+training (replay corpora); listing is done once per run, on the driver, before any worker starts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+from ray_entigraph import storage
+from ray_entigraph.config import InputConfig
+from ray_entigraph.errors import InputError
+
+__all__ = ["DEMO_CORPUS", "InputError", "list_input_files", "records_from_file", "resolve_input_path"]
+
+_EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text", ".md": "text"}
+DEMO_CORPUS = Path(__file__).resolve().parent / "demo" / "quality_demo.jsonl"
+
+
+def resolve_input_path(path: str) -> str:
+    """Built-in inputs: `builtin:demo` (the demo corpus), `builtin:stdlib-docs` (a replay corpus) and
+    `builtin:stdlib-docs-heldout` (held-out general text for the forgetting perplexity)."""
+    if path == "builtin:demo":
+        return str(DEMO_CORPUS)
+    if path in ("builtin:stdlib-docs", "builtin:stdlib-docs-heldout"):
+        from ray_entigraph.demo.replay import stdlib_docstrings_path
+
+        return stdlib_docstrings_path(split="train" if path == "builtin:stdlib-docs" else "heldout")
+    return path
+
+
+def list_input_files(cfg: InputConfig) -> list[tuple[str, str]]:
+    """(url, format) of every input file, checked on the driver before any worker starts."""
+    url = resolve_input_path(cfg.path)
+    fs, path = storage.filesystem(url)
+    if any(ch in path for ch in "*?["):
+        found = sorted(fs.glob(path))
+        prefix = url.split("://")[0] + "://" if "://" in url else ""
+        candidates = [prefix + p for p in found]
+    elif not fs.exists(path):
+        raise InputError(f"Input path {cfg.path!r} does not exist. Fix: set input.path to a file, folder or glob that exists.")
+    elif fs.isdir(path):
+        prefix = url.split("://")[0] + "://" if "://" in url else ""
+        candidates = sorted(prefix + p for p in fs.find(path))
+    else:
+        candidates = [url]
+    files = []
+    for cand in candidates:
+        ext = Path(cand).suffix.lower()
+        fmt = cfg.format if cfg.format != "auto" else _EXTENSIONS.get(ext)
+        if fmt is None or Path(cand).name.startswith("."):
+            continue
+        files.append((cand, fmt))
+    if not files:
+        raise InputError(
+            f"No input files under {cfg.path!r} (looked for {', '.join(sorted(_EXTENSIONS))}). "
+            "Fix: point input.path at such files, or set input.format."
+        )
+    return files
+
+
+def _strip_html(text: str) -> str:
+    if not re.search(r"<(p|br|div|span|h\d)\b", text, re.I):
+        return text
+    text = re.sub(r"<\s*br\s*/?>|</p>", "\n", text, flags=re.I)
+    text = re.sub(r"<[^>]+>", "", text)
+    return re.sub(r"\n{3,}", "\n\n", text)
+
+
+def records_from_file(url: str, fmt: str, cfg: InputConfig) -> list[dict]:
+    """Raw records (title, text, metadata) or error records from one input file. Pure apart from reading."""
+    data = storage.read_bytes(url)
+    name = Path(url).name
+    if not data.strip():
+        return [{"source": url, "error": f"empty file: {name} has no content. Fix: remove it or fill it."}]
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.read_table(io.BytesIO(data)).to_pylist()
+        return [_record_from_mapping(r, url, f"row {i}", cfg) for i, r in enumerate(rows)]
+    try:
+        decoded = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return [{
+            "source": url,
+            "error": f"not valid UTF-8: {name} has byte 0x{data[exc.start]:02x} at offset {exc.start}. "
+            "Fix: re-encode the file as UTF-8 (e.g. `iconv -f latin1 -t utf-8`).",
+        }]
+    if fmt == "text":
+        return [{"source": url, "title": Path(url).stem, "text": decoded, "metadata": {}}]
+    out = []
+    for lineno, line in enumerate(decoded.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            out.append({"source": f"{url}:{lineno}", "error": f"invalid JSON on line {lineno} of {name}: {exc.msg}"})
+            continue
+        if not isinstance(obj, dict):
+            out.append({"source": f"{url}:{lineno}", "error": f"line {lineno} of {name} is not a JSON object"})
+            continue
+        out.append(_record_from_mapping(obj, url, f"line {lineno}", cfg))
+    return out or [{"source": url, "error": f"empty file: {name} has no JSON records."}]
+
+
+def _record_from_mapping(obj: dict, url: str, where: str, cfg: InputConfig) -> dict:
+    field = cfg.text_field if cfg.text_field in obj else ("article" if "article" in obj else None)
+    if field is None or not isinstance(obj.get(field), str):
+        return {"source": f"{url} {where}", "error": f"no text: {where} has no string field {cfg.text_field!r}. Fix: set input.text_field."}
+    meta = {k: v for k, v in obj.items() if k not in (field, cfg.title_field)}
+    title = obj.get(cfg.title_field)
+    return {"source": url, "title": str(title) if title else Path(url).stem, "text": _strip_html(obj[field]), "metadata": meta}

@@ -1,0 +1,143 @@
+"""Where everything lives under `output_dir`, and the identities that name folders and requests.
+
+One module knows the run folder's layout, so that stages, training, evaluation, `run` and `status` ask here
+instead of joining paths themselves:
+
+    config.yaml  run.json                      the resolved config; the last invocation's state
+    documents/  entities/  synthetic/          stage shards (+ _committed/ markers, errors/<stage>/)
+    judged/<judge id>/                         a judge model's ratings (curate.judge)
+    curated/<curation id>/                     the curated corpus (curate.enabled)
+    train/blocks/<source>/                     packed training blocks, shared by every training
+    <train.name>/                              one training: checkpoints, metrics, exported model
+    eval/                                      the evaluation report
+    _steps/<step>.json                         `run` / `sweep` / `ablate` step markers
+
+Identity functions are pure: they take the resolved facts (prompt versions, whether decoding is
+constrained) rather than loading them, so they cost nothing and never import an engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass
+
+from ray_entigraph import schema, storage
+from ray_entigraph.config import CurateConfig, EntiGraphConfig
+from ray_entigraph.text.identity import request_key
+
+CONFIG_FILE = "config.yaml"
+RUN_STATE_FILE = "run.json"
+STEPS_DIR = "_steps"
+EVAL_DIR = "eval"
+EXTRACT_KIND = "extract"
+
+
+def _short_hash(blob: dict) -> str:
+    return hashlib.blake2b(json.dumps(blob, sort_keys=True).encode(), digest_size=8).hexdigest()
+
+
+def shard_basename(url: str) -> str:
+    """A shard's name from its URL (`.../part-ab12.parquet` -> `part-ab12`)."""
+    return posixpath.basename(str(url)).removesuffix(".parquet")
+
+
+# -- identities ------------------------------------------------------------------------------------------
+
+
+def extraction_key(config: EntiGraphConfig, doc_id: str, *, prompt_version: str, constrained: bool) -> str:
+    """The request key of one document's entity extraction: everything that determines its output."""
+    x = config.extract
+    return request_key(
+        doc_id=doc_id, kind=EXTRACT_KIND, entities=(), prompt_version=prompt_version, model=config.model.name,
+        sampling={**x.sampling.key(), "max_attempts": x.max_attempts, "fallback": x.fallback,
+                  "max_entities": x.max_entities, **({"json_schema": True} if constrained else {})},
+        seed=config.seed,
+    )
+
+
+def judge_id(*, model: str, prompt_version: str, constrained: bool, sampling: dict) -> str:
+    """Names the judged/ folder: another judge model, prompt or decoding never reuses these ratings."""
+    return _short_hash({"model": model, "prompts": prompt_version, "constrained": constrained, "sampling": sampling})
+
+
+def curation_id(curate: CurateConfig, synthetic_shards: list[str]) -> str:
+    """Names the curated/ folder: the curate settings and the synthetic shards they read."""
+    return _short_hash({"curate": curate.identity(), "shards": sorted(synthetic_shards)})
+
+
+def step_name(step: str) -> str:
+    return step.replace("/", "-")
+
+
+# -- the folder ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """The run folder of one `output_dir`."""
+
+    output_dir: str
+
+    def url(self, *parts: str) -> str:
+        return storage.join(self.output_dir, *parts)
+
+    @property
+    def config_url(self) -> str:
+        return self.url(CONFIG_FILE)
+
+    @property
+    def run_state_url(self) -> str:
+        return self.url(RUN_STATE_FILE)
+
+    def step_marker_url(self, step: str) -> str:
+        return self.url(STEPS_DIR, step_name(step) + ".json")
+
+    def store(self, stage: str) -> storage.StageStore:
+        return storage.StageStore(self.output_dir, stage)
+
+    @property
+    def documents(self) -> storage.StageStore:
+        return self.store(schema.INGEST)
+
+    @property
+    def entities(self) -> storage.StageStore:
+        return self.store(schema.EXTRACT)
+
+    @property
+    def synthetic(self) -> storage.StageStore:
+        return self.store(schema.SYNTHESIZE)
+
+    @staticmethod
+    def judged_stage(judge: str) -> str:
+        return f"{schema.JUDGE}/{judge}"
+
+    @staticmethod
+    def curated_stage(curation: str) -> str:
+        return f"{schema.CURATE}/{curation}"
+
+    def blocks(self, source: str) -> storage.StageStore:
+        return self.store(schema.blocks_stage(source))
+
+    def training(self, name: str, *parts: str) -> str:
+        """One training's folder (output_dir/<train.name>), or a path inside it."""
+        return self.url(*name.split("/"), *parts)
+
+    def eval_url(self, *parts: str) -> str:
+        return self.url(EVAL_DIR, *parts)
+
+    def stage_folders(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        """Every stage folder `status` reports, by stage name: the fixed ones plus the run's judged/ and
+        curated/ folders (`extra`, recorded in run.json by the run that resolved them)."""
+        return {**{s: s for s in schema.STAGES}, **(extra or {})}
+
+
+def train_url(config: EntiGraphConfig, *parts: str) -> str:
+    """The configured training's folder (output_dir/<train.name>), or a path inside it."""
+    return Layout(config.output_dir).training(config.train.name, *parts)
+
+
+def base_model_name(config: EntiGraphConfig) -> str:
+    """The model continued pretraining starts from (train.base_model, else the generator)."""
+    return config.train.base_model or config.model.name

@@ -1,0 +1,30 @@
+"""Starting or joining Ray on the driver, the one place that does it: a local instance on a laptop, the
+cluster when `RAY_ADDRESS` is set (as `ray job submit` does)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from ray_entigraph import storage
+from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.layout import Layout
+
+
+def init_ray(config: EntiGraphConfig) -> None:
+    import ray  # lazy: `import ray_entigraph` and the CLI's help work without starting Ray
+
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+        # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise a local instance starts.
+        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = False  # our own progress line carries an ETA in request units
+    ctx.print_on_execution_start = False
+
+
+def save_resolved_config(config: EntiGraphConfig) -> None:
+    """The resolved config next to the run's outputs (`status` and later runs read it)."""
+    storage.write_text(Layout(config.output_dir).config_url, config.to_yaml())

@@ -1,0 +1,262 @@
+"""The stage protocol and what every stage shares: one commit path, usage accounting, actor-pool arguments,
+and the driver loop that runs a stage and streams its commit rows into progress and the ledger.
+
+A stage is one module holding both halves:
+- the driver half, a `Stage` subclass: `enabled(ctx)`, `folder(ctx)` (where it commits) and `plan(ctx)`,
+  which reads what is committed and returns a `StagePlan` (how many units the config asks for, how many are
+  done, and the dataset of what is left);
+- the worker half, a callable class (or function) that Ray builds inside an actor or task, named by the
+  stage's `worker` and fed by `map_batches` with the stage's own `map_batches_kwargs(ctx)`.
+`run_stage` does the rest for every stage alike: progress with an ETA, totals, the error check.
+
+Every unit of work commits through `commit_unit`, which records rows, errors, usage, timing, host, Ray node
+and the stage's own statistics in the shard's commit marker, and returns the one-row table the driver reads.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from ray_entigraph import ledger, schema, storage
+from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.errors import StageFailed
+
+if TYPE_CHECKING:
+    from ray_entigraph.context import RunContext
+
+# Per-request accounting that every engine reports and every model stage sums into its commit marker.
+USAGE_FIELDS = ("num_prompt_tokens", "num_cached_tokens", "num_generated_tokens", "num_retries")
+
+
+@dataclass
+class Usage:
+    """Summed engine usage of one unit of work."""
+
+    num_prompt_tokens: int = 0
+    num_cached_tokens: int = 0
+    num_generated_tokens: int = 0
+    num_retries: int = 0
+
+    def add(self, result: Any) -> None:
+        for name in USAGE_FIELDS:
+            setattr(self, name, getattr(self, name) + int(getattr(result, name, 0) or 0))
+
+    def as_dict(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in USAGE_FIELDS}
+
+
+# -- worker side -----------------------------------------------------------------------------------------
+
+
+def shard_identity(config: EntiGraphConfig, prompt_version: str | None) -> dict[str, str]:
+    """What produced a shard, recorded in its commit marker."""
+    return {"config_hash": config.config_hash(), "model": config.model.name, "prompt_version": prompt_version or ""}
+
+
+def ray_node_id() -> str:
+    """The Ray node running this unit of work ("" outside Ray): tells the nodes of a cluster apart where
+    `host` may not (several nodes on one machine, or containers with the same hostname)."""
+    import ray  # lazy: workers have Ray; unit tests of pure pieces need not start it
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+
+
+def torch_threads_for(config: EntiGraphConfig) -> int:
+    """Ray sets OMP_NUM_THREADS to an actor's num_cpus; on CPU we want every core the node gives us."""
+    return config.engine.torch_threads or os.cpu_count() or 1
+
+
+def worker_config(config: EntiGraphConfig) -> EntiGraphConfig:
+    """The config an actor runs with (its own copy, torch threads resolved for its node)."""
+    config = config.model_copy(deep=True)
+    config.engine.torch_threads = torch_threads_for(config)
+    return config
+
+
+def commit_unit(
+    store: storage.StageStore,
+    rows: list[dict],
+    errors: list[dict],
+    *,
+    row_schema: pa.Schema,
+    key_column: str | None,
+    started: float,
+    usage: Usage | None = None,
+    stats: dict[str, Any] | None = None,
+    name_keys: list[str] | None = None,
+    drops: list[dict] | None = None,
+) -> pa.Table:
+    """Commit one unit of work (ok rows + error rows) and return its manifest row for the driver.
+
+    The shard name hashes `name_keys` plus the rows' and errors' keys (`key_column`; None: `name_keys`
+    alone, for a shard derived one-to-one from another). `stats` adds the stage's own fields to the marker.
+    `drops`: rows a filter removed on purpose, logged with their reasons in the errors table like failures
+    but counted as `num_dropped`, not `num_failed`."""
+    table = schema.rows_to_table(rows, row_schema)
+    logged = errors + (drops or [])
+    err_table = schema.rows_to_table(logged, schema.ERRORS) if logged else None
+    keys = list(name_keys or [])
+    if key_column is not None:
+        keys += [r[key_column] for r in rows] + [e["request_key"] for e in errors]
+    entry = store.commit(
+        table,
+        err_table,
+        keys=keys,
+        stats={
+            "num_ok": len(rows),
+            "num_failed": len(errors),
+            **({"num_dropped": len(drops)} if drops is not None else {}),
+            **(usage or Usage()).as_dict(),
+            **(stats or {}),
+            "wall_s": round(time.time() - started, 3),
+            "host": os.uname().nodename,
+            "node_id": ray_node_id(),
+            "pid": os.getpid(),
+        },
+    )
+    return manifest_row_table([entry])
+
+
+def error_row(stage: str, request_key: str, doc_id: str | None, reason: str) -> dict:
+    return {"stage": stage, "request_key": request_key, "doc_id": doc_id, "error": reason}
+
+
+def manifest_row_table(entries: list[dict]) -> pa.Table:
+    return pa.table(
+        {
+            "shard": [e["shard"] for e in entries],
+            "num_ok": [int(e.get("num_ok", 0)) for e in entries],
+            "num_failed": [int(e.get("num_failed", 0)) for e in entries],
+            "num_dropped": [int(e.get("num_dropped", 0)) for e in entries],
+            "num_prompt_tokens": [int(e.get("num_prompt_tokens", 0)) for e in entries],
+            "num_cached_tokens": [int(e.get("num_cached_tokens", 0)) for e in entries],
+            "num_generated_tokens": [int(e.get("num_generated_tokens", 0)) for e in entries],
+            "num_retries": [int(e.get("num_retries", 0)) for e in entries],
+            "wall_s": [float(e.get("wall_s", 0.0)) for e in entries],
+            "host": [str(e.get("host", "")) for e in entries],
+            "node_id": [str(e.get("node_id", "")) for e in entries],
+        }
+    )
+
+
+# -- driver side -----------------------------------------------------------------------------------------
+
+
+def model_actor_kwargs(config: EntiGraphConfig) -> dict[str, Any]:
+    """`map_batches` keyword arguments for a model stage: an actor pool with explicit bounds and resources."""
+    from ray.data import ActorPoolStrategy  # lazy: Ray loads only when a stage runs
+
+    res = config.resources
+    kwargs: dict[str, Any] = {
+        "compute": ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
+        "num_cpus": res.num_cpus_per_actor,
+        "batch_size": res.batch_size,
+        "batch_format": "pyarrow",
+        # One call = one committed shard; the driver sees results as they commit.
+        "zero_copy_batch": True,
+    }
+    if res.num_gpus_per_actor:
+        kwargs["num_gpus"] = res.num_gpus_per_actor
+    if res.accelerator_type:
+        kwargs["accelerator_type"] = res.accelerator_type
+    return kwargs
+
+
+def read_shards(urls: list[str], include_paths: bool = False):
+    import ray.data  # lazy: Ray loads only when a stage runs
+
+    paths, fs = storage.for_ray_data(urls)
+    return ray.data.read_parquet(paths, filesystem=fs, shuffle=None, include_paths=include_paths)
+
+
+def read_documents(index: dict[str, str]):
+    """The indexed documents as a Ray dataset, each from the one shard the index names."""
+    urls = sorted(set(index.values()))
+    paths, _ = storage.for_ray_data(urls)
+    wanted = {doc_id: paths[urls.index(url)] for doc_id, url in index.items()}
+    ds = read_shards(urls, include_paths=True)
+    return ds.filter(lambda r: wanted.get(r["doc_id"]) == r["path"]).drop_columns(["path"])
+
+
+def units_of_work(ds, config: EntiGraphConfig):
+    """One block per actor call, so that each committed shard reaches the driver as soon as it is written
+    (a bigger block is only handed on when all of its batches are done) and actors share the work evenly."""
+    return ds.repartition(target_num_rows_per_block=config.resources.batch_size)
+
+
+def items(rows: list[dict]):
+    """A small driver-made list (URLs, files) as a dataset with one row per block: one task or call each."""
+    import ray.data  # lazy: Ray loads only when a stage runs
+
+    return ray.data.from_items(rows, override_num_blocks=max(len(rows), 1))
+
+
+@dataclass
+class StagePlan:
+    """What a stage will do in this invocation: its totals so far and the dataset of what is left."""
+
+    totals: ledger.StageTotals  # `expected` and `done_before` set
+    dataset: Any = None  # rows for the worker; None when nothing is left to do
+    units: int = 0  # size of the progress line (what is left)
+    unit: str = "requests"
+    per_row_units: int | None = None  # each commit row counts this many units (else its num_ok + num_failed)
+    worker_args: dict[str, Any] = field(default_factory=dict)  # what plan() resolved for apply()
+
+
+class Stage:
+    """The driver half of a stage. Subclasses set `name` and implement `plan` and `apply`."""
+
+    name: str = ""  # the stage's name in run.json, the ledger and progress lines
+    checks_errors: bool = True  # apply max_error_fraction to this stage's failed requests
+
+    def enabled(self, ctx: "RunContext") -> bool:
+        return True
+
+    def folder(self, ctx: "RunContext") -> str:
+        """The stage folder it commits to under output_dir."""
+        return self.name
+
+    def plan(self, ctx: "RunContext") -> StagePlan:
+        raise NotImplementedError
+
+    def apply(self, ctx: "RunContext", plan: StagePlan):
+        """The worker over the planned dataset: a lazy Ray dataset of commit rows."""
+        raise NotImplementedError
+
+    def finish(self, ctx: "RunContext", totals: ledger.StageTotals) -> ledger.StageTotals:
+        """After the last commit: what the stage learned while running (e.g. how many documents)."""
+        return totals
+
+
+def run_stage(stage: Stage, ctx: "RunContext", on_start=lambda totals: None) -> ledger.StageTotals:
+    """Plan a stage, report its plan, run its workers to the end and return its totals."""
+    plan = stage.plan(ctx)
+    on_start(plan.totals)
+    if plan.dataset is None:
+        return stage.finish(ctx, plan.totals)
+    progress = ledger.Progress(stage.name, plan.units, unit=plan.unit)
+    totals = plan.totals
+    for row in stage.apply(ctx, plan).iter_rows():
+        totals.add(row)
+        if plan.per_row_units is None:
+            progress.update(row["num_ok"], row["num_failed"], row["num_generated_tokens"])
+        else:
+            progress.update(plan.per_row_units, 0, row["num_generated_tokens"])
+    return stage.finish(ctx, totals)
+
+
+def check_errors(stage: str, totals: ledger.StageTotals, config: EntiGraphConfig) -> None:
+    """Raise `StageFailed` when more than max_error_fraction of a stage's requests failed."""
+    attempted = totals.num_ok + totals.num_failed
+    if attempted and totals.num_failed / attempted > config.max_error_fraction:
+        raise StageFailed(
+            f"Stage {stage!r}: {totals.num_failed} of {attempted} requests failed "
+            f"({totals.num_failed / attempted:.0%} > max_error_fraction {config.max_error_fraction:.0%}). "
+            f"Reasons are in {storage.join(config.output_dir, storage.ERRORS, stage)}. Fix the cause and re-run "
+            "(committed work is kept), or raise max_error_fraction."
+        )

@@ -1,0 +1,101 @@
+"""`workflows.ablation` without training: each arm's config, budgets and equal steps, and the report
+(statistics, verdicts, plots) from a made-up evaluation report."""
+
+from __future__ import annotations
+
+import pytest
+
+from ray_entigraph import storage
+from ray_entigraph.arms import ARMS, REFERENCE_ARM
+from ray_entigraph.config import derive, load_config
+from ray_entigraph.workflows.ablation import (AblationRun, ablation_budgets, ablation_report, aggregate_arms,
+                                              arm_config, equal_steps, verdict)
+from ray_entigraph.workflows.plots import SERIES_STYLES
+
+
+def _cfg(*overrides):
+    return load_config("configs/demo.yaml", list(overrides))
+
+
+def test_every_ablation_arm_is_a_valid_config_that_differs_in_its_own_setting():
+    config = _cfg()
+    arms = {name: arm_config(config, name) for name in ARMS}
+    assert set(arms) == {"entigraph", "grounded", "repaired", "dedup", "judged", "freeform", "temperature",
+                         "entigraph+raw", "raw-cpt"}
+    for name, arm in arms.items():  # new synthetic rows, own output_dir
+        assert (arm.output_dir != config.output_dir) == (name in ("freeform", "temperature"))
+    assert arms["freeform"].output_dir == storage.join(config.output_dir, "ablation", "freeform")
+    assert arms["temperature"].output_dir.endswith(f"temperature-{config.ablation.temperature:g}")
+    assert not arms["entigraph"].curate.enabled
+    assert arms["grounded"].curate.enabled and arms["grounded"].curate.min_grounding == config.ablation.min_grounding
+    assert arms["repaired"].curate.min_sentence_grounding == config.ablation.min_sentence_grounding
+    assert arms["dedup"].curate.dedup and arms["dedup"].curate.min_grounding is None
+    assert arms["judged"].curate.judge and arms["judged"].curate.min_judge_score == config.ablation.min_judge_score
+    assert arms["freeform"].synthesis.prompts == "entigraph-freeform-v1"
+    assert arms["temperature"].synthesis.sampling.temperature == config.ablation.temperature
+    assert arms["entigraph+raw"].train.corpus == "synthetic+raw" and arms["raw-cpt"].train.corpus == "raw"
+    assert [name for name, arm in ARMS.items() if not arm.synthetic] == ["raw-cpt"]  # no synthetic budget
+
+
+def test_every_arm_is_a_valid_variant_with_its_own_plot_style():
+    config = _cfg(f"ablation.variants=[{','.join(ARMS)}]")
+    assert config.ablation.variants == list(ARMS) and REFERENCE_ARM in ARMS
+    styles = [SERIES_STYLES[name] for name in ARMS]
+    assert len(set(styles)) == len(styles)
+
+
+def test_budgets_are_whole_blocks_every_arm_can_fill():
+    assert ablation_budgets(36, 256, 1) == [36 * 256]
+    assert ablation_budgets(36, 256, 3) == [9 * 256, 18 * 256, 36 * 256]
+    assert ablation_budgets(1, 64, 4) == [64]
+
+
+def test_equal_steps_follow_epochs_over_the_budget():
+    config = _cfg("ablation.epochs=null")  # block_len 256, global batch 4, train.epochs 2
+    assert equal_steps(config, 36 * 256) == 2 * 36 // 4
+    assert equal_steps(config, 10) == 1
+    assert equal_steps(derive(config, ["ablation.epochs=4"]), 36 * 256) == 4 * 36 // 4
+
+
+def test_ablation_report_compares_each_arm_with_entigraph_on_the_same_questions():
+    qs = lambda bits: [{"qid": f"q{i}", "correct": bool(b)} for i, b in enumerate(bits)]  # noqa: E731
+    models = {"base": qs([0] * 20), "entigraph-512": qs([0] * 10 + [1] * 10), "dedup-512": qs([0] * 10 + [1] * 10),
+              "raw-cpt-512": qs([1] * 20)}
+    summary = [{"label": k, "accuracy": sum(q["correct"] for q in v) / 20, "accuracy_ci95": (0.0, 1.0),
+                "perplexity_knowledge": 3.0, "perplexity_forgetting": 20.0} for k, v in models.items()]
+    report = {"summary": summary, "models": [{"label": k, "questions": v} for k, v in models.items()]}
+    runs = [AblationRun(name, name.rsplit("-", 1)[0], 512, 0, 5) for name in models if name != "base"]
+    config = _cfg("output_dir=memory://ablation-report")
+    summary = ablation_report(config, report, runs, {n: 512 for n in models}, 1.0)
+    rows = {r["arm"]: r for r in summary.rows}
+    for url in (summary.plot_url, summary.arms_plot_url):  # accuracy against tokens, and per arm
+        assert storage.read_bytes(url).startswith(b"\x89PNG")
+    assert rows["entigraph-512"]["delta_vs_entigraph"] is None  # the reference itself
+    assert rows["dedup-512"]["delta_vs_entigraph"] == 0 and rows["dedup-512"]["verdict_vs_entigraph"] == "within interval"
+    assert rows["raw-cpt-512"]["delta_vs_entigraph"] == pytest.approx(0.5)
+    assert rows["raw-cpt-512"]["verdict_vs_entigraph"] == "helped"
+    assert verdict((-0.3, -0.1)) == "hurt" and verdict(None) == "-"
+    lines = summary.lines()
+    assert lines[0].startswith("arm") and any(line.startswith("raw-cpt-512") and "helped" in line for line in lines)
+    assert lines[-3] == f"report           {summary.report_url}"
+
+
+def test_ablation_averages_seeds_per_question_and_pairs_arms_on_those_means():
+    qs = lambda bits: [{"qid": f"q{i}", "correct": bool(b)} for i, b in enumerate(bits)]  # noqa: E731
+    models = {"base": qs([0, 0, 0, 0]), "entigraph-512": qs([1, 1, 0, 0]), "entigraph-512-seed1": qs([1, 0, 0, 0]),
+              "dedup-512": qs([1, 1, 1, 0]), "dedup-512-seed1": qs([1, 1, 1, 1])}
+    assert aggregate_arms(models, {"e": ["entigraph-512", "entigraph-512-seed1"]})["e"] == [
+        {"qid": "q0", "correct": 1.0}, {"qid": "q1", "correct": 0.5}, {"qid": "q2", "correct": 0.0},
+        {"qid": "q3", "correct": 0.0}]
+    summary = [{"label": k, "accuracy": sum(q["correct"] for q in v) / 4, "accuracy_ci95": (0.0, 1.0),
+                "perplexity_knowledge": 3.0 if "seed1" in k else 5.0, "perplexity_forgetting": 20.0}
+               for k, v in models.items()]
+    report = {"summary": summary, "models": [{"label": k, "questions": v} for k, v in models.items()]}
+    runs = [AblationRun(n, n.split("-")[0], 512, 1 if "seed1" in n else 0, 5) for n in models if n != "base"]
+    rows = {r["arm"]: r for r in ablation_report(_cfg("output_dir=memory://ablation-seeds"), report, runs,
+                                                   {n: 512 for n in models}, 1.0).rows}
+    assert set(rows) == {"base", "entigraph-512", "dedup-512"}
+    e, d = rows["entigraph-512"], rows["dedup-512"]
+    assert e["seeds"] == [0, 1] and e["accuracy"] == pytest.approx(0.375) and e["accuracy_per_seed"] == [0.5, 0.25]
+    assert d["accuracy"] == pytest.approx(0.875) and d["delta_vs_entigraph"] == pytest.approx(0.5)
+    assert d["perplexity_knowledge"] == pytest.approx(4.0)  # the mean over its seeds
