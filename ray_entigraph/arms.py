@@ -4,18 +4,18 @@
 description from it; `workflows.ablation` derives each arm's config from its overrides; `workflows.plots`
 draws each arm's series in its colour and marker. A new arm is one entry here.
 
-This module is imported by `config.py`, so it imports nothing from the package (the config type it reads is
-named for type checkers only) and no heavy library.
+This module is imported by `config.py`, so it imports nothing from the package and no heavy library.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from ray_entigraph.config import AblationConfig
+# The argument of an arm's callables is the config's `ablation` section (config.AblationConfig); it is typed
+# Any here because config.py imports this module, and this module imports nothing of the package.
+AblationSection = Any
 
 
 @dataclass(frozen=True)
@@ -23,12 +23,12 @@ class Arm:
     """One arm of the ablation, trained beside the others at equal synthetic tokens and equal steps."""
 
     description: str  # what the arm is, as the configuration reference shows it
-    overrides: Callable[[AblationConfig], list[str]]  # dotted overrides on top of the user's config
+    overrides: Callable[[AblationSection], list[str]]  # dotted overrides on top of the user's config
     color: str  # matplotlib colour of its series in the plots
     marker: str  # matplotlib marker of its series
     # Its own folder under <output_dir>/ablation when its synthetic rows differ from the main run's (it
     # synthesizes there); None: it trains on the main synthetic rows (curated or not).
-    own_dir: Callable[[AblationConfig], str] | None = None
+    own_dir: Callable[[AblationSection], str] | None = None
     # False for an arm that trains on the documents alone: it has no synthetic blocks, so it neither sets the
     # common budget nor takes a synthetic token budget.
     synthetic: bool = True

@@ -82,7 +82,7 @@ class SynthesisSummary:
               "without a rating (answers in errors/judged/)"] if "judge_rated" in c else [])
 
 
-class _RunState:
+class RunState:
     """run.json: the invocation's state, stage by stage, written as it changes (what `status` reads)."""
 
     def __init__(self, ctx: RunContext, command: str):
@@ -114,7 +114,7 @@ class _RunState:
         self.write()
 
 
-def run_stages(ctx: RunContext, stages: list[Stage], state: _RunState) -> dict[str, ledger.StageTotals]:
+def run_stages(ctx: RunContext, stages: list[Stage], state: RunState) -> dict[str, ledger.StageTotals]:
     """Run the stages in order, recording each in run.json; worker failures become `StageFailed`."""
     totals: dict[str, ledger.StageTotals] = {}
     current: str | None = None
@@ -156,7 +156,7 @@ def synthesize(config: EntiGraphConfig, ingest_only: bool = False, ctx: RunConte
         logger.warning("%s", warning)
     storage.check_writable(config.output_dir)
     save_resolved_config(config)
-    state = _RunState(ctx, "synthesize")
+    state = RunState(ctx, "synthesize")
     init_ray(config)
     stages = [cls() for cls in STAGES]
     stages = [s for s in stages if s.enabled(ctx) and (not ingest_only or isinstance(s, Ingest))]

@@ -41,6 +41,13 @@ COMMITTED = "_committed"
 ERRORS = "errors"
 
 
+def local_cache_dir() -> str:
+    """This machine's cache for derived local files (the converted bundled model, built-in corpora):
+    $RAY_ENTIGRAPH_CACHE, else $XDG_CACHE_HOME/ray_entigraph, else ~/.cache/ray_entigraph."""
+    return os.environ.get("RAY_ENTIGRAPH_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ray_entigraph")
+
+
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path inside it) for any URL or local path."""
     fs, path = fsspec.core.url_to_fs(url)

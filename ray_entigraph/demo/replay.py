@@ -14,6 +14,8 @@ import pkgutil
 import sys
 from pathlib import Path
 
+from ray_entigraph import storage
+
 BUILTIN = "builtin:stdlib-docs"
 BUILTIN_HELDOUT = "builtin:stdlib-docs-heldout"
 _MODULES = ("argparse", "asyncio", "collections", "csv", "datetime", "decimal", "email", "functools", "http",
@@ -26,10 +28,8 @@ _HELDOUT_MODULES = ("shutil", "subprocess", "tarfile", "pickle", "typing", "data
 
 
 def stdlib_docstrings_path(cache_dir: str | Path | None = None, split: str = "train") -> str:
-    from ray_entigraph.engines.bundled import default_cache_dir
-
     suffix = "" if split == "train" else f"-{split}"
-    path = Path(cache_dir or default_cache_dir()) / f"stdlib-docs{suffix}-py{sys.version_info.major}{sys.version_info.minor}.jsonl"
+    path = Path(cache_dir or storage.local_cache_dir()) / f"stdlib-docs{suffix}-py{sys.version_info.major}{sys.version_info.minor}.jsonl"
     if path.exists():
         return str(path)
     if split == "train":

@@ -12,6 +12,7 @@ import logging
 import os
 from pathlib import Path
 
+from ray_entigraph import storage
 from ray_entigraph.errors import ConfigError, EngineError
 
 logger = logging.getLogger(__name__)
@@ -23,13 +24,6 @@ _GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 def is_bundled(model_name: str) -> bool:
     return model_name.startswith(BUNDLED_PREFIX)
-
-
-def default_cache_dir() -> Path:
-    root = os.environ.get("RAY_ENTIGRAPH_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ray_entigraph"
-    )
-    return Path(root)
 
 
 def bundled_gguf_path() -> Path:
@@ -54,7 +48,7 @@ def resolve_model_path(model_name: str, cache_dir: str | Path | None = None) -> 
     if model_name != BUNDLED_NAME:
         raise ConfigError(f"Unknown bundled model {model_name!r}. Fix: name {BUNDLED_NAME!r}, the only one, or a "
                           "Hugging Face model id or local path.")
-    target = Path(cache_dir or default_cache_dir()) / "smollm2-135m-instruct"
+    target = Path(cache_dir or storage.local_cache_dir()) / "smollm2-135m-instruct"
     if (target / "model.safetensors").exists() and (target / "tokenizer.json").exists():
         return str(target)
     _convert_gguf(bundled_gguf_path(), target)

@@ -1,10 +1,10 @@
 """OpenAI-compatible HTTP engine: a vLLM / SGLang / llama.cpp server's `/v1`, or a hosted API.
 
-The one home of `httpx` (imported inside the functions that use it, so importing this module stays cheap:
-`engines.constrains_json` imports it on the driver). `generate` is synchronous (a Ray Data actor calls it) and runs one asyncio event
-loop per call: the requests go out concurrently, at most `max_concurrency` in flight, each retried on its
-own on 429, 5xx, timeouts and dropped connections (exponential backoff with full jitter, `Retry-After`
-honoured). A request that cannot succeed comes back as a failed result with its reason; `generate` never
+The one home of `httpx`, imported inside the functions that use it: `engines.constrains_json` imports this
+module on the driver, which must stay cheap. `generate` is synchronous (a Ray Data actor calls it) and runs
+one asyncio event loop per call: the requests go out concurrently, at most `max_concurrency` in flight, each
+retried on its own on 429, 5xx, timeouts and dropped connections (exponential backoff with full jitter,
+`Retry-After` honoured). A request that cannot succeed comes back as a failed result with its reason; `generate` never
 raises for one request.
 
 Every request carries the header `X-Request-Key: <request key>`. Servers ignore it; a proxy or a test can

@@ -10,7 +10,9 @@ schedule, one fault per request in arrival order:
   "truncate"  start a 200 answer, then close mid-body (nothing reaches the server)
 
 It counts, per request key (header X-Request-Key), how many requests reached the server and how many it
-answered with a 2xx, so a test can check that every request completed exactly once upstream.
+answered with a 2xx, so a test can check that every request completed exactly once upstream. Every count
+(and the record of an injected fault) is updated before the client gets the answer, so a test that reads
+them after its requests returned reads final counts.
 """
 
 from __future__ import annotations

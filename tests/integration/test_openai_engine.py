@@ -99,12 +99,14 @@ def proxy(vllm_server):
     p.stop()
 
 
-def make_engine(proxy, vllm_server, **kwargs):
+def make_engine(proxy, vllm_server, **settings):
+    """An engine through the proxy; `settings` are engine.openai fields."""
+    from ray_entigraph.config import OpenAIConfig
     from ray_entigraph.engines.openai_engine import OpenAIEngine
 
-    kwargs = {"base_url": f"{proxy.url}/v1", "api_key_env": None, "backoff_base_s": 0.05, "backoff_max_s": 2.0,
-              "max_retries": 6, "request_timeout_s": 120.0, "tokenizer": vllm_server.model_dir, **kwargs}
-    return OpenAIEngine(SERVED, **kwargs)
+    settings = {"base_url": f"{proxy.url}/v1", "api_key_env": None, "backoff_base_s": 0.05, "backoff_max_s": 2.0,
+                "max_retries": 6, "request_timeout_s": 120.0, "tokenizer": vllm_server.model_dir, **settings}
+    return OpenAIEngine(OpenAIConfig(**settings), SERVED)
 
 
 def ask(key, question, *, prefix="", schema=None, max_new_tokens=16, temperature=0.7, system="You are concise."):

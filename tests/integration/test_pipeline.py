@@ -54,10 +54,34 @@ def _expected_task_ids(config):
     return {t["task_id"] for e in ents for t in entigraph_tasks(config, prompts, e, alloc[e["doc_id"]])}
 
 
-def test_synthesize_end_to_end_with_bad_inputs_and_resume(ray_local, tiny_model_dir, messy_folder, tmp_path):
+def _count_calls(monkeypatch, module, name: str) -> list:
+    """Count the driver's calls of `module.name` through every binding of it in the package."""
+    calls: list = []
+    original = getattr(module, name)
+
+    def counted(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+
+    for mod in list(sys.modules.values()):
+        if getattr(mod, "__name__", "").startswith("ray_entigraph") and getattr(mod, name, None) is original:
+            monkeypatch.setattr(mod, name, counted)
+    return calls
+
+
+def test_synthesize_end_to_end_with_bad_inputs_and_resume(ray_local, tiny_model_dir, messy_folder, tmp_path,
+                                                          monkeypatch):
+    import ray_entigraph.inputs
+    import ray_entigraph.prompts
+
     out = tmp_path / "run"
     config = tiny_config(tiny_model_dir, messy_folder, out)
+    prompt_loads = _count_calls(monkeypatch, ray_entigraph.prompts, "load_prompt_set")
+    listings = _count_calls(monkeypatch, ray_entigraph.inputs, "list_input_files")
     summary = synthesize(config)
+    # the run is resolved once (context.RunContext) and passed down: one prompt load, one input listing
+    assert len(prompt_loads) == 1 and len(listings) == 1
+    monkeypatch.undo()
 
     # bad inputs are recorded with their reason, never dropped silently
     errors = [r for u in storage.StageStore(str(out), schema.INGEST).error_urls() for r in pq.read_table(u).to_pylist()]
@@ -110,7 +134,7 @@ def test_synthesize_end_to_end_with_bad_inputs_and_resume(ray_local, tiny_model_
 
     # a changed prompt version gives new keys: nothing reused, nothing mixed
     prompt = tmp_path / "v2.yaml"
-    prompt.write_text((load_prompt_set.__wrapped__("entigraph-v1").model_dump_json()).replace('"entigraph-v1"', '"entigraph-v2"'))
+    prompt.write_text((load_prompt_set("entigraph-v1").model_dump_json()).replace('"entigraph-v1"', '"entigraph-v2"'))
     config2 = tiny_config(tiny_model_dir, messy_folder, out, f"synthesis.prompts={prompt}")
     synthesize(config2)
     rows2 = _synthetic_rows(out)

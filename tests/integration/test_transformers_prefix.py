@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ray_entigraph.config import EngineConfig, ModelConfig
 from ray_entigraph.engines import GenerationRequest, SamplingParams
 from ray_entigraph.engines.transformers_engine import TransformersEngine
 
@@ -22,8 +23,9 @@ def _requests(doc: str, n: int, temperature: float = 0.0) -> list[GenerationRequ
 
 def test_prefix_reuse_generates_the_same_tokens_and_reports_cached_prompt(tiny_model_dir, demo_docs):
     doc = demo_docs[0]["article"]
-    engines = {reuse: TransformersEngine(tiny_model_dir, dtype="float32", device="cpu", max_batch_size=3,
-                                         prefix_reuse=reuse, min_prefix_tokens=16) for reuse in (False, True)}
+    engines = {reuse: TransformersEngine(ModelConfig(name=tiny_model_dir, dtype="float32"),
+                                         EngineConfig(device="cpu", max_batch_size=3, prefix_reuse=reuse,
+                                                      min_prefix_tokens=16)) for reuse in (False, True)}
     plain, reused = (engines[r].generate(_requests(doc, 7)) for r in (False, True))
     assert [r.key for r in reused] == [f"k{i}" for i in range(7)]
     assert [r.text for r in reused] == [r.text for r in plain]  # greedy: identical tokens, across 3 batches
@@ -36,7 +38,8 @@ def test_prefix_reuse_generates_the_same_tokens_and_reports_cached_prompt(tiny_m
 
 
 def test_prefix_reuse_is_skipped_for_short_prefixes_and_mixed_documents(tiny_model_dir):
-    engine = TransformersEngine(tiny_model_dir, dtype="float32", device="cpu", max_batch_size=4, min_prefix_tokens=64)
+    engine = TransformersEngine(ModelConfig(name=tiny_model_dir, dtype="float32"),
+                                EngineConfig(device="cpu", max_batch_size=4, min_prefix_tokens=64))
     short = _requests("A short note.", 3)
     assert all(r.num_cached_tokens == 0 and r.error is None for r in engine.generate(short))
     other = [GenerationRequest(key=r.key + "-b", messages=r.messages, sampling=r.sampling, prefix_key="other")

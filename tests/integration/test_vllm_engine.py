@@ -78,16 +78,18 @@ def test_vllm_engine_records_an_overlong_request_as_failed(tmp_path):
                          "ingest.max_document_tokens=256")
     engine = make_engine(config)
     short = GenerationRequest(key="short", messages=[{"role": "user", "content": "Name a colour."}],
-                              sampling=SamplingParams(temperature=0.0, max_new_tokens=8))
+                              sampling=SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=8,
+                                                      repetition_penalty=1.0))
     long = GenerationRequest(key="long", messages=[{"role": "user", "content": "word " * 1500}],
-                             sampling=SamplingParams(temperature=0.0, max_new_tokens=8))
+                             sampling=short.sampling)
     results = engine.generate([long, short])
     assert [r.key for r in results] == ["long", "short"]
     assert results[0].error and "prompt too long" in results[0].error and "max_model_len 1024" in results[0].error
     assert results[1].error is None and results[1].text and results[1].num_generated_tokens > 0
     # Per-request seeds: the same seed gives the same sample, another seed (usually) another one.
     sampled = [GenerationRequest(key=f"s{i}", messages=short.messages, seed=seed,
-                                 sampling=SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=24))
+                                 sampling=SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=24,
+                                                         repetition_penalty=1.0))
                for i, seed in enumerate([7, 7, 8, 9])]
     texts = [r.text for r in engine.generate(sampled)]
     engine.close()

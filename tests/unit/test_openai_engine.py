@@ -24,7 +24,6 @@ import pytest
 
 from ray_entigraph.config import OpenAIConfig
 from ray_entigraph.engines.base import GenerationRequest, SamplingParams
-from ray_entigraph.errors import EngineError
 from ray_entigraph.engines.openai_engine import (
     OpenAIEngine,
     backoff_delay,
@@ -35,6 +34,7 @@ from ray_entigraph.engines.openai_engine import (
     parse_retry_after,
     status_error_reason,
 )
+from ray_entigraph.errors import EngineError
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -71,7 +71,8 @@ def test_ablation_report_compares_each_arm_with_entigraph_on_the_same_questions(
     for url in (summary.plot_url, summary.arms_plot_url):  # accuracy against tokens, and per arm
         assert storage.read_bytes(url).startswith(b"\x89PNG")
     assert rows["entigraph-512"]["delta_vs_entigraph"] is None  # the reference itself
-    assert rows["dedup-512"]["delta_vs_entigraph"] == 0 and rows["dedup-512"]["verdict_vs_entigraph"] == "within interval"
+    assert rows["dedup-512"]["delta_vs_entigraph"] == 0
+    assert rows["dedup-512"]["verdict_vs_entigraph"] == "within interval"
     assert rows["raw-cpt-512"]["delta_vs_entigraph"] == pytest.approx(0.5)
     assert rows["raw-cpt-512"]["verdict_vs_entigraph"] == "helped"
     assert verdict((-0.3, -0.1)) == "hurt" and verdict(None) == "-"
