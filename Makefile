@@ -1,13 +1,14 @@
 # Two commands do all set-up on a fresh machine (Python 3.11, no GPU, no model hub):
 #   make demo   install, then the whole run on the built-in demo corpus: synthesize -> train -> eval
 #   make test   install, then run the test suite
+#   make lint   install, then ruff and mypy (the house rules; .ci/run runs them too)
 PYTHON ?= python3.11
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml constraints/cpu.txt | sha1sum | cut -c1-12)
 DEMO_OUT ?= runs/demo
 
-.PHONY: install demo demo-synthesize demo-sweep test clean
+.PHONY: install demo demo-synthesize demo-sweep test lint clean
 
 install: $(STAMP)
 
@@ -37,6 +38,11 @@ demo-sweep: install
 
 test: install
 	$(BIN)/python -m pytest -q -ra --durations=25
+
+# House rules: ruff (line length 120) over the package, tests and benchmarks; mypy on the typed core.
+lint: install
+	$(BIN)/ruff check ray_entigraph tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

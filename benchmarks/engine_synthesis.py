@@ -79,9 +79,9 @@ def main() -> None:  # noqa: C901 - a linear script
     from transformers import AutoTokenizer
 
     from ray_entigraph import schema, storage
+    from ray_entigraph.context import RunContext
     from ray_entigraph.engines import make_engine, sampling_params
     from ray_entigraph.engines.bundled import resolve_model_path
-    from ray_entigraph.context import RunContext
     from ray_entigraph.inputs import list_input_files
     from ray_entigraph.stages.plan import entigraph_tasks, group_tasks
     from ray_entigraph.stages.synthesize import relation_request

@@ -16,8 +16,18 @@ from ray_entigraph.layout import EXTRACT_KIND as KIND
 from ray_entigraph.layout import Layout
 from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import PromptSet, render_chat
-from ray_entigraph.stages.base import (Stage, StagePlan, Usage, commit_unit, error_row, model_actor_kwargs,
-                                       read_documents, shard_identity, units_of_work, worker_config)
+from ray_entigraph.stages.base import (
+    Stage,
+    StagePlan,
+    Usage,
+    commit_unit,
+    error_row,
+    model_actor_kwargs,
+    read_documents,
+    shard_identity,
+    units_of_work,
+    worker_config,
+)
 from ray_entigraph.text.identity import derive_seed
 from ray_entigraph.text.parse import EXTRACTION_SCHEMA, ground_entities, heuristic_entities, parse_extraction
 

@@ -16,9 +16,18 @@ from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.inputs import records_from_file
 from ray_entigraph.layout import Layout
 from ray_entigraph.ledger import StageTotals
-from ray_entigraph.stages.base import Stage, StagePlan, commit_unit, error_row, items, model_actor_kwargs, shard_identity
+from ray_entigraph.stages.base import (
+    Stage,
+    StagePlan,
+    commit_unit,
+    error_row,
+    items,
+    model_actor_kwargs,
+    shard_identity,
+)
 from ray_entigraph.text.chunk import split_document
 from ray_entigraph.text.identity import doc_id_for, normalise_text
+
 
 def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, count_tokens) -> list[dict]:
     """Normalise, identify and chunk one record into documents rows."""

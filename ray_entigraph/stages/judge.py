@@ -28,8 +28,16 @@ from ray_entigraph.engines import GenerationRequest, GenerationResult, SamplingP
 from ray_entigraph.layout import shard_basename
 from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import ChatTemplate, render, render_chat
-from ray_entigraph.stages.base import (Stage, StagePlan, Usage, commit_unit, error_row, items, model_actor_kwargs,
-                                       worker_config)
+from ray_entigraph.stages.base import (
+    Stage,
+    StagePlan,
+    Usage,
+    commit_unit,
+    error_row,
+    items,
+    model_actor_kwargs,
+    worker_config,
+)
 
 RATING_SCHEMA = {"type": "object", "properties": {"rating": {"type": "integer", "enum": [1, 2, 3, 4, 5]}},
                  "required": ["rating"], "additionalProperties": False}

@@ -10,13 +10,24 @@ import time
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
-from ray_entigraph.errors import PromptError
 from ray_entigraph.engines import GenerationRequest, make_engine, sampling_params
+from ray_entigraph.errors import PromptError
 from ray_entigraph.layout import Layout
 from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import ChatTemplate, PromptSet, render, render_chat
-from ray_entigraph.stages.base import (Stage, StagePlan, Usage, commit_unit, error_row, model_actor_kwargs,
-                                       read_documents, read_shards, shard_identity, units_of_work, worker_config)
+from ray_entigraph.stages.base import (
+    Stage,
+    StagePlan,
+    Usage,
+    commit_unit,
+    error_row,
+    model_actor_kwargs,
+    read_documents,
+    read_shards,
+    shard_identity,
+    units_of_work,
+    worker_config,
+)
 from ray_entigraph.stages.plan import capacity, plan_groups
 from ray_entigraph.text.plan import allocate_budget
 

@@ -63,14 +63,13 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
     import ray.train.torch
     import torch
     import torch.distributed as dist
+    import transformers
     from transformers import AutoModelForCausalLM
 
     from ray_entigraph.engines.bundled import resolve_model_path
     from ray_entigraph.engines.hf import load_tokenizer
     from ray_entigraph.layout import base_model_name, train_url
     from ray_entigraph.train.data import load_blocks
-
-    import transformers
 
     transformers.utils.logging.disable_progress_bar()
     config = EntiGraphConfig.model_validate_json(loop_config["config_json"])

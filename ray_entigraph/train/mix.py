@@ -8,9 +8,9 @@ block), not by a per-block coin flip, and the order is a seeded shuffle.
 
 from __future__ import annotations
 
-from ray_entigraph.errors import InputError
-
 import random
+
+from ray_entigraph.errors import InputError
 
 
 def _split(total: int, weights: dict[str, float]) -> dict[str, int]:

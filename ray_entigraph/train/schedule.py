@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ray_entigraph.errors import ConfigError
-
 import math
+
+from ray_entigraph.errors import ConfigError
 
 
 def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:

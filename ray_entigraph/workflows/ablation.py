@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from ray_entigraph import storage
 from ray_entigraph.arms import ARMS, REFERENCE_ARM
 from ray_entigraph.config import EntiGraphConfig, derive
+from ray_entigraph.errors import ConfigError
 from ray_entigraph.workflows.plots import accuracy_vs_tokens_plot, arms_plot
 from ray_entigraph.workflows.steps import log, run_step
 
@@ -98,13 +99,15 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
     """Synthesis variants and filters trained at equal synthetic tokens and equal steps, evaluated alike."""
     from ray_entigraph import schema
     from ray_entigraph.eval.launch import BASE_LABEL, run_eval
-    from ray_entigraph.pipeline import init_ray, synthesize
-    from ray_entigraph.train.data import base_model_name, run_pack, train_url
+    from ray_entigraph.layout import base_model_name, train_url
+    from ray_entigraph.pipeline import synthesize
+    from ray_entigraph.runtime import init_ray
+    from ray_entigraph.train.data import run_pack
     from ray_entigraph.train.launch import run_train
 
     started = time.time()
     if config.synthesis.augmenter != "entigraph":
-        raise ValueError("ablate needs synthesis.augmenter=entigraph. Fix: use an EntiGraph config.")
+        raise ConfigError("ablate needs synthesis.augmenter=entigraph. Fix: use an EntiGraph config.")
     run_step(config, "synthesize", "synthesize", lambda: synthesize(config))
     arms: dict[str, EntiGraphConfig] = {}
     for variant in config.ablation.variants:
@@ -121,7 +124,7 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
         f"({common * config.train.block_len} tokens), {equal_steps(config, common * config.train.block_len)} steps "
         "per arm")
     if not common:
-        raise ValueError(f"ablate: an arm has no synthetic blocks to train on ({available}). Fix: synthesize more "
+        raise ConfigError(f"ablate: an arm has no synthetic blocks to train on ({available}). Fix: synthesize more "
                          "(plan.*) or loosen the curate thresholds (ablation.min_grounding).")
     runs: list[AblationRun] = []
     for budget in ablation_budgets(common, config.train.block_len, config.ablation.num_budgets):

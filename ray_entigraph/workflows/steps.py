@@ -15,6 +15,11 @@ from collections.abc import Callable
 
 from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig, section_hash
+from ray_entigraph.context import RunContext
+from ray_entigraph.errors import ConfigError
+from ray_entigraph.eval.launch import run_eval
+from ray_entigraph.pipeline import synthesize
+from ray_entigraph.train.launch import run_train
 
 # top-level config sections each kind of step does NOT depend on
 _IGNORED = {
@@ -74,15 +79,12 @@ def run_step(config: EntiGraphConfig, step: str, kind: str, fn: Callable[[], obj
 def run(config: EntiGraphConfig, until: str | None = None) -> dict[str, dict]:
     """synthesize -> train -> eval on one output_dir; `until` stops after the named step."""
     if until is not None and until not in STEPS:
-        raise ValueError(f"--until {until!r} is not a step; steps are {', '.join(STEPS)}.")
-    from ray_entigraph.eval.launch import run_eval
-    from ray_entigraph.pipeline import synthesize
-    from ray_entigraph.train.launch import run_train
-
+        raise ConfigError(f"--until {until!r} is not a step. Fix: use one of {', '.join(STEPS)}.")
+    ctx = RunContext.resolve(config)  # input files and prompt sets, once for the three steps
     fns = {
-        "synthesize": lambda: synthesize(config, ingest_only=config.train.corpus == "raw"),
-        "train": lambda: run_train(config),
-        "eval": lambda: run_eval(config),
+        "synthesize": lambda: synthesize(config, ingest_only=config.train.corpus == "raw", ctx=ctx),
+        "train": lambda: run_train(config, ctx=ctx),
+        "eval": lambda: run_eval(config, ctx=ctx),
     }
     results = {}
     for step in STEPS:

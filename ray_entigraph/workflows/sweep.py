@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig, derive
+from ray_entigraph.errors import ConfigError
 from ray_entigraph.workflows.plots import accuracy_vs_tokens_plot
 from ray_entigraph.workflows.steps import run_step
 
@@ -55,13 +56,15 @@ def sweep(config: EntiGraphConfig) -> SweepSummary:
     """EntiGraph at several synthetic token budgets, plus the baselines, trained and evaluated alike."""
     from ray_entigraph import schema
     from ray_entigraph.eval.launch import BASE_LABEL, run_eval
-    from ray_entigraph.pipeline import init_ray, synthesize
-    from ray_entigraph.train.data import base_model_name, run_pack, train_url
+    from ray_entigraph.layout import base_model_name, train_url
+    from ray_entigraph.pipeline import synthesize
+    from ray_entigraph.runtime import init_ray
+    from ray_entigraph.train.data import run_pack
     from ray_entigraph.train.launch import run_train
 
     started = time.time()
     if config.synthesis.augmenter != "entigraph":
-        raise ValueError("sweep needs synthesis.augmenter=entigraph (the rephrase baseline is one of its arms). "
+        raise ConfigError("sweep needs synthesis.augmenter=entigraph (the rephrase baseline is one of its arms). "
                          "Fix: use an EntiGraph config.")
     run_step(config, "synthesize", "synthesize", lambda: synthesize(config))
     init_ray(config)
