@@ -156,7 +156,8 @@ def main() -> None:  # noqa: C901 - a linear script
         schema.rows_to_table(entity_rows, schema.DOCUMENTS), None, keys=[r["doc_id"] for r in entity_rows],
         stats={"source": list_input_files(config.input)[0][0]})  # as ingest would have committed it
     storage.StageStore(config.output_dir, schema.EXTRACT).commit(
-        schema.rows_to_table(entity_rows, schema.ENTITIES), None, keys=[r["request_key"] for r in entity_rows], stats={})
+        schema.rows_to_table(entity_rows, schema.ENTITIES), None, keys=[r["request_key"] for r in entity_rows],
+        stats={})
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -202,11 +203,14 @@ def main() -> None:  # noqa: C901 - a linear script
     print()
     print(f"(a) pipeline vs raw engine (mean of its two runs), tokens/s, both including engine start: "
           f"{pipe_tps / raw_tps:.3f}  (target >= 0.85)")
-    print(f"(b) pipeline vs naive one-at-a-time loop, tokens/s:                {pipe_tps / naive_tps:.2f}x  (target >= 5x)"
+    print(f"(b) pipeline vs naive one-at-a-time loop, tokens/s:                "
+          f"{pipe_tps / naive_tps:.2f}x  (target >= 5x)"
           f"  [naive tokens/s over generate time only: {naive_tps:.1f}]")
     reuse_gen_s = (raw_gen_s + raw2_gen_s) / 2
-    print(f"(c) generate wall time, no reuse / reuse (mean of the raw runs):  {off_gen_s / reuse_gen_s:.2f}x  (target >= 2x)")
-    print(f"    prompt tokens served from cache with reuse: {cached} of {prompt_tokens} ({cached / prompt_tokens:.1%}); "
+    print(f"(c) generate wall time, no reuse / reuse (mean of the raw runs):  "
+          f"{off_gen_s / reuse_gen_s:.2f}x  (target >= 2x)")
+    print(f"    prompt tokens served from cache with reuse: {cached} of {prompt_tokens} "
+          f"({cached / prompt_tokens:.1%}); "
           f"pipeline: {totals.num_cached_tokens} of {totals.num_prompt_tokens} "
           f"({totals.num_cached_tokens / max(totals.num_prompt_tokens, 1):.1%})")
     print(f"    identical outputs with and without reuse (greedy): {same} of {num_requests}")

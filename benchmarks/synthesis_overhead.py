@@ -43,8 +43,9 @@ def main() -> None:  # noqa: C901 - a linear script
 
     out = tempfile.mkdtemp(prefix="bench-synth-")
     config = load_config(None, [
-        f"output_dir={out}/stage", f"model.name={args.model}", "resources.batch_size=1", f"plan.tasks_per_group={args.pairs}",
-        f"plan.max_pairs_per_doc={args.pairs}", "plan.max_triplets_per_doc=0", "synthesis.sampling.temperature=0",
+        f"output_dir={out}/stage", f"model.name={args.model}", "resources.batch_size=1",
+        f"plan.tasks_per_group={args.pairs}", f"plan.max_pairs_per_doc={args.pairs}", "plan.max_triplets_per_doc=0",
+        "synthesis.sampling.temperature=0",
         f"synthesis.sampling.max_new_tokens={args.max_new_tokens}", "engine.max_batch_size=8",
     ])
     ctx = RunContext.resolve(config)
@@ -67,7 +68,8 @@ def main() -> None:  # noqa: C901 - a linear script
     def requests_of(group):
         from ray_entigraph.stages.synthesize import relation_request
 
-        return [relation_request(prompts, group, t, stage.sampling) for t in group["tasks"] if t["kind"] != schema.KIND_SUMMARY]
+        return [relation_request(prompts, group, t, stage.sampling) for t in group["tasks"]
+                if t["kind"] != schema.KIND_SUMMARY]
 
     engine.generate(requests_of(groups[0])[:2])  # warm-up
     raw_s = stage_s = 0.0
@@ -100,17 +102,20 @@ def main() -> None:  # noqa: C901 - a linear script
         schema.rows_to_table(entity_rows, schema.DOCUMENTS), None, keys=[r["doc_id"] for r in entity_rows],
         stats={"source": list_input_files(ray_config.input)[0][0]})  # as ingest would have committed it
     storage.StageStore(ray_config.output_dir, schema.EXTRACT).commit(
-        schema.rows_to_table(entity_rows, schema.ENTITIES), None, keys=[r["request_key"] for r in entity_rows], stats={})
+        schema.rows_to_table(entity_rows, schema.ENTITIES), None, keys=[r["request_key"] for r in entity_rows],
+        stats={})
     init_ray(ray_config)
     t0 = time.perf_counter()
     totals = run_ray_stage(Synthesize(), RunContext.resolve(ray_config))
     ray_s = time.perf_counter() - t0
 
     n = sum(len(g["tasks"]) for g in groups)
-    print(f"\nsynthesis overhead: {n} requests, {len(groups)} units of work, greedy, max_new_tokens={args.max_new_tokens}, "
+    print(f"\nsynthesis overhead: {n} requests, {len(groups)} units of work, greedy, "
+          f"max_new_tokens={args.max_new_tokens}, "
           f"model={args.model}, torch threads={engine._torch.get_num_threads()}, cpus={os.cpu_count()}")
     print(f"{'variant':<8} {'wall s':>8} {'gen tokens':>11} {'gen tok/s':>10} {'ratio vs raw':>13}")
-    for name, secs, toks in (("raw", raw_s, raw_tokens), ("stage", stage_s, stage_tokens), ("ray", ray_s, totals.num_generated_tokens)):
+    for name, secs, toks in (("raw", raw_s, raw_tokens), ("stage", stage_s, stage_tokens),
+                             ("ray", ray_s, totals.num_generated_tokens)):
         print(f"{name:<8} {secs:>8.2f} {toks:>11} {toks / secs:>10.1f} {secs / raw_s:>13.3f}")
     print(f"ledger + commit overhead (stage/raw - 1): {100 * (stage_s / raw_s - 1):+.1f}%")
     sys.stdout.flush()

@@ -54,7 +54,8 @@ def main() -> None:
 
     results = {}
     # Ray Train variants first, each in its own output_dir (the synthetic shard is copied there)
-    for name, workers, threads in ((f"ray-1x{args.threads}", 1, args.threads), (f"ray-2x{args.threads // 2}", 2, args.threads // 2)):
+    for name, workers, threads in ((f"ray-1x{args.threads}", 1, args.threads),
+                                   (f"ray-2x{args.threads // 2}", 2, args.threads // 2)):
         cfg = config_for(workers, threads, name)
         storage.StageStore(cfg.output_dir, schema.SYNTHESIZE).commit(
             schema.rows_to_table(rows, schema.SYNTHETIC), None, keys=[r["task_id"] for r in rows], stats={})
@@ -80,7 +81,8 @@ def main() -> None:
             _, i = stream_item(stream, p, cfg.seed)
             ids = blocks[i : i + 1]
             logits = model(input_ids=ids).logits.float()
-            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1)) / 2
+            loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
+                                                     ids[:, 1:].reshape(-1)) / 2
             loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()

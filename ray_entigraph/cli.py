@@ -9,6 +9,9 @@ import sys
 import time
 import traceback
 
+from ray_entigraph.engines import preflight
+from ray_entigraph.errors import EntiGraphError
+
 DESCRIPTION = """\
 EntiGraph synthetic continued pretraining on Ray.
 
@@ -93,13 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
 
     p = sub.add_parser("ablate", help="faithfulness ablation: filters and synthesis variants at equal tokens and steps",
-                       description="Synthesize, then build the arms of ablation.variants (no filter, grounding filter, "
-                       "sentence repair, dedup, a judge model's filter, free-form prompts, another temperature, EntiGraph "
-                       "plus the documents, Raw CPT), train each at the same synthetic token budget and the same number "
-                       "of steps, evaluate every model with bootstrap intervals, and report each arm's paired change "
-                       "against the base model and against the unfiltered EntiGraph arm (helped / hurt / within the "
-                       "interval). Writes "
-                       "<output_dir>/ablation/{ablation.json,accuracy_vs_tokens.png,eval/report.md}. Resumable like run.")
+                       description="Synthesize, then build the arms of ablation.variants (no filter, grounding "
+                       "filter, sentence repair, dedup, a judge model's filter, free-form prompts, another "
+                       "temperature, EntiGraph plus the documents, Raw CPT), train each at the same synthetic token "
+                       "budget and the same number of steps, evaluate every model with bootstrap intervals, and "
+                       "report each arm's paired change against the base model and against the unfiltered EntiGraph "
+                       "arm (helped / hurt / within the interval). Writes "
+                       "<output_dir>/ablation/{ablation.json,accuracy_vs_tokens.png,eval/report.md}. "
+                       "Resumable like run.")
     _add_config_args(p)
 
     p = sub.add_parser("status", help="print a run's state from its output directory (no cluster needed)",
@@ -110,14 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
-    from ray_entigraph.config import load_config
+    from ray_entigraph.config import load_config  # lazy: --help stays fast (pydantic models are built on import)
 
     return load_config(args.config, args.overrides)
 
 
 def cmd_validate(args) -> int:
-    from ray_entigraph.context import RunContext
-    from ray_entigraph.engines import preflight
+    from ray_entigraph.context import RunContext  # lazy: --help stays fast (pulls in storage: pyarrow, fsspec)
 
     config = _load(args)
     files = RunContext.resolve(config).input_files
@@ -132,7 +135,7 @@ def cmd_validate(args) -> int:
 def cmd_synthesize(args) -> int:
     config = _load(args)
     if args.dry_run:
-        from ray_entigraph.estimate import dry_run
+        from ray_entigraph.estimate import dry_run  # lazy: --help stays fast (pulls in the stages, pyarrow, fsspec)
 
         est = dry_run(config, args.assume_entities)
         if args.json:
@@ -143,7 +146,7 @@ def cmd_synthesize(args) -> int:
                 shown = "-" if value is None else (f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
                 print(f"  {key:<36} {shown}")
         return 0
-    from ray_entigraph.pipeline import synthesize
+    from ray_entigraph.pipeline import synthesize  # lazy: --help stays fast (pulls in the stages, pyarrow, fsspec)
 
     started = time.time()
     summary = synthesize(config)
@@ -158,7 +161,7 @@ def _print_done(command: str, lines: list[str], wall: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from ray_entigraph.train.launch import run_train
+    from ray_entigraph.train.launch import run_train  # lazy: --help stays fast (pulls in training, pyarrow, fsspec)
 
     config = _load(args)
     summary = run_train(config)
@@ -167,7 +170,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from ray_entigraph.eval.launch import run_eval
+    from ray_entigraph.eval.launch import run_eval  # lazy: --help stays fast (pulls in evaluation, pyarrow, fsspec)
 
     summary = run_eval(_load(args))
     _print_done("eval", summary.lines(), f"{summary.wall_s:.1f}s")
@@ -175,7 +178,7 @@ def cmd_eval(args) -> int:
 
 
 def cmd_run(args) -> int:
-    from ray_entigraph.workflows import run
+    from ray_entigraph.workflows import run  # lazy: --help stays fast (pulls in the whole pipeline)
 
     config = _load(args)
     started = time.time()
@@ -186,7 +189,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_sweep(args) -> int:
-    from ray_entigraph.workflows import sweep
+    from ray_entigraph.workflows import sweep  # lazy: --help stays fast (pulls in the whole pipeline)
 
     summary = sweep(_load(args))
     _print_done("sweep", summary.lines(), f"{summary.wall_s:.1f}s")
@@ -194,7 +197,7 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    from ray_entigraph.workflows import ablate
+    from ray_entigraph.workflows import ablate  # lazy: --help stays fast (pulls in the whole pipeline)
 
     summary = ablate(_load(args))
     _print_done("ablate", summary.lines(), f"{summary.wall_s:.1f}s")
@@ -202,23 +205,24 @@ def cmd_ablate(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from ray_entigraph.ledger import read_run_state
+    from ray_entigraph.ledger import read_run_state  # lazy: --help stays fast (pulls in storage: pyarrow, fsspec)
 
     state = read_run_state(args.output_dir)
     if args.json:
         print(json.dumps(state, indent=2, sort_keys=True, default=str))
         return 0
     run = state["run"]
-    print(f"run {args.output_dir}: {run.get('state', 'unknown')}" + (f" (stage {run['stage']})" if run.get("stage") else ""))
+    print(f"run {args.output_dir}: {run.get('state', 'unknown')}"
+          + (f" (stage {run['stage']})" if run.get("stage") else ""))
     if run.get("error"):
         print(f"  error: {run['error']}")
-    print(f"  {'stage':<10} {'shards':>6} {'ok':>8} {'failed':>7} {'prompt tok':>11} {'cached':>7} {'generated tok':>13}"
-          f" {'retries':>7} {'cost $':>8}   last invocation")
+    print(f"  {'stage':<10} {'shards':>6} {'ok':>8} {'failed':>7} {'prompt tok':>11} {'cached':>7}"
+          f" {'generated tok':>13} {'retries':>7} {'cost $':>8}   last invocation")
     for name, st in state["stages"].items():
         cost = st.get("estimated_cost_usd")
         cached = f"{st['num_cached_tokens'] / st['num_prompt_tokens']:.0%}" if st["num_prompt_tokens"] else "-"
-        line = (f"  {name:<10} {st['num_shards']:>6} {st['num_ok']:>8} {st['num_failed']:>7} {st['num_prompt_tokens']:>11} "
-                f"{cached:>7} {st['num_generated_tokens']:>13} {st['num_retries']:>7} "
+        line = (f"  {name:<10} {st['num_shards']:>6} {st['num_ok']:>8} {st['num_failed']:>7} "
+                f"{st['num_prompt_tokens']:>11} {cached:>7} {st['num_generated_tokens']:>13} {st['num_retries']:>7} "
                 f"{'-' if cost is None else f'{cost:.4f}':>8}")
         if "this_run" in st:
             r = st["this_run"]
@@ -229,15 +233,13 @@ def cmd_status(args) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "synthesize": cmd_synthesize, "train": cmd_train, "eval": cmd_eval, "run": cmd_run,
-            "sweep": cmd_sweep, "ablate": cmd_ablate, "status": cmd_status}
+COMMANDS = {"validate": cmd_validate, "synthesize": cmd_synthesize, "train": cmd_train, "eval": cmd_eval,
+            "run": cmd_run, "sweep": cmd_sweep, "ablate": cmd_ablate, "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    from ray_entigraph.errors import EntiGraphError
-
     try:
         return COMMANDS[args.command](args)
     except EntiGraphError as exc:  # a user error: one line with its fix; anything else keeps its traceback

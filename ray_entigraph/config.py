@@ -28,72 +28,120 @@ class _Section(BaseModel):
 
 
 class InputConfig(_Section):
-    path: str = Field("builtin:demo", description="Source documents: a .jsonl/.parquet file, a folder of .txt/.md files, a glob, or `builtin:demo`.")
-    format: Literal["auto", "jsonl", "parquet", "text"] = Field("auto", description="Input format; `auto` decides by file extension.")
-    text_field: str = Field("text", description="Column holding the document text (jsonl/parquet). `article` is used when this column is absent (QuALITY layout).")
-    title_field: str = Field("title", description="Column holding the document title; the file name is used for text files.")
-    max_documents: int | None = Field(None, ge=1, description="Read at most this many documents (for trials); None reads all.")
+    path: str = Field("builtin:demo", description=(
+        "Source documents: a .jsonl/.parquet file, a folder of .txt/.md files, a glob, or `builtin:demo`."))
+    format: Literal["auto", "jsonl", "parquet", "text"] = Field("auto", description=(
+        "Input format; `auto` decides by file extension."))
+    text_field: str = Field("text", description=(
+        "Column holding the document text (jsonl/parquet). `article` is used when this column is absent (QuALITY "
+        "layout)."))
+    title_field: str = Field("title", description=(
+        "Column holding the document title; the file name is used for text files."))
+    max_documents: int | None = Field(None, ge=1, description=(
+        "Read at most this many documents (for trials); None reads all."))
 
 
 class IngestConfig(_Section):
-    max_document_tokens: int = Field(1024, ge=32, description="Documents longer than this (in model tokens) are split into chunks at paragraph boundaries; every chunk records its parent.")
-    min_document_chars: int = Field(20, ge=1, description="Documents shorter than this are recorded as errors (`too short`) and not synthesized from.")
+    max_document_tokens: int = Field(1024, ge=32, description=(
+        "Documents longer than this (in model tokens) are split into chunks at paragraph boundaries; every chunk "
+        "records its parent."))
+    min_document_chars: int = Field(20, ge=1, description=(
+        "Documents shorter than this are recorded as errors (`too short`) and not synthesized from."))
 
 
 class ModelConfig(_Section):
-    name: str = Field("bundled:smollm2-135m-instruct", description="Generator model: `bundled:smollm2-135m-instruct`, a Hugging Face model id, or a local path.")
-    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description="Weights dtype for inference (bf16 is faster than fp32 on AVX-512 CPUs and on GPUs).")
+    name: str = Field("bundled:smollm2-135m-instruct", description=(
+        "Generator model: `bundled:smollm2-135m-instruct`, a Hugging Face model id, or a local path."))
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description=(
+        "Weights dtype for inference (bf16 is faster than fp32 on AVX-512 CPUs and on GPUs)."))
     max_model_len: int = Field(2048, ge=128, description="Context length used for prompts plus generated tokens.")
-    cache_dir: str | None = Field(None, description="Where the bundled model is converted to safetensors; default ~/.cache/ray_entigraph or $RAY_ENTIGRAPH_CACHE.")
+    cache_dir: str | None = Field(None, description=(
+        "Where the bundled model is converted to safetensors; default ~/.cache/ray_entigraph or $RAY_ENTIGRAPH_CACHE."))
 
 
 class VLLMConfig(_Section):
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one vLLM replica spans (tensor parallelism); set resources.num_gpus_per_actor to the same number.")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="Share of each GPU's memory vLLM may take (weights + KV cache).")
-    enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of a shared prompt prefix (the document) across a document's requests.")
-    enforce_eager: bool = Field(False, description="Skip CUDA graphs / torch.compile: faster start, slower steps (tests and the CPU build use true).")
-    max_num_seqs: int | None = Field(None, ge=1, description="Sequences vLLM runs at once per replica; None: vLLM's default.")
-    cpu_kv_cache_gib: int | None = Field(None, ge=1, description="CPU build only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); None: vLLM's default.")
-    structured_extraction: bool = Field(True, description="Constrain entity-extraction output to the JSON schema {summary, entities[]} (vLLM structured outputs).")
-    engine_args: dict[str, Any] = Field(default_factory=dict, description="More keyword arguments passed as they are to `vllm.LLM(...)` (e.g. `quantization`, `kv_cache_dtype`, `swap_space`).")
+    tensor_parallel_size: int = Field(1, ge=1, description=(
+        "GPUs one vLLM replica spans (tensor parallelism); set resources.num_gpus_per_actor to the same number."))
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description=(
+        "Share of each GPU's memory vLLM may take (weights + KV cache)."))
+    enable_prefix_caching: bool = Field(True, description=(
+        "Reuse the KV cache of a shared prompt prefix (the document) across a document's requests."))
+    enforce_eager: bool = Field(False, description=(
+        "Skip CUDA graphs / torch.compile: faster start, slower steps (tests and the CPU build use true)."))
+    max_num_seqs: int | None = Field(None, ge=1, description=(
+        "Sequences vLLM runs at once per replica; None: vLLM's default."))
+    cpu_kv_cache_gib: int | None = Field(None, ge=1, description=(
+        "CPU build only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); None: vLLM's default."))
+    structured_extraction: bool = Field(True, description=(
+        "Constrain entity-extraction output to the JSON schema {summary, entities[]} (vLLM structured outputs)."))
+    engine_args: dict[str, Any] = Field(default_factory=dict, description=(
+        "More keyword arguments passed as they are to `vllm.LLM(...)` (e.g. `quantization`, `kv_cache_dtype`, "
+        "`swap_space`)."))
 
 
 class OpenAIConfig(_Section):
-    base_url: str = Field("http://127.0.0.1:8000/v1", description="Base URL of an OpenAI-compatible API (`https://api.openai.com/v1`, or a vLLM / llama.cpp / SGLang server's `/v1`).")
-    api_key_env: str | None = Field("OPENAI_API_KEY", description="Name of the environment variable holding the API key (the key itself is never read from config, logged or written); None sends no key.")
+    base_url: str = Field("http://127.0.0.1:8000/v1", description=(
+        "Base URL of an OpenAI-compatible API (`https://api.openai.com/v1`, or a vLLM / llama.cpp / SGLang server's "
+        "`/v1`)."))
+    api_key_env: str | None = Field("OPENAI_API_KEY", description=(
+        "Name of the environment variable holding the API key (the key itself is never read from config, logged or "
+        "written); None sends no key."))
     served_model: str | None = Field(None, description="Model name the server knows; None: model.name.")
     max_concurrency: int = Field(16, ge=1, description="Requests in flight at once per actor.")
     request_timeout_s: float = Field(300.0, gt=0, description="Timeout of one HTTP request (connect + response).")
-    max_retries: int = Field(8, ge=0, description="Retries per request on 429, 5xx, timeouts and dropped connections (exponential backoff with full jitter, honouring Retry-After).")
-    backoff_base_s: float = Field(1.0, gt=0, description="First backoff step; step k waits a random time up to base x 2^k.")
+    max_retries: int = Field(8, ge=0, description=(
+        "Retries per request on 429, 5xx, timeouts and dropped connections (exponential backoff with full jitter, "
+        "honouring Retry-After)."))
+    backoff_base_s: float = Field(1.0, gt=0, description=(
+        "First backoff step; step k waits a random time up to base x 2^k."))
     backoff_max_s: float = Field(60.0, gt=0, description="Longest wait between two tries (Retry-After included).")
-    prefill: Literal["continue", "instruct"] = Field("continue", description="How the assistant prefill (a prompt's response_prefix) is sent: `continue` as a final assistant message the server continues (vLLM, SGLang: `continue_final_message`); `instruct` as an instruction to start the answer with it (hosted APIs without prefill).")
-    send_repetition_penalty: bool = Field(True, description="Send `repetition_penalty` in the request body (vLLM, SGLang, llama.cpp accept it; set false for hosted APIs that reject unknown fields).")
+    prefill: Literal["continue", "instruct"] = Field("continue", description=(
+        "How the assistant prefill (a prompt's response_prefix) is sent: `continue` as a final assistant message the "
+        "server continues (vLLM, SGLang: `continue_final_message`); `instruct` as an instruction to start the answer "
+        "with it (hosted APIs without prefill)."))
+    send_repetition_penalty: bool = Field(True, description=(
+        "Send `repetition_penalty` in the request body (vLLM, SGLang, llama.cpp accept it; set false for hosted APIs "
+        "that reject unknown fields)."))
     extra_body: dict[str, Any] = Field(default_factory=dict, description="More fields merged into every request body.")
-    use_batch_api: bool = Field(False, description="Submit each unit of work as one offline batch (`/v1/files` + `/v1/batches`, half price at providers that offer it) instead of live requests.")
+    use_batch_api: bool = Field(False, description=(
+        "Submit each unit of work as one offline batch (`/v1/files` + `/v1/batches`, half price at providers that "
+        "offer it) instead of live requests."))
     batch_poll_s: float = Field(30.0, gt=0, description="Batch API: seconds between status polls.")
     batch_completion_window: str = Field("24h", description="Batch API: the completion window asked for.")
-    tokenizer: str | None = Field(None, description="Hugging Face tokenizer (id or path) for counting tokens before sending; None: model.name when it loads, else about 4 characters per token.")
+    tokenizer: str | None = Field(None, description=(
+        "Hugging Face tokenizer (id or path) for counting tokens before sending; None: model.name when it loads, "
+        "else about 4 characters per token."))
 
 
 class EngineConfig(_Section):
-    kind: Literal["transformers", "vllm", "openai", "echo"] = Field("transformers", description="Inference engine behind the engine seam: `transformers` (any device, the laptop default), `vllm` (GPU actors; its CPU build runs too), `openai` (an OpenAI-compatible HTTP API), `echo` (answers instantly with a copy of the prompt's end: for measuring the framework alone).")
-    device: str = Field("auto", description="transformers: `auto` (CUDA when present, else CPU), `cpu`, `cuda`, or `cuda:N`.")
+    kind: Literal["transformers", "vllm", "openai", "echo"] = Field("transformers", description=(
+        "Inference engine behind the engine seam: `transformers` (any device, the laptop default), `vllm` (GPU "
+        "actors; its CPU build runs too), `openai` (an OpenAI-compatible HTTP API), `echo` (answers instantly with a "
+        "copy of the prompt's end: for measuring the framework alone)."))
+    device: str = Field("auto", description=(
+        "transformers: `auto` (CUDA when present, else CPU), `cpu`, `cuda`, or `cuda:N`."))
     max_batch_size: int = Field(8, ge=1, description="transformers: requests per generate call inside one actor.")
-    torch_threads: int | None = Field(None, ge=1, description="torch intra-op threads per actor on CPU; None uses all cores of the node.")
-    prefix_reuse: bool = Field(True, description="transformers: compute a document's shared prompt prefix (its key/value cache) once and reuse it for that document's requests.")
-    min_prefix_tokens: int = Field(64, ge=1, description="transformers: reuse a shared prefix only when it is at least this long.")
+    torch_threads: int | None = Field(None, ge=1, description=(
+        "torch intra-op threads per actor on CPU; None uses all cores of the node."))
+    prefix_reuse: bool = Field(True, description=(
+        "transformers: compute a document's shared prompt prefix (its key/value cache) once and reuse it for that "
+        "document's requests."))
+    min_prefix_tokens: int = Field(64, ge=1, description=(
+        "transformers: reuse a shared prefix only when it is at least this long."))
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="Settings of the vLLM engine.")
-    openai: OpenAIConfig = Field(default_factory=OpenAIConfig, description="Settings of the OpenAI-compatible HTTP engine.")
+    openai: OpenAIConfig = Field(default_factory=OpenAIConfig, description=(
+        "Settings of the OpenAI-compatible HTTP engine."))
 
 
 class ResourcesConfig(_Section):
     min_actors: int = Field(1, ge=1, description="Smallest model actor pool per stage.")
     max_actors: int = Field(1, ge=1, description="Largest model actor pool per stage (the autoscaler grows toward it).")
-    num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs reserved per model actor. Keep below the node's CPUs so Ray Data read tasks can run.")
+    num_cpus_per_actor: float = Field(1.0, gt=0, description=(
+        "CPUs reserved per model actor. Keep below the node's CPUs so Ray Data read tasks can run."))
     num_gpus_per_actor: float = Field(0.0, ge=0, description="GPUs per model actor (0 on CPU).")
     accelerator_type: str | None = Field(None, description="Ray accelerator type for model actors, e.g. `H100`.")
-    batch_size: int = Field(8, ge=1, description="Rows (documents or task groups) handed to a model actor per call; one call commits one shard.")
+    batch_size: int = Field(8, ge=1, description=(
+        "Rows (documents or task groups) handed to a model actor per call; one call commits one shard."))
 
 
 class SamplingConfig(_Section):
@@ -107,41 +155,74 @@ class SamplingConfig(_Section):
 
 
 class ExtractConfig(_Section):
-    sampling: SamplingConfig = Field(default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=200, repetition_penalty=1.2), description="Sampling for entity extraction.")
-    max_attempts: int = Field(3, ge=1, le=20, description="Attempts per document before it is recorded as failed (later attempts sample at temperature 0.7).")
-    max_entities: int = Field(24, ge=2, description="Keep at most this many entities per document (in the order given).")
-    require_entities_in_document: bool = Field(True, description="Drop entities whose text does not occur in the document (small models invent entities).")
-    min_entities: int = Field(2, ge=2, description="An extraction with fewer (grounded) entities counts as a failed attempt.")
-    fallback: Literal["none", "heuristic"] = Field("heuristic", description="After the last failed attempt: `heuristic` takes capitalised phrases from the document (rows marked entities_source=heuristic); `none` records the document as failed.")
+    sampling: SamplingConfig = Field(
+        default_factory=lambda: SamplingConfig(temperature=0.0, max_new_tokens=200, repetition_penalty=1.2),
+        description="Sampling for entity extraction.")
+    max_attempts: int = Field(3, ge=1, le=20, description=(
+        "Attempts per document before it is recorded as failed (later attempts sample at temperature 0.7)."))
+    max_entities: int = Field(24, ge=2, description=(
+        "Keep at most this many entities per document (in the order given)."))
+    require_entities_in_document: bool = Field(True, description=(
+        "Drop entities whose text does not occur in the document (small models invent entities)."))
+    min_entities: int = Field(2, ge=2, description=(
+        "An extraction with fewer (grounded) entities counts as a failed attempt."))
+    fallback: Literal["none", "heuristic"] = Field("heuristic", description=(
+        "After the last failed attempt: `heuristic` takes capitalised phrases from the document (rows marked "
+        "entities_source=heuristic); `none` records the document as failed."))
 
 
 class PlanConfig(_Section):
-    max_pairs_per_doc: int | None = Field(None, ge=0, description="Cap on entity pairs per document; None runs all C(n,2) pairs, as the paper does.")
-    max_triplets_per_doc: int = Field(10, ge=0, description="Triplets sampled per document (the paper samples a subset of C(n,3)).")
-    max_tasks_total: int | None = Field(None, ge=1, description="Global budget of relation requests, shared fairly across documents; None means no global cap.")
-    tasks_per_group: int = Field(16, ge=1, description="Requests of one document bundled into one unit of work, served back to back on one replica (prefix reuse).")
+    max_pairs_per_doc: int | None = Field(None, ge=0, description=(
+        "Cap on entity pairs per document; None runs all C(n,2) pairs, as the paper does."))
+    max_triplets_per_doc: int = Field(10, ge=0, description=(
+        "Triplets sampled per document (the paper samples a subset of C(n,3))."))
+    max_tasks_total: int | None = Field(None, ge=1, description=(
+        "Global budget of relation requests, shared fairly across documents; None means no global cap."))
+    tasks_per_group: int = Field(16, ge=1, description=(
+        "Requests of one document bundled into one unit of work, served back to back on one replica (prefix reuse)."))
     rephrase_repeats: int = Field(1, ge=1, description="Rephrase augmenter: generations per (document, style).")
 
 
 class SynthesisConfig(_Section):
-    augmenter: Literal["entigraph", "rephrase"] = Field("entigraph", description="`entigraph` (entities, pairs, triplets) or `rephrase` (the paper's WRAP-style baseline: three styles).")
-    prompts: str = Field("entigraph-v1", description="Prompt set: a built-in name (`entigraph-v1`, `rephrase-v1`) or a path to a YAML prompt file.")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description="Sampling for relation and rephrase texts.")
+    augmenter: Literal["entigraph", "rephrase"] = Field("entigraph", description=(
+        "`entigraph` (entities, pairs, triplets) or `rephrase` (the paper's WRAP-style baseline: three styles)."))
+    prompts: str = Field("entigraph-v1", description=(
+        "Prompt set: a built-in name (`entigraph-v1`, `rephrase-v1`) or a path to a YAML prompt file."))
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig, description=(
+        "Sampling for relation and rephrase texts."))
 
 
 class CurateConfig(_Section):
-    enabled: bool = Field(False, description="Score every synthetic row against its document, filter and deduplicate, and train on the result (output_dir/curated/<id>); the synthetic stage's own output is never changed.")
-    min_grounding: float | None = Field(None, ge=0.0, le=1.0, description="Drop rows whose grounding score (share of their entities, numbers and content words the document contains) is below this; None keeps every row (rows are still scored).")
-    min_sentence_grounding: float | None = Field(None, ge=0.0, le=1.0, description="Repair: drop the sentences of a row whose grounding score is below this and keep the rest; None keeps every sentence.")
-    min_chars: int = Field(40, ge=0, description="A row shorter than this after repair is dropped (nothing left to learn from).")
-    dedup: bool = Field(False, description="Drop near-duplicate rows across the corpus (MinHash over word shingles, LSH buckets); the row with the smallest task_id of each cluster is kept.")
-    dedup_threshold: float = Field(0.8, gt=0.0, le=1.0, description="Estimated Jaccard similarity of word shingles at or above which two rows are near-duplicates.")
+    enabled: bool = Field(False, description=(
+        "Score every synthetic row against its document, filter and deduplicate, and train on the result "
+        "(output_dir/curated/<id>); the synthetic stage's own output is never changed."))
+    min_grounding: float | None = Field(None, ge=0.0, le=1.0, description=(
+        "Drop rows whose grounding score (share of their entities, numbers and content words the document contains) "
+        "is below this; None keeps every row (rows are still scored)."))
+    min_sentence_grounding: float | None = Field(None, ge=0.0, le=1.0, description=(
+        "Repair: drop the sentences of a row whose grounding score is below this and keep the rest; None keeps every "
+        "sentence."))
+    min_chars: int = Field(40, ge=0, description=(
+        "A row shorter than this after repair is dropped (nothing left to learn from)."))
+    dedup: bool = Field(False, description=(
+        "Drop near-duplicate rows across the corpus (MinHash over word shingles, LSH buckets); the row with the "
+        "smallest task_id of each cluster is kept."))
+    dedup_threshold: float = Field(0.8, gt=0.0, le=1.0, description=(
+        "Estimated Jaccard similarity of word shingles at or above which two rows are near-duplicates."))
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations per row.")
     ngram: int = Field(5, ge=1, le=20, description="Words per shingle.")
-    judge: bool = Field(False, description="Also rate every synthetic row with a model (the `judge_prompts` set through the configured engine): a `judge_score` in [0, 1] per row, stored in output_dir/judged/<id>. Worth it with a capable model only; the bundled 135M model's ratings are noise.")
-    judge_model: str | None = Field(None, description="The judge's model (same engine kind and settings as synthesis); None uses model.name.")
-    judge_prompts: str = Field("judge-v1", description="Prompt set with a `judge` template (built-in name or YAML path); its version is part of the judge's identity.")
-    min_judge_score: float | None = Field(None, ge=0.0, le=1.0, description="Drop rows whose judge score is below this, and rows the judge gave no rating (reason recorded); None keeps every row. Needs judge=true.")
+    judge: bool = Field(False, description=(
+        "Also rate every synthetic row with a model (the `judge_prompts` set through the configured engine): a "
+        "`judge_score` in [0, 1] per row, stored in output_dir/judged/<id>. Worth it with a capable model only; the "
+        "bundled 135M model's ratings are noise."))
+    judge_model: str | None = Field(None, description=(
+        "The judge's model (same engine kind and settings as synthesis); None uses model.name."))
+    judge_prompts: str = Field("judge-v1", description=(
+        "Prompt set with a `judge` template (built-in name or YAML path); its version is part of the judge's "
+        "identity."))
+    min_judge_score: float | None = Field(None, ge=0.0, le=1.0, description=(
+        "Drop rows whose judge score is below this, and rows the judge gave no rating (reason recorded); None keeps "
+        "every row. Needs judge=true."))
 
     def identity(self) -> dict[str, Any]:
         """What decides the curated rows (everything but `enabled`)."""
@@ -156,87 +237,142 @@ class CurateConfig(_Section):
 
 
 class ReplaySource(_Section):
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description="Short name (letters, digits, _.-); rows are tagged replay:<name>.")
-    path: str = Field(..., description="A Parquet or JSONL file, folder or glob (local or any fsspec URL) of general text.")
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_.-]+$", description=(
+        "Short name (letters, digits, _.-); rows are tagged replay:<name>."))
+    path: str = Field(..., description=(
+        "A Parquet or JSONL file, folder or glob (local or any fsspec URL) of general text."))
     text_field: str = Field("text", description="The column holding the text.")
     weight: float = Field(1.0, gt=0, description="Relative weight among replay sources.")
 
 
 class TrainConfig(_Section):
-    name: str = Field("train", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", description="Folder under output_dir for this training's mixture, checkpoints, metrics and exported model (`sweep` trains several, each under its own name). Packed blocks are shared under output_dir/train/blocks.")
-    base_model: str | None = Field(None, description="Model to continue pretraining; None uses model.name (the generator).")
-    corpus: Literal["synthetic", "raw", "synthetic+raw"] = Field("synthetic", description="What to train on: the synthetic corpus, the source documents themselves (the Raw CPT baseline), or both.")
-    max_synthetic_tokens: int | None = Field(None, ge=1, description="Train on a seeded random subset of the synthetic corpus of about this many tokens (whole blocks); None uses all of it. `sweep` sets it per budget, like the paper's scaling experiment.")
-    replay: list[ReplaySource] = Field(default_factory=list, description="General-text corpora mixed in so that the model does not forget.")
-    replay_share: float = Field(0.0, ge=0.0, lt=1.0, description="Share of training blocks that are replay blocks (the paper: 0.1); needs train.replay sources.")
-    replay_mode: Literal["replace", "add"] = Field("replace", description="`replace`: replay blocks take synthetic blocks' places (the paper); `add`: they are added on top.")
-    block_len: int = Field(2048, ge=8, description="Tokens per training sequence; texts are packed with an EOS between them.")
-    global_batch_size: int = Field(16, ge=1, description="Sequences per optimizer step over all workers (the paper: 16).")
-    micro_batch_size: int = Field(1, ge=1, description="Sequences per forward pass on one worker; gradient accumulation makes up the rest.")
+    name: str = Field("train", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", description=(
+        "Folder under output_dir for this training's mixture, checkpoints, metrics and exported model (`sweep` "
+        "trains several, each under its own name). Packed blocks are shared under output_dir/train/blocks."))
+    base_model: str | None = Field(None, description=(
+        "Model to continue pretraining; None uses model.name (the generator)."))
+    corpus: Literal["synthetic", "raw", "synthetic+raw"] = Field("synthetic", description=(
+        "What to train on: the synthetic corpus, the source documents themselves (the Raw CPT baseline), or both."))
+    max_synthetic_tokens: int | None = Field(None, ge=1, description=(
+        "Train on a seeded random subset of the synthetic corpus of about this many tokens (whole blocks); None uses "
+        "all of it. `sweep` sets it per budget, like the paper's scaling experiment."))
+    replay: list[ReplaySource] = Field(default_factory=list, description=(
+        "General-text corpora mixed in so that the model does not forget."))
+    replay_share: float = Field(0.0, ge=0.0, lt=1.0, description=(
+        "Share of training blocks that are replay blocks (the paper: 0.1); needs train.replay sources."))
+    replay_mode: Literal["replace", "add"] = Field("replace", description=(
+        "`replace`: replay blocks take synthetic blocks' places (the paper); `add`: they are added on top."))
+    block_len: int = Field(2048, ge=8, description=(
+        "Tokens per training sequence; texts are packed with an EOS between them."))
+    global_batch_size: int = Field(16, ge=1, description=(
+        "Sequences per optimizer step over all workers (the paper: 16)."))
+    micro_batch_size: int = Field(1, ge=1, description=(
+        "Sequences per forward pass on one worker; gradient accumulation makes up the rest."))
     epochs: int = Field(2, ge=1, description="Passes over the mixed stream (the paper: 2).")
-    seed: int | None = Field(None, description="Seed of training alone (synthetic subset, mixture and order, initialisation); None uses the run seed. `ablate` sets it per ablation.seeds without touching synthesis.")
+    seed: int | None = Field(None, description=(
+        "Seed of training alone (synthetic subset, mixture and order, initialisation); None uses the run seed. "
+        "`ablate` sets it per ablation.seeds without touching synthesis."))
 
     def effective_seed(self, run_seed: int) -> int:
         return run_seed if self.seed is None else self.seed
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (None: all epochs).")
     lr: float = Field(5e-6, gt=0, description="Peak learning rate (the paper: 5e-6).")
-    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="Linear warmup over this share of steps, then cosine decay.")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description=(
+        "Linear warmup over this share of steps, then cosine decay."))
     min_lr_ratio: float = Field(0.0, ge=0, le=1, description="The cosine decays to peak x this.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (the paper: 0.01).")
     grad_clip: float = Field(1.0, gt=0, description="Gradient-norm clipping.")
     num_workers: int = Field(2, ge=1, description="Ray Train workers (one per GPU on GPU nodes).")
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs reserved per worker.")
     use_gpu: bool = Field(False, description="Train on GPUs (NCCL) instead of CPUs (gloo).")
-    accelerator_type: str | None = Field(None, description="Ray accelerator type the training workers must run on, e.g. `H100` (keeps them off the synthesis GPU nodes of a mixed cluster).")
+    accelerator_type: str | None = Field(None, description=(
+        "Ray accelerator type the training workers must run on, e.g. `H100` (keeps them off the synthesis GPU nodes "
+        "of a mixed cluster)."))
     strategy: Literal["ddp", "fsdp"] = Field("ddp", description="`ddp`, or `fsdp` (full sharding, GPUs only).")
-    dtype: Literal["float32", "bfloat16"] = Field("float32", description="Training precision: float32 on CPU; bfloat16 autocast on GPUs.")
-    torch_threads: int | None = Field(None, ge=1, description="torch threads per worker on CPU; None: the node's cores / workers on it.")
-    checkpoint_every: int = Field(50, ge=1, description="Save a checkpoint (model, optimizer, scheduler, data position, RNG) every N steps.")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description=(
+        "Training precision: float32 on CPU; bfloat16 autocast on GPUs."))
+    torch_threads: int | None = Field(None, ge=1, description=(
+        "torch threads per worker on CPU; None: the node's cores / workers on it."))
+    checkpoint_every: int = Field(50, ge=1, description=(
+        "Save a checkpoint (model, optimizer, scheduler, data position, RNG) every N steps."))
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in storage.")
     log_every: int = Field(1, ge=1, description="Write a metrics line every N steps.")
-    peak_tflops_per_gpu: float = Field(989.0, gt=0, description="Peak dense bf16 TFLOP/s of one GPU, for MFU (H100 SXM: 989).")
+    peak_tflops_per_gpu: float = Field(989.0, gt=0, description=(
+        "Peak dense bf16 TFLOP/s of one GPU, for MFU (H100 SXM: 989)."))
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
         if self.strategy == "fsdp" and not self.use_gpu:
-            raise ValueError("train.strategy is 'fsdp' but train.use_gpu is false. Fix: set train.use_gpu=true, or train.strategy=ddp on CPU.")
+            raise ValueError("train.strategy is 'fsdp' but train.use_gpu is false. Fix: set train.use_gpu=true, "
+                             "or train.strategy=ddp on CPU.")
         if self.global_batch_size % (self.micro_batch_size * self.num_workers):
             raise ValueError(
                 f"train.global_batch_size ({self.global_batch_size}) is not a multiple of train.micro_batch_size "
                 f"({self.micro_batch_size}) x train.num_workers ({self.num_workers}). Fix: change one of them.")
         if self.replay_share > 0 and not self.replay:
-            raise ValueError("train.replay_share > 0 but train.replay lists no source. Fix: add a replay source or set train.replay_share=0.")
+            raise ValueError("train.replay_share > 0 but train.replay lists no source. Fix: add a replay source or "
+                             "set train.replay_share=0.")
         if len({r.name for r in self.replay}) != len(self.replay):
             raise ValueError("train.replay has two sources with the same name. Fix: give each a distinct name.")
         return self
 
 
 class EvalConfig(_Section):
-    questions: str = Field("auto", description="QuALITY-layout JSON Lines (`article`, `title`, `questions[]` with `options` and 1-based `gold_label`), local or any fsspec URL; `auto` uses input.path when it holds questions (the demo corpus does); `none` skips question answering.")
-    protocol: Literal["options", "generative"] = Field("options", description="`options`: pick the option whose text has the highest mean per-token log-likelihood after the question (deterministic, fast, works on small base models); `generative`: few-shot chain-of-thought through the configured engine, answer letter parsed from the text (the paper's protocol).")
+    questions: str = Field("auto", description=(
+        "QuALITY-layout JSON Lines (`article`, `title`, `questions[]` with `options` and 1-based `gold_label`), "
+        "local or any fsspec URL; `auto` uses input.path when it holds questions (the demo corpus does); `none` "
+        "skips question answering."))
+    protocol: Literal["options", "generative"] = Field("options", description=(
+        "`options`: pick the option whose text has the highest mean per-token log-likelihood after the question "
+        "(deterministic, fast, works on small base models); `generative`: few-shot chain-of-thought through the "
+        "configured engine, answer letter parsed from the text (the paper's protocol)."))
     include_base: bool = Field(True, description="Evaluate the base model (train.base_model or model.name).")
-    include_trained: bool = Field(True, description="Evaluate the model exported by training (output_dir/<train.name>/model) when it exists.")
-    models: list[str] = Field(default_factory=list, description="More models to compare: Hugging Face ids, local folders or fsspec URLs of exported models; `label=path` names one.")
-    open_book_reference: bool = Field(True, description="Also score the base model with the document in its context: the ceiling that closed-book training aims at.")
-    max_questions: int | None = Field(None, ge=1, description="Evaluate at most this many questions (in file order); None: all.")
-    batch_size: int = Field(16, ge=1, description="Sequences per forward pass (options) or per generate call (generative).")
-    few_shot: int = Field(3, ge=0, le=5, description="Generative protocol: worked examples in the prompt (from the built-in eval prompt set, never from the evaluated questions; the paper: 5).")
-    max_new_tokens: int = Field(256, ge=8, description="Generative protocol: token budget for the reasoning and the answer.")
-    perplexity_texts: int = Field(64, ge=0, description="Texts used for each perplexity (source documents for knowledge, held-out text for forgetting); 0 skips perplexity.")
-    perplexity_window: int = Field(1024, ge=16, description="Tokens per perplexity window (texts are cut into non-overlapping windows).")
-    forgetting_text: str = Field("builtin:stdlib-docs-heldout", description="Held-out general text for the forgetting perplexity; must not be in the replay data. The built-in is docstrings of standard-library modules that `builtin:stdlib-docs` does not use.")
-    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description="Evaluation precision: `auto` is float32 on CPU and bfloat16 on GPUs.")
+    include_trained: bool = Field(True, description=(
+        "Evaluate the model exported by training (output_dir/<train.name>/model) when it exists."))
+    models: list[str] = Field(default_factory=list, description=(
+        "More models to compare: Hugging Face ids, local folders or fsspec URLs of exported models; `label=path` "
+        "names one."))
+    open_book_reference: bool = Field(True, description=(
+        "Also score the base model with the document in its context: the ceiling that closed-book training aims at."))
+    max_questions: int | None = Field(None, ge=1, description=(
+        "Evaluate at most this many questions (in file order); None: all."))
+    batch_size: int = Field(16, ge=1, description=(
+        "Sequences per forward pass (options) or per generate call (generative)."))
+    few_shot: int = Field(3, ge=0, le=5, description=(
+        "Generative protocol: worked examples in the prompt (from the built-in eval prompt set, never from the "
+        "evaluated questions; the paper: 5)."))
+    max_new_tokens: int = Field(256, ge=8, description=(
+        "Generative protocol: token budget for the reasoning and the answer."))
+    perplexity_texts: int = Field(64, ge=0, description=(
+        "Texts used for each perplexity (source documents for knowledge, held-out text for forgetting); 0 skips "
+        "perplexity."))
+    perplexity_window: int = Field(1024, ge=16, description=(
+        "Tokens per perplexity window (texts are cut into non-overlapping windows)."))
+    forgetting_text: str = Field("builtin:stdlib-docs-heldout", description=(
+        "Held-out general text for the forgetting perplexity; must not be in the replay data. The built-in is "
+        "docstrings of standard-library modules that `builtin:stdlib-docs` does not use."))
+    dtype: Literal["auto", "float32", "bfloat16"] = Field("auto", description=(
+        "Evaluation precision: `auto` is float32 on CPU and bfloat16 on GPUs."))
     device: str = Field("auto", description="`auto`, `cpu`, `cuda`, `cuda:N`.")
     num_cpus: float = Field(1.0, gt=0, description="CPUs reserved by each evaluation task (one Ray task per model).")
     num_gpus: float = Field(0.0, ge=0, description="GPUs per evaluation task.")
-    torch_threads: int | None = Field(None, ge=1, description="torch threads per evaluation task on CPU; None: all cores of the node.")
+    torch_threads: int | None = Field(None, ge=1, description=(
+        "torch threads per evaluation task on CPU; None: all cores of the node."))
     max_parallel: int = Field(1, ge=1, description="Models evaluated at once (raise it on a GPU cluster).")
 
 
+def _default_baselines() -> list[Literal["raw", "rephrase"]]:
+    return ["raw", "rephrase"]
+
+
 class SweepConfig(_Section):
-    budgets: list[int] = Field(default_factory=list, description="Synthetic token budgets to train on (subsets of the synthetic corpus); empty: `num_budgets` log-spaced budgets up to the whole corpus.")
+    budgets: list[int] = Field(default_factory=list, description=(
+        "Synthetic token budgets to train on (subsets of the synthetic corpus); empty: `num_budgets` log-spaced "
+        "budgets up to the whole corpus."))
     num_budgets: int = Field(4, ge=1, description="How many budgets when `budgets` is empty (each half the next).")
-    baselines: list[Literal["raw", "rephrase"]] = Field(default_factory=lambda: ["raw", "rephrase"], description="Baselines trained and evaluated beside EntiGraph: `raw` (Raw CPT on the documents), `rephrase` (the WRAP-style rephrase augmenter, synthesized into output_dir/sweep/rephrase).")
+    baselines: list[Literal["raw", "rephrase"]] = Field(default_factory=_default_baselines, description=(
+        "Baselines trained and evaluated beside EntiGraph: `raw` (Raw CPT on the documents), `rephrase` (the "
+        "WRAP-style rephrase augmenter, synthesized into output_dir/sweep/rephrase)."))
 
 
 class AblationConfig(_Section):
@@ -245,13 +381,23 @@ class AblationConfig(_Section):
         description="Arms of `ray-entigraph ablate`, trained at equal synthetic tokens and equal steps: "
                     f"{arms_reference()}.")
     min_grounding: float = Field(0.6, ge=0.0, le=1.0, description="`grounded` arm: curate.min_grounding.")
-    min_sentence_grounding: float = Field(0.5, ge=0.0, le=1.0, description="`repaired` arm: curate.min_sentence_grounding.")
-    min_judge_score: float = Field(0.75, ge=0.0, le=1.0, description="`judged` arm: curate.judge=true with this curate.min_judge_score (a rating of 4 of 5 or better).")
-    temperature: float = Field(1.0, ge=0.0, description="`temperature` arm: synthesis.sampling.temperature (the paper: 1.0).")
+    min_sentence_grounding: float = Field(0.5, ge=0.0, le=1.0, description=(
+        "`repaired` arm: curate.min_sentence_grounding."))
+    min_judge_score: float = Field(0.75, ge=0.0, le=1.0, description=(
+        "`judged` arm: curate.judge=true with this curate.min_judge_score (a rating of 4 of 5 or better)."))
+    temperature: float = Field(1.0, ge=0.0, description=(
+        "`temperature` arm: synthesis.sampling.temperature (the paper: 1.0)."))
     freeform_prompts: str = Field("entigraph-freeform-v1", description="`freeform` arm: its prompt set.")
-    epochs: int | None = Field(None, ge=1, description="Passes over the synthetic token budget that set every arm's number of optimizer steps; None uses train.epochs.")
-    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description="Training seeds: every arm trains once per seed (train.seed); accuracy is averaged over seeds per question and the intervals resample questions. The run seed's arms keep their plain names, so adding seeds reuses them.")
-    num_budgets: int = Field(1, ge=1, le=4, description="Synthetic token budgets per arm: the largest that every arm can fill, then halvings of it (for the accuracy-against-tokens plot).")
+    epochs: int | None = Field(None, ge=1, description=(
+        "Passes over the synthetic token budget that set every arm's number of optimizer steps; None uses "
+        "train.epochs."))
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description=(
+        "Training seeds: every arm trains once per seed (train.seed); accuracy is averaged over seeds per question "
+        "and the intervals resample questions. The run seed's arms keep their plain names, so adding seeds reuses "
+        "them."))
+    num_budgets: int = Field(1, ge=1, le=4, description=(
+        "Synthetic token budgets per arm: the largest that every arm can fill, then halvings of it (for the "
+        "accuracy-against-tokens plot)."))
 
     @field_validator("variants")
     @classmethod
@@ -266,8 +412,10 @@ class AblationConfig(_Section):
 
 
 class CostConfig(_Section):
-    usd_per_million_prompt_tokens: float | None = Field(None, ge=0, description="Price of prompt tokens, for cost estimates in the ledger, `status` and `--dry-run`; None shows no cost.")
-    usd_per_million_generated_tokens: float | None = Field(None, ge=0, description="Price of generated tokens, likewise.")
+    usd_per_million_prompt_tokens: float | None = Field(None, ge=0, description=(
+        "Price of prompt tokens, for cost estimates in the ledger, `status` and `--dry-run`; None shows no cost."))
+    usd_per_million_generated_tokens: float | None = Field(None, ge=0, description=(
+        "Price of generated tokens, likewise."))
 
     def estimate(self, prompt_tokens: int, generated_tokens: int) -> float | None:
         if self.usd_per_million_prompt_tokens is None and self.usd_per_million_generated_tokens is None:
@@ -277,9 +425,12 @@ class CostConfig(_Section):
 
 
 class EntiGraphConfig(_Section):
-    output_dir: str = Field("runs/demo", description="Where every stage writes: a local path, s3://bucket/prefix, or any fsspec URL (S3 endpoint and credentials come from the standard AWS variables). The resolved config is saved here.")
+    output_dir: str = Field("runs/demo", description=(
+        "Where every stage writes: a local path, s3://bucket/prefix, or any fsspec URL (S3 endpoint and credentials "
+        "come from the standard AWS variables). The resolved config is saved here."))
     seed: int = Field(0, description="Run seed; every random choice derives from (seed, doc_id, kind).")
-    max_error_fraction: float = Field(0.5, ge=0.0, le=1.0, description="Fail the stage when more than this share of its requests fail.")
+    max_error_fraction: float = Field(0.5, ge=0.0, le=1.0, description=(
+        "Fail the stage when more than this share of its requests fail."))
     input: InputConfig = Field(default_factory=InputConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
@@ -311,13 +462,14 @@ class EntiGraphConfig(_Section):
             )
         # Prompt = document chunk + instructions; generation must fit in what is left.
         room = self.model.max_model_len - self.ingest.max_document_tokens - _PROMPT_OVERHEAD_TOKENS
-        for key, sampling in (("synthesis.sampling", self.synthesis.sampling), ("extract.sampling", self.extract.sampling)):
+        for key, sampling in (("synthesis.sampling", self.synthesis.sampling),
+                              ("extract.sampling", self.extract.sampling)):
             if sampling.max_new_tokens > room:
                 raise ValueError(
                     f"{key}.max_new_tokens ({sampling.max_new_tokens}) does not fit: model.max_model_len "
                     f"({self.model.max_model_len}) - ingest.max_document_tokens ({self.ingest.max_document_tokens}) "
-                    f"- {_PROMPT_OVERHEAD_TOKENS} tokens of instructions leaves {room}. Fix: lower {key}.max_new_tokens "
-                    "or ingest.max_document_tokens, or raise model.max_model_len."
+                    f"- {_PROMPT_OVERHEAD_TOKENS} tokens of instructions leaves {room}. "
+                    f"Fix: lower {key}.max_new_tokens or ingest.max_document_tokens, or raise model.max_model_len."
                 )
         if self.synthesis.augmenter == "rephrase" and self.synthesis.prompts.startswith("entigraph"):
             raise ValueError(
@@ -393,7 +545,8 @@ def _format_validation_error(err: ValidationError) -> str:
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
             close = difflib.get_close_matches(loc, known, n=1, cutoff=0.6)
-            hint = f" Did you mean {close[0]!r}?" if close else " Fix: remove it; `ray-entigraph validate --print` lists every key."
+            hint = (f" Did you mean {close[0]!r}?" if close
+                    else " Fix: remove it; `ray-entigraph validate --print` lists every key.")
             lines.append(f"  {loc}: unknown key.{hint}")
         elif e["type"] == "value_error":
             lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
@@ -409,7 +562,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     if path is not None:
         p = Path(path)
         if not p.exists():
-            raise ConfigError(f"Config file {str(p)!r} does not exist. Fix: pass an existing YAML file, e.g. configs/demo.yaml.")
+            raise ConfigError(f"Config file {str(p)!r} does not exist. "
+                              "Fix: pass an existing YAML file, e.g. configs/demo.yaml.")
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:
@@ -501,7 +655,8 @@ def config_reference_markdown() -> str:
             default = field.get_default(call_default_factory=True)
             rows.append(f"| `{prefix}{name}` | `{json.dumps(default)}` | {field.description or ''} |")
         if rows:
-            lines.extend([f"## `{prefix.rstrip('.') or 'top level'}`", "", "| key | default | meaning |", "|---|---|---|", *rows, ""])
+            lines.extend([f"## `{prefix.rstrip('.') or 'top level'}`", "", "| key | default | meaning |",
+                          "|---|---|---|", *rows, ""])
         for name, sub in subs:
             section(sub, f"{prefix}{name}.")
 

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.engines import constrains_json
 from ray_entigraph.errors import PromptError
+from ray_entigraph.inputs import list_input_files
 from ray_entigraph.layout import Layout, curation_id, extraction_key, judge_id
 from ray_entigraph.prompts import ChatTemplate, PromptSet, load_prompt_set
 
@@ -50,9 +52,6 @@ class RunContext:
     @classmethod
     def resolve(cls, config: EntiGraphConfig, *, list_inputs: bool = True) -> "RunContext":
         """Check and resolve everything a run needs from its config; raises a user error naming the fix."""
-        from ray_entigraph.engines import constrains_json
-        from ray_entigraph.inputs import list_input_files
-
         files = list_input_files(config.input) if list_inputs else []
         prompts = load_prompt_set(config.synthesis.prompts)
         judging = config.curate.enabled and config.curate.judge

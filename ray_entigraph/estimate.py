@@ -6,6 +6,7 @@ from __future__ import annotations
 from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import RunContext
+from ray_entigraph.engines.hf import load_tokenizer
 from ray_entigraph.inputs import records_from_file
 from ray_entigraph.prompts import render_chat
 from ray_entigraph.stages.ingest import documents_from_record
@@ -19,8 +20,6 @@ def dry_run(config: EntiGraphConfig, assume_entities: int = DEFAULT_ASSUMED_ENTI
     """Read the inputs, count documents and tokens, and estimate requests, tokens and cost for the configured
     budget. Starts no Ray and no model (only the tokenizer). Entity counts come from committed extraction
     output where there is one, else `assume_entities` per document."""
-    from ray_entigraph.engines.hf import load_tokenizer  # lazy: transformers
-
     ctx = RunContext.resolve(config)
     files = ctx.input_files
     tok = load_tokenizer(config.model.name, config.model.cache_dir)

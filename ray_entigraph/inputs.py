@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ray_entigraph import storage
 from ray_entigraph.config import InputConfig
+from ray_entigraph.demo.replay import stdlib_docstrings_path
 from ray_entigraph.errors import InputError
 
 __all__ = ["DEMO_CORPUS", "InputError", "list_input_files", "records_from_file", "resolve_input_path"]
@@ -29,8 +30,6 @@ def resolve_input_path(path: str) -> str:
     if path == "builtin:demo":
         return str(DEMO_CORPUS)
     if path in ("builtin:stdlib-docs", "builtin:stdlib-docs-heldout"):
-        from ray_entigraph.demo.replay import stdlib_docstrings_path
-
         return stdlib_docstrings_path(split="train" if path == "builtin:stdlib-docs" else "heldout")
     return path
 
@@ -44,7 +43,8 @@ def list_input_files(cfg: InputConfig) -> list[tuple[str, str]]:
         prefix = url.split("://")[0] + "://" if "://" in url else ""
         candidates = [prefix + p for p in found]
     elif not fs.exists(path):
-        raise InputError(f"Input path {cfg.path!r} does not exist. Fix: set input.path to a file, folder or glob that exists.")
+        raise InputError(f"Input path {cfg.path!r} does not exist. "
+                         "Fix: set input.path to a file, folder or glob that exists.")
     elif fs.isdir(path):
         prefix = url.split("://")[0] + "://" if "://" in url else ""
         candidates = sorted(prefix + p for p in fs.find(path))
@@ -113,7 +113,9 @@ def records_from_file(url: str, fmt: str, cfg: InputConfig) -> list[dict]:
 def _record_from_mapping(obj: dict, url: str, where: str, cfg: InputConfig) -> dict:
     field = cfg.text_field if cfg.text_field in obj else ("article" if "article" in obj else None)
     if field is None or not isinstance(obj.get(field), str):
-        return {"source": f"{url} {where}", "error": f"no text: {where} has no string field {cfg.text_field!r}. Fix: set input.text_field."}
+        return {"source": f"{url} {where}",
+                "error": f"no text: {where} has no string field {cfg.text_field!r}. Fix: set input.text_field."}
     meta = {k: v for k, v in obj.items() if k not in (field, cfg.title_field)}
     title = obj.get(cfg.title_field)
-    return {"source": url, "title": str(title) if title else Path(url).stem, "text": _strip_html(obj[field]), "metadata": meta}
+    return {"source": url, "title": str(title) if title else Path(url).stem, "text": _strip_html(obj[field]),
+            "metadata": meta}

@@ -13,6 +13,7 @@ import yaml
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.context import RunContext
 from ray_entigraph.layout import Layout
 
 logger = logging.getLogger(__name__)
@@ -98,8 +99,6 @@ def _settings_folders(config: EntiGraphConfig | None) -> dict[str, str]:
     """The judged/ and curated/ folders the run's config names now (a run that has not recorded them yet)."""
     if config is None or not config.curate.enabled:
         return {}
-    from ray_entigraph.context import RunContext  # lazy: only runs that curate need prompt sets resolved
-
     ctx = RunContext.resolve(config, list_inputs=False)
     folders = {schema.CURATE: ctx.curated_stage()}
     if config.curate.judge:
@@ -137,7 +136,8 @@ def stage_record(totals: StageTotals, started: float, finished: float | None) ->
         "expected": totals.expected, "done_before": totals.done_before, "num_ok": totals.num_ok,
         "num_failed": totals.num_failed, "num_prompt_tokens": totals.num_prompt_tokens,
         "num_generated_tokens": totals.num_generated_tokens, "started_at": started, "finished_at": finished,
-        "wall_s": round(wall, 2), "generated_tokens_per_s": round(totals.num_generated_tokens / wall, 2) if wall > 0 else None,
+        "wall_s": round(wall, 2),
+        "generated_tokens_per_s": round(totals.num_generated_tokens / wall, 2) if wall > 0 else None,
     }
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from ray_entigraph import ledger, schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import RunContext
+from ray_entigraph.engines import preflight
 from ray_entigraph.errors import EntiGraphError, StageFailed, explain_stage_failure, is_worker_failure
 from ray_entigraph.runtime import init_ray, save_resolved_config
 from ray_entigraph.stages.base import Stage, check_errors, run_stage
@@ -59,12 +60,14 @@ class SynthesisSummary:
             f"extraction       {self.num_extracted} documents, model output parsed for {self.num_model_parsed} "
             f"({parse_rate:.0%}), {self.num_extract_failed} failed, {self.mean_entities:.1f} entities/doc",
             f"plan             {self.num_tasks_planned} synthesis tasks for this config (summaries, pairs, triplets)",
-            f"synthetic rows   {self.num_synthetic_rows} ({', '.join(f'{k}: {v}' for k, v in sorted(self.rows_by_kind.items()))}), "
+            f"synthetic rows   {self.num_synthetic_rows} "
+            f"({', '.join(f'{k}: {v}' for k, v in sorted(self.rows_by_kind.items()))}), "
             f"{self.num_synthesis_failed} failed",
             f"tokens           {self.num_prompt_tokens} prompt ({self.num_cached_tokens} served from the engine's "
             f"prefix cache, {self.num_cached_tokens / max(self.num_prompt_tokens, 1):.0%}), "
             f"{self.num_generated_tokens} generated, {self.num_retries} request retries",
-            f"throughput       {self.generated_tokens_per_s:.1f} generated tokens/s over {self.wall_s:.0f}s of this run",
+            f"throughput       {self.generated_tokens_per_s:.1f} generated tokens/s "
+            f"over {self.wall_s:.0f}s of this run",
             f"output           {storage.join(self.output_dir, schema.SYNTHESIZE)}",
         ] + (self._curation_lines() if self.curation else [])
 
@@ -149,8 +152,6 @@ def run_stages(ctx: RunContext, stages: list[Stage], state: RunState) -> dict[st
 def synthesize(config: EntiGraphConfig, ingest_only: bool = False, ctx: RunContext | None = None) -> SynthesisSummary:
     """ingest -> extract -> plan -> synthesize (-> judge -> curate), each stage resumable from what storage
     holds (`ingest_only`: the documents alone, which is all the Raw CPT baseline needs)."""
-    from ray_entigraph.engines import preflight
-
     ctx = ctx or RunContext.resolve(config)  # bad input, prompts or config fail here, before Ray starts
     for warning in preflight(config):  # so does an engine that cannot work
         logger.warning("%s", warning)

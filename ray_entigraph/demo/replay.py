@@ -29,7 +29,8 @@ _HELDOUT_MODULES = ("shutil", "subprocess", "tarfile", "pickle", "typing", "data
 
 def stdlib_docstrings_path(cache_dir: str | Path | None = None, split: str = "train") -> str:
     suffix = "" if split == "train" else f"-{split}"
-    path = Path(cache_dir or storage.local_cache_dir()) / f"stdlib-docs{suffix}-py{sys.version_info.major}{sys.version_info.minor}.jsonl"
+    path = (Path(cache_dir or storage.local_cache_dir())
+            / f"stdlib-docs{suffix}-py{sys.version_info.major}{sys.version_info.minor}.jsonl")
     if path.exists():
         return str(path)
     if split == "train":

@@ -10,7 +10,7 @@ schema.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from ray_entigraph.engines.base import Engine, GenerationRequest, GenerationResult, SamplingParams
 from ray_entigraph.errors import ConfigError, EngineError
@@ -18,8 +18,8 @@ from ray_entigraph.errors import ConfigError, EngineError
 if TYPE_CHECKING:
     from ray_entigraph.config import EntiGraphConfig
 
-__all__ = ["ENGINES", "Engine", "GenerationRequest", "GenerationResult", "SamplingParams", "constrains_json",
-           "engine_class", "make_engine", "preflight", "sampling_params"]
+__all__ = ["ENGINES", "Engine", "EngineClass", "GenerationRequest", "GenerationResult", "SamplingParams",
+           "constrains_json", "engine_class", "make_engine", "preflight", "sampling_params"]
 
 # engine.kind -> (module, class): imported only when that kind is asked for.
 ENGINES: dict[str, tuple[str, str]] = {
@@ -28,6 +28,18 @@ ENGINES: dict[str, tuple[str, str]] = {
     "openai": ("ray_entigraph.engines.openai_engine", "OpenAIEngine"),
     "echo": ("ray_entigraph.engines.echo", "EchoEngine"),
 }
+
+
+class EngineClass(Protocol):
+    """What every class named in `ENGINES` offers as classmethods (the class object is the protocol's instance)."""
+
+    def from_config(self, config: EntiGraphConfig) -> Engine:
+        """The engine, built from the config's model and engine sections."""
+        ...
+
+    def supports_json_schema_for(self, config: EntiGraphConfig) -> bool:
+        """Whether an engine built from `config` decodes under a JSON schema (answered without building it)."""
+        ...
 
 
 def sampling_params(cfg) -> SamplingParams:
@@ -40,7 +52,7 @@ def sampling_params(cfg) -> SamplingParams:
     )
 
 
-def engine_class(kind: str) -> type:
+def engine_class(kind: str) -> EngineClass:
     """The class of engine kind `kind`, its module imported now."""
     if kind not in ENGINES:  # config validation prevents this
         raise ConfigError(f"engine.kind {kind!r} is not available. Fix: set engine.kind to one of {sorted(ENGINES)}.")
@@ -64,7 +76,7 @@ def preflight(config: "EntiGraphConfig") -> list[str]:
 
     kind, warnings = config.engine.kind, []
     if kind == "openai":
-        from ray_entigraph.engines.openai_engine import is_local_url
+        from ray_entigraph.engines.openai_engine import is_local_url  # lazy: engine modules load only when used
 
         o = config.engine.openai
         if o.api_key_env and not os.environ.get(o.api_key_env) and not is_local_url(o.base_url):
@@ -74,7 +86,7 @@ def preflight(config: "EntiGraphConfig") -> list[str]:
                 "(on a cluster: in every node's environment), or set engine.openai.api_key_env=null "
                 "for a server without authentication.")
     if kind == "vllm" and importlib.util.find_spec("vllm") is None:
-        from ray_entigraph.engines.vllm_engine import vllm_missing_message
+        from ray_entigraph.engines.vllm_engine import vllm_missing_message  # lazy: engine modules load only when used
 
         warnings.append(vllm_missing_message() + " (This is only a problem if the model actors' nodes lack it too.)")
     return warnings

@@ -57,7 +57,7 @@ def resolve_model_path(model_name: str, cache_dir: str | Path | None = None) -> 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
     import filelock
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # lazy: only the one-time conversion needs it
 
     target.parent.mkdir(parents=True, exist_ok=True)
     # Several actors may start at once on one node: one converts, the others wait for it.

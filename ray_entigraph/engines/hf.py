@@ -41,7 +41,7 @@ def load_tokenizer(model_name: str, cache_dir: str | None = None):
     """The tokenizer of a Hugging Face id, a local folder or `bundled:...` (converted on first use)."""
     from transformers import AutoTokenizer
 
-    from ray_entigraph.engines.bundled import resolve_model_path
+    from ray_entigraph.engines.bundled import resolve_model_path  # lazy: pulls in storage (pyarrow, fsspec)
 
     return AutoTokenizer.from_pretrained(resolve_model_path(model_name, cache_dir))
 
@@ -70,8 +70,8 @@ def load_model(path: str, *, dtype: str, device: str, cache_dir: str | None = No
 
     import torch
 
-    from ray_entigraph import storage
-    from ray_entigraph.engines.bundled import resolve_model_path
+    from ray_entigraph import storage  # lazy: pyarrow, fsspec; importing this module costs nothing
+    from ray_entigraph.engines.bundled import resolve_model_path  # lazy: pulls in storage (pyarrow, fsspec)
 
     quiet_progress_bars()
     device = pick_device(device)

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 from ray_entigraph.engines.base import GenerationRequest, GenerationResult
+from ray_entigraph.engines.hf import load_tokenizer
 from ray_entigraph.errors import EngineError
 
 if TYPE_CHECKING:
@@ -258,11 +259,9 @@ def parse_chat_response(payload, request: GenerationRequest, *, prefill: str = "
     content = message.get("content") or ""
     usage = payload.get("usage") or {}
     details = usage.get("prompt_tokens_details") or {}
-    counts = {
-        "num_prompt_tokens": int(usage.get("prompt_tokens") or 0),
-        "num_cached_tokens": int(details.get("cached_tokens") or 0),
-        "num_generated_tokens": int(usage.get("completion_tokens") or 0),
-    }
+    num_prompt_tokens = int(usage.get("prompt_tokens") or 0)
+    num_cached_tokens = int(details.get("cached_tokens") or 0)
+    num_generated_tokens = int(usage.get("completion_tokens") or 0)
     prefix = request.response_prefix
     if prefix:
         continuation = remove_response_prefix(content, prefix, required=prefill == "instruct")
@@ -272,14 +271,16 @@ def parse_chat_response(payload, request: GenerationRequest, *, prefill: str = "
                 "prefill=instruct: the answer does not start with the response prefix "
                 f"(it starts {content[:80]!r}); the model ignored the instruction",
             )
-            failed.num_prompt_tokens = counts["num_prompt_tokens"]
-            failed.num_generated_tokens = counts["num_generated_tokens"]
+            failed.num_prompt_tokens = num_prompt_tokens
+            failed.num_generated_tokens = num_generated_tokens
             return failed
         text = continuation.rstrip()  # the leading space is part of the continuation ("Guild" + " is")
     else:
         text = content.strip()
     finish_reason = "length" if choice.get("finish_reason") == "length" else "stop"
-    return GenerationResult(key=request.key, text=text, finish_reason=finish_reason, **counts)
+    return GenerationResult(key=request.key, text=text, finish_reason=finish_reason,
+                            num_prompt_tokens=num_prompt_tokens, num_cached_tokens=num_cached_tokens,
+                            num_generated_tokens=num_generated_tokens)
 
 
 def parse_batch_line(
@@ -411,8 +412,6 @@ class OpenAIEngine:
         name = self._tokenizer_name
         if name:
             try:
-                from ray_entigraph.engines.hf import load_tokenizer
-
                 return load_tokenizer(name, self._cache_dir)
             except Exception as exc:  # noqa: BLE001 - any load failure falls back to the estimate
                 logger.warning("Tokenizer %r did not load (%s); counting about 4 characters per token. Set "

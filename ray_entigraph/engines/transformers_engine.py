@@ -15,14 +15,11 @@ masked out, so positions stay exact. A request reports the prefix tokens it did 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
 
+from ray_entigraph.config import EngineConfig, EntiGraphConfig, ModelConfig
 from ray_entigraph.engines.base import GenerationRequest, GenerationResult, SamplingParams
 from ray_entigraph.engines.bundled import resolve_model_path
 from ray_entigraph.engines.hf import cache_argument, load_causal_lm, load_tokenizer, pick_device, quiet_progress_bars
-
-if TYPE_CHECKING:
-    from ray_entigraph.config import EngineConfig, EntiGraphConfig, ModelConfig
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +29,7 @@ class TransformersEngine:
     size, threads, prefix reuse); it reads its settings from those sections, which hold their defaults."""
 
     def __init__(self, model: "ModelConfig", engine: "EngineConfig"):
-        import torch
+        import torch  # lazy: torch loads only when the engine is built
 
         quiet_progress_bars()
         if engine.torch_threads:
@@ -58,9 +55,7 @@ class TransformersEngine:
                     max_model_len: int) -> "TransformersEngine":
         """An engine around a model already in memory (evaluation scores and generates with one copy); the
         settings not given are the config's defaults."""
-        import torch
-
-        from ray_entigraph.config import EngineConfig, ModelConfig
+        import torch  # lazy: torch loads only when the engine is built
 
         self = cls.__new__(cls)
         self.model_name = getattr(model, "name_or_path", "loaded")

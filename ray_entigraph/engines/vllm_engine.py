@@ -71,7 +71,7 @@ class VLLMEngine:
             os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(vllm_config.cpu_kv_cache_gib)
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines would flood every actor's log
-        import vllm
+        import vllm  # lazy: vLLM loads in the actor only (the driver may lack it)
 
         path = resolve_model_path(model.name, model.cache_dir)
         kwargs = engine_kwargs(model, vllm_config, seed, path)
@@ -140,7 +140,7 @@ class VLLMEngine:
         return self.tokenizer.encode(text, add_special_tokens=False)
 
     def _sampling(self, req: GenerationRequest):
-        from vllm import SamplingParams
+        from vllm import SamplingParams  # lazy: vLLM loads in the actor only
 
         s = req.sampling
         kwargs: dict[str, Any] = {
@@ -151,7 +151,7 @@ class VLLMEngine:
             "seed": req.seed % (2**31),
         }
         if req.json_schema is not None and self.supports_json_schema:
-            from vllm.sampling_params import StructuredOutputsParams
+            from vllm.sampling_params import StructuredOutputsParams  # lazy: vLLM loads in the actor only
 
             kwargs["structured_outputs"] = StructuredOutputsParams(json=req.json_schema)
         return SamplingParams(**kwargs)

@@ -6,7 +6,11 @@ from __future__ import annotations
 import time
 
 from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.engines.hf import load_model
+from ray_entigraph.engines.transformers_engine import TransformersEngine
+from ray_entigraph.eval.generative import generation_requests, parse_answer
 from ray_entigraph.eval.quality import Question
+from ray_entigraph.eval.scoring import perplexity, score_options
 
 
 def pick(scores: list[float]) -> int:
@@ -16,9 +20,6 @@ def pick(scores: list[float]) -> int:
 
 def evaluate_model(config_json: str, label: str, path: str, questions: list[Question], knowledge_texts: list[str],
                    forgetting_texts: list[str], open_book: bool) -> dict:
-    from ray_entigraph.engines.hf import load_model
-    from ray_entigraph.eval.scoring import perplexity, score_options
-
     config = EntiGraphConfig.model_validate_json(config_json)
     ec = config.eval
     started = time.time()
@@ -55,9 +56,6 @@ def evaluate_model(config_json: str, label: str, path: str, questions: list[Ques
 
 def _generative(config: EntiGraphConfig, model, tokenizer, device: str, questions: list[Question]):
     """Few-shot chain of thought through the transformers engine holding the already-loaded model."""
-    from ray_entigraph.engines.transformers_engine import TransformersEngine
-    from ray_entigraph.eval.generative import generation_requests, parse_answer
-
     engine = TransformersEngine.from_loaded(model, tokenizer, device=device, max_batch_size=config.eval.batch_size,
                                             max_model_len=config.model.max_model_len)
     requests = generation_requests(questions, config.eval.few_shot, config.eval.max_new_tokens)

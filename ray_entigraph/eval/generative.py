@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import re
 
+from ray_entigraph.engines.base import GenerationRequest, SamplingParams
 from ray_entigraph.eval.quality import Question
+from ray_entigraph.prompts import load_prompt_set, render_chat
 
 LETTERS = "ABCDEFGHIJ"
 _ANSWER = re.compile(r"answer\s*(?:is|:|=)?\s*(?:option\s*)?[\(\[\*]*\s*([A-J])\b(?![a-z])", re.IGNORECASE)
@@ -34,9 +36,6 @@ def parse_answer(text: str, num_options: int) -> int | None:
 
 
 def generation_requests(questions: list[Question], few_shot: int, max_new_tokens: int):
-    from ray_entigraph.engines.base import GenerationRequest, SamplingParams
-    from ray_entigraph.prompts import load_prompt_set, render_chat
-
     template = load_prompt_set("eval-cot-v1").qa
     template = template.model_copy(update={"examples": template.examples[:few_shot]})
     sampling = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=max_new_tokens, repetition_penalty=1.1)

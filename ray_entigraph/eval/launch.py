@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING
 from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig, InputConfig
 from ray_entigraph.errors import ConfigError, StageFailed, root_cause
+from ray_entigraph.eval.evaluate import evaluate_model
+from ray_entigraph.eval.quality import load_questions, resolve_questions_url
+from ray_entigraph.eval.report import accuracy_plot, markdown, perplexity_plot, summarize
 from ray_entigraph.inputs import list_input_files, records_from_file
 from ray_entigraph.layout import base_model_name, train_url
 from ray_entigraph.prompts import load_prompt_set
@@ -38,7 +41,8 @@ class EvalSummary:
         out = []
         for r in self.rows:
             acc = "-" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
-            ci = "" if not r["accuracy_ci95"] else f" [{100 * r['accuracy_ci95'][0]:.1f}, {100 * r['accuracy_ci95'][1]:.1f}]"
+            ci = ("" if not r["accuracy_ci95"]
+                  else f" [{100 * r['accuracy_ci95'][0]:.1f}, {100 * r['accuracy_ci95'][1]:.1f}]")
             delta = "" if "delta_vs_base" not in r else f", {100 * r['delta_vs_base']:+.1f} pts vs base"
             ob = "" if r.get("open_book_accuracy") is None else f", open-book {100 * r['open_book_accuracy']:.1f}%"
             ppl = (f", ppl knowledge {_f(r['perplexity_knowledge'])} / forgetting {_f(r['perplexity_forgetting'])}")
@@ -65,11 +69,12 @@ def models_to_evaluate(config: EntiGraphConfig) -> list[tuple[str, str]]:
         models.append((label or path.rstrip("/").rsplit("/", 1)[-1], path))
     labels = [m[0] for m in models]
     if len(set(labels)) != len(labels):
-        raise ConfigError(f"Two evaluated models share a label ({labels}). Fix: name them in eval.models as label=path.")
+        raise ConfigError(f"Two evaluated models share a label ({labels}). "
+                          "Fix: name them in eval.models as label=path.")
     if not models:
-        raise ConfigError("Nothing to evaluate: eval.include_base and eval.include_trained are off and eval.models is "
-                         "empty, or training has not exported a model yet. Fix: run `ray-entigraph train` first or list "
-                         "models in eval.models.")
+        raise ConfigError("Nothing to evaluate: eval.include_base and eval.include_trained are off and eval.models "
+                          "is empty, or training has not exported a model yet. Fix: run `ray-entigraph train` first or "
+                          "list models in eval.models.")
     return models
 
 
@@ -86,11 +91,7 @@ def _texts(cfg: InputConfig, limit: int, files: list[tuple[str, str]] | None = N
 def run_eval(config: EntiGraphConfig, models: list[tuple[str, str]] | None = None, out_url: str | None = None,
              ctx: RunContext | None = None) -> EvalSummary:
     """Evaluate every model on the run's questions and texts; `ctx`: the run's context when already resolved."""
-    import ray
-
-    from ray_entigraph.eval.evaluate import evaluate_model
-    from ray_entigraph.eval.quality import load_questions, resolve_questions_url
-    from ray_entigraph.eval.report import accuracy_plot, markdown, perplexity_plot, summarize
+    import ray  # lazy: Ray loads only when evaluation runs
 
     started = time.time()
     ec = config.eval
@@ -138,8 +139,9 @@ def run_eval(config: EntiGraphConfig, models: list[tuple[str, str]] | None = Non
             plots[name] = storage.join(out_url, f"{name}.png")
             storage.write_bytes(plots[name], png)
     meta = {"output_dir": config.output_dir, "questions_url": questions_url, "protocol": ec.protocol,
-            "knowledge_texts": len(knowledge), "forgetting_texts": len(forgetting), "forgetting_source": ec.forgetting_text,
-            "config_hash": config.config_hash(), "wall_s": round(time.time() - started, 2)}
+            "knowledge_texts": len(knowledge), "forgetting_texts": len(forgetting),
+            "forgetting_source": ec.forgetting_text, "config_hash": config.config_hash(),
+            "wall_s": round(time.time() - started, 2)}
     report_url, md_url = storage.join(out_url, "report.json"), storage.join(out_url, "report.md")
     storage.write_text(report_url, json.dumps({"meta": meta, "summary": rows, "models": ordered}, indent=2))
     storage.write_text(md_url, markdown(rows, ordered, questions, meta, plots))

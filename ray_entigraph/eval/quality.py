@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from ray_entigraph import storage
 from ray_entigraph.errors import QuestionsError
+from ray_entigraph.inputs import resolve_input_path
 
 _TAG = re.compile(r"<[^>]+>")
 _HIDDEN = re.compile(r"<(head|script|style)\b.*?</\1>", re.IGNORECASE | re.DOTALL)
@@ -88,8 +89,6 @@ def parse_records(lines: list[str], source: str = "<questions>") -> list[Questio
 
 def load_questions(url: str, max_questions: int | None = None) -> list[Question]:
     """Read a QuALITY-layout .jsonl (local or any fsspec URL; `builtin:demo` is the demo corpus)."""
-    from ray_entigraph.inputs import resolve_input_path
-
     path = resolve_input_path(url)
     if not storage.exists(path):
         raise QuestionsError(f"Questions file {url!r} does not exist. Fix: set eval.questions to a QuALITY-layout "
@@ -113,8 +112,6 @@ def resolve_questions_url(eval_questions: str, input_path: str) -> str | None:
         return None
     if eval_questions != "auto":
         return eval_questions
-    from ray_entigraph.inputs import resolve_input_path
-
     path = resolve_input_path(input_path)
     if not path.endswith((".jsonl", ".json")) or not storage.exists(path):
         return None

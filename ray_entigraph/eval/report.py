@@ -70,8 +70,9 @@ def markdown(rows: list[dict], results: list[dict], questions: list, meta: dict,
     lines = [f"# Evaluation report: {meta.get('output_dir', '')}", ""]
     lines += [f"- questions: {meta.get('questions_url') or 'none'} ({len(questions)} questions); protocol "
               f"`{meta.get('protocol')}`; {CHANCE_NOTE}",
-              f"- knowledge perplexity: on {meta.get('knowledge_texts', 0)} source documents; forgetting perplexity: on "
-              f"{meta.get('forgetting_texts', 0)} held-out texts ({meta.get('forgetting_source')})",
+              f"- knowledge perplexity: on {meta.get('knowledge_texts', 0)} source documents; "
+              f"forgetting perplexity: on {meta.get('forgetting_texts', 0)} held-out texts "
+              f"({meta.get('forgetting_source')})",
               "- intervals are 95% percentile bootstrap intervals over questions; the change against the base model "
               "is paired (the same questions resampled)", ""]
     lines += ["| model | closed-book accuracy [95% CI] | change vs base [95% CI] | open-book (reference) | "
@@ -100,14 +101,15 @@ def markdown(rows: list[dict], results: list[dict], questions: list, meta: dict,
                     choice = "unparsed" if a["pick"] == -1 else "ABCDEFGHIJ"[a["pick"]]
                     cells.append(("✓ " if a["correct"] else "✗ ") + choice)
             text = q.question if len(q.question) <= 70 else q.question[:67] + "..."
-            lines.append(f"| `{q.qid}` {text} | {'ABCDEFGHIJ'[q.gold]}. {q.options[q.gold]} | " + " | ".join(cells) + " |")
+            lines.append(f"| `{q.qid}` {text} | {'ABCDEFGHIJ'[q.gold]}. {q.options[q.gold]} | "
+                         + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
 def png_bytes(fig) -> bytes:
     """A finished matplotlib figure as PNG bytes (the figure is closed)."""
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # lazy: matplotlib loads only to draw a plot
 
     buf = io.BytesIO()
     fig.tight_layout()
@@ -120,7 +122,7 @@ def accuracy_plot(rows: list[dict], num_options: int = 4) -> bytes | None:
     rows = [r for r in rows if r["accuracy"] is not None]
     if not rows:
         return None
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads only to draw a plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -146,7 +148,7 @@ def accuracy_plot(rows: list[dict], num_options: int = 4) -> bytes | None:
 def perplexity_plot(rows: list[dict]) -> bytes | None:
     if not any(r["perplexity_knowledge"] or r["perplexity_forgetting"] for r in rows):
         return None
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads only to draw a plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -18,7 +18,7 @@ def option_prompt(q: Question, open_book: bool = False) -> tuple[str, list[str]]
 def continuation_logprobs(logits, input_ids, spans):
     """Sum and count of log-probabilities of tokens input_ids[b, s:e] for each (s, e) in spans, given the
     model's logits for the same batch (the token at t is predicted at t-1). Returns (sums, counts)."""
-    import torch
+    import torch  # lazy: torch loads in the evaluation task only
 
     logprobs = torch.log_softmax(logits.float(), dim=-1)
     sums, counts = [], []
@@ -33,7 +33,7 @@ def continuation_logprobs(logits, input_ids, spans):
 def _forward_batches(model, sequences: list[list[int]], spans: list[tuple[int, int]], batch_size: int, device: str,
                      pad_id: int) -> list[tuple[float, int]]:
     """Run padded batches (sorted by length to waste little padding) and return (sum, count) per sequence."""
-    import torch
+    import torch  # lazy: torch loads in the evaluation task only
 
     order = sorted(range(len(sequences)), key=lambda i: len(sequences[i]))
     out: list[tuple[float, int] | None] = [None] * len(sequences)
@@ -61,7 +61,7 @@ def score_options(model, tokenizer, questions: list[Question], *, open_book: boo
     shared by the options, which are then scored in one batch on top of it: the options of a question cost
     one context pass, not one each. Each option is scored on its own, so the scores do not depend on the
     order of the options. `batch_size` bounds the options scored at once."""
-    import torch
+    import torch  # lazy: torch loads in the evaluation task only
 
     scores: list[list[float]] = []
     for q in questions:
@@ -88,7 +88,7 @@ def _options_on_prefix(model, cache, first_logprobs, opts: list[list[int]], ctx_
     """Mean log-probability of each option given a cached context (the cache is copied unless `last`)."""
     import copy
 
-    import torch
+    import torch  # lazy: torch loads in the evaluation task only
 
     width = max(len(o) for o in opts)
     ids = torch.zeros((len(opts), width), dtype=torch.long)

@@ -27,6 +27,8 @@ from ray_entigraph.prompts import PromptSet, render
 from ray_entigraph.stages.base import Stage, StagePlan, commit_unit, error_row, items
 from ray_entigraph.stages.judge import judge_scores
 from ray_entigraph.stages.synthesize import prompt_values, template_for
+from ray_entigraph.text.dedup import SIGNATURE_DTYPE, band_keys, bucket_pairs, duplicates_to_drop, lsh_params, signature
+from ray_entigraph.text.grounding import DocumentIndex, drop_unsupported_sentences, score_text
 
 DROP_CATEGORIES = ("grounding", "judge", "duplicate", "short", "document")
 # Dedup's LSH bands weigh a missed pair (a duplicate kept) above an extra candidate (one comparison more).
@@ -51,8 +53,6 @@ def curate_row(row: dict, index, cfg: CurateConfig, prefix: str,
                judge_score: float | None = None) -> tuple[dict | None, str | None, str | None]:
     """(the curated row, None, None) or (None, drop category, why it was dropped). `judge_score`: the judge
     model's score of the row (curate.judge), None where it gave none."""
-    from ray_entigraph.text.grounding import drop_unsupported_sentences, score_text
-
     text, num_dropped = row["text"], 0
     if cfg.min_sentence_grounding is not None:
         text, num_dropped = drop_unsupported_sentences(text, index, cfg.min_sentence_grounding, keep_prefix=prefix)
@@ -68,7 +68,8 @@ def curate_row(row: dict, index, cfg: CurateConfig, prefix: str,
         if judge_score < cfg.min_judge_score:
             return None, "judge", f"judge score {judge_score:.2f} < min_judge_score {cfg.min_judge_score:g}"
     return {**row, "text": text, "grounding": score.score, "sentence_grounding": score.sentence_scores,
-            "unsupported": score.unsupported, "num_sentences_dropped": num_dropped, "judge_score": judge_score}, None, None
+            "unsupported": score.unsupported, "num_sentences_dropped": num_dropped,
+            "judge_score": judge_score}, None, None
 
 
 # -- Ray Data tasks ------------------------------------------------------------------------------------
@@ -87,8 +88,6 @@ class CurateJob:
 
 def _load_shard(url: str, job: CurateJob):
     """The shard's rows and a grounding index per document they come from."""
-    from ray_entigraph.text.grounding import DocumentIndex  # lazy: only curate tasks score text
-
     rows = storage.read_parquet(url).to_pylist()
     wanted = {r["doc_id"] for r in rows}
     indexes = {}
@@ -117,10 +116,9 @@ def _curated_rows(url: str, job: CurateJob):
 
 def signatures_batch(batch: dict, *, job: CurateJob) -> dict:
     """Pass 1 (dedup): one row per (LSH band key, kept synthetic row), with the row's MinHash signature."""
-    from ray_entigraph.text.dedup import band_keys, lsh_params, signature  # lazy: only dedup needs it
-
     cfg = job.config.curate
-    bands, rows_per_band = lsh_params(cfg.dedup_threshold, cfg.num_perm, false_positive_weight=LSH_FALSE_POSITIVE_WEIGHT,
+    bands, rows_per_band = lsh_params(cfg.dedup_threshold, cfg.num_perm,
+                                      false_positive_weight=LSH_FALSE_POSITIVE_WEIGHT,
                                       false_negative_weight=LSH_FALSE_NEGATIVE_WEIGHT)
     out: dict[str, list] = {"band": [], "task_id": [], "signature": []}
     for url in batch["url"]:
@@ -138,8 +136,6 @@ def signatures_batch(batch: dict, *, job: CurateJob) -> dict:
 def candidate_pairs(group: pa.Table) -> pa.Table:
     """Pass 1, per LSH bucket: every pair of rows sharing the band key, with their estimated Jaccard."""
     import numpy as np
-
-    from ray_entigraph.text.dedup import SIGNATURE_DTYPE, bucket_pairs  # lazy: only dedup needs it
 
     ids = group.column("task_id").to_pylist()
     sigs = [np.frombuffer(b, dtype=SIGNATURE_DTYPE) for b in group.column("signature").to_pylist()]
@@ -205,8 +201,6 @@ class Curate(Stage):
 
     def apply(self, ctx, plan):
         job, sources = plan.worker_args["job"], plan.worker_args["sources"]
-        from ray_entigraph.text.dedup import duplicates_to_drop  # lazy: only dedup needs it
-
         duplicates: dict[str, str] = {}
         if ctx.config.curate.dedup:
             # every shard's signatures (dedup is corpus-wide), bucketed by LSH band key

@@ -36,7 +36,8 @@ def retry_sampling(base, attempt: int):
     """Attempt 0 uses the configured sampling; retries sample (greedy would repeat the same output)."""
     if attempt == 0 or base.temperature > 0:
         return base
-    return type(base)(temperature=0.7, top_p=0.95, max_new_tokens=base.max_new_tokens, repetition_penalty=base.repetition_penalty)
+    return type(base)(temperature=0.7, top_p=0.95, max_new_tokens=base.max_new_tokens,
+                      repetition_penalty=base.repetition_penalty)
 
 
 class EntityExtractionWorker:

@@ -13,6 +13,7 @@ import time
 
 from ray_entigraph import schema
 from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.engines.hf import load_tokenizer
 from ray_entigraph.inputs import records_from_file
 from ray_entigraph.layout import Layout
 from ray_entigraph.ledger import StageTotals
@@ -35,10 +36,12 @@ def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, coun
         err_id = doc_id_for("error:" + record["source"])
         return [{"doc_id": err_id, "source": record["source"], "error": record["error"]}]
     text = normalise_text(record["text"])
-    base = {"title": record["title"], "source": record["source"], "metadata_json": json.dumps(record["metadata"], default=str)}
+    base = {"title": record["title"], "source": record["source"],
+            "metadata_json": json.dumps(record["metadata"], default=str)}
     parent_id = doc_id_for(text)
     if len(text) < min_chars:
-        return [{**base, "doc_id": parent_id, "text": text, "error": f"too short: {len(text)} characters < ingest.min_document_chars ({min_chars})"}]
+        return [{**base, "doc_id": parent_id, "text": text,
+                 "error": f"too short: {len(text)} characters < ingest.min_document_chars ({min_chars})"}]
     chunks = split_document(text, max_tokens, count_tokens)
     rows = []
     for i, chunk in enumerate(chunks):
@@ -60,8 +63,6 @@ class IngestWorker:
     """Ray Data callable: a batch of input files -> one committed documents shard per call."""
 
     def __init__(self, config: EntiGraphConfig):
-        from ray_entigraph.engines.hf import load_tokenizer  # lazy: transformers loads in the actor only
-
         self.config = config
         self.tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
         self.store = Layout(config.output_dir).documents

@@ -37,7 +37,8 @@ def template_for(prompts: PromptSet, kind: str) -> ChatTemplate:
         return prompts.pair
     if kind == schema.KIND_TRIPLET and prompts.triplet:
         return prompts.triplet
-    if kind.startswith(schema.KIND_REPHRASE_PREFIX) and kind.removeprefix(schema.KIND_REPHRASE_PREFIX) in prompts.rephrase:
+    if (kind.startswith(schema.KIND_REPHRASE_PREFIX)
+            and kind.removeprefix(schema.KIND_REPHRASE_PREFIX) in prompts.rephrase):
         return prompts.rephrase[kind.removeprefix(schema.KIND_REPHRASE_PREFIX)]
     raise PromptError(f"Prompt set {prompts.version!r} has no template for kind {kind!r}. Fix: add one, or use a "
                       "built-in prompt set.")
@@ -101,7 +102,8 @@ class RelationSynthesisWorker:
                 errors.append(error_row(schema.SYNTHESIZE, res.key, base["doc_id"], error))
                 continue
             rows.append({
-                **base, "text": prefix + res.text, "sampling_json": self.sampling_json, "finish_reason": res.finish_reason,
+                **base, "text": prefix + res.text, "sampling_json": self.sampling_json,
+                "finish_reason": res.finish_reason,
                 "num_prompt_tokens": res.num_prompt_tokens, "num_cached_tokens": res.num_cached_tokens,
                 "num_generated_tokens": res.num_generated_tokens,
             })

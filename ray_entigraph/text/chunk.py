@@ -25,7 +25,8 @@ def split_document(text: str, max_tokens: int, count_tokens: Callable[[str], int
             if count_tokens(sent) <= max_tokens:
                 units.append(sent)
             else:  # a single giant sentence: cut by words
-                words, cur = sent.split(), []
+                words = sent.split()
+                cur: list[str] = []
                 for w in words:
                     if cur and count_tokens(" ".join(cur + [w])) > max_tokens:
                         units.append(" ".join(cur))

@@ -480,7 +480,8 @@ def score_text(
         num_ok, num = counts[u.kind]
         counts[u.kind] = (num_ok + ok, num + 1)
     seen: set[tuple[str, str]] = set()
-    facts, words = [], []
+    facts: list[str] = []
+    words: list[str] = []
     for u, ok in zip(all_units, all_flags):
         if ok or (u.kind, u.text) in seen:
             continue

@@ -123,7 +123,9 @@ def parse_extraction(text: str, max_entities: int | None = None) -> ParsedExtrac
     if not text or not text.strip():
         return ParsedExtraction(error="empty output")
     candidate = _candidate_json(text)
-    summary, entities, how = None, [], "failed"
+    summary: str | None = None
+    entities: list[str] = []
+    how = "failed"
     try:
         decoder = json.JSONDecoder()
         obj, _ = decoder.raw_decode(candidate)  # ignores trailing prose

@@ -59,7 +59,7 @@ def plan_entity_subsets(
         pair_cap = min(pair_cap, max_tasks)
         triplet_cap = min(triplet_cap, max_tasks - pair_cap)
     if pair_cap == num_pairs(n):
-        pairs = list(combinations(range(n), 2))
+        pairs: list[tuple[int, ...]] = list(combinations(range(n), 2))
         rng.shuffle(pairs)
     else:
         pairs = _sample_combinations(n, 2, pair_cap, rng)

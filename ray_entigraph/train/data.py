@@ -17,10 +17,12 @@ import numpy as np
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig, InputConfig
 from ray_entigraph.context import RunContext
+from ray_entigraph.engines.hf import load_tokenizer
 from ray_entigraph.errors import InputError
 from ray_entigraph.inputs import list_input_files, records_from_file
 from ray_entigraph.layout import Layout, base_model_name, shard_basename
 from ray_entigraph.stages.base import ray_node_id
+from ray_entigraph.train.pack import pack_token_lists
 
 
 def pack_units(ctx: RunContext) -> list[dict]:
@@ -39,8 +41,8 @@ def pack_units(ctx: RunContext) -> list[dict]:
                           "sort_by": "doc_id", "internal": True})
     for rep in config.train.replay:
         for url, fmt in list_input_files(InputConfig(path=rep.path, text_field=rep.text_field)):
-            units.append({"source": schema.REPLAY_PREFIX + rep.name, "url": url, "fmt": fmt, "text_field": rep.text_field,
-                          "sort_by": "", "internal": False})
+            units.append({"source": schema.REPLAY_PREFIX + rep.name, "url": url, "fmt": fmt,
+                          "text_field": rep.text_field, "sort_by": "", "internal": False})
     # a fixed order that does not depend on where output_dir lives: block i of a source is the same block
     # in a copy of the run (our own shards are named by content hash)
     return sorted(units, key=lambda u: (u["source"], _unit_id(u)))
@@ -73,15 +75,11 @@ class PackWorker:
     """Ray Data callable: input units -> committed block shards, one per unit."""
 
     def __init__(self, config: EntiGraphConfig):
-        from ray_entigraph.engines.hf import load_tokenizer  # lazy: transformers loads in the actor only
-
         self.config = config
         self.tokenizer = load_tokenizer(base_model_name(self.config), self.config.model.cache_dir)
 
     def __call__(self, batch):
         import pyarrow as pa
-
-        from ray_entigraph.train.pack import pack_token_lists
 
         entries = []
         for unit in batch.to_pylist():
@@ -102,7 +100,7 @@ class PackWorker:
 
 def run_pack(config: EntiGraphConfig, ctx: RunContext | None = None) -> dict[str, int]:
     """Pack every source not packed yet (Ray Data over input units); return blocks per source."""
-    import ray.data
+    import ray.data  # lazy: Ray loads only when packing runs
 
     ctx = ctx or RunContext.resolve(config)
     units = pack_units(ctx)

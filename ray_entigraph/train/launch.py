@@ -20,6 +20,8 @@ from ray_entigraph.context import RunContext
 from ray_entigraph.errors import ConfigError
 from ray_entigraph.layout import train_url
 from ray_entigraph.runtime import init_ray, save_resolved_config
+from ray_entigraph.train.data import block_files, run_pack
+from ray_entigraph.train.loop import train_loop_per_worker
 from ray_entigraph.train.mix import plan_mixture, realised_share
 
 logger = logging.getLogger(__name__)
@@ -43,7 +45,8 @@ class TrainSummary:
             f"blocks           {', '.join(f'{k}: {v}' for k, v in sorted(self.blocks.items()))}",
             f"corpus tokens    {self.synthetic_tokens_used} trained on per epoch (whole blocks)",
             f"replay share     {self.realised_replay_share:.2%} of the training stream (realised)",
-            f"steps            {self.steps}, final loss {self.final_loss if self.final_loss is None else round(self.final_loss, 4)}",
+            f"steps            {self.steps}, "
+            f"final loss {self.final_loss if self.final_loss is None else round(self.final_loss, 4)}",
             f"throughput       {self.mean_tokens_per_s:.0f} training tokens/s (mean over steps)",
             f"model            {self.model_url}  (Hugging Face format)",
             f"metrics          {self.metrics_url}" + (f"  plot: {self.plot_url}" if self.plot_url else ""),
@@ -53,9 +56,11 @@ class TrainSummary:
 def build_mixture(config: EntiGraphConfig, counts: dict[str, int]) -> dict:
     tc = config.train
     replay_counts = {r.name: counts.get(schema.REPLAY_PREFIX + r.name, 0) for r in tc.replay}
-    chosen = synthetic_subset(counts.get(schema.SYNTHETIC_SOURCE, 0), tc.max_synthetic_tokens, tc.block_len, tc.effective_seed(config.seed))
+    chosen = synthetic_subset(counts.get(schema.SYNTHETIC_SOURCE, 0), tc.max_synthetic_tokens, tc.block_len,
+                              tc.effective_seed(config.seed))
     stream = plan_mixture(len(chosen), replay_counts, {r.name: r.weight for r in tc.replay},
-                          share=tc.replay_share if tc.replay else 0.0, mode=tc.replay_mode, seed=tc.effective_seed(config.seed))
+                          share=tc.replay_share if tc.replay else 0.0, mode=tc.replay_mode,
+                          seed=tc.effective_seed(config.seed))
     stream = [(src, chosen[i]) if src == schema.SYNTHETIC_SOURCE else (src, i) for src, i in stream]
     if len(stream) < tc.global_batch_size:
         raise ConfigError(
@@ -115,11 +120,8 @@ def _storage_args(url: str) -> dict:
 
 def run_train(config: EntiGraphConfig, ctx: RunContext | None = None) -> TrainSummary:
     """Pack, mix and train with Ray Train; `ctx`: the run's context when the caller resolved it already."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig  # lazy: Ray Train loads only to train
     from ray.train.torch import TorchTrainer
-
-    from ray_entigraph.train.data import block_files, run_pack
-    from ray_entigraph.train.loop import train_loop_per_worker
 
     started = time.time()
     ctx = ctx or RunContext.resolve(config)
@@ -131,13 +133,16 @@ def run_train(config: EntiGraphConfig, ctx: RunContext | None = None) -> TrainSu
     _check_same_data(config, mixture)
     storage.write_text(train_url(config, "mixture.json"), json.dumps(mixture))
     print(f"[train] {len(mixture['stream'])} blocks in the stream, replay share realised "
-          f"{mixture['realised_replay_share']:.4f} (configured {config.train.replay_share}, mode {config.train.replay_mode})", flush=True)
+          f"{mixture['realised_replay_share']:.4f} (configured {config.train.replay_share}, "
+          f"mode {config.train.replay_mode})", flush=True)
     tc = config.train
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config_json": config.model_dump_json(), "block_files": block_files(ctx)},
-        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu, accelerator_type=tc.accelerator_type,
-                                     resources_per_worker={"CPU": tc.cpus_per_worker, **({"GPU": 1} if tc.use_gpu else {})}),
+        scaling_config=ScalingConfig(num_workers=tc.num_workers, use_gpu=tc.use_gpu,
+                                     accelerator_type=tc.accelerator_type,
+                                     resources_per_worker={"CPU": tc.cpus_per_worker,
+                                                           **({"GPU": 1} if tc.use_gpu else {})}),
         run_config=RunConfig(name="train", checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
                              **_storage_args(train_url(config, "ray"))),
     )
@@ -161,7 +166,7 @@ def plot_metrics(lines: list[dict], url: str) -> str | None:
         return None
     import io
 
-    import matplotlib
+    import matplotlib  # lazy: matplotlib loads only to draw the loss plot
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

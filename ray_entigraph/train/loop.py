@@ -19,6 +19,10 @@ import numpy as np
 
 from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.engines.bundled import resolve_model_path
+from ray_entigraph.engines.hf import load_tokenizer
+from ray_entigraph.layout import base_model_name, train_url
+from ray_entigraph.train.data import load_blocks
 from ray_entigraph.train.schedule import accumulation_steps, warmup_cosine
 
 STATE_FILE = "training_state.pt"
@@ -50,26 +54,22 @@ def _unwrap(model):
 
 def _full_state_dict(model, strategy: str) -> dict:
     if strategy == "fsdp":
-        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+        from torch.distributed.fsdp import FullStateDictConfig, StateDictType  # lazy: torch loads on the workers only
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 
-        with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=True, rank0_only=True)):
+        full = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
+        with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, full):
             return model.state_dict()
     return _unwrap(model).state_dict()
 
 
 def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop is meant to be read top to bottom
-    import ray.train
+    import ray.train  # lazy: Ray Train, torch and transformers load on the training workers only
     import ray.train.torch
     import torch
     import torch.distributed as dist
     import transformers
     from transformers import AutoModelForCausalLM
-
-    from ray_entigraph.engines.bundled import resolve_model_path
-    from ray_entigraph.engines.hf import load_tokenizer
-    from ray_entigraph.layout import base_model_name, train_url
-    from ray_entigraph.train.data import load_blocks
 
     transformers.utils.logging.disable_progress_bar()
     config = EntiGraphConfig.model_validate_json(loop_config["config_json"])
@@ -126,7 +126,8 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
         t0 = time.time()
         positions = range(step * tc.global_batch_size, (step + 1) * tc.global_batch_size)
         mine = [stream_item(stream, p, seed) for p in positions][rank::world]
-        sums = torch.zeros(4, dtype=torch.float64)  # loss-sum and tokens, synthetic then replay
+        # on the device: NCCL (GPU workers) only takes CUDA tensors
+        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss-sum and tokens, synthetic then replay
         for micro in range(accum):
             items = mine[micro * tc.micro_batch_size:(micro + 1) * tc.micro_batch_size]
             input_ids = torch.stack([blocks[src][i] for src, i in items]).to(device)
@@ -174,7 +175,7 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
 
 
 def _save_checkpoint(model, optimizer, scheduler, step, metrics_lines, line, rank, strategy) -> None:
-    import ray.train
+    import ray.train  # lazy: Ray Train and torch load on the training workers only
     import torch
 
     state_dict = _full_state_dict(model, strategy)
@@ -193,10 +194,7 @@ def _save_checkpoint(model, optimizer, scheduler, step, metrics_lines, line, ran
 
 def _export(state: dict, tokenizer, config: EntiGraphConfig) -> None:
     """Hugging Face format (weights, config, tokenizer, chat template) that transformers and vLLM load."""
-    from transformers import AutoModelForCausalLM
-
-    from ray_entigraph.engines.bundled import resolve_model_path
-    from ray_entigraph.layout import base_model_name, train_url
+    from transformers import AutoModelForCausalLM  # lazy: transformers loads on the training workers only
 
     fresh = AutoModelForCausalLM.from_pretrained(resolve_model_path(base_model_name(config), config.model.cache_dir))
     fresh.load_state_dict(state)

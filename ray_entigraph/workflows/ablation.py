@@ -15,10 +15,17 @@ import json
 import time
 from dataclasses import dataclass
 
-from ray_entigraph import storage
+from ray_entigraph import schema, storage
 from ray_entigraph.arms import ARMS, REFERENCE_ARM
 from ray_entigraph.config import EntiGraphConfig, derive
 from ray_entigraph.errors import ConfigError
+from ray_entigraph.eval.launch import BASE_LABEL, run_eval
+from ray_entigraph.eval.report import bootstrap_ci, paired_delta
+from ray_entigraph.layout import base_model_name, train_url
+from ray_entigraph.pipeline import synthesize
+from ray_entigraph.runtime import init_ray
+from ray_entigraph.train.data import run_pack
+from ray_entigraph.train.launch import run_train
 from ray_entigraph.workflows.plots import accuracy_vs_tokens_plot, arms_plot
 from ray_entigraph.workflows.steps import log, run_step
 
@@ -97,14 +104,6 @@ class AblationRun:
 
 def ablate(config: EntiGraphConfig) -> AblationSummary:
     """Synthesis variants and filters trained at equal synthetic tokens and equal steps, evaluated alike."""
-    from ray_entigraph import schema
-    from ray_entigraph.eval.launch import BASE_LABEL, run_eval
-    from ray_entigraph.layout import base_model_name, train_url
-    from ray_entigraph.pipeline import synthesize
-    from ray_entigraph.runtime import init_ray
-    from ray_entigraph.train.data import run_pack
-    from ray_entigraph.train.launch import run_train
-
     started = time.time()
     if config.synthesis.augmenter != "entigraph":
         raise ConfigError("ablate needs synthesis.augmenter=entigraph. Fix: use an EntiGraph config.")
@@ -185,8 +184,6 @@ def ablation_report(config: EntiGraphConfig, report: dict, runs: list[AblationRu
     against the base model and against the EntiGraph arm of its budget with a verdict, perplexities; the plots
     and <output_dir>/ablation/ablation.json, from the evaluation's report.json and the tokens each run trained
     on."""
-    from ray_entigraph.eval.report import bootstrap_ci, paired_delta
-
     by_label = {r["label"]: r for r in report["summary"]}
     questions = {m["label"]: m["questions"] for m in report["models"]}
     # one row per (variant, budget): its seeds' models together

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from ray_entigraph import storage
 from ray_entigraph.arms import ARMS
+from ray_entigraph.eval.curve import CurveFit
+from ray_entigraph.eval.report import png_bytes
 
 # (matplotlib colour, marker) of every series: the ablation arms (entigraph and raw-cpt are the sweep's too),
 # the untrained base model, and the sweep's rephrase baseline
@@ -44,9 +46,6 @@ def accuracy_vs_tokens_plot(points: list[dict], fitted: dict | None, url: str,
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ray_entigraph.eval.curve import CurveFit
-    from ray_entigraph.eval.report import png_bytes
-
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for series in dict.fromkeys(p["series"] for p in points):
         pts = sorted((p for p in points if p["series"] == series), key=lambda p: p["synthetic_tokens"])
@@ -79,8 +78,6 @@ def arms_plot(rows: list[dict], url: str) -> str | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ray_entigraph.eval.report import png_bytes
 
     labels = [r["arm"] for r in rows][::-1]
     ordered = rows[::-1]

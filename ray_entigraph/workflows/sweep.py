@@ -12,9 +12,16 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from ray_entigraph import storage
+from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig, derive
 from ray_entigraph.errors import ConfigError
+from ray_entigraph.eval.curve import fit, terms_for
+from ray_entigraph.eval.launch import BASE_LABEL, run_eval
+from ray_entigraph.layout import base_model_name, train_url
+from ray_entigraph.pipeline import synthesize
+from ray_entigraph.runtime import init_ray
+from ray_entigraph.train.data import run_pack
+from ray_entigraph.train.launch import run_train
 from ray_entigraph.workflows.plots import accuracy_vs_tokens_plot
 from ray_entigraph.workflows.steps import run_step
 
@@ -54,14 +61,6 @@ def sweep_budgets(config: EntiGraphConfig, available_blocks: int) -> list[int]:
 
 def sweep(config: EntiGraphConfig) -> SweepSummary:
     """EntiGraph at several synthetic token budgets, plus the baselines, trained and evaluated alike."""
-    from ray_entigraph import schema
-    from ray_entigraph.eval.launch import BASE_LABEL, run_eval
-    from ray_entigraph.layout import base_model_name, train_url
-    from ray_entigraph.pipeline import synthesize
-    from ray_entigraph.runtime import init_ray
-    from ray_entigraph.train.data import run_pack
-    from ray_entigraph.train.launch import run_train
-
     started = time.time()
     if config.synthesis.augmenter != "entigraph":
         raise ConfigError("sweep needs synthesis.augmenter=entigraph (the rephrase baseline is one of its arms). "
@@ -99,8 +98,6 @@ def sweep_report(config: EntiGraphConfig, report: dict, tokens: dict[str, int], 
     """The sweep's points (accuracy per arm at its synthetic tokens), the curve fitted to the entigraph budgets
     and the base model, the plot and <output_dir>/sweep/sweep.json, from the evaluation's report.json and the
     tokens each arm trained on."""
-    from ray_entigraph.eval.curve import fit, terms_for
-
     rows = {r["label"]: r for r in report["summary"]}
     points = []
     for label, row in rows.items():

@@ -115,12 +115,14 @@ class FaultProxy:
             return
 
         # pass through: the same request on a fresh upstream connection; the answer is read whole, then relayed
-        out_headers = [line for line in lines[1:] if line and not line.lower().startswith(("connection:", "keep-alive:"))]
+        out_headers = [line for line in lines[1:]
+                       if line and not line.lower().startswith(("connection:", "keep-alive:"))]
         up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         try:
             with self._lock:
                 self.reached[key] += 1
-            up_writer.write(("\r\n".join([lines[0], *out_headers, "Connection: close"]) + "\r\n\r\n").encode("latin-1") + body)
+            upstream_head = "\r\n".join([lines[0], *out_headers, "Connection: close"]) + "\r\n\r\n"
+            up_writer.write(upstream_head.encode("latin-1") + body)
             await up_writer.drain()
             answer = await up_reader.read()  # the server closes after its answer (Connection: close)
         finally:

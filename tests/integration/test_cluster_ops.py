@@ -297,6 +297,8 @@ def test_synthesis_on_two_nodes_writes_s3_from_both(ray_cluster, s3_bucket, tiny
     assert set(syn["node_ids"]) == {head, worker}, syn
     assert set(state["stages"]["entities"]["node_ids"]) <= {head, worker}
     assert len(syn["hosts"]) == 1  # one machine: the host name cannot tell the nodes apart, the node id can
-    per_node = {name: sum(e.get("node_id") == node for e in storage.StageStore(out, schema.SYNTHESIZE).manifest_entries())
+    markers = storage.StageStore(out, schema.SYNTHESIZE).manifest_entries()
+    per_node = {name: sum(e.get("node_id") == node for e in markers)
                 for name, node in (("head", head), ("worker", worker))}
-    print(f"\ntwo-node synthesis to S3 (2 node starts + run): {time.time() - started:.1f}s, synthetic shards {per_node}")
+    print(f"\ntwo-node synthesis to S3 (2 node starts + run): {time.time() - started:.1f}s, "
+          f"synthetic shards {per_node}")

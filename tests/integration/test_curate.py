@@ -65,7 +65,8 @@ def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_m
     assert dropped["t2-invented"].startswith("too short after repair: 2 sentences")
     assert dropped["t4-near-duplicate"] == "near-duplicate of t1-copied"
     # the synthetic stage's own shards are untouched, and loadable curated Parquet has the documented columns
-    assert raw_before == {f: hashlib.sha256(open(f, "rb").read()).hexdigest() for f in glob.glob(f"{out}/synthetic/*.parquet")}
+    assert raw_before == {f: hashlib.sha256(open(f, "rb").read()).hexdigest()
+                          for f in glob.glob(f"{out}/synthetic/*.parquet")}
     assert set(pq.read_table(store.shard_urls()[0]).column_names) == set(schema.CURATED.names)
 
     # a re-run has nothing to do; training reads the curated copy
@@ -79,7 +80,8 @@ def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_m
     assert all("/synthetic/" in u["url"] for u in pack_units(plain) if u["source"] == schema.SYNTHETIC_SOURCE)
 
 
-def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local, bundled_model_dir, small_corpus, tmp_path):
+def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local, bundled_model_dir, small_corpus,
+                                                                       tmp_path):
     """The model-based check with the real bundled model through Ray Data: every synthetic row gets a rating or
     a recorded reason, the ratings land beside the rows, and min_judge_score drops exactly the rows below it
     (or unrated). The 135M model's ratings carry no signal; this checks the mechanism, not the judgment."""

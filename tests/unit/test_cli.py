@@ -1,19 +1,24 @@
-"""The command line's error contract: a user error is one line naming the fix (its traceback only with
---traceback); a bug keeps its traceback, and a bug inside a stage on the driver is not disguised as a
-failed stage. No Ray starts here: the stage fails while planning, before any worker would."""
+"""The command line (cli.py). Its error contract: a user error is one line naming the fix (its traceback only
+with --traceback); a bug keeps its traceback, and a bug inside a stage on the driver is not disguised as a
+failed stage. No Ray starts here: the stage fails while planning, before any worker would. And, as a user
+runs it (`python -m ray_entigraph`): bad configs and missing inputs or keys are refused before Ray starts,
+`--help` stays light, and `--dry-run` prices a run without running it."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from ray_entigraph import pipeline
 from ray_entigraph.cli import main
-from ray_entigraph.config import load_config
-from ray_entigraph.context import RunContext
-from ray_entigraph.errors import StageFailed
 from ray_entigraph.stages.base import Stage
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 class BrokenPlan(Stage):
@@ -21,17 +26,6 @@ class BrokenPlan(Stage):
 
     def plan(self, ctx):
         return {}["a driver-side bug"]
-
-
-class RayTaskError(Exception):
-    """Named like Ray's wrapper of a worker's exception."""
-
-
-class WorkerFailure(Stage):
-    name = "synthetic"
-
-    def plan(self, ctx):
-        raise RayTaskError("ray::MapBatches(f)() (pid=1)\nValueError: the worker's own error")
 
 
 def test_a_user_error_is_one_line_with_its_fix(capsys, tmp_path):
@@ -56,7 +50,57 @@ def test_a_bug_inside_a_stage_on_the_driver_keeps_its_traceback(monkeypatch, tmp
     assert run["state"] == "failed" and run["error"].startswith("KeyError")
 
 
-def test_a_worker_failure_becomes_stage_failed_with_its_root_cause(tmp_path):
-    ctx = RunContext.resolve(load_config(None, [f"output_dir={tmp_path}"]))
-    with pytest.raises(StageFailed, match=r"Stage 'synthetic' failed: ValueError: the worker's own error"):
-        pipeline.run_stages(ctx, [WorkerFailure()], pipeline.RunState(ctx, "synthesize"))
+def test_cli_rejects_bad_config_before_starting_ray():
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_entigraph", "synthesize", "plan.max_tripletz_per_doc=3"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "unknown key" in proc.stderr and "max_triplets_per_doc" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stderr + proc.stdout
+
+
+def test_cli_missing_input_is_a_clear_error():
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_entigraph", "synthesize", "input.path=/no/such/corpus.jsonl"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert "/no/such/corpus.jsonl" in proc.stderr and "does not exist" in proc.stderr
+
+
+def test_import_and_help_stay_light():
+    code = (
+        "import sys, ray_entigraph, ray_entigraph.cli as c\n"
+        "try:\n    c.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'ray', 'transformers', 'vllm') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in proc.stdout, proc.stdout + proc.stderr
+    assert "synthesize" in proc.stdout and "status" in proc.stdout
+
+
+def test_cli_dry_run_starts_no_model_and_prices_the_run(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "ray_entigraph", "synthesize", "--config", "configs/demo.yaml", "--dry-run", "--json",
+         f"output_dir={tmp_path}", "cost.usd_per_million_prompt_tokens=1", "cost.usd_per_million_generated_tokens=2",
+         "plan.max_tasks_total=10"],
+        capture_output=True, text=True, timeout=120, cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr
+    est = json.loads(proc.stdout)
+    assert est["num_documents"] == 6 and est["num_extract_requests"] == 6
+    assert est["num_relation_requests"] == 10  # the global budget
+    expected_cost = (est["num_prompt_tokens"] * 1 + est["max_generated_tokens"] * 2) / 1e6
+    assert abs(est["estimated_cost_usd"] - expected_cost) < 1e-9
+    assert not (tmp_path / "documents").exists()  # nothing ran
+
+
+def test_cli_validate_names_the_missing_key():
+    env = {k: v for k, v in os.environ.items() if k != "EG_TEST_KEY"}
+    proc = subprocess.run([sys.executable, "-m", "ray_entigraph", "validate", "engine.kind=openai",
+                           "engine.openai.base_url=https://api.example.com/v1",
+                           "engine.openai.api_key_env=EG_TEST_KEY"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode != 0 and "EG_TEST_KEY" in proc.stderr and "Fix:" in proc.stderr

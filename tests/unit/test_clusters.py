@@ -404,7 +404,8 @@ def test_a_yaml_of_unknown_kind_fails(tmp_path):
     (tmp_path / "kuberay").mkdir()
     for path in FILES:
         (tmp_path / path.relative_to(CLUSTERS)).write_text(path.read_text())
-    (tmp_path / "kuberay" / "rayservice.yml").write_text("apiVersion: ray.io/v1\nkind: RayService\nmetadata: {name: x}\n")
+    (tmp_path / "kuberay" / "rayservice.yml").write_text(
+        "apiVersion: ray.io/v1\nkind: RayService\nmetadata: {name: x}\n")
     found = cluster_files(tmp_path)
     assert len(found) == len(FILES) + 1
     failing = [p.name for p in found if problems_for(load(p))]

@@ -8,8 +8,15 @@ import pytest
 from ray_entigraph import storage
 from ray_entigraph.arms import ARMS, REFERENCE_ARM
 from ray_entigraph.config import derive, load_config
-from ray_entigraph.workflows.ablation import (AblationRun, ablation_budgets, ablation_report, aggregate_arms,
-                                              arm_config, equal_steps, verdict)
+from ray_entigraph.workflows.ablation import (
+    AblationRun,
+    ablation_budgets,
+    ablation_report,
+    aggregate_arms,
+    arm_config,
+    equal_steps,
+    verdict,
+)
 from ray_entigraph.workflows.plots import SERIES_STYLES
 
 

@@ -11,7 +11,7 @@ from ray_entigraph.text.parse import (
     parse_extraction,
 )
 
-FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "smollm2_extraction_outputs.json"
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "smollm2_extraction_outputs.json"
 
 
 def test_clean_json():

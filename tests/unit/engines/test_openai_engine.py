@@ -49,7 +49,8 @@ def request(key="k", prefix="", schema=None, messages=MESSAGES):
 
 
 def completion(content, *, finish="stop", prompt=11, completion_tokens=5, cached=3):
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion_tokens, "total_tokens": prompt + completion_tokens}
+    usage = {"prompt_tokens": prompt, "completion_tokens": completion_tokens,
+             "total_tokens": prompt + completion_tokens}
     if cached is not None:
         usage["prompt_tokens_details"] = {"cached_tokens": cached}
     return {"id": "cmpl-1", "object": "chat.completion", "model": "m", "usage": usage,
@@ -135,7 +136,8 @@ def test_body_json_schema_and_extra_body():
 
 def test_parse_response_usage_finish_and_stripping():
     res = parse_chat_response(completion("  An answer.\n", cached=4), request())
-    assert (res.text, res.num_prompt_tokens, res.num_cached_tokens, res.num_generated_tokens) == ("An answer.", 11, 4, 5)
+    assert (res.text, res.num_prompt_tokens, res.num_cached_tokens, res.num_generated_tokens) == (
+        "An answer.", 11, 4, 5)
     assert res.finish_reason == "stop" and res.error is None
     assert parse_chat_response(completion("x", cached=None), request()).num_cached_tokens == 0
     assert parse_chat_response(completion("x", finish="length"), request()).finish_reason == "length"
@@ -171,7 +173,8 @@ def test_status_error_reasons_name_status_message_and_fix():
     assert len(status_error_reason(422, "x" * 5000)) < 700
     unknown = {"error": {"message": "Unrecognized request argument supplied: continue_final_message"}}
     assert "engine.openai.prefill=instruct" in status_error_reason(400, unknown)
-    assert "send_repetition_penalty=false" in status_error_reason(400, {"error": {"message": "Unknown parameter: 'repetition_penalty'."}})
+    unknown_penalty = {"error": {"message": "Unknown parameter: 'repetition_penalty'."}}
+    assert "send_repetition_penalty=false" in status_error_reason(400, unknown_penalty)
     assert "Fix" not in status_error_reason(400, vllm_style)
 
 
@@ -317,7 +320,8 @@ def test_retries_each_request_completes_exactly_once(scripted):
     assert server.attempts == Counter({"k429": 2, "k500": 2, "kdrop": 2, "k400": 1, "k503": 4, "kok": 1})
     assert "HTTP 400" in by["k400"].error and "max_tokens is too large" in by["k400"].error
     assert by["k400"].finish_reason == "error" and server.answered["k400"] == 0
-    assert "gave up after 4 tries" in by["k503"].error and "HTTP 503" in by["k503"].error and "overloaded" in by["k503"].error
+    assert "gave up after 4 tries" in by["k503"].error and "HTTP 503" in by["k503"].error
+    assert "overloaded" in by["k503"].error
     assert all(b["model"] == "served-model" and b["max_tokens"] == 32 for b in server.bodies)
 
 
@@ -426,7 +430,8 @@ def test_from_config(tmp_path):
     assert (engine.model_name, engine.base_url, engine.openai.max_concurrency, engine.openai.prefill) == (
         "srv", "http://127.0.0.1:9/v1", 3, "instruct")
     assert engine.openai.extra_body == {"top_k": 5}
-    default = make_engine(load_config(None, [f"output_dir={tmp_path}", "engine.kind=openai", "engine.openai.api_key_env=null"]))
+    default = make_engine(load_config(None, [f"output_dir={tmp_path}", "engine.kind=openai",
+                                             "engine.openai.api_key_env=null"]))
     assert default.model_name == config.model.name
 
 
@@ -460,9 +465,10 @@ class BatchServer:
             def do_POST(self):
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 if self.path == "/v1/files":
-                    msg = email.message_from_bytes(
-                        f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + raw, policy=email.policy.HTTP)
-                    fields = {p.get_param("name", header="content-disposition"): p.get_content() for p in msg.iter_parts()}
+                    head = f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode()
+                    msg = email.message_from_bytes(head + raw, policy=email.policy.HTTP)
+                    fields = {p.get_param("name", header="content-disposition"): p.get_content()
+                              for p in msg.iter_parts()}
                     content = fields["file"].decode() if isinstance(fields["file"], bytes) else fields["file"]
                     server.uploads.append({"purpose": fields["purpose"].strip(), "content": content})
                     file_id = f"file-{len(server.files)}"
@@ -472,7 +478,8 @@ class BatchServer:
                     req = json.loads(raw)
                     batch = {"id": f"batch-{len(server.batches)}", "object": "batch", "status": "validating",
                              "input_file_id": req["input_file_id"], "endpoint": req["endpoint"],
-                             "completion_window": req["completion_window"], "request_counts": {"total": 0, "completed": 0, "failed": 0}}
+                             "completion_window": req["completion_window"],
+                             "request_counts": {"total": 0, "completed": 0, "failed": 0}}
                     server.batches[batch["id"]] = batch
                     return self.reply(batch)
                 self.reply({"error": {"message": "no such route"}}, 404)
@@ -515,7 +522,8 @@ class BatchServer:
                         "status_code": 400, "body": {"error": {"message": f"bad request {key}"}}}})
                 else:
                     body = completion(f"batch answer to {key} with {line['body']['model']}")
-                    out.append({"id": "r", "custom_id": key, "error": None, "response": {"status_code": 200, "body": body}})
+                    out.append({"id": "r", "custom_id": key, "error": None,
+                                "response": {"status_code": 200, "body": body}})
             self.files["file-out"] = "\n".join(json.dumps(x) for x in out) + "\n"
             self.files["file-err"] = "\n".join(json.dumps(x) for x in err) + "\n"
             batch.update(status="completed", output_file_id="file-out", error_file_id="file-err",

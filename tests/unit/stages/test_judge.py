@@ -1,19 +1,14 @@
-"""Pure parts of the model-based grounding check (curate.judge); the ablation's report is tested in
-tests/unit/workflows/test_ablation.py."""
+"""The judge stage's pure parts (stages/judge.py): the rating parser, the request layout and the judged
+row. The judged folder's identity is tested in tests/unit/test_context.py and tests/unit/test_layout.py; the
+ablation's report in tests/unit/workflows/test_ablation.py."""
 
 from __future__ import annotations
 
 import pytest
 
-from ray_entigraph.config import CurateConfig, derive, load_config
 from ray_entigraph.engines import GenerationResult
 from ray_entigraph.prompts import load_prompt_set
-from ray_entigraph.context import RunContext, judge_config
 from ray_entigraph.stages.judge import RATING_SCHEMA, judge_request, judged_row, parse_rating
-
-
-def _cfg(*overrides):
-    return load_config("configs/demo.yaml", list(overrides))
 
 
 @pytest.mark.parametrize("answer, rating", [
@@ -50,38 +45,3 @@ def test_judged_row_scales_the_rating_and_records_why_there_is_none():
     assert out is None and "no rating" in reason and "It is well written." in reason
     out, reason = judged_row(row, GenerationResult.failed("t1", "prompt too long"), "m", "judge-v1")
     assert out is None and reason == "prompt too long"
-
-
-def test_judge_identity_follows_the_judge_model_and_not_the_filter_threshold():
-    config = _cfg("curate.enabled=true", "curate.judge=true")
-    same = derive(config, ["curate.min_judge_score=0.5"])
-    other = derive(config, ["curate.judge_model=some-org/bigger-model"])
-    def judge_stage(c):
-        return RunContext.resolve(c, list_inputs=False).judge_stage
-
-    assert judge_stage(config) == judge_stage(same) and judge_stage(config) != judge_stage(other)
-    assert judge_stage(config).startswith("judged/")
-    assert judge_config(other).model.name == "some-org/bigger-model" and judge_config(config) is config
-
-
-def test_min_judge_score_without_a_judge_is_a_config_error_naming_the_fix():
-    with pytest.raises(Exception, match="curate.judge=true"):
-        _cfg("curate.min_judge_score=0.5")
-
-
-def test_curate_row_drops_rows_the_judge_rated_low_or_not_at_all():
-    from ray_entigraph.stages.curate import curate_row
-    from ray_entigraph.text.grounding import DocumentIndex
-
-    index = DocumentIndex.from_text("The Harbour Guild of Kestavel was founded in 1742 by Mara Odell, a salt trader.")
-    cfg = CurateConfig(enabled=True, judge=True, min_judge_score=0.75, min_chars=10)
-    row = {"task_id": "a", "text": "The Harbour Guild was founded in 1742 by Mara Odell."}
-    kept, category, _ = curate_row(row, index, cfg, "", judge_score=1.0)
-    assert category is None and kept["judge_score"] == 1.0
-    kept, category, reason = curate_row(row, index, cfg, "", judge_score=0.5)
-    assert kept is None and category == "judge" and "0.50 < min_judge_score 0.75" in reason
-    kept, category, reason = curate_row(row, index, cfg, "", judge_score=None)
-    assert kept is None and category == "judge" and "no rating" in reason
-    # scores alone (no threshold) filter nothing
-    kept, category, _ = curate_row(row, index, CurateConfig(enabled=True, judge=True, min_chars=10), "", judge_score=0.0)
-    assert category is None and kept["judge_score"] == 0.0

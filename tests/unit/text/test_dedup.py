@@ -27,7 +27,7 @@ from ray_entigraph.text.dedup import (
     signature,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 WORDS = (
     "amber basin cedar delta ember falcon garnet harbor island juniper kettle lantern meadow nickel orchard "

@@ -1,0 +1,99 @@
+"""The run ledger (ledger.py): stage totals read from the commit markers alone, the run state `status`
+shows (with the judged/curated folders the run recorded), and the live progress line."""
+
+from __future__ import annotations
+
+import io
+import time
+from types import SimpleNamespace
+
+import pytest
+
+from ray_entigraph import ledger, schema, storage
+from ray_entigraph.config import load_config
+from ray_entigraph.layout import Layout
+from ray_entigraph.ledger import Progress, StageTotals, read_run_state, stage_record, stage_totals, write_run_state
+
+
+def _commit(output_dir: str, stage: str, keys: list[str], **stats) -> dict:
+    table = schema.rows_to_table([{"task_id": k, "text": f"text of {k}"} for k in keys], schema.SYNTHETIC)
+    return storage.StageStore(output_dir, stage).commit(table, None, keys=keys, stats=stats)
+
+
+def test_stage_totals_add_up_the_commit_markers(tmp_path):
+    out = str(tmp_path)
+    _commit(out, schema.SYNTHESIZE, ["a", "b"], num_ok=3, num_failed=1, num_prompt_tokens=100, num_cached_tokens=40,
+            num_generated_tokens=50, num_retries=2, wall_s=1.5, host="h1", node_id="n1")
+    _commit(out, schema.SYNTHESIZE, ["c"], num_ok=2, num_prompt_tokens=10, num_generated_tokens=5, num_dropped=1,
+            wall_s=0.5, host="h1", node_id="n2")
+    totals = stage_totals(out, schema.SYNTHESIZE)
+    assert (totals.num_shards, totals.num_ok, totals.num_failed) == (2, 5, 1)
+    assert (totals.num_retries, totals.num_dropped) == (2, 1)
+    assert (totals.num_prompt_tokens, totals.num_cached_tokens, totals.num_generated_tokens) == (110, 40, 55)
+    assert totals.busy_s == pytest.approx(2.0)
+    assert totals.hosts == ["h1"] and sorted(totals.node_ids) == ["n1", "n2"]  # each host and node once
+    assert stage_totals(out, schema.SYNTHESIZE, since=time.time() + 60).num_shards == 0  # committed before `since`
+    assert stage_totals(out, schema.EXTRACT) == StageTotals(schema.EXTRACT)  # no markers, nothing done
+
+
+def test_a_marker_without_statistics_counts_as_a_shard_and_nothing_else():
+    totals = StageTotals("documents")
+    totals.add({"shard": "part-1"})
+    assert totals.num_shards == 1 and totals.num_ok == totals.num_generated_tokens == 0 and totals.hosts == []
+
+
+def test_run_state_shows_the_curated_folder_the_run_recorded_and_what_this_run_did(tmp_path):
+    out = str(tmp_path)
+    _commit(out, schema.SYNTHESIZE, ["old"], num_ok=2, num_prompt_tokens=20, num_generated_tokens=10)
+    time.sleep(0.01)
+    started = time.time()
+    _commit(out, schema.SYNTHESIZE, ["new"], num_ok=4, num_failed=1, num_prompt_tokens=200, num_generated_tokens=100)
+    _commit(out, "curated/abc123", ["new"], num_ok=3, num_dropped=1)
+    write_run_state(out, {"command": "synthesize", "state": "done", "started_at": started,
+                          "stages": {schema.SYNTHESIZE: {"expected": 10, "done_before": 2, "wall_s": 5.0,
+                                                         "generated_tokens_per_s": 20.0}},
+                          "folders": {schema.CURATE: "curated/abc123"}})
+    state = read_run_state(out)
+    assert state["run"]["state"] == "done"
+    assert set(state["stages"]) == {"documents", "entities", "synthetic", "curated"}
+    curated = state["stages"]["curated"]
+    assert curated["stage"] == "curated/abc123" and curated["num_ok"] == 3 and curated["num_dropped"] == 1
+    assert "this_run" not in curated  # the run planned no curate stage
+    synthetic = state["stages"]["synthetic"]
+    assert synthetic["num_shards"] == 2 and synthetic["num_ok"] == 6
+    assert synthetic["this_run"] == {"expected": 10, "done": 6, "failed": 1, "pending": 4, "num_prompt_tokens": 200,
+                                     "num_generated_tokens": 100, "wall_s": 5.0, "generated_tokens_per_s": 20.0}
+    assert "estimated_cost_usd" not in synthetic  # no config.yaml: no prices
+    config = load_config(None, [f"output_dir={out}", "cost.usd_per_million_prompt_tokens=1",
+                                "cost.usd_per_million_generated_tokens=2"])
+    storage.write_text(Layout(out).config_url, config.to_yaml())
+    priced = read_run_state(out)["stages"]["synthetic"]
+    assert priced["estimated_cost_usd"] == pytest.approx((220 * 1 + 110 * 2) / 1e6)
+
+
+def test_run_state_of_an_empty_folder_is_empty(tmp_path):
+    state = read_run_state(str(tmp_path))
+    assert state["run"] == {} and set(state["stages"]) == {"documents", "entities", "synthetic"}
+    assert all(st["num_shards"] == 0 and "this_run" not in st for st in state["stages"].values())
+
+
+def test_stage_record_keeps_wall_time_and_throughput():
+    totals = StageTotals(schema.SYNTHESIZE, num_ok=8, num_generated_tokens=500, expected=10, done_before=2)
+    record = stage_record(totals, started=100.0, finished=110.0)
+    assert record["wall_s"] == 10.0 and record["generated_tokens_per_s"] == 50.0
+    assert (record["expected"], record["done_before"], record["num_ok"]) == (10, 2, 8)
+
+
+def test_progress_line_shows_counts_rate_and_eta(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr(ledger, "time", SimpleNamespace(time=lambda: clock[0]))
+    stream = io.StringIO()
+    progress = Progress("synthetic", 40, stream=stream)
+    clock[0] += 30
+    progress.update(9, 1, 600)
+    assert stream.getvalue().splitlines()[-1] == (
+        "[synthetic] 10/40 requests (25%), 1 failed, 20 generated tok/s, elapsed 30s, ETA 1m30s")
+    clock[0] = 1000.0 + 7200
+    progress.update(30, 0, 0)
+    assert stream.getvalue().splitlines()[-1] == (
+        "[synthetic] 40/40 requests (100%), 1 failed, 0 generated tok/s, elapsed 2h00m, ETA 0s")

@@ -1,0 +1,26 @@
+"""Storage (storage.py): the commit protocol of stage shards, and atomic writes."""
+
+import pyarrow as pa
+
+from ray_entigraph import schema, storage
+
+
+def test_commit_protocol_hides_orphans(tmp_path):
+    store = storage.StageStore(str(tmp_path), schema.SYNTHESIZE)
+    table = schema.rows_to_table([{"task_id": "t1", "text": "x"}, {"task_id": "t2", "text": "y"}], schema.SYNTHETIC)
+    entry = store.commit(table, None, keys=["t1", "t2"], stats={"num_ok": 2})
+    assert entry["shard"] == storage.shard_name(["t2", "t1"])  # order-free, deterministic
+    # an orphan: data written, marker never written (a crash in between)
+    storage.write_bytes(storage.join(store.url, "part-orphan.parquet"), storage.table_to_parquet_bytes(table))
+    assert store.read(["task_id"]).column("task_id").to_pylist() == ["t1", "t2"]
+    assert sorted(store.iter_key_column("task_id")) == ["t1", "t2"]
+    errors = schema.rows_to_table([{"stage": "s", "request_key": "t3", "doc_id": "d", "error": "boom"}], schema.ERRORS)
+    store.commit(schema.empty_table(schema.SYNTHETIC), errors, keys=["t3"], stats={})
+    assert len(store.error_urls()) == 1 and store.manifest_entries()[0]["sha256"]
+    errors_read = pa.concat_tables([storage.read_parquet(u) for u in store.error_urls()])
+    assert errors_read.column("error").to_pylist() == ["boom"]
+
+
+def test_no_temp_files_left(tmp_path):
+    storage.write_text(str(tmp_path / "a" / "b.json"), "{}")
+    assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.json"]
