@@ -130,7 +130,7 @@ def run_stages(ctx: RunContext, stages: list[Stage], state: RunState) -> dict[st
             state.write()
             totals[stage.name] = run_stage(
                 stage, ctx, on_start=lambda base, s=stage, f=folder, t=started: state.stage(s.name, f, base, t, None))
-            state.stage(stage.name, stage.folder(ctx), totals[stage.name], started, time.time())
+            state.stage(stage.name, folder, totals[stage.name], started, time.time())
             if stage.checks_errors:
                 check_errors(stage.name, totals[stage.name], ctx.config)
     except EntiGraphError as exc:

@@ -130,12 +130,15 @@ def test_train_with_output_on_s3(synthesized, tiny_model_dir, s3_bucket):
 
 def test_raw_cpt_baseline_packs_the_source_documents(synthesized, tiny_model_dir, ray_local):
     """`train.corpus: raw` (the paper's Raw CPT baseline) trains on the documents, not the synthetic rows."""
-    from ray_entigraph.train.data import load_blocks, pack_units, run_pack
+    from ray_entigraph.context import RunContext
+    from ray_entigraph.train.data import block_files, load_blocks, pack_units, run_pack
 
     for corpus, expect in (("raw", {"documents"}), ("synthetic+raw", {"documents", "synthetic"})):
         config = tiny_config(tiny_model_dir, "builtin:demo", synthesized, "input.max_documents=3", *TRAIN,
                              f"train.corpus={corpus}")
-        units = [u for u in pack_units(config) if u["source"] == "synthetic"]
+        ctx = RunContext.resolve(config)
+        units = [u for u in pack_units(ctx) if u["source"] == "synthetic"]
         assert {u["url"].split("/")[-2] for u in units} == expect
-    counts = run_pack(config)
-    assert counts["synthetic"] == len(load_blocks(config, "synthetic")) > 0
+    counts = run_pack(config, ctx)
+    blocks = load_blocks(block_files(ctx)["synthetic"], config.train.block_len)
+    assert counts["synthetic"] == len(blocks) > 0
