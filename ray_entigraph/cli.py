@@ -9,7 +9,6 @@ import sys
 import time
 import traceback
 
-from ray_entigraph.engines import preflight
 from ray_entigraph.errors import EntiGraphError
 
 DESCRIPTION = """\
@@ -120,11 +119,12 @@ def _load(args):
 
 
 def cmd_validate(args) -> int:
-    from ray_entigraph.context import RunContext  # lazy: --help stays fast (pulls in storage: pyarrow, fsspec)
+    from ray_entigraph.workflows.preflight import preflight  # lazy: --help stays fast
 
     config = _load(args)
-    files = RunContext.resolve(config).input_files
-    for warning in preflight(config):
+    ctx, warnings = preflight(config, "validate")
+    files = ctx.input_files
+    for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.print:
         print(config.to_yaml(), end="")

@@ -302,6 +302,9 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> "TrainConfig":
+        if any(part in (".", "..") for part in self.name.split("/")):
+            raise ValueError(f"train.name {self.name!r} would leave output_dir. Fix: use folder names without "
+                             "'.' or '..' segments, e.g. train.name=runs/first.")
         if self.strategy == "fsdp" and not self.use_gpu:
             raise ValueError("train.strategy is 'fsdp' but train.use_gpu is false. Fix: set train.use_gpu=true, "
                              "or train.strategy=ddp on CPU.")

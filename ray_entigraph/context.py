@@ -21,7 +21,15 @@ from ray_entigraph.engines import constrains_json
 from ray_entigraph.errors import PromptError
 from ray_entigraph.inputs import list_input_files
 from ray_entigraph.layout import Layout, curation_id, extraction_key, judge_id
-from ray_entigraph.prompts import ChatTemplate, PromptSet, load_prompt_set
+from ray_entigraph.prompts import (
+    EXTRACT_VALUES,
+    JUDGE_VALUES,
+    ChatTemplate,
+    PromptSet,
+    check_renders,
+    load_prompt_set,
+    relation_values,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -65,7 +73,8 @@ class RunContext:
     # -- prompt templates ---------------------------------------------------------------------------------
 
     def required_templates(self) -> None:
-        """The templates this run's stages use exist (a missing one fails before any actor starts)."""
+        """The templates this run's stages use exist and render (a missing template or a misspelt placeholder
+        fails here, before any actor starts)."""
         p, name = self.prompts, self.config.synthesis.prompts
         if self.config.synthesis.augmenter == "entigraph":
             missing = [k for k in ("extract", "pair") if getattr(p, k) is None]
@@ -77,8 +86,16 @@ class RunContext:
             raise PromptError(f"Prompt set {name!r} has no {', '.join(missing)} template(s), which "
                               f"synthesis.augmenter={self.config.synthesis.augmenter} needs. Fix: add them, or set "
                               "synthesis.prompts to a built-in set.")
+        stand_ins = {"extract": EXTRACT_VALUES, "pair": relation_values("Title", "Document.", ["A", "B"]),
+                     "triplet": relation_values("Title", "Document.", ["A", "B", "C"])}
+        for kind, values in stand_ins.items():
+            template = getattr(p, kind)
+            if template is not None:
+                check_renders(name, kind, template, values)
+        for style, template in p.rephrase.items():
+            check_renders(name, f"rephrase.{style}", template, relation_values("Title", "Document.", []))
         if self.judge_prompts is not None:
-            self.judge_template()
+            check_renders(self.config.curate.judge_prompts, "judge", self.judge_template(), JUDGE_VALUES)
 
     def judge_template(self) -> ChatTemplate:
         if self.judge_prompts is None or self.judge_prompts.judge is None:

@@ -88,3 +88,28 @@ def render_chat(template: ChatTemplate, values: dict[str, str]) -> list[dict[str
         messages.append({"role": "assistant", "content": ex.assistant})
     messages.append({"role": "user", "content": render(template.user, values)})
     return messages
+
+
+def relation_values(title: str, document: str, entities: list[str]) -> dict[str, str]:
+    """The values a relation (pair, triplet) or rephrase request fills in: title, document, the entities
+    joined, and each entity as entity_1, entity_2, ..."""
+    values = {"title": title, "document": document, "entities": ", ".join(entities)}
+    values.update({f"entity_{i + 1}": e for i, e in enumerate(entities)})
+    return values
+
+
+# What each kind of request fills in (the stages build the same keys), with stand-in values for checking.
+EXTRACT_VALUES = {"title": "Title", "document": "Document."}
+JUDGE_VALUES = {"title": "Title", "document": "Document.", "text": "Text."}
+QA_VALUES = {"question_block": "Question."}
+
+
+def check_renders(prompt_set: str, kind: str, template: ChatTemplate, values: dict[str, str]) -> None:
+    """Render a template with stand-in values, so that a misspelt placeholder fails on the driver before any
+    actor starts, naming the prompt set, the template and the placeholders that kind of request has."""
+    try:
+        render_chat(template, values)
+        render(template.response_prefix, values)
+    except KeyError as exc:
+        raise PromptError(f"Prompt set {prompt_set!r}, template `{kind}`: {exc.args[0]} Fix: use only the "
+                          f"placeholders {', '.join('{{' + k + '}}' for k in sorted(values))}.") from None

@@ -1,6 +1,6 @@
-"""Ray Data stages: thin callable-class adapters around the pure functions in `ray_entigraph.text`.
-
-Each stage class is constructed by Ray inside an actor (heavy imports and model load in `__init__`),
-maps a batch in `__call__`, commits its output shard through `storage.StageStore`, and returns one small
-manifest row per call that the driver streams for progress and the ledger.
+"""The synthesis stages, one module each: ingest, extract, plan (pure, used by synthesize), synthesize, judge,
+curate. A stage module holds its driver half (a `base.Stage`: enabled, folder, plan, apply) and its worker
+half (a callable class Ray builds inside an actor, or a task function), around the pure functions of
+`ray_entigraph.text`. Every unit of work commits one shard through `base.commit_unit` and returns one small
+manifest row that the driver streams for progress and the ledger.
 """

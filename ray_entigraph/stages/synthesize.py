@@ -14,7 +14,7 @@ from ray_entigraph.engines import GenerationRequest, make_engine, sampling_param
 from ray_entigraph.errors import PromptError
 from ray_entigraph.layout import Layout
 from ray_entigraph.ledger import StageTotals
-from ray_entigraph.prompts import ChatTemplate, PromptSet, render, render_chat
+from ray_entigraph.prompts import ChatTemplate, PromptSet, relation_values, render, render_chat
 from ray_entigraph.stages.base import (
     Stage,
     StagePlan,
@@ -45,9 +45,7 @@ def template_for(prompts: PromptSet, kind: str) -> ChatTemplate:
 
 
 def prompt_values(title: str, text: str, entities: list[str]) -> dict[str, str]:
-    values = {"title": title, "document": text, "entities": ", ".join(entities)}
-    values.update({f"entity_{i + 1}": e for i, e in enumerate(entities)})
-    return values
+    return relation_values(title, text, entities)
 
 
 def relation_request(prompts: PromptSet, group: dict, task: dict, sampling) -> GenerationRequest:

@@ -1,1 +1,1 @@
-"""Pure functions with no Ray and no model in them: identity, chunking, prompts, parsing, planning."""
+"""Pure functions with no Ray and no model in them: identity, chunking, parsing, planning, grounding, dedup."""

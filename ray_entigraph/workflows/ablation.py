@@ -27,6 +27,7 @@ from ray_entigraph.runtime import init_ray
 from ray_entigraph.train.data import run_pack
 from ray_entigraph.train.launch import run_train
 from ray_entigraph.workflows.plots import accuracy_vs_tokens_plot, arms_plot
+from ray_entigraph.workflows.preflight import preflight
 from ray_entigraph.workflows.steps import log, run_step
 
 # Every arm's train.epochs is raised to at least this many passes over its own stream, so that train.max_steps
@@ -107,7 +108,8 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
     started = time.time()
     if config.synthesis.augmenter != "entigraph":
         raise ConfigError("ablate needs synthesis.augmenter=entigraph. Fix: use an EntiGraph config.")
-    run_step(config, "synthesize", "synthesize", lambda: synthesize(config))
+    ctx, _ = preflight(config, "ablate")  # every input of every arm, before anything is paid for
+    run_step(config, "synthesize", "synthesize", lambda: synthesize(config, ctx=ctx))
     arms: dict[str, EntiGraphConfig] = {}
     for variant in config.ablation.variants:
         arm = arm_config(config, variant)

@@ -15,11 +15,11 @@ from collections.abc import Callable
 
 from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig, section_hash
-from ray_entigraph.context import RunContext
 from ray_entigraph.errors import ConfigError
 from ray_entigraph.eval.launch import run_eval
 from ray_entigraph.pipeline import synthesize
 from ray_entigraph.train.launch import run_train
+from ray_entigraph.workflows.preflight import preflight
 
 # top-level config sections each kind of step does NOT depend on
 _IGNORED = {
@@ -80,7 +80,7 @@ def run(config: EntiGraphConfig, until: str | None = None) -> dict[str, dict]:
     """synthesize -> train -> eval on one output_dir; `until` stops after the named step."""
     if until is not None and until not in STEPS:
         raise ConfigError(f"--until {until!r} is not a step. Fix: use one of {', '.join(STEPS)}.")
-    ctx = RunContext.resolve(config)  # input files and prompt sets, once for the three steps
+    ctx, _ = preflight(config, "run")  # every input of the three steps checked; the run resolved once
     fns = {
         "synthesize": lambda: synthesize(config, ingest_only=config.train.corpus == "raw", ctx=ctx),
         "train": lambda: run_train(config, ctx=ctx),

@@ -23,6 +23,7 @@ from ray_entigraph.runtime import init_ray
 from ray_entigraph.train.data import run_pack
 from ray_entigraph.train.launch import run_train
 from ray_entigraph.workflows.plots import accuracy_vs_tokens_plot
+from ray_entigraph.workflows.preflight import preflight
 from ray_entigraph.workflows.steps import run_step
 
 
@@ -65,7 +66,8 @@ def sweep(config: EntiGraphConfig) -> SweepSummary:
     if config.synthesis.augmenter != "entigraph":
         raise ConfigError("sweep needs synthesis.augmenter=entigraph (the rephrase baseline is one of its arms). "
                          "Fix: use an EntiGraph config.")
-    run_step(config, "synthesize", "synthesize", lambda: synthesize(config))
+    ctx, _ = preflight(config, "sweep")  # every input of every arm, before anything is paid for
+    run_step(config, "synthesize", "synthesize", lambda: synthesize(config, ctx=ctx))
     init_ray(config)
     available = run_pack(config).get(schema.SYNTHETIC_SOURCE, 0)
     arms: list[tuple[str, EntiGraphConfig]] = []
