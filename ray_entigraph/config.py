@@ -14,6 +14,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -79,6 +80,15 @@ class VLLMConfig(_Section):
         "`swap_space`)."))
 
 
+# Hosts whose servers run on this machine: a key sent to them in plain HTTP does not cross a network.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+# Environment variables that hold credentials for something other than a model API: never sent as a bearer token.
+CREDENTIAL_VARIABLES = frozenset({
+    "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "GOOGLE_APPLICATION_CREDENTIALS",
+    "AZURE_CLIENT_SECRET", "AZURE_STORAGE_KEY", "GITHUB_TOKEN", "GH_TOKEN", "RAY_AUTH_TOKEN",
+})
+
+
 class OpenAIConfig(_Section):
     base_url: str = Field("http://127.0.0.1:8000/v1", description=(
         "Base URL of an OpenAI-compatible API (`https://api.openai.com/v1`, or a vLLM / llama.cpp / SGLang server's "
@@ -86,6 +96,9 @@ class OpenAIConfig(_Section):
     api_key_env: str | None = Field("OPENAI_API_KEY", description=(
         "Name of the environment variable holding the API key (the key itself is never read from config, logged or "
         "written); None sends no key."))
+    allow_plain_http_key: bool = Field(False, description=(
+        "Send the API key to a plain-HTTP `base_url` that is not on this machine (a server inside a private "
+        "network); off, such a config is refused, since the key would cross the network unencrypted."))
     served_model: str | None = Field(None, description="Model name the server knows; None: model.name.")
     max_concurrency: int = Field(16, ge=1, description="Requests in flight at once per actor.")
     request_timeout_s: float = Field(300.0, gt=0, description="Timeout of one HTTP request (connect + response).")
@@ -111,6 +124,21 @@ class OpenAIConfig(_Section):
     tokenizer: str | None = Field(None, description=(
         "Hugging Face tokenizer (id or path) for counting tokens before sending; None: model.name when it loads, "
         "else about 4 characters per token."))
+
+    @model_validator(mode="after")
+    def _key_stays_safe(self) -> "OpenAIConfig":
+        if self.api_key_env in CREDENTIAL_VARIABLES:
+            raise ValueError(f"engine.openai.api_key_env names {self.api_key_env!r}, a credential for something "
+                             "other than a model API, which would be sent to the server as a bearer token. Fix: "
+                             "export the API key under its own variable (e.g. OPENAI_API_KEY) and name that one.")
+        url = urlsplit(self.base_url)
+        if (self.api_key_env and url.scheme == "http" and (url.hostname or "") not in LOOPBACK_HOSTS
+                and not self.allow_plain_http_key):
+            raise ValueError(f"engine.openai.base_url {self.base_url!r} is plain HTTP to another machine, so the API "
+                             "key would cross the network unencrypted. Fix: use https, set "
+                             "engine.openai.api_key_env=null for a server without authentication, or set "
+                             "engine.openai.allow_plain_http_key=true inside a private network.")
+        return self
 
 
 class EngineConfig(_Section):
@@ -517,7 +545,13 @@ def parse_overrides(overrides: list[str]) -> dict:
         key = key.strip().lstrip("-")
         if not key:
             raise ConfigError(f"Override {item!r} has an empty key.")
-        _set_dotted(tree, key, yaml.safe_load(raw) if raw != "" else "")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError as exc:
+            problem = str(exc).splitlines()[0]
+            raise ConfigError(f"Override {item!r}: its value is not valid YAML ({problem}). Fix: quote it, or "
+                              "complete the list or mapping (e.g. seed=1, eval.models='[a, b]').") from None
+        _set_dotted(tree, key, value)
     return tree
 
 

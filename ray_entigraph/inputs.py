@@ -36,6 +36,9 @@ def resolve_input_path(path: str) -> str:
 
 def list_input_files(cfg: InputConfig) -> list[tuple[str, str]]:
     """(url, format) of every input file, checked on the driver before any worker starts."""
+    if not cfg.path.strip():
+        raise InputError("The input path is empty (it would mean the current folder). Fix: set input.path to a "
+                         "file, folder or glob.")
     url = resolve_input_path(cfg.path)
     fs, path = storage.filesystem(url)
     if any(ch in path for ch in "*?["):
@@ -94,8 +97,10 @@ def records_from_file(url: str, fmt: str, cfg: InputConfig) -> list[dict]:
         }]
     if fmt == "text":
         return [{"source": url, "title": Path(url).stem, "text": decoded, "metadata": {}}]
+    if Path(url).suffix.lower() == ".json" and decoded.lstrip().startswith("["):
+        return _records_from_array(decoded, url, name, cfg)
     out = []
-    for lineno, line in enumerate(decoded.splitlines(), 1):
+    for lineno, line in enumerate(json_lines(decoded), 1):
         if not line.strip():
             continue
         try:
@@ -108,6 +113,24 @@ def records_from_file(url: str, fmt: str, cfg: InputConfig) -> list[dict]:
             continue
         out.append(_record_from_mapping(obj, url, f"line {lineno}", cfg))
     return out or [{"source": url, "error": f"empty file: {name} has no JSON records."}]
+
+
+def json_lines(text: str) -> list[str]:
+    """The lines of a JSON Lines text. Only \\n ends a line (\\r\\n too): U+2028, U+2029 and U+0085 may
+    occur inside a JSON string, where `str.splitlines` would cut a valid record in two."""
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
+def _records_from_array(decoded: str, url: str, name: str, cfg: InputConfig) -> list[dict]:
+    """A .json file holding one array of records (the other layout `datasets` writes)."""
+    try:
+        items = json.loads(decoded)
+    except json.JSONDecodeError as exc:
+        return [{"source": url, "error": f"invalid JSON in {name} at line {exc.lineno}: {exc.msg}"}]
+    out = [_record_from_mapping(obj, url, f"item {i}", cfg) if isinstance(obj, dict) else
+           {"source": f"{url} item {i}", "error": f"item {i} of {name} is not a JSON object"}
+           for i, obj in enumerate(items)]
+    return out or [{"source": url, "error": f"empty file: {name} holds an empty array."}]
 
 
 def _record_from_mapping(obj: dict, url: str, where: str, cfg: InputConfig) -> dict:

@@ -236,9 +236,13 @@ def put_dir(local_dir: str, url: str) -> None:
 def get_dir(url: str, local_dir: str) -> None:
     """Download every file under `url` into `local_dir`, keeping the relative layout."""
     fs, root = filesystem(url)
+    top = os.path.abspath(local_dir)
     for path in fs.find(root):
         rel = posixpath.relpath(path, root)
-        dst = os.path.join(local_dir, *rel.split("/"))
+        dst = os.path.abspath(os.path.join(top, *rel.split("/")))
+        if os.path.commonpath([top, dst]) != top:  # a key holding `..` must not write outside local_dir
+            raise StorageError(f"{url!r} holds the object {path!r}, which would be written outside {local_dir!r}. "
+                               "Fix: remove or rename that object (keys must not contain '..').")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
         with fs.open(path, "rb") as src, open(dst, "wb") as out:
             out.write(src.read())

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ray_entigraph.config import LOOPBACK_HOSTS
 from ray_entigraph.engines.base import GenerationRequest, GenerationResult
 from ray_entigraph.engines.hf import load_tokenizer
 from ray_entigraph.errors import EngineError
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-LOCAL_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 REQUEST_KEY_HEADER = "X-Request-Key"
 CHAT_PATH = "/chat/completions"
 BATCH_ENDPOINT = "/v1/chat/completions"  # the batch API names endpoints with their /v1 prefix
@@ -71,7 +71,7 @@ def retryable_errors() -> tuple[type[BaseException], ...]:
 # -- pure helpers ---------------------------------------------------------------------------------------
 def is_local_url(base_url: str) -> bool:
     """True when the server runs on this machine (no key needed to talk to it)."""
-    return (urlsplit(base_url).hostname or "") in LOCAL_HOSTS
+    return (urlsplit(base_url).hostname or "") in LOOPBACK_HOSTS
 
 
 def is_retryable_status(status: int) -> bool:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from ray_entigraph import storage
 from ray_entigraph.errors import QuestionsError
-from ray_entigraph.inputs import resolve_input_path
+from ray_entigraph.inputs import json_lines, resolve_input_path
 
 _TAG = re.compile(r"<[^>]+>")
 _HIDDEN = re.compile(r"<(head|script|style)\b.*?</\1>", re.IGNORECASE | re.DOTALL)
@@ -66,13 +66,23 @@ def parse_records(lines: list[str], source: str = "<questions>") -> list[Questio
             rec = json.loads(line)
         except json.JSONDecodeError as exc:
             raise QuestionsError(f"{source}:{lineno}: not JSON ({exc.msg}). Fix: one JSON object per line.") from None
+        if not isinstance(rec, dict):
+            raise QuestionsError(f"{source}:{lineno}: a JSON {type(rec).__name__}, not an object. Fix: one QuALITY "
+                                 "record (a JSON object with `article` and `questions`) per line.")
+        if not isinstance(rec.get("questions") or [], list):
+            raise QuestionsError(f"{source}:{lineno}: `questions` is a {type(rec['questions']).__name__}, not a list. "
+                                 "Fix: `questions` holds a list of {question, options, gold_label} objects.")
         article_id = str(rec.get("article_id") or rec.get("set_unique_id") or f"line{lineno}")
         set_id = str(rec.get("set_unique_id") or article_id)
         article = strip_html(str(rec.get("article") or rec.get("text") or ""))
         for i, q in enumerate(rec.get("questions") or []):
+            where = f"{source}:{lineno} question {i + 1}"
+            if not isinstance(q, dict) or not isinstance(q.get("options") or [], list):
+                raise QuestionsError(f"{where}: a question is an object whose `options` is a list of option texts. "
+                                     "Fix: e.g. {\"question\": ..., \"options\": [\"a\", \"b\", \"c\", \"d\"], "
+                                     "\"gold_label\": 1}.")
             options = tuple(str(o).strip() for o in q.get("options") or [])
             gold = q.get("gold_label")
-            where = f"{source}:{lineno} question {i + 1}"
             if len(options) < 2:
                 raise QuestionsError(f"{where}: needs at least 2 options, has {len(options)}.")
             if not isinstance(gold, int) or not 1 <= gold <= len(options):
@@ -93,7 +103,7 @@ def load_questions(url: str, max_questions: int | None = None) -> list[Question]
     if not storage.exists(path):
         raise QuestionsError(f"Questions file {url!r} does not exist. Fix: set eval.questions to a QuALITY-layout "
                              "JSON Lines file (or `none` to skip question answering).")
-    questions = parse_records(storage.read_text(path).splitlines(), source=url)
+    questions = parse_records(json_lines(storage.read_text(path)), source=url)
     seen: set[str] = set()
     for q in questions:
         if q.qid in seen:

@@ -138,3 +138,25 @@ def test_unknown_variant_is_a_config_error_naming_the_choices():
 def test_min_judge_score_without_a_judge_is_a_config_error_naming_the_fix():
     with pytest.raises(ConfigError, match="curate.judge=true"):
         load_config("configs/demo.yaml", ["curate.min_judge_score=0.5"])
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    (["engine.openai.api_key_env=AWS_SECRET_ACCESS_KEY"], "a credential for something other than a model API"),
+    (["engine.openai.base_url=http://10.0.0.7:8000/v1"], "plain HTTP to another machine"),
+])
+def test_an_api_key_is_never_sent_where_it_should_not_go(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        load_config(None, ["engine.kind=openai", *overrides])
+
+
+def test_plain_http_is_fine_on_loopback_without_a_key_or_when_allowed():
+    for extra in (["engine.openai.base_url=http://127.0.0.1:8000/v1"],
+                  ["engine.openai.base_url=http://10.0.0.7:8000/v1", "engine.openai.api_key_env=null"],
+                  ["engine.openai.base_url=http://10.0.0.7:8000/v1", "engine.openai.allow_plain_http_key=true"],
+                  ["engine.openai.base_url=https://api.example.com/v1"]):
+        load_config(None, ["engine.kind=openai", *extra])
+
+
+def test_an_override_that_is_not_yaml_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"Override 'seed=\[1': its value is not valid YAML"):
+        load_config(None, ["seed=[1"])

@@ -47,3 +47,26 @@ def test_listing_errors(tmp_path):
         list_input_files(InputConfig(path=str(tmp_path)))
     (tmp_path / "a.md").write_text("# doc")
     assert list_input_files(InputConfig(path=str(tmp_path))) == [(str(tmp_path / "a.md"), "text")]
+
+
+def test_a_line_separator_inside_a_json_string_is_part_of_the_record(tmp_path):
+    """U+2028, U+2029 and U+0085 are valid inside a JSON string; only \\n ends a JSON Lines record."""
+    texts = ["First\u2028line and the rest of the article.", "Second\u2029part\u0085end of it.", "Plain text."]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"title": f"t{i}", "text": t}, ensure_ascii=False) + "\r\n"
+                            for i, t in enumerate(texts)), encoding="utf-8")
+    recs = records_from_file(str(path), "jsonl", InputConfig(path=str(path)))
+    assert [r.get("error") for r in recs] == [None] * 3 and [r["text"] for r in recs] == texts
+
+
+def test_a_json_file_holding_an_array_gives_its_records(tmp_path):
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps([{"title": "a", "text": "Alpha text."}, {"title": "b", "text": "Beta text."}, 7]))
+    recs = records_from_file(str(path), "jsonl", InputConfig(path=str(path)))
+    assert [r.get("text") for r in recs[:2]] == ["Alpha text.", "Beta text."]
+    assert recs[2]["error"] == "item 2 of docs.json is not a JSON object"
+
+
+def test_an_empty_input_path_is_refused():
+    with pytest.raises(InputError, match="input path is empty"):
+        list_input_files(InputConfig(path=""))

@@ -1,6 +1,7 @@
 """Storage (storage.py): the commit protocol of stage shards, and atomic writes."""
 
 import pyarrow as pa
+import pytest
 
 from ray_entigraph import schema, storage
 
@@ -24,3 +25,19 @@ def test_commit_protocol_hides_orphans(tmp_path):
 def test_no_temp_files_left(tmp_path):
     storage.write_text(str(tmp_path / "a" / "b.json"), "{}")
     assert [p.name for p in (tmp_path / "a").iterdir()] == ["b.json"]
+
+
+def test_get_dir_refuses_a_key_that_leaves_its_folder(tmp_path):
+    import fsspec
+
+    from ray_entigraph.errors import StorageError
+
+    fs = fsspec.filesystem("memory")
+    fs.pipe("/getdir/model/config.json", b"{}")
+    fs.pipe("/getdir/model/sub/../../../evil.txt", b"x")  # an object store accepts such a key
+    with pytest.raises(StorageError, match="outside"):
+        storage.get_dir("memory://getdir/model", str(tmp_path / "dst"))
+    assert not (tmp_path / "evil.txt").exists() and not list(tmp_path.rglob("evil.txt"))
+    fs.rm("/getdir/model/sub/../../../evil.txt")
+    storage.get_dir("memory://getdir/model", str(tmp_path / "dst"))
+    assert (tmp_path / "dst" / "config.json").read_text() == "{}"

@@ -71,3 +71,15 @@ def test_questions_auto_uses_the_input_only_when_it_holds_questions(tmp_path):
 
 def test_strip_html_leaves_plain_text_alone():
     assert strip_html("  A plain < 3 text.  ") == "A plain < 3 text."
+
+
+@pytest.mark.parametrize("record, fragment", [
+    ([1, 2], "a JSON list, not an object"),
+    ({"article": "x", "questions": {"question": "q"}}, "`questions` is a dict, not a list"),
+    ({"article": "x", "questions": [{"question": "q", "options": "ABCD", "gold_label": 1}]}, "`options` is a list"),
+    ({"article": "x", "questions": ["q"]}, "a question is an object"),
+])
+def test_a_malformed_questions_record_names_its_line(record, fragment):
+    with pytest.raises(QuestionsError, match=fragment) as info:
+        parse_records(["", json.dumps(record)], source="q.jsonl")
+    assert str(info.value).startswith("q.jsonl:2")
