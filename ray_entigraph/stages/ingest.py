@@ -27,7 +27,7 @@ from ray_entigraph.stages.base import (
     shard_identity,
 )
 from ray_entigraph.text.chunk import split_document
-from ray_entigraph.text.identity import doc_id_for, normalise_text
+from ray_entigraph.text.identity import doc_id_for, neutralise_special_tokens, normalise_text
 
 
 def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, count_tokens) -> list[dict]:
@@ -36,7 +36,7 @@ def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, coun
         err_id = doc_id_for("error:" + record["source"])
         return [{"doc_id": err_id, "source": record["source"], "error": record["error"]}]
     text = normalise_text(record["text"])
-    base = {"title": record["title"], "source": record["source"],
+    base = {"title": neutralise_special_tokens(record["title"]), "source": record["source"],
             "metadata_json": json.dumps(record["metadata"], default=str)}
     parent_id = doc_id_for(text)
     if len(text) < min_chars:

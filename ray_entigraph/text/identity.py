@@ -8,13 +8,29 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import unicodedata
 from typing import Any
 
+# Strings that chat templates and tokenizers treat as control tokens: ChatML / Llama 3 style `<|...|>`, and
+# the common SentencePiece, Mistral and Gemma markers. In a document they are text; left as they are, a
+# server-side tokenizer (or a chat template) would turn them into real turns or real end-of-text tokens.
+SPECIAL_TOKEN_PATTERN = re.compile(
+    r"<\|[^|<>\s]{1,64}\|>|</?s>|<unk>|<pad>|<bos>|<eos>|\[/?INST\]|<start_of_turn>|<end_of_turn>")
+_WORD_JOINER = "\u2060"  # invisible and not a control token: "<|im_end|>" -> "<\u2060|im_end|>"
+
+
+def neutralise_special_tokens(text: str) -> str:
+    """Break every special-token string in `text` with an invisible word joiner after its first character,
+    so that no tokenizer reads it as a control token; the text looks the same to a reader."""
+    return SPECIAL_TOKEN_PATTERN.sub(lambda m: m.group(0)[0] + _WORD_JOINER + m.group(0)[1:], text)
+
 
 def normalise_text(text: str) -> str:
-    """NFC, unified newlines, stripped trailing whitespace per line, no leading/trailing blank lines."""
+    """NFC, unified newlines, stripped trailing whitespace per line, no leading/trailing blank lines, and
+    special-token strings neutralised (documents are text, never chat turns or end-of-text tokens)."""
     text = unicodedata.normalize("NFC", text).replace("\r\n", "\n").replace("\r", "\n")
+    text = neutralise_special_tokens(text)
     return "\n".join(line.rstrip() for line in text.split("\n")).strip()
 
 

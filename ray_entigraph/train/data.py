@@ -85,7 +85,9 @@ class PackWorker:
         for unit in batch.to_pylist():
             started = time.time()
             texts = read_texts(unit)
-            ids = self.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+            # texts are text: an "<|endoftext|>" written in one is not an end-of-text token (the packer adds those)
+            ids = (self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                   if texts else [])
             blocks, leftover = pack_token_lists(ids, self.config.train.block_len, self.tokenizer.eos_token_id)
             store = Layout(self.config.output_dir).blocks(unit["source"])
             table = pa.table({"input_ids": pa.array(blocks, type=pa.list_(pa.int32()))}, schema=schema.BLOCKS)
