@@ -12,6 +12,8 @@ the workers, partitioned by doc_id.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass, field
 
@@ -104,6 +106,12 @@ class RunContext:
         return self.judge_prompts.judge
 
     # -- identities and folders ---------------------------------------------------------------------------
+
+    def input_identity(self) -> str:
+        """A hash of the input files as they are now (names, sizes, versions): an edited or added file
+        changes it. One metadata request per file."""
+        blob = json.dumps([storage.file_identity(url) for url, _ in self.input_files], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def extraction_key(self, doc_id: str) -> str:
         return extraction_key(self.config, doc_id, prompt_version=self.prompts.version,

@@ -53,6 +53,17 @@ class SynthesisSummary:
     rows_by_kind: dict
     curation: dict | None = None  # what curate kept and dropped, when curate.enabled
 
+    @property
+    def rows(self) -> int:
+        """What the run produced for training: synthetic rows (curated ones when curating), and documents."""
+        kept = self.curation["kept"] if self.curation else self.num_synthetic_rows
+        return kept + self.num_documents
+
+    @property
+    def num_failed(self) -> int:
+        """Requests that failed and that a re-run retries (rejected documents are not retried)."""
+        return self.num_extract_failed + self.num_synthesis_failed
+
     def lines(self) -> list[str]:
         parse_rate = self.num_model_parsed / max(self.num_extracted + self.num_extract_failed, 1)
         return [

@@ -116,6 +116,16 @@ def list_files(url: str, suffix: str = "") -> list[str]:
     return sorted(out)
 
 
+def file_identity(url: str) -> list:
+    """[url, size, version] of one file: the version is the modification time, or the object store's ETag or
+    last-modified time, so that an edited file has another identity (one metadata request, no content read)."""
+    fs, path = filesystem(url)
+    info = fs.info(path)
+    version = next((info[k] for k in ("mtime", "ETag", "etag", "LastModified", "last_modified", "md5Hash",
+                                      "generation") if info.get(k) is not None), None)
+    return [url, info.get("size"), str(version)]
+
+
 def for_ray_data(urls: list[str]) -> tuple[list[str], object | None]:
     """(paths, filesystem) for Ray Data readers: object-store URLs go through our fsspec filesystem, so Ray
     Data sees the same endpoint and credentials as every other read (AWS_ENDPOINT_URL included)."""

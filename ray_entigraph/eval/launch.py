@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig, InputConfig
-from ray_entigraph.errors import ConfigError, StageFailed, root_cause
+from ray_entigraph.errors import ConfigError, InputError, StageFailed, root_cause
 from ray_entigraph.eval.evaluate import evaluate_model
 from ray_entigraph.eval.quality import load_questions, resolve_questions_url
 from ray_entigraph.eval.report import accuracy_plot, markdown, perplexity_plot, summarize
@@ -56,13 +56,34 @@ def _f(x) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
+def export_problem(model_url: str) -> str | None:
+    """Why an exported Hugging Face model folder is not whole (None when it is): its config, and every weight
+    file its safetensors index lists (or the single model.safetensors)."""
+    if not storage.exists(storage.join(model_url, "config.json")):
+        return "has no config.json (the export did not run or did not finish)"
+    index = storage.join(model_url, "model.safetensors.index.json")
+    if storage.exists(index):
+        files = sorted(set(json.loads(storage.read_text(index)).get("weight_map", {}).values()))
+        missing = [f for f in files if not storage.exists(storage.join(model_url, f))]
+        return f"lacks weight files {missing} that its index lists" if missing else None
+    if not storage.exists(storage.join(model_url, "model.safetensors")):
+        return "has no model.safetensors (the export did not finish)"
+    return None
+
+
 def models_to_evaluate(config: EntiGraphConfig) -> list[tuple[str, str]]:
     """(label, model path) in report order: base, the trained model when it exists, then eval.models."""
     models = []
     if config.eval.include_base:
         models.append((BASE_LABEL, base_model_name(config)))
     trained = train_url(config, "model")
-    if config.eval.include_trained and storage.exists(storage.join(trained, "config.json")):
+    # a training that started (its mixture is written) must have exported a whole model; none started: base only
+    if config.eval.include_trained and storage.exists(train_url(config, "mixture.json")):
+        problem = export_problem(trained)
+        if problem:
+            raise InputError(f"The trained model {trained!r} {problem}. Fix: run `ray-entigraph train` with the same "
+                             "config to finish it (it resumes from its last checkpoint), or set "
+                             "eval.include_trained=false.")
         models.append(("trained" if config.train.name == "train" else config.train.name.replace("/", "-"), trained))
     for spec in config.eval.models:
         label, _, path = spec.rpartition("=")

@@ -14,6 +14,7 @@ import time
 from ray_entigraph import schema
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.engines.hf import load_tokenizer
+from ray_entigraph.errors import InputError
 from ray_entigraph.inputs import records_from_file
 from ray_entigraph.layout import Layout
 from ray_entigraph.ledger import StageTotals
@@ -115,4 +116,9 @@ class Ingest(Stage):
         """Documents are counted only once the files are read; the run's document index is rebuilt."""
         totals.expected = totals.num_ok + totals.num_failed
         ctx.refresh_documents()
+        if not ctx.documents():
+            raise InputError(
+                f"No usable document in input.path {ctx.config.input.path!r}: {totals.num_failed} rejected, reasons "
+                f"in {ctx.layout.documents.errors_url}. Fix: check those reasons (empty, undecodable or too short "
+                "texts, a wrong input.text_field), or point input.path at other files.")
         return totals

@@ -28,7 +28,7 @@ from ray_entigraph.train.data import run_pack
 from ray_entigraph.train.launch import run_train
 from ray_entigraph.workflows.plots import accuracy_vs_tokens_plot, arms_plot
 from ray_entigraph.workflows.preflight import preflight
-from ray_entigraph.workflows.steps import log, run_step
+from ray_entigraph.workflows.steps import log, run_step, synthesis_data
 
 # Every arm's train.epochs is raised to at least this many passes over its own stream, so that train.max_steps
 # (the equal step count, `equal_steps`), not the end of the stream, stops its training: Raw CPT's stream (the
@@ -109,14 +109,17 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
     if config.synthesis.augmenter != "entigraph":
         raise ConfigError("ablate needs synthesis.augmenter=entigraph. Fix: use an EntiGraph config.")
     ctx, _ = preflight(config, "ablate")  # every input of every arm, before anything is paid for
-    run_step(config, "synthesize", "synthesize", lambda: synthesize(config, ctx=ctx))
+    main = run_step(config, "synthesize", "synthesize", lambda: synthesize(config, ctx=ctx), data=synthesis_data(ctx))
     arms: dict[str, EntiGraphConfig] = {}
+    arm_stamps: dict[str, str] = {}
     for variant in config.ablation.variants:
         arm = arm_config(config, variant)
+        arm_stamps[variant] = main["stamp"]
         if arm.output_dir != config.output_dir or arm.curate.enabled:
             # its own synthetic rows, or a curated copy of the main ones (synthesis itself is done and skipped)
             step = "synthesize" if arm.output_dir != config.output_dir else f"ablation/curate-{variant}"
-            run_step(arm, step, "synthesize", lambda arm=arm: synthesize(arm))
+            arm_stamps[variant] = run_step(arm, step, "synthesize", lambda arm=arm: synthesize(arm),
+                                           data={**synthesis_data(ctx), "after": main["stamp"]})["stamp"]
         arms[variant] = arm
     init_ray(config)
     available = {v: run_pack(arm).get(schema.SYNTHETIC_SOURCE, 0) for v, arm in arms.items() if ARMS[v].synthetic}
@@ -140,16 +143,19 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
                     f"train.max_synthetic_tokens={budget if ARMS[variant].synthetic else 'null'}",
                     f"train.seed={'null' if seed == config.seed else seed}",
                 ])))
-    tokens = {}
+    tokens, stamps = {}, []
     for run in runs:
         arm = run.config
         step = f"ablation/train-{run.name}" if arm.output_dir == config.output_dir else f"ablation-train-{run.name}"
-        tokens[run.name] = run_step(arm, step, "train", lambda arm=arm: run_train(arm))["synthetic_tokens_used"]
+        trained = run_step(arm, step, "train", lambda arm=arm: run_train(arm), data={"after": arm_stamps[run.variant]})
+        tokens[run.name] = trained["synthetic_tokens_used"]
+        stamps.append(trained["stamp"])
     models = [(BASE_LABEL, base_model_name(config))] + [(run.name, train_url(run.config, "model")) for run in runs]
     eval_out = storage.join(config.output_dir, "ablation", "eval")
     # the step is named by its models: other arms or budgets are another evaluation, not "done earlier"
     models_id = hashlib.blake2b(json.dumps(models).encode(), digest_size=4).hexdigest()
-    run_step(config, f"ablation/eval-{models_id}", "eval", lambda: run_eval(config, models=models, out_url=eval_out))
+    run_step(config, f"ablation/eval-{models_id}", "eval", lambda: run_eval(config, models=models, out_url=eval_out),
+             data={"after": stamps})
     report = json.loads(storage.read_text(storage.join(eval_out, "report.json")))
     return ablation_report(config, report, runs, tokens, time.time() - started)
 

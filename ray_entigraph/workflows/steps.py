@@ -1,32 +1,42 @@
 """Steps with markers, and `run`: synthesize -> train -> eval on one output_dir.
 
-A step that finishes writes a marker, <output_dir>/_steps/<step>.json, holding the hash of the config
-sections it depends on and its summary. A re-run skips a step whose marker matches, so a run killed between
-steps (or during one) continues where it stopped; a step killed midway resumes from its own committed work
-(shards, checkpoints). Change a setting a step depends on and that step and the ones after it run again.
-`sweep` and `ablate` run their arms' trainings and evaluations through `run_step` too.
+A step that finishes writes a marker, <output_dir>/_steps/<step>.json, holding its identity and its summary.
+The identity hashes the config sections the step depends on and the data it read: for synthesize the input
+files (name, size, modification) and whether it ingested only; for a later step the *stamp* of the step
+before it, a hash of that step's identity and of what it produced (rows, failures, tokens, steps). A re-run
+skips a step whose identity matches, so a run killed between steps (or during one) continues where it
+stopped, and a step killed midway resumes from its own committed work (shards, checkpoints). Change a setting
+or an input file a step depends on, and that step and those after it run again; a step that produced the
+same data again leaves the later steps done. A step that finished with failed requests is "done with N
+failed": the next `run` runs it again, which retries exactly those. `sweep` and `ablate` run their arms
+through `run_step` too.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
 
 from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig, section_hash
+from ray_entigraph.context import RunContext
 from ray_entigraph.errors import ConfigError
 from ray_entigraph.eval.launch import run_eval
 from ray_entigraph.pipeline import synthesize
 from ray_entigraph.train.launch import run_train
 from ray_entigraph.workflows.preflight import preflight
 
-# top-level config sections each kind of step does NOT depend on
+# top-level config sections each kind of step does NOT depend on (resources and prices change how and at what
+# cost a step runs, never what it produces)
 _IGNORED = {
-    "synthesize": ("train", "eval", "sweep", "ablation"),
-    "train": ("eval", "sweep", "ablation"),
-    "eval": ("sweep", "ablation"),
+    "synthesize": ("train", "eval", "sweep", "ablation", "resources", "cost"),
+    "train": ("eval", "sweep", "ablation", "resources", "cost"),
+    "eval": ("sweep", "ablation", "resources", "cost"),
 }
+# What a step's summary says it produced: part of its stamp, which the steps after it depend on.
+_PRODUCED = ("rows", "num_failed", "synthetic_tokens_used", "steps")
 
 STEPS = ("synthesize", "train", "eval")
 
@@ -36,12 +46,26 @@ def marker_url(config: EntiGraphConfig, step: str) -> str:
     return storage.join(config.output_dir, "_steps", step.replace("/", "-") + ".json")
 
 
-def _done_earlier(config: EntiGraphConfig, step: str, kind: str) -> dict | None:
+def step_identity(config: EntiGraphConfig, kind: str, data: dict | None = None) -> str:
+    """The hash a step's marker must match: its config sections and the data it reads (`data`)."""
+    blob = json.dumps({"config": section_hash(config, _IGNORED[kind]), "data": data or {}}, sort_keys=True,
+                      default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def stamp(result: dict) -> str:
+    """What the steps after a step depend on: its identity and what it produced."""
+    blob = json.dumps({"identity": result.get("identity"), **{k: result.get(k) for k in _PRODUCED}},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _done_earlier(config: EntiGraphConfig, step: str, identity: str) -> dict | None:
     url = marker_url(config, step)
     if not storage.exists(url):
         return None
     marker = json.loads(storage.read_text(url))
-    return marker if marker.get("config_hash") == section_hash(config, _IGNORED[kind]) else None
+    return marker if marker.get("identity") == identity else None
 
 
 def log(line: str) -> None:
@@ -49,28 +73,37 @@ def log(line: str) -> None:
     print(line, flush=True)
 
 
-def run_step(config: EntiGraphConfig, step: str, kind: str, fn: Callable[[], object]) -> dict:
-    """Run `fn()` unless this step finished earlier with the same relevant config; record it when done.
+def run_step(config: EntiGraphConfig, step: str, kind: str, fn: Callable[[], object], *,
+             data: dict | None = None) -> dict:
+    """Run `fn()` unless this step finished earlier with the same identity and no failures; record it.
 
-    `kind` (one of STEPS) names the config sections the step depends on; `fn` returns a summary with
-    `lines()` and optionally `synthetic_tokens_used`, `rows`, `steps`, which the returned dict keeps."""
-    earlier = _done_earlier(config, step, kind)
-    if earlier:
+    `kind` (one of STEPS) names the config sections the step depends on, `data` what it reads (input
+    fingerprints, the stamps of the steps before it); `fn` returns a summary with `lines()` and optionally
+    `rows`, `num_failed`, `synthetic_tokens_used`, `steps`, which the returned dict keeps with the step's
+    `identity` and `stamp`."""
+    identity = step_identity(config, kind, data)
+    earlier = _done_earlier(config, step, identity)
+    if earlier and not earlier["result"].get("num_failed"):
         finished = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(earlier["finished_at"]))
         log(f"[run] {step}: done earlier ({finished}), skipped")
         return earlier["result"]
-    log(f"[run] {step}: starting")
+    if earlier:
+        log(f"[run] {step}: done earlier with {earlier['result']['num_failed']} failed; running it again to retry "
+            "them")
+    else:
+        log(f"[run] {step}: starting")
     started = time.time()
     summary = fn()
-    result = {"lines": summary.lines(), "wall_s": round(time.time() - started, 2)}
-    for key in ("synthetic_tokens_used", "rows", "steps"):
+    result = {"lines": summary.lines(), "wall_s": round(time.time() - started, 2), "identity": identity}
+    for key in _PRODUCED:
         if hasattr(summary, key):
             result[key] = getattr(summary, key)
+    result["stamp"] = stamp(result)
     storage.write_text(marker_url(config, step), json.dumps({
-        "step": step, "config_hash": section_hash(config, _IGNORED[kind]), "finished_at": time.time(),
-        "result": result,
+        "step": step, "identity": identity, "finished_at": time.time(), "result": result,
     }, indent=2, default=str))
-    log(f"[run] {step}: done in {result['wall_s']:.0f}s")
+    failed = f" with {result['num_failed']} failed (the next run retries them)" if result.get("num_failed") else ""
+    log(f"[run] {step}: done in {result['wall_s']:.0f}s{failed}")
     for line in result["lines"]:
         log("      " + line)
     return result
@@ -81,14 +114,22 @@ def run(config: EntiGraphConfig, until: str | None = None) -> dict[str, dict]:
     if until is not None and until not in STEPS:
         raise ConfigError(f"--until {until!r} is not a step. Fix: use one of {', '.join(STEPS)}.")
     ctx, _ = preflight(config, "run")  # every input of the three steps checked; the run resolved once
+    ingest_only = config.train.corpus == "raw"
     fns = {
-        "synthesize": lambda: synthesize(config, ingest_only=config.train.corpus == "raw", ctx=ctx),
+        "synthesize": lambda: synthesize(config, ingest_only=ingest_only, ctx=ctx),
         "train": lambda: run_train(config, ctx=ctx),
         "eval": lambda: run_eval(config, ctx=ctx),
     }
-    results = {}
+    results: dict[str, dict] = {}
+    data = synthesis_data(ctx, ingest_only)
     for step in STEPS:
-        results[step] = run_step(config, step, step, fns[step])
+        results[step] = run_step(config, step, step, fns[step], data=data)
+        data = {"after": results[step]["stamp"]}  # the next step depends on what this one produced
         if step == until:
             break
     return results
+
+
+def synthesis_data(ctx: RunContext, ingest_only: bool = False) -> dict:
+    """What synthesis reads besides its config: the input files as they are now, and whether it ingests only."""
+    return {"inputs": ctx.input_identity(), "ingest_only": ingest_only}

@@ -24,7 +24,7 @@ from ray_entigraph.train.data import run_pack
 from ray_entigraph.train.launch import run_train
 from ray_entigraph.workflows.plots import accuracy_vs_tokens_plot
 from ray_entigraph.workflows.preflight import preflight
-from ray_entigraph.workflows.steps import run_step
+from ray_entigraph.workflows.steps import run_step, synthesis_data
 
 
 @dataclass
@@ -67,7 +67,8 @@ def sweep(config: EntiGraphConfig) -> SweepSummary:
         raise ConfigError("sweep needs synthesis.augmenter=entigraph (the rephrase baseline is one of its arms). "
                          "Fix: use an EntiGraph config.")
     ctx, _ = preflight(config, "sweep")  # every input of every arm, before anything is paid for
-    run_step(config, "synthesize", "synthesize", lambda: synthesize(config, ctx=ctx))
+    synth = run_step(config, "synthesize", "synthesize", lambda: synthesize(config, ctx=ctx),
+                     data=synthesis_data(ctx))
     init_ray(config)
     available = run_pack(config).get(schema.SYNTHETIC_SOURCE, 0)
     arms: list[tuple[str, EntiGraphConfig]] = []
@@ -81,17 +82,23 @@ def sweep(config: EntiGraphConfig) -> SweepSummary:
         rephrase = derive(config, [f"output_dir={storage.join(config.output_dir, 'sweep', 'rephrase')}",
                                    "synthesis.augmenter=rephrase", "synthesis.prompts=rephrase-v1",
                                    "train.max_synthetic_tokens=null"])
-        run_step(rephrase, "synthesize", "synthesize", lambda: synthesize(rephrase))
+        rephrased = run_step(rephrase, "synthesize", "synthesize", lambda: synthesize(rephrase),
+                             data=synthesis_data(ctx))
         arms.append(("rephrase", rephrase))
-    tokens = {}
+    tokens, stamps = {}, []
     for name, arm in arms:
         # arms on the main output_dir keep their markers apart by name; the rephrase arm has its own output_dir
         step = f"sweep/train-{name}" if arm.output_dir == config.output_dir else "train"
-        tokens[name] = run_step(arm, step, "train", lambda arm=arm: run_train(arm))["synthetic_tokens_used"]
+        after = rephrased["stamp"] if name == "rephrase" else synth["stamp"]
+        trained = run_step(arm, step, "train", lambda arm=arm: run_train(arm), data={"after": after})
+        tokens[name] = trained["synthetic_tokens_used"]
+        stamps.append(trained["stamp"])
     models = [(BASE_LABEL, base_model_name(config))]
     models += [(name, train_url(arm, "model")) for name, arm in arms]
     eval_out = storage.join(config.output_dir, "sweep", "eval")
-    run_step(config, "sweep/eval", "eval", lambda: run_eval(config, models=models, out_url=eval_out))
+    # every arm's training is part of the evaluation's identity: a new budget or baseline is evaluated
+    run_step(config, "sweep/eval", "eval", lambda: run_eval(config, models=models, out_url=eval_out),
+             data={"after": stamps})
     report = json.loads(storage.read_text(storage.join(eval_out, "report.json")))
     return sweep_report(config, report, tokens, time.time() - started)
 

@@ -10,7 +10,7 @@ import pytest
 
 from ray_entigraph import storage
 from ray_entigraph.config import derive, load_config
-from ray_entigraph.workflows.steps import STEPS, marker_url, run, run_step
+from ray_entigraph.workflows.steps import STEPS, marker_url, run, run_step, stamp
 
 
 @dataclass
@@ -47,3 +47,58 @@ def test_run_names_its_steps_and_refuses_an_unknown_until(tmp_path):
     assert STEPS == ("synthesize", "train", "eval")
     with pytest.raises(ValueError, match="not a step"):
         run(load_config(None, [f"output_dir={tmp_path}"]), until="deploy")
+
+
+@dataclass
+class _Produced:
+    rows: int
+    num_failed: int = 0
+
+    def lines(self) -> list[str]:
+        return [f"{self.rows} rows, {self.num_failed} failed"]
+
+
+def test_a_step_reruns_when_its_data_changes_and_until_nothing_failed(tmp_path, capsys):
+    config = load_config(None, [f"output_dir={tmp_path}"])
+    outcomes = [_Produced(rows=10, num_failed=2), _Produced(rows=12), _Produced(rows=12)]
+    calls = []
+
+    def fn():
+        calls.append(1)
+        return outcomes[len(calls) - 1]
+
+    first = run_step(config, "synthesize", "synthesize", fn, data={"inputs": "a"})
+    assert first["num_failed"] == 2 and "with 2 failed" in capsys.readouterr().out
+    # failures are retried by the next run; then the step is done and stays done
+    second = run_step(config, "synthesize", "synthesize", fn, data={"inputs": "a"})
+    assert len(calls) == 2 and "running it again to retry them" in capsys.readouterr().out
+    assert run_step(config, "synthesize", "synthesize", fn, data={"inputs": "a"}) == second and len(calls) == 2
+    assert second["stamp"] != first["stamp"]  # it produced more rows: the steps after it are stale
+    # an edited input file is another identity; producing the same again keeps the same stamp
+    third = run_step(config, "synthesize", "synthesize", fn, data={"inputs": "b"})
+    assert len(calls) == 3 and third["identity"] != second["identity"] and third["stamp"] != second["stamp"]
+    assert stamp({**third, "wall_s": 99.0, "lines": []}) == third["stamp"]  # timing is not data
+
+
+def test_resources_and_prices_do_not_invalidate_a_step(tmp_path):
+    config = load_config(None, [f"output_dir={tmp_path}"])
+    calls = []
+    run_step(config, "train", "train", lambda: calls.append(1) or _Summary())
+    run_step(derive(config, ["resources.max_actors=4", "cost.usd_per_million_prompt_tokens=1.0"]), "train", "train",
+             lambda: calls.append(1) or _Summary())
+    assert len(calls) == 1
+
+
+def test_the_input_identity_changes_when_a_file_is_edited_or_added(tmp_path):
+    from ray_entigraph.context import RunContext
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.txt").write_text("The Harbour Guild of Kestavel was founded in 1742 by Mara Odell.")
+    config = load_config(None, [f"input.path={folder}", f"output_dir={tmp_path}/run"])
+    before = RunContext.resolve(config).input_identity()
+    assert RunContext.resolve(config).input_identity() == before
+    (folder / "a.txt").write_text("The Harbour Guild of Kestavel was founded in 1743 by Mara Odell.")
+    edited = RunContext.resolve(config).input_identity()
+    (folder / "b.txt").write_text("Another document about the guild's net-makers and their ledger.")
+    assert len({before, edited, RunContext.resolve(config).input_identity()}) == 3
