@@ -9,6 +9,8 @@ traceback.
       PromptError      a prompt set or template is malformed or lacks what a stage needs (a ConfigError)
       EngineError      the configured engine cannot run here (a missing package, API key or model)
       StorageError     output_dir or another URL cannot be read or written
+      LayoutVersionError  output_dir was written by another layout version (a StorageError)
+      LeaseHeld        another live run holds output_dir (a StorageError)
       StageFailed      a stage's workers failed, or it exceeded max_error_fraction
 
 The subclasses of `ValueError` and `OSError` keep code that caught those before working.
@@ -45,6 +47,14 @@ class EngineError(EntiGraphError, RuntimeError):
 
 class StorageError(EntiGraphError, OSError):
     """A storage location cannot be read or written."""
+
+
+class LayoutVersionError(StorageError):
+    """output_dir was written in a storage layout this version does not read."""
+
+
+class LeaseHeld(StorageError):
+    """Another live run holds output_dir's lease, or this run lost it to a newer one."""
 
 
 class StageFailed(EntiGraphError, RuntimeError):

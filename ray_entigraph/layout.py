@@ -3,6 +3,8 @@
 One module knows the run folder's layout, so that stages, training, evaluation, `run` and `status` ask here
 instead of joining paths themselves:
 
+    _layout.json                               the layout version (checked before anything is read)
+    _lease.json                                who is writing here now (lease.py)
     config.yaml  run.json                      the resolved config; the last invocation's state
     documents/  entities/  synthetic/          stage shards (+ _committed/ markers, errors/<stage>/)
     judged/<judge id>/                         a judge model's ratings (curate.judge)
@@ -25,8 +27,15 @@ from dataclasses import dataclass
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import CurateConfig, EntiGraphConfig
+from ray_entigraph.errors import LayoutVersionError
 from ray_entigraph.text.identity import request_key
 
+# The storage layout this version reads and writes. 2: 128-bit doc and request ids, shard names and request
+# keys of layout 1 (60-bit) do not match any more; input-file identity in documents markers; synthesis
+# identity in synthetic markers. Bump it whenever a reader of this version would misread an older folder.
+LAYOUT_VERSION = 2
+LAYOUT_FILE = "_layout.json"
+LEASE_FILE = "_lease.json"
 CONFIG_FILE = "config.yaml"
 RUN_STATE_FILE = "run.json"
 STEPS_DIR = "_steps"
@@ -82,6 +91,38 @@ class Layout:
 
     def url(self, *parts: str) -> str:
         return storage.join(self.output_dir, *parts)
+
+    @property
+    def layout_url(self) -> str:
+        return self.url(LAYOUT_FILE)
+
+    @property
+    def lease_url(self) -> str:
+        return self.url(LEASE_FILE)
+
+    def layout_version(self) -> int | None:
+        """The folder's layout version: its _layout.json; 1 for a run folder from before versions were
+        recorded; None for an empty or new folder."""
+        if storage.exists(self.layout_url):
+            return int(json.loads(storage.read_text(self.layout_url)).get("layout_version", 0))
+        older = (self.config_url, self.run_state_url, self.url(schema.INGEST, storage.COMMITTED))
+        return 1 if any(storage.exists(u) for u in older) else None
+
+    def check_version(self, *, create: bool = False) -> None:
+        """Refuse a folder of another layout version with what to do; with `create`, record ours in a new
+        folder (before anything else is written there)."""
+        found = self.layout_version()
+        if found is None:
+            if create:
+                storage.write_text(self.layout_url, json.dumps({"layout_version": LAYOUT_VERSION}))
+            return
+        if found != LAYOUT_VERSION:
+            from ray_entigraph import __version__
+
+            raise LayoutVersionError(
+                f"output_dir {self.output_dir!r} has storage layout version {found}; ray_entigraph {__version__} "
+                f"reads and writes layout {LAYOUT_VERSION} ({LAYOUT_FILE}). Fix: set output_dir to a new folder "
+                "(the old one stays readable by the version that wrote it), or delete it to start over.")
 
     @property
     def config_url(self) -> str:

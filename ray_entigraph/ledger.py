@@ -68,6 +68,7 @@ def read_run_state(output_dir: str) -> dict:
     hold, and for the last invocation what it expected, did, and has pending. Stage folders that depend on
     the run's settings (judged/<id>, curated/<id>) are read from run.json, where the run recorded them."""
     layout = Layout(output_dir)
+    layout.check_version()
     run = json.loads(storage.read_text(layout.run_state_url)) if storage.exists(layout.run_state_url) else {}
     started = run.get("started_at")
     config = _run_config(layout)

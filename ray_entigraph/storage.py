@@ -151,7 +151,7 @@ def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
 
 def shard_name(keys: list[str]) -> str:
     """Deterministic shard name: a hash of the request keys inside it."""
-    h = hashlib.blake2b("\n".join(sorted(keys)).encode(), digest_size=10).hexdigest()
+    h = hashlib.blake2b("\n".join(sorted(keys)).encode(), digest_size=16).hexdigest()
     return f"part-{h}"
 
 

@@ -32,6 +32,7 @@ def preflight(config: EntiGraphConfig, command: str = "validate") -> tuple[RunCo
     warnings = engine_preflight(config)
     _output_dir_apart(config)
     storage.check_writable(config.output_dir)
+    ctx.layout.check_version()
     if command in TRAINS:
         for i, source in enumerate(config.train.replay):
             _readable(InputConfig(path=source.path, text_field=source.text_field), f"train.replay[{i}].path")

@@ -93,3 +93,25 @@ def test_curation_id_changes_with_settings_and_inputs_but_not_with_enabled():
     assert curation_id(base, ["a", "b"]) != curation_id(base, ["a", "b", "c"])
     assert curation_id(base, ["a"]) != curation_id(curate("curate.min_grounding=0.6"), ["a"])
     assert curation_id(base, ["a"]) == curation_id(curate("curate.min_grounding=0.5", "curate.enabled=true"), ["a"])
+
+
+def test_layout_version_recorded_once_and_another_version_refused(tmp_path):
+    from ray_entigraph import storage
+    from ray_entigraph.errors import LayoutVersionError
+    from ray_entigraph.layout import LAYOUT_VERSION
+
+    new = Layout(str(tmp_path / "new"))
+    assert new.layout_version() is None
+    new.check_version()  # a new folder: nothing to refuse, nothing written without create
+    assert new.layout_version() is None
+    new.check_version(create=True)
+    assert new.layout_version() == LAYOUT_VERSION
+    new.check_version(create=True)  # idempotent
+    # a run folder from before versions were recorded (layout 1): a config.yaml and no _layout.json
+    old = Layout(str(tmp_path / "old"))
+    storage.write_text(old.config_url, "seed: 0\n")
+    with pytest.raises(LayoutVersionError, match=r"layout version 1.*reads and writes layout 2.*Fix: set output_dir"):
+        old.check_version(create=True)
+    storage.write_text(new.layout_url, '{"layout_version": 3}')
+    with pytest.raises(LayoutVersionError, match="layout version 3"):
+        new.check_version()

@@ -44,6 +44,7 @@ def test_a_marker_without_statistics_counts_as_a_shard_and_nothing_else():
 
 def test_run_state_shows_the_curated_folder_the_run_recorded_and_what_this_run_did(tmp_path):
     out = str(tmp_path)
+    Layout(out).check_version(create=True)  # as every run's first write does
     _commit(out, schema.SYNTHESIZE, ["old"], num_ok=2, num_prompt_tokens=20, num_generated_tokens=10)
     time.sleep(0.01)
     started = time.time()
