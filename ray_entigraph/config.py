@@ -455,6 +455,20 @@ class CostConfig(_Section):
                 + generated_tokens * (self.usd_per_million_generated_tokens or 0.0)) / 1e6
 
 
+class LeaseConfig(_Section):
+    ttl_s: float = Field(300.0, gt=0, description=(
+        "A run's lease on output_dir is stale once its last heartbeat is this old; another run may then take it "
+        "over (and the old run's late commits are refused)."))
+    heartbeat_s: float = Field(30.0, gt=0, description="How often a running command renews its lease.")
+
+    @model_validator(mode="after")
+    def _beats_within_ttl(self) -> "LeaseConfig":
+        if self.heartbeat_s * 2 > self.ttl_s:
+            raise ValueError(f"lease.heartbeat_s ({self.heartbeat_s:g}) must be at most half of lease.ttl_s "
+                             f"({self.ttl_s:g}), or a live run looks dead. Fix: lower lease.heartbeat_s.")
+        return self
+
+
 class EntiGraphConfig(_Section):
     output_dir: str = Field("runs/demo", description=(
         "Where every stage writes: a local path, s3://bucket/prefix, or any fsspec URL (S3 endpoint and credentials "
@@ -476,6 +490,7 @@ class EntiGraphConfig(_Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     ablation: AblationConfig = Field(default_factory=AblationConfig)
+    lease: LeaseConfig = Field(default_factory=LeaseConfig)
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> "EntiGraphConfig":

@@ -24,6 +24,7 @@ import hashlib
 import json
 import posixpath
 from dataclasses import dataclass
+from typing import Any
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import CurateConfig, EntiGraphConfig
@@ -85,9 +86,11 @@ def step_name(step: str) -> str:
 
 @dataclass(frozen=True)
 class Layout:
-    """The run folder of one `output_dir`."""
+    """The run folder of one `output_dir`. `fence`: the lease fence (lease.py) that every commit through
+    this layout's stores checks first; None for readers."""
 
     output_dir: str
+    fence: Any = None
 
     def url(self, *parts: str) -> str:
         return storage.join(self.output_dir, *parts)
@@ -136,7 +139,7 @@ class Layout:
         return self.url(STEPS_DIR, step_name(step) + ".json")
 
     def store(self, stage: str) -> storage.StageStore:
-        return storage.StageStore(self.output_dir, stage)
+        return storage.StageStore(self.output_dir, stage, fence=self.fence)
 
     @property
     def documents(self) -> storage.StageStore:

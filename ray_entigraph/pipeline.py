@@ -16,6 +16,8 @@ from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import RunContext
 from ray_entigraph.engines import preflight
 from ray_entigraph.errors import EntiGraphError, StageFailed, explain_stage_failure, is_worker_failure
+from ray_entigraph.layout import Layout
+from ray_entigraph.lease import fenced_layout, lease_for
 from ray_entigraph.runtime import init_ray, save_resolved_config
 from ray_entigraph.stages.base import Stage, check_errors, run_stage
 from ray_entigraph.stages.curate import DROP_CATEGORIES, Curate
@@ -167,15 +169,18 @@ def synthesize(config: EntiGraphConfig, ingest_only: bool = False, ctx: RunConte
     for warning in preflight(config):  # so does an engine that cannot work
         logger.warning("%s", warning)
     storage.check_writable(config.output_dir)
-    save_resolved_config(config)
-    state = RunState(ctx, "synthesize")
-    init_ray(config)
-    stages = [cls() for cls in STAGES]
-    stages = [s for s in stages if s.enabled(ctx) and (not ingest_only or isinstance(s, Ingest))]
-    totals = run_stages(ctx, stages, state)
-    summary = summarize(ctx, time.time() - state.started, totals)
-    state.finished(summary.__dict__)
-    return summary
+    Layout(config.output_dir).check_version(create=True)
+    with lease_for(config, "synthesize"):  # one writer per output_dir; every commit checks the fence
+        ctx.layout = fenced_layout(config.output_dir)
+        save_resolved_config(config)
+        state = RunState(ctx, "synthesize")
+        init_ray(config)
+        stages = [cls() for cls in STAGES]
+        stages = [s for s in stages if s.enabled(ctx) and (not ingest_only or isinstance(s, Ingest))]
+        totals = run_stages(ctx, stages, state)
+        summary = summarize(ctx, time.time() - state.started, totals)
+        state.finished(summary.__dict__)
+        return summary
 
 
 def summarize(ctx: RunContext, wall_s: float, run_totals: dict[str, ledger.StageTotals]) -> SynthesisSummary:

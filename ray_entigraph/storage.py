@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any, Iterator
 
 import fsspec
+import fsspec.asyn
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -99,6 +100,108 @@ def write_text(url: str, text: str) -> None:
     write_bytes(url, text.encode("utf-8"))
 
 
+class VersionConflict(Exception):
+    """A conditional write lost: the object exists (create) or changed since it was read (replace)."""
+
+
+def _local_version(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def create_exclusive(url: str, data: bytes) -> str:
+    """Write an object only if it does not exist (a local hard link of a complete temporary file, which fails
+    if the name is taken; an S3 PUT with If-None-Match: *). Returns its version; raises VersionConflict."""
+    fs, path = filesystem(url)
+    if is_local(url):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise VersionConflict(url) from None
+        finally:
+            os.unlink(tmp)
+        return _local_version(data)
+    if fs.exists(path) and not _is_s3(fs):
+        raise VersionConflict(url)
+    try:
+        out = fs.pipe_file(path, data, mode="create") if _is_s3(fs) else fs.pipe_file(path, data)
+    except Exception as exc:  # noqa: BLE001 - s3fs maps 412 to several exception types
+        if _precondition_failed(exc):
+            raise VersionConflict(url) from None
+        raise
+    return _etag(out) or read_versioned(url)[1]
+
+
+def read_versioned(url: str) -> tuple[bytes, str]:
+    """(content, version) read together: a hash locally, the ETag of the same GET on S3."""
+    fs, path = filesystem(url)
+    if is_local(url):
+        data = read_bytes(url)
+        return data, _local_version(data)
+    if _is_s3(fs):
+        bucket, key, _ = fs.split_path(path)
+
+        async def get() -> tuple[bytes, str]:
+            out = await fs._call_s3("get_object", Bucket=bucket, Key=key)
+            body = out["Body"]
+            try:
+                return await body.read(), _etag(out)
+            finally:
+                body.close()
+
+        return fsspec.asyn.sync(fs.loop, get)
+    data = read_bytes(url)
+    return data, _local_version(data)
+
+
+def replace_if(url: str, data: bytes, version: str) -> str:
+    """Overwrite an object only if it is still at `version` (a lock-guarded compare locally, If-Match on
+    S3). Returns the new version; raises VersionConflict."""
+    fs, path = filesystem(url)
+    if is_local(url):
+        import fcntl
+
+        with open(f"{path}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                if not os.path.exists(path) or _local_version(read_bytes(url)) != version:
+                    raise VersionConflict(url)
+                write_bytes(url, data)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        return _local_version(data)
+    if not _is_s3(fs):  # no conditional write known for this filesystem: compare, then write (not atomic)
+        if read_versioned(url)[1] != version:
+            raise VersionConflict(url)
+        write_bytes(url, data)
+        return _local_version(data)
+    try:
+        out = fs.pipe_file(path, data, IfMatch=version)
+    except Exception as exc:  # noqa: BLE001
+        if _precondition_failed(exc) or isinstance(exc, FileNotFoundError):
+            raise VersionConflict(url) from None
+        raise
+    return _etag(out) or read_versioned(url)[1]
+
+
+def _is_s3(fs) -> bool:
+    return "s3" in (fs.protocol if isinstance(fs.protocol, (tuple, list)) else (fs.protocol,))
+
+
+def _etag(response) -> str:
+    return str((response or {}).get("ETag", "")).strip('"') if isinstance(response, dict) else ""
+
+
+def _precondition_failed(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc} {exc.__cause__!r}"
+    return any(w in text for w in ("PreconditionFailed", "Precondition Failed", "412", "ConditionalRequestConflict"))
+
+
 def list_files(url: str, suffix: str = "") -> list[str]:
     """Files directly under `url` ending in `suffix`, as URLs, sorted; [] when the folder does not exist."""
     fs, path = filesystem(url)
@@ -161,6 +264,7 @@ class StageStore:
 
     output_dir: str
     stage: str
+    fence: Any = None  # an object whose check() raises when this run no longer holds output_dir (lease.Fence)
 
     @property
     def url(self) -> str:
@@ -192,6 +296,8 @@ class StageStore:
             entry.update(error_rows=errors.num_rows, error_file=f"{ERRORS}/{self.stage}/{name}.parquet")
         else:
             entry.update(error_rows=0, error_file=None)
+        if self.fence is not None:  # the marker makes the shard visible: only the lease holder may write it
+            self.fence.check()
         write_text(join(self.committed_url, f"{name}.json"), json.dumps(entry, sort_keys=True))
         return entry
 

@@ -7,7 +7,7 @@ Floors, lowest first (docs/architecture.md draws the same picture):
   2 config, prompts/, demo/                   typed config, prompt sets, built-in corpora
   3 layout, inputs                            where things live; reading the user's input
   4 engines/                                  the engine seam and its implementations
-  5 context, runtime                          the run resolved once; starting Ray
+  5 context, runtime, lease                   the run resolved once; starting Ray; one writer per output_dir
   6 ledger                                    commit markers -> totals, progress, run state
   7 stages/                                   each stage's driver half and worker half
   8 pipeline, estimate                        the stage order; the dry run
@@ -31,7 +31,7 @@ FLOORS = {
     "demo": 2,
     "layout": 3, "inputs": 3,
     "engines": 4,
-    "context": 5, "runtime": 5,
+    "context": 5, "runtime": 5, "lease": 5,
     "ledger": 6,
     "stages": 7,
     "pipeline": 8, "estimate": 8,

@@ -21,7 +21,7 @@ import pyarrow as pa
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import CurateConfig, EntiGraphConfig
-from ray_entigraph.layout import shard_basename
+from ray_entigraph.layout import Layout, shard_basename
 from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import PromptSet, render
 from ray_entigraph.stages.base import Stage, StagePlan, commit_unit, error_row, items
@@ -84,6 +84,7 @@ class CurateJob:
     doc_index: dict[str, str]
     judge_stage: str | None  # judged/<id> when curate.judge
     stage: str  # curated/<id>
+    layout: Layout  # where to commit (with the run's lease fence)
 
 
 def _load_shard(url: str, job: CurateJob):
@@ -147,7 +148,7 @@ def candidate_pairs(group: pa.Table) -> pa.Table:
 
 def commit_batch(batch: dict, *, job: CurateJob, duplicates: dict[str, str]) -> pa.Table:
     """Pass 2: curate one synthetic shard, drop the duplicates, commit the curated shard and its drop log."""
-    store = storage.StageStore(job.config.output_dir, job.stage)
+    store = job.layout.store(job.stage)
     tables = []
     for url in batch["url"]:
         started = time.time()
@@ -195,7 +196,7 @@ class Curate(Stage):
         if not todo:
             return StagePlan(totals)
         job = CurateJob(ctx.config, ctx.prompts, ctx.documents(),
-                        ctx.judge_stage if ctx.config.curate.judge else None, stage)
+                        ctx.judge_stage if ctx.config.curate.judge else None, stage, ctx.layout)
         return StagePlan(totals, dataset=items([{"url": u} for u in todo]), units=len(todo), unit="shards",
                          per_row_units=1, worker_args={"job": job, "sources": sources})
 

@@ -43,12 +43,12 @@ def retry_sampling(base, attempt: int):
 class EntityExtractionWorker:
     """Ray Data callable: documents -> entities rows, one committed shard per call."""
 
-    def __init__(self, config: EntiGraphConfig, prompts: PromptSet, constrained: bool):
+    def __init__(self, config: EntiGraphConfig, prompts: PromptSet, constrained: bool, layout: Layout | None = None):
         self.config = worker_config(config)
         self.engine = make_engine(self.config)
         self.prompts = prompts
         self.constrained = constrained  # the request key says so too (RunContext.extraction_key)
-        self.store = Layout(config.output_dir).entities
+        self.store = (layout or Layout(config.output_dir)).entities
 
     def __call__(self, batch):
         started = time.time()
@@ -145,5 +145,6 @@ class Extract(Stage):
 
     def apply(self, ctx, plan):
         return units_of_work(plan.dataset, ctx.config).map_batches(
-            EntityExtractionWorker, fn_constructor_args=(ctx.config, ctx.prompts, ctx.constrained_extraction),
+            EntityExtractionWorker,
+            fn_constructor_args=(ctx.config, ctx.prompts, ctx.constrained_extraction, ctx.layout),
             **model_actor_kwargs(ctx.config))

@@ -63,10 +63,10 @@ def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, coun
 class IngestWorker:
     """Ray Data callable: a batch of input files -> one committed documents shard per call."""
 
-    def __init__(self, config: EntiGraphConfig):
+    def __init__(self, config: EntiGraphConfig, layout: Layout | None = None):
         self.config = config
         self.tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
-        self.store = Layout(config.output_dir).documents
+        self.store = (layout or Layout(config.output_dir)).documents
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -110,7 +110,7 @@ class Ingest(Stage):
     def apply(self, ctx, plan):
         kwargs = model_actor_kwargs(ctx.config)
         kwargs["batch_size"] = 1  # one input file per committed shard: deterministic shard contents
-        return plan.dataset.map_batches(IngestWorker, fn_constructor_args=(ctx.config,), **kwargs)
+        return plan.dataset.map_batches(IngestWorker, fn_constructor_args=(ctx.config, ctx.layout), **kwargs)
 
     def finish(self, ctx, totals: StageTotals) -> StageTotals:
         """Documents are counted only once the files are read; the run's document index is rebuilt."""

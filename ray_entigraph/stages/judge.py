@@ -25,7 +25,7 @@ from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import JUDGE_SAMPLING_FIELDS
 from ray_entigraph.engines import GenerationRequest, GenerationResult, SamplingParams, make_engine
-from ray_entigraph.layout import shard_basename
+from ray_entigraph.layout import Layout, shard_basename
 from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import ChatTemplate, render, render_chat
 from ray_entigraph.stages.base import (
@@ -116,12 +116,12 @@ class JudgeWorker:
     """Ray Data callable on an actor pool: synthetic shard URLs -> one committed judged shard each."""
 
     def __init__(self, config: EntiGraphConfig, template: ChatTemplate, prompt_version: str, constrained: bool,
-                 stage: str, doc_index: dict[str, str]):
+                 stage: str, doc_index: dict[str, str], layout: Layout | None = None):
         self.config = worker_config(config)  # the judge's config (context.judge_config)
         self.template, self.prompt_version, self.constrained = template, prompt_version, constrained
         self.engine = make_engine(self.config)
         self.doc_index = doc_index
-        self.store = storage.StageStore(config.output_dir, stage)
+        self.store = (layout or Layout(config.output_dir)).store(stage)
 
     def __call__(self, batch: dict):
         return pa.concat_tables([self._judge_shard(str(url)) for url in batch["url"]])
@@ -182,5 +182,5 @@ class Judge(Stage):
         kwargs = model_actor_kwargs(ctx.judge_config)
         kwargs.update(batch_size=1, batch_format="numpy")  # one synthetic shard per call = one judged shard
         args = (ctx.judge_config, ctx.judge_template(), ctx.judge_prompts.version, ctx.constrained_judge,
-                self.folder(ctx), ctx.documents())
+                self.folder(ctx), ctx.documents(), ctx.layout)
         return plan.dataset.map_batches(JudgeWorker, fn_constructor_args=args, **kwargs)

@@ -66,13 +66,13 @@ def relation_request(prompts: PromptSet, group: dict, task: dict, sampling) -> G
 class RelationSynthesisWorker:
     """Ray Data callable: a batch of task groups -> synthetic rows, one committed shard per call."""
 
-    def __init__(self, config: EntiGraphConfig, prompts: PromptSet):
+    def __init__(self, config: EntiGraphConfig, prompts: PromptSet, layout: Layout | None = None):
         self.config = worker_config(config)
         self.engine = make_engine(self.config)
         self.prompts = prompts
         self.sampling = sampling_params(self.config.synthesis.sampling)
         self.sampling_json = json.dumps(self.config.synthesis.sampling.key(), sort_keys=True)
-        self.store = Layout(config.output_dir).synthetic
+        self.store = (layout or Layout(config.output_dir)).synthetic
 
     def __call__(self, batch):
         started = time.time()
@@ -153,5 +153,6 @@ class Synthesize(Stage):
 
     def apply(self, ctx, plan):
         return units_of_work(plan.dataset, ctx.config).map_batches(
-            RelationSynthesisWorker, fn_constructor_args=(ctx.config, ctx.prompts), **model_actor_kwargs(ctx.config))
+            RelationSynthesisWorker, fn_constructor_args=(ctx.config, ctx.prompts, ctx.layout),
+            **model_actor_kwargs(ctx.config))
 

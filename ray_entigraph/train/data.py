@@ -74,8 +74,9 @@ def read_texts(unit: dict) -> list[str]:
 class PackWorker:
     """Ray Data callable: input units -> committed block shards, one per unit."""
 
-    def __init__(self, config: EntiGraphConfig):
+    def __init__(self, config: EntiGraphConfig, layout: Layout | None = None):
         self.config = config
+        self.layout = layout or Layout(config.output_dir)
         self.tokenizer = load_tokenizer(base_model_name(self.config), self.config.model.cache_dir)
 
     def __call__(self, batch):
@@ -89,7 +90,7 @@ class PackWorker:
             ids = (self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
                    if texts else [])
             blocks, leftover = pack_token_lists(ids, self.config.train.block_len, self.tokenizer.eos_token_id)
-            store = Layout(self.config.output_dir).blocks(unit["source"])
+            store = self.layout.blocks(unit["source"])
             table = pa.table({"input_ids": pa.array(blocks, type=pa.list_(pa.int32()))}, schema=schema.BLOCKS)
             entry = store.commit(table, None, keys=unit_keys(self.config, unit), stats={
                 "source": unit["source"], "source_file": unit["url"], "num_texts": len(texts),
@@ -120,7 +121,7 @@ def run_pack(config: EntiGraphConfig, ctx: RunContext | None = None) -> dict[str
             todo.append(unit)
     if todo:
         ds = ray.data.from_items(todo).map_batches(
-            PackWorker, fn_constructor_args=(config,), batch_size=1, batch_format="pyarrow",
+            PackWorker, fn_constructor_args=(config, ctx.layout), batch_size=1, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(config.resources.max_actors, 1)), num_cpus=1,
         )
         for _ in ds.iter_rows():

@@ -18,7 +18,8 @@ from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import RunContext
 from ray_entigraph.errors import ConfigError
-from ray_entigraph.layout import train_url
+from ray_entigraph.layout import Layout, train_url
+from ray_entigraph.lease import fenced_layout, lease_for
 from ray_entigraph.runtime import init_ray, save_resolved_config
 from ray_entigraph.train.data import block_files, run_pack
 from ray_entigraph.train.loop import train_loop_per_worker
@@ -120,12 +121,19 @@ def _storage_args(url: str) -> dict:
 
 def run_train(config: EntiGraphConfig, ctx: RunContext | None = None) -> TrainSummary:
     """Pack, mix and train with Ray Train; `ctx`: the run's context when the caller resolved it already."""
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig  # lazy: Ray Train loads only to train
-    from ray.train.torch import TorchTrainer
-
     started = time.time()
     ctx = ctx or RunContext.resolve(config)
     storage.check_writable(config.output_dir)
+    Layout(config.output_dir).check_version(create=True)
+    with lease_for(config, "train"):  # one writer per output_dir; packing commits check the fence
+        ctx.layout = fenced_layout(config.output_dir)
+        return _train(config, ctx, started)
+
+
+def _train(config: EntiGraphConfig, ctx: RunContext, started: float) -> TrainSummary:
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig  # lazy: Ray Train loads only to train
+    from ray.train.torch import TorchTrainer
+
     save_resolved_config(config)
     init_ray(config)
     counts = run_pack(config, ctx)

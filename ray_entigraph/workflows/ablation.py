@@ -22,6 +22,7 @@ from ray_entigraph.errors import ConfigError
 from ray_entigraph.eval.launch import BASE_LABEL, run_eval
 from ray_entigraph.eval.report import bootstrap_ci, paired_delta
 from ray_entigraph.layout import base_model_name, train_url
+from ray_entigraph.lease import leased
 from ray_entigraph.pipeline import synthesize
 from ray_entigraph.runtime import init_ray
 from ray_entigraph.train.data import run_pack
@@ -103,6 +104,7 @@ class AblationRun:
     config: EntiGraphConfig | None = None
 
 
+@leased("ablate")
 def ablate(config: EntiGraphConfig) -> AblationSummary:
     """Synthesis variants and filters trained at equal synthetic tokens and equal steps, evaluated alike."""
     started = time.time()

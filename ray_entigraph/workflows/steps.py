@@ -24,6 +24,7 @@ from ray_entigraph.config import EntiGraphConfig, section_hash
 from ray_entigraph.context import RunContext
 from ray_entigraph.errors import ConfigError
 from ray_entigraph.eval.launch import run_eval
+from ray_entigraph.lease import leased
 from ray_entigraph.pipeline import synthesize
 from ray_entigraph.train.launch import run_train
 from ray_entigraph.workflows.preflight import preflight
@@ -109,6 +110,7 @@ def run_step(config: EntiGraphConfig, step: str, kind: str, fn: Callable[[], obj
     return result
 
 
+@leased("run")
 def run(config: EntiGraphConfig, until: str | None = None) -> dict[str, dict]:
     """synthesize -> train -> eval on one output_dir; `until` stops after the named step."""
     if until is not None and until not in STEPS:

@@ -18,6 +18,7 @@ from ray_entigraph.errors import ConfigError
 from ray_entigraph.eval.curve import fit, terms_for
 from ray_entigraph.eval.launch import BASE_LABEL, run_eval
 from ray_entigraph.layout import base_model_name, train_url
+from ray_entigraph.lease import leased
 from ray_entigraph.pipeline import synthesize
 from ray_entigraph.runtime import init_ray
 from ray_entigraph.train.data import run_pack
@@ -60,6 +61,7 @@ def sweep_budgets(config: EntiGraphConfig, available_blocks: int) -> list[int]:
     return sorted(b * block for b in blocks)
 
 
+@leased("sweep")
 def sweep(config: EntiGraphConfig) -> SweepSummary:
     """EntiGraph at several synthetic token budgets, plus the baselines, trained and evaluated alike."""
     started = time.time()
