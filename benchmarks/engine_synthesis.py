@@ -83,7 +83,7 @@ def main() -> None:  # noqa: C901 - a linear script
     from ray_entigraph.engines import make_engine, sampling_params
     from ray_entigraph.engines.bundled import resolve_model_path
     from ray_entigraph.inputs import list_input_files
-    from ray_entigraph.stages.plan import entigraph_tasks, group_tasks
+    from ray_entigraph.planning import entigraph_tasks, group_tasks
     from ray_entigraph.stages.synthesize import relation_request
     from ray_entigraph.text.identity import doc_id_for, normalise_text
     from ray_entigraph.text.parse import heuristic_entities

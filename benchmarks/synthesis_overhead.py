@@ -36,7 +36,7 @@ def main() -> None:  # noqa: C901 - a linear script
     from ray_entigraph.config import load_config
     from ray_entigraph.context import RunContext
     from ray_entigraph.inputs import DEMO_CORPUS, list_input_files
-    from ray_entigraph.stages.plan import entigraph_tasks, group_tasks
+    from ray_entigraph.planning import entigraph_tasks, group_tasks
     from ray_entigraph.stages.synthesize import RelationSynthesisWorker
     from ray_entigraph.text.identity import doc_id_for, normalise_text
     from ray_entigraph.text.parse import heuristic_entities

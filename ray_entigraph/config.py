@@ -476,6 +476,10 @@ class EntiGraphConfig(_Section):
     seed: int = Field(0, description="Run seed; every random choice derives from (seed, doc_id, kind).")
     max_error_fraction: float = Field(0.5, ge=0.0, le=1.0, description=(
         "Fail the stage when more than this share of its requests fail."))
+    num_partitions: int = Field(16, ge=1, le=65536, description=(
+        "Documents are split by a hash of their id into this many partitions; every stage commits, seals and "
+        "resumes partition by partition, so the driver reads O(partitions) objects. Fixed when output_dir is "
+        "first written (recorded in its _layout.json). Aim for a few partitions per model replica at least."))
     input: InputConfig = Field(default_factory=InputConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)

@@ -5,9 +5,9 @@ the judge decode under a JSON schema, and names every stage folder. Everything i
 Ray or a model starts. Stages receive the context explicitly; actors receive the typed pieces they need
 (config, prompt set), built once per actor, never per row.
 
-The context holds references (files, folders, prompt sets), not per-document data. The one exception is the
-document index (doc_id -> documents shard), built once per run after ingest; a later version keeps it on
-the workers, partitioned by doc_id.
+The context holds references (files, folders, prompt sets) and identities, never per-document data: stages
+plan and read on the workers, partition by partition (partitions.py). The stage identities name what each
+stage's sealed partitions were computed from, so a resume with nothing new to do reads one summary per stage.
 """
 
 from __future__ import annotations
@@ -19,10 +19,19 @@ from dataclasses import dataclass, field
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.corpus import Corpus, document_index
 from ray_entigraph.engines import constrains_json
 from ray_entigraph.errors import PromptError
 from ray_entigraph.inputs import list_input_files
-from ray_entigraph.layout import Layout, curation_id, extraction_key, judge_id
+from ray_entigraph.layout import (
+    Layout,
+    curation_id,
+    extraction_id,
+    extraction_key,
+    judge_id,
+    stage_identity,
+    synthesis_id,
+)
 from ray_entigraph.prompts import (
     EXTRACT_VALUES,
     JUDGE_VALUES,
@@ -58,6 +67,7 @@ class RunContext:
     constrained_extraction: bool  # extraction decodes under a JSON schema (part of its request key)
     constrained_judge: bool
     _documents: dict[str, str] | None = field(default=None, repr=False)
+    _file_ids: list[tuple[str, str, str]] | None = field(default=None, repr=False)
 
     @classmethod
     def resolve(cls, config: EntiGraphConfig, *, list_inputs: bool = True) -> "RunContext":
@@ -66,7 +76,8 @@ class RunContext:
         prompts = load_prompt_set(config.synthesis.prompts)
         judging = config.curate.enabled and config.curate.judge
         judge_prompts = load_prompt_set(config.curate.judge_prompts) if judging else None
-        ctx = cls(config=config, layout=Layout(config.output_dir), input_files=files, prompts=prompts,
+        ctx = cls(config=config, layout=Layout(config.output_dir, num_partitions=config.num_partitions),
+                  input_files=files, prompts=prompts,
                   judge_prompts=judge_prompts, constrained_extraction=constrains_json(config),
                   constrained_judge=constrains_json(judge_config(config)))
         ctx.required_templates()
@@ -108,10 +119,60 @@ class RunContext:
     # -- identities and folders ---------------------------------------------------------------------------
 
     def input_identity(self) -> str:
-        """A hash of the input files as they are now (names, sizes, versions): an edited or added file
-        changes it. One metadata request per file."""
-        blob = json.dumps([storage.file_identity(url) for url, _ in self.input_files], sort_keys=True)
+        """A hash of the input files as they are now (names, sizes, versions) and of how they are read: an
+        edited or added file changes it. One metadata request per file, once per run."""
+        blob = json.dumps(sorted(fid for _, _, fid in self.file_ids()), sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def file_ids(self) -> list[tuple[str, str, str]]:
+        """(url, format, file id) of every input file: the id hashes the file's identity (url, size, version:
+        mtime or ETag) and the settings that turn it into documents, and names its ingest marker."""
+        if self._file_ids is None:
+            c = self.config
+            reading = {"ingest": c.ingest.model_dump(mode="json"), "tokenizer": c.model.name,
+                       "fields": [c.input.text_field, c.input.title_field, c.input.format]}
+            self._file_ids = []
+            for url, fmt in self.input_files:
+                blob = json.dumps({"file": storage.file_identity(url), "reading": reading}, sort_keys=True)
+                self._file_ids.append((url, fmt, "f" + hashlib.sha256(blob.encode()).hexdigest()[:32]))
+        return self._file_ids
+
+    @property
+    def documents_identity(self) -> str:
+        """What the documents partitions hold: the current input files, read this way, capped so."""
+        return stage_identity(schema.INGEST, self.input_identity(), self.config.input.max_documents)
+
+    @property
+    def extraction_id(self) -> str:
+        return extraction_id(self.config, prompt_version=self.prompts.version, constrained=self.constrained_extraction)
+
+    @property
+    def entities_identity(self) -> str:
+        return stage_identity(schema.EXTRACT, self.documents_identity, self.extraction_id)
+
+    @property
+    def synthesis_id(self) -> str:
+        entigraph = self.config.synthesis.augmenter == "entigraph"
+        return synthesis_id(self.config, prompt_version=self.prompts.version,
+                            extraction=self.extraction_id if entigraph else None)
+
+    @property
+    def synthetic_identity(self) -> str:
+        """What the synthetic partitions hold: the entities (or documents) above, this synthesis, this plan."""
+        entigraph = self.config.synthesis.augmenter == "entigraph"
+        upstream = self.entities_identity if entigraph else self.documents_identity
+        plan = self.config.plan.model_dump(mode="json")
+        plan.pop("tasks_per_group")  # how requests are grouped does not change which rows exist
+        return stage_identity(schema.SYNTHESIZE, upstream, self.synthesis_id, plan,
+                              sorted(self.prompts.rephrase) if not entigraph else None)
+
+    @property
+    def entities_store(self):
+        return self.layout.entities(self.extraction_id)
+
+    @property
+    def synthetic_store(self):
+        return self.layout.synthetic(self.synthesis_id)
 
     def extraction_key(self, doc_id: str) -> str:
         return extraction_key(self.config, doc_id, prompt_version=self.prompts.version,
@@ -130,44 +191,26 @@ class RunContext:
                                             constrained=self.constrained_judge, sampling=JUDGE_SAMPLING_FIELDS))
 
     def curated_stage(self) -> str:
-        """The curated/<id> folder for the current curate settings and the synthetic shards committed now
-        (read from storage each call: synthesis adds shards)."""
-        shards = [e["shard"] for e in self.layout.synthetic.manifest_entries() if e.get("rows", 0) > 0]
-        return Layout.curated_stage(curation_id(self.config.curate, shards))
-
-    def training_corpus_stage(self) -> str:
-        """The stage whose rows training reads as the synthetic corpus: the curated copy when curate is on."""
-        return self.curated_stage() if self.config.curate.enabled else schema.SYNTHESIZE
+        """The curated/<id> folder for the current curate settings and synthetic corpus."""
+        return Layout.curated_stage(curation_id(self.config.curate, self.synthetic_identity))
 
     # -- documents ----------------------------------------------------------------------------------------
 
     def documents(self) -> dict[str, str]:
-        """doc_id -> the committed documents shard to read it from, for the *current* input files only (an
-        output_dir reused with other inputs keeps its old documents out), each document once (the same text
-        in two files is one document), capped at input.max_documents. Built once; `refresh_documents` after
-        ingest commits more."""
+        """doc_id -> the documents shard to read it from, for the current documents. O(documents) on the
+        driver: only curate and the judge use it (they move onto partitions next); every other stage reads
+        documents partition by partition on the workers (corpus.py)."""
         if self._documents is None:
-            self._documents = self._index_documents()
+            self._documents = document_index(self.corpus())
         return self._documents
 
     def refresh_documents(self) -> None:
         self._documents = None
 
-    def _index_documents(self) -> dict[str, str]:
-        current = {url for url, _ in self.input_files}
-        store = self.layout.documents
-        index: dict[str, str] = {}
-        for entry in store.manifest_entries():
-            if entry.get("source") not in current or not entry.get("rows"):
-                continue
-            url = storage.join(store.url, entry["file"])
-            for doc_id in storage.read_parquet(url, ["doc_id"]).column("doc_id").to_pylist():
-                index.setdefault(doc_id, url)
-        doc_ids = sorted(index)
-        if self.config.input.max_documents is not None:
-            doc_ids = doc_ids[: self.config.input.max_documents]
-        return {d: index[d] for d in doc_ids}
-
-    def document_shards(self) -> list[str]:
-        return sorted(set(self.documents().values()))
+    def corpus(self):
+        """The picklable description of the current corpus that workers read partitions with (corpus.py)."""
+        return Corpus(config=self.config, prompts=self.prompts, constrained_extraction=self.constrained_extraction,
+                      documents=self.layout.documents, documents_identity=self.documents_identity,
+                      entities=self.entities_store, entities_identity=self.entities_identity,
+                      synthetic=self.synthetic_store, synthetic_identity=self.synthetic_identity).with_summaries()
 

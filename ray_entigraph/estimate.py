@@ -3,11 +3,12 @@ for the configured budget, with no Ray and no model (only the tokenizer)."""
 
 from __future__ import annotations
 
-from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import RunContext
+from ray_entigraph.corpus import read_entities
 from ray_entigraph.engines.hf import load_tokenizer
 from ray_entigraph.inputs import records_from_file
+from ray_entigraph.partitions import partition_of
 from ray_entigraph.prompts import render_chat
 from ray_entigraph.stages.ingest import documents_from_record
 from ray_entigraph.text.plan import estimate_synthesis
@@ -46,11 +47,11 @@ def dry_run(config: EntiGraphConfig, assume_entities: int = DEFAULT_ASSUMED_ENTI
 
     known = {}
     if config.synthesis.augmenter == "entigraph":
-        keys = {ctx.extraction_key(d): d for d in doc_tokens}
-        for url in ctx.layout.entities.shard_urls():
-            for row in storage.read_parquet(url, ["request_key", "entities"]).to_pylist():
-                if row["request_key"] in keys:
-                    known[keys[row["request_key"]]] = len(row["entities"] or [])
+        corpus = ctx.corpus()
+        for p in range(corpus.num_partitions):  # the dry run reads on the driver: it starts no Ray
+            for row in read_entities(corpus, p, [{"doc_id": d} for d in doc_tokens
+                                                 if partition_of(d, corpus.num_partitions) == p]):
+                known[row["doc_id"]] = len(row["entities"] or [])
     entity_counts = {d: known.get(d, assume_entities) for d in doc_tokens}
     rephrase = None
     if config.synthesis.augmenter == "rephrase":

@@ -6,7 +6,12 @@ instead of joining paths themselves:
     _layout.json                               the layout version (checked before anything is read)
     _lease.json                                who is writing here now (lease.py)
     config.yaml  run.json                      the resolved config; the last invocation's state
-    documents/  entities/  synthetic/          stage shards (+ _committed/ markers, errors/<stage>/)
+    documents/p=<k>/                           documents, partitioned by doc_id (partitions.py)
+    documents/_files/<file id>.json            one input file (url, size, version) ingested
+    entities/<extraction id>/p=<k>/            one extraction identity's entities, partitioned
+    synthetic/<synthesis id>/p=<k>/            one synthesis identity's rows, partitioned
+    <partitioned stage>/_manifest/             sealed partitions and the stage summary
+    errors/<stage>/...                         failed and rejected rows, beside each stage's layout
     judged/<judge id>/                         a judge model's ratings (curate.judge)
     curated/<curation id>/                     the curated corpus (curate.enabled)
     train/blocks/<source>/                     packed training blocks, shared by every training
@@ -29,6 +34,7 @@ from typing import Any
 from ray_entigraph import schema, storage
 from ray_entigraph.config import CurateConfig, EntiGraphConfig
 from ray_entigraph.errors import LayoutVersionError
+from ray_entigraph.partitions import PartitionedStore
 from ray_entigraph.text.identity import request_key
 
 # The storage layout this version reads and writes. 2: 128-bit doc and request ids, shard names and request
@@ -67,14 +73,38 @@ def extraction_key(config: EntiGraphConfig, doc_id: str, *, prompt_version: str,
     )
 
 
+def extraction_id(config: EntiGraphConfig, *, prompt_version: str, constrained: bool) -> str:
+    """Names the entities/ folder: everything in an extraction's request key except the document."""
+    x = config.extract
+    return _short_hash({"model": config.model.name, "prompts": prompt_version, "seed": config.seed,
+                        "sampling": x.sampling.key(), "max_attempts": x.max_attempts, "fallback": x.fallback,
+                        "max_entities": x.max_entities, "min_entities": x.min_entities,
+                        "grounded": x.require_entities_in_document, "constrained": constrained})
+
+
+def synthesis_id(config: EntiGraphConfig, *, prompt_version: str, extraction: str | None) -> str:
+    """Names the synthetic/ folder: what determines a synthetic row's text besides its document and entities
+    (model, prompt version, sampling, seed, augmenter, and the extraction its entities came from). Rows of
+    another identity stay in their own folder, never read with these."""
+    return _short_hash({"model": config.model.name, "prompts": prompt_version, "seed": config.seed,
+                        "sampling": config.synthesis.sampling.key(), "augmenter": config.synthesis.augmenter,
+                        "extraction": extraction})
+
+
+def stage_identity(*parts: object) -> str:
+    """A sealed partition's identity: what the stage's output of a partition depends on (the stage above's
+    identity and this stage's settings)."""
+    return _short_hash({"parts": [p for p in parts]})
+
+
 def judge_id(*, model: str, prompt_version: str, constrained: bool, sampling: dict) -> str:
     """Names the judged/ folder: another judge model, prompt or decoding never reuses these ratings."""
     return _short_hash({"model": model, "prompts": prompt_version, "constrained": constrained, "sampling": sampling})
 
 
-def curation_id(curate: CurateConfig, synthetic_shards: list[str]) -> str:
-    """Names the curated/ folder: the curate settings and the synthetic shards they read."""
-    return _short_hash({"curate": curate.identity(), "shards": sorted(synthetic_shards)})
+def curation_id(curate: CurateConfig, synthetic_identity: str) -> str:
+    """Names the curated/ folder: the curate settings and the synthetic corpus (its stage identity) they read."""
+    return _short_hash({"curate": curate.identity(), "synthetic": synthetic_identity})
 
 
 def step_name(step: str) -> str:
@@ -91,6 +121,7 @@ class Layout:
 
     output_dir: str
     fence: Any = None
+    num_partitions: int = 0  # 0: as recorded in the folder's _layout.json
 
     def url(self, *parts: str) -> str:
         return storage.join(self.output_dir, *parts)
@@ -102,6 +133,16 @@ class Layout:
     @property
     def lease_url(self) -> str:
         return self.url(LEASE_FILE)
+
+    def recorded(self) -> dict:
+        return json.loads(storage.read_text(self.layout_url)) if storage.exists(self.layout_url) else {}
+
+    @property
+    def partitions(self) -> int:
+        """The folder's partition count: the one given, else the one recorded."""
+        if self.num_partitions:
+            return self.num_partitions
+        return int(self.recorded().get("num_partitions") or 0)
 
     def layout_version(self) -> int | None:
         """The folder's layout version: its _layout.json; 1 for a run folder from before versions were
@@ -117,7 +158,8 @@ class Layout:
         found = self.layout_version()
         if found is None:
             if create:
-                storage.write_text(self.layout_url, json.dumps({"layout_version": LAYOUT_VERSION}))
+                storage.write_text(self.layout_url, json.dumps({"layout_version": LAYOUT_VERSION,
+                                                                "num_partitions": self.num_partitions}))
             return
         if found != LAYOUT_VERSION:
             from ray_entigraph import __version__
@@ -126,6 +168,12 @@ class Layout:
                 f"output_dir {self.output_dir!r} has storage layout version {found}; ray_entigraph {__version__} "
                 f"reads and writes layout {LAYOUT_VERSION} ({LAYOUT_FILE}). Fix: set output_dir to a new folder "
                 "(the old one stays readable by the version that wrote it), or delete it to start over.")
+        recorded = int(self.recorded().get("num_partitions") or 0)
+        if self.num_partitions and recorded and recorded != self.num_partitions:
+            raise LayoutVersionError(
+                f"output_dir {self.output_dir!r} is split into {recorded} partitions (its {LAYOUT_FILE}), but "
+                f"num_partitions is {self.num_partitions}. Fix: set num_partitions={recorded}, or use a new "
+                "output_dir.")
 
     @property
     def config_url(self) -> str:
@@ -141,17 +189,22 @@ class Layout:
     def store(self, stage: str) -> storage.StageStore:
         return storage.StageStore(self.output_dir, stage, fence=self.fence)
 
-    @property
-    def documents(self) -> storage.StageStore:
-        return self.store(schema.INGEST)
+    def partitioned(self, stage: str) -> PartitionedStore:
+        return PartitionedStore(self.output_dir, stage, self.partitions, fence=self.fence)
 
     @property
-    def entities(self) -> storage.StageStore:
-        return self.store(schema.EXTRACT)
+    def documents(self) -> PartitionedStore:
+        return self.partitioned(schema.INGEST)
 
-    @property
-    def synthetic(self) -> storage.StageStore:
-        return self.store(schema.SYNTHESIZE)
+    def files_url(self, *parts: str) -> str:
+        """documents/_files/: one marker per ingested input file."""
+        return self.url(schema.INGEST, "_files", *parts)
+
+    def entities(self, extraction: str) -> PartitionedStore:
+        return self.partitioned(f"{schema.EXTRACT}/{extraction}")
+
+    def synthetic(self, synthesis: str) -> PartitionedStore:
+        return self.partitioned(f"{schema.SYNTHESIZE}/{synthesis}")
 
     @staticmethod
     def judged_stage(judge: str) -> str:
@@ -172,9 +225,10 @@ class Layout:
         return self.url(EVAL_DIR, *parts)
 
     def stage_folders(self, extra: dict[str, str] | None = None) -> dict[str, str]:
-        """Every stage folder `status` reports, by stage name: the fixed ones plus the run's judged/ and
-        curated/ folders (`extra`, recorded in run.json by the run that resolved them)."""
-        return {**{s: s for s in schema.STAGES}, **(extra or {})}
+        """Every stage folder `status` reports, by stage name: documents, plus the run's entities/<id>,
+        synthetic/<id>, judged/<id> and curated/<id> folders (`extra`, recorded in run.json by the run that
+        resolved them, or named by its config)."""
+        return {schema.INGEST: schema.INGEST, **(extra or {})}
 
 
 def train_url(config: EntiGraphConfig, *parts: str) -> str:

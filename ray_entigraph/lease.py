@@ -197,9 +197,9 @@ def leased(command: str):
     return wrap
 
 
-def fenced_layout(output_dir: str) -> Layout:
-    """The layout of output_dir whose stores check this process's lease at every commit."""
-    return Layout(output_dir, fence=held_fence(output_dir))
+def fenced_layout(config) -> Layout:
+    """The layout of config.output_dir whose stores check this process's lease at every commit."""
+    return Layout(config.output_dir, fence=held_fence(config.output_dir), num_partitions=config.num_partitions)
 
 
 def held_fence(output_dir: str) -> Fence | None:

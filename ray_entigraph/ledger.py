@@ -54,9 +54,17 @@ class StageTotals:
             self.node_ids.append(node_id)
 
 
-def stage_totals(output_dir: str, stage: str, since: float | None = None) -> StageTotals:
-    """Totals over a stage's commit markers (those committed at or after `since`, when given)."""
+def stage_totals(output_dir: str, stage: str, since: float | None = None, num_partitions: int = 0) -> StageTotals:
+    """Totals over a stage's commit markers (those committed at or after `since`, when given): a partitioned
+    stage's from its summary or partition manifests (O(partitions) reads), another's from its markers."""
     totals = StageTotals(stage)
+    if stage.split("/")[0] in schema.STAGES:
+        t = Layout(output_dir, num_partitions=num_partitions).partitioned(stage).totals(since)
+        for k in ("num_shards", "num_ok", "num_failed", "num_prompt_tokens", "num_cached_tokens",
+                  "num_generated_tokens", "num_retries", "num_dropped"):
+            setattr(totals, k, int(t.get(k, 0)))
+        totals.busy_s, totals.hosts, totals.node_ids = float(t.get("busy_s", 0.0)), t["hosts"], t["node_ids"]
+        return totals
     for entry in storage.StageStore(output_dir, stage).manifest_entries():
         if since is None or entry.get("committed_at", 0) >= since:
             totals.add(entry)
@@ -69,15 +77,16 @@ def read_run_state(output_dir: str) -> dict:
     the run's settings (judged/<id>, curated/<id>) are read from run.json, where the run recorded them."""
     layout = Layout(output_dir)
     layout.check_version()
+    layout = Layout(output_dir, num_partitions=layout.partitions)
     run = json.loads(storage.read_text(layout.run_state_url)) if storage.exists(layout.run_state_url) else {}
     started = run.get("started_at")
     config = _run_config(layout)
     stages = {}
     for name, folder in layout.stage_folders({**_settings_folders(config), **run.get("folders", {})}).items():
-        st = asdict(stage_totals(output_dir, folder))
+        st = asdict(stage_totals(output_dir, folder, num_partitions=layout.partitions))
         planned = run.get("stages", {}).get(name)
         if planned and started:
-            now = stage_totals(output_dir, folder, since=started)
+            now = stage_totals(output_dir, folder, since=started, num_partitions=layout.partitions)
             st["this_run"] = {
                 "expected": planned["expected"],
                 "done": planned["done_before"] + now.num_ok,
@@ -97,11 +106,16 @@ def read_run_state(output_dir: str) -> dict:
 
 
 def _settings_folders(config: EntiGraphConfig | None) -> dict[str, str]:
-    """The judged/ and curated/ folders the run's config names now (a run that has not recorded them yet)."""
-    if config is None or not config.curate.enabled:
+    """The entities/, synthetic/, judged/ and curated/ folders the run's config names now (a run that has not
+    recorded them yet)."""
+    if config is None:
         return {}
     ctx = RunContext.resolve(config, list_inputs=False)
-    folders = {schema.CURATE: ctx.curated_stage()}
+    folders = {schema.EXTRACT: ctx.entities_store.stage} if config.synthesis.augmenter == "entigraph" else {}
+    folders[schema.SYNTHESIZE] = ctx.synthetic_store.stage
+    if not config.curate.enabled:
+        return folders
+    folders[schema.CURATE] = ctx.curated_stage()
     if config.curate.judge:
         folders[schema.JUDGE] = ctx.judge_stage
     return folders
@@ -138,7 +152,9 @@ def stage_record(totals: StageTotals, started: float, finished: float | None) ->
         "num_failed": totals.num_failed, "num_prompt_tokens": totals.num_prompt_tokens,
         "num_generated_tokens": totals.num_generated_tokens, "started_at": started, "finished_at": finished,
         "wall_s": round(wall, 2),
-        "generated_tokens_per_s": round(totals.num_generated_tokens / wall, 2) if wall > 0 else None,
+        # a rate only where this invocation did work (a stage found complete reports its stored totals)
+        "generated_tokens_per_s": (round(totals.num_generated_tokens / wall, 2)
+                                   if wall > 0 and totals.done_before < totals.expected else None),
     }
 
 

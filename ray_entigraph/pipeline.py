@@ -54,6 +54,7 @@ class SynthesisSummary:
     generated_tokens_per_s: float
     rows_by_kind: dict
     curation: dict | None = None  # what curate kept and dropped, when curate.enabled
+    synthetic_url: str = ""  # the current synthesis identity's folder
 
     @property
     def rows(self) -> int:
@@ -81,7 +82,7 @@ class SynthesisSummary:
             f"{self.num_generated_tokens} generated, {self.num_retries} request retries",
             f"throughput       {self.generated_tokens_per_s:.1f} generated tokens/s "
             f"over {self.wall_s:.0f}s of this run",
-            f"output           {storage.join(self.output_dir, schema.SYNTHESIZE)}",
+            f"output           {self.synthetic_url}",
         ] + (self._curation_lines() if self.curation else [])
 
     def _curation_lines(self) -> list[str]:
@@ -169,9 +170,9 @@ def synthesize(config: EntiGraphConfig, ingest_only: bool = False, ctx: RunConte
     for warning in preflight(config):  # so does an engine that cannot work
         logger.warning("%s", warning)
     storage.check_writable(config.output_dir)
-    Layout(config.output_dir).check_version(create=True)
+    Layout(config.output_dir, num_partitions=config.num_partitions).check_version(create=True)
     with lease_for(config, "synthesize"):  # one writer per output_dir; every commit checks the fence
-        ctx.layout = fenced_layout(config.output_dir)
+        ctx.layout = fenced_layout(config)
         save_resolved_config(config)
         state = RunState(ctx, "synthesize")
         init_ray(config)
@@ -186,35 +187,44 @@ def synthesize(config: EntiGraphConfig, ingest_only: bool = False, ctx: RunConte
 def summarize(ctx: RunContext, wall_s: float, run_totals: dict[str, ledger.StageTotals]) -> SynthesisSummary:
     """The run's summary, from committed storage (whole run) plus this invocation's wall time."""
     config, out = ctx.config, ctx.config.output_dir
-    docs = ledger.stage_totals(out, schema.INGEST)
-    ext = ledger.stage_totals(out, schema.EXTRACT)
-    syn = ledger.stage_totals(out, schema.SYNTHESIZE)
-    entities = ctx.layout.entities.read(["entities", "entities_source"], schema.ENTITIES).to_pylist()
-    kinds: dict[str, int] = {}
-    for kind in ctx.layout.synthetic.iter_key_column("kind"):
-        kinds[kind] = kinds.get(kind, 0) + 1
+    # the stage summaries the partitions were sealed into: three reads, whatever the corpus size
+    docs, ext, syn = (_current_summary(store, identity) for store, identity in (
+        (ctx.layout.documents, ctx.documents_identity), (ctx.entities_store, ctx.entities_identity),
+        (ctx.synthetic_store, ctx.synthetic_identity)))
+    ext_stats, syn_stats = ext.get("stats", {}), syn.get("stats", {})
+    ext_tokens, syn_tokens = ext.get("totals", {}), syn.get("totals", {})
     generated_now = sum(t.num_generated_tokens for t in run_totals.values())
     curation = curation_summary(ctx) if config.curate.enabled else None
+
+    def tokens(key: str) -> int:
+        return int(ext_tokens.get(key, 0)) + int(syn_tokens.get(key, 0))
+
     return SynthesisSummary(
         output_dir=out,
-        num_documents=docs.num_ok,
-        num_document_errors=docs.num_failed,
-        num_extracted=ext.num_ok,
-        num_extract_failed=ext.num_failed,
+        num_documents=int(docs.get("stats", {}).get("num_documents", 0)),
+        num_document_errors=int(docs.get("totals", {}).get("num_failed", 0)),
+        num_extracted=int(ext_stats.get("num_extracted", 0)),
+        num_extract_failed=int(ext_stats.get("num_missing", 0)),
         num_tasks_planned=run_totals[schema.SYNTHESIZE].expected if schema.SYNTHESIZE in run_totals else 0,
-        num_model_parsed=sum(1 for e in entities if e["entities_source"] == "model"),
-        mean_entities=sum(len(e["entities"] or []) for e in entities) / max(len(entities), 1),
-        num_synthetic_rows=syn.num_ok,
-        num_synthesis_failed=syn.num_failed,
-        num_prompt_tokens=ext.num_prompt_tokens + syn.num_prompt_tokens,
-        num_cached_tokens=ext.num_cached_tokens + syn.num_cached_tokens,
-        num_generated_tokens=ext.num_generated_tokens + syn.num_generated_tokens,
-        num_retries=ext.num_retries + syn.num_retries,
+        num_model_parsed=int(ext_stats.get("num_model_parsed", 0)),
+        mean_entities=int(ext_stats.get("num_entities", 0)) / max(int(ext_stats.get("num_extracted", 0)), 1),
+        num_synthetic_rows=int(syn_stats.get("num_rows", 0)),
+        num_synthesis_failed=int(syn_stats.get("num_missing", 0)),
+        num_prompt_tokens=tokens("num_prompt_tokens"),
+        num_cached_tokens=tokens("num_cached_tokens"),
+        num_generated_tokens=tokens("num_generated_tokens"),
+        num_retries=tokens("num_retries"),
         wall_s=wall_s,
         generated_tokens_per_s=generated_now / wall_s if wall_s > 0 else 0.0,
-        rows_by_kind=kinds,
+        rows_by_kind=dict(syn_stats.get("rows_by_kind", {})),
+        synthetic_url=ctx.synthetic_store.url,
         curation=curation,
     )
+
+
+def _current_summary(store, identity: str) -> dict:
+    summary = store.summary()
+    return summary if summary is not None and summary.get("identity") == identity else {}
 
 
 def curation_summary(ctx: RunContext) -> dict:

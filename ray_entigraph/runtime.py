@@ -28,5 +28,5 @@ def init_ray(config: EntiGraphConfig) -> None:
 def save_resolved_config(config: EntiGraphConfig) -> None:
     """The resolved config next to the run's outputs (`status` and later runs read it), in a folder of this
     layout version (a new folder is stamped with it first)."""
-    Layout(config.output_dir).check_version(create=True)
+    Layout(config.output_dir, num_partitions=config.num_partitions).check_version(create=True)
     storage.write_text(Layout(config.output_dir).config_url, config.to_yaml())

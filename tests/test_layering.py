@@ -4,9 +4,9 @@ its own room, no module imports another module's private names, and there is no 
 Floors, lowest first (docs/architecture.md draws the same picture):
   0 errors
   1 schema, storage, text/, arms              pure logic and the one filesystem module
-  2 config, prompts/, demo/                   typed config, prompt sets, built-in corpora
-  3 layout, inputs                            where things live; reading the user's input
-  4 engines/                                  the engine seam and its implementations
+  2 config, prompts/, demo/, partitions       typed config, prompt sets, built-in corpora; partitioned stores
+  3 layout, inputs, planning                  where things live; reading the user's input; the task plan
+  4 engines/, corpus                          the engine seam; the one reader of the corpus, per partition
   5 context, runtime, lease                   the run resolved once; starting Ray; one writer per output_dir
   6 ledger                                    commit markers -> totals, progress, run state
   7 stages/                                   each stage's driver half and worker half
@@ -28,9 +28,9 @@ FLOORS = {
     "errors": 0,
     "schema": 1, "storage": 1, "text": 1, "arms": 1,
     "config": 2, "prompts": 2,
-    "demo": 2,
-    "layout": 3, "inputs": 3,
-    "engines": 4,
+    "demo": 2, "partitions": 2,
+    "layout": 3, "inputs": 3, "planning": 3,
+    "engines": 4, "corpus": 4,
     "context": 5, "runtime": 5, "lease": 5,
     "ledger": 6,
     "stages": 7,

@@ -15,6 +15,7 @@ and the stage's own statistics in the shard's commit marker, and returns the one
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ import pyarrow as pa
 from ray_entigraph import ledger, schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.errors import StageFailed
+from ray_entigraph.partitions import PartitionedStore, partition_of
 
 if TYPE_CHECKING:
     from ray_entigraph.context import RunContext
@@ -122,6 +124,39 @@ def commit_unit(
     return manifest_row_table([entry])
 
 
+def commit_partitioned(store: PartitionedStore, rows: list[dict], errors: list[dict], *, usage: Usage | None = None,
+                       stats: dict[str, Any] | None = None, name_keys: list[str] | None = None,
+                       **kwargs: Any) -> pa.Table:
+    """Commit one unit of work into the partitions its documents belong to (one shard per partition present;
+    a unit planned from one partition makes one shard) and return one manifest row summing them. The unit's
+    engine usage is recorded with its first shard."""
+    parts: dict[int, tuple[list[dict], list[dict]]] = {}
+    for r in rows:
+        parts.setdefault(partition_of(r["doc_id"], store.num_partitions), ([], []))[0].append(r)
+    for e in errors:
+        p = partition_of(e["doc_id"], store.num_partitions) if e.get("doc_id") else 0
+        parts.setdefault(p, ([], []))[1].append(e)
+    entries = []
+    for i, p in enumerate(sorted(parts)):
+        ok, failed = parts[p]
+        table = commit_unit(store.part(p), ok, failed, usage=usage if i == 0 else None,
+                            stats={**(stats or {}), "partition": p},
+                            name_keys=[*(name_keys or []), f"p={p}"] if name_keys is not None else None, **kwargs)
+        entries.append(table.to_pylist()[0])
+    return manifest_row_table([_sum_rows(entries)])
+
+
+def _sum_rows(entries: list[dict]) -> dict:
+    if not entries:
+        return {"shard": ""}
+    out = dict(entries[0])
+    for e in entries[1:]:
+        for k, v in e.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = out.get(k, 0) + v
+    return out
+
+
 def error_row(stage: str, request_key: str, doc_id: str | None, reason: str) -> dict:
     return {"stage": stage, "request_key": request_key, "doc_id": doc_id, "error": reason}
 
@@ -174,19 +209,56 @@ def read_shards(urls: list[str], include_paths: bool = False):
     return ray.data.read_parquet(paths, filesystem=fs, shuffle=None, include_paths=include_paths)
 
 
-def read_documents(index: dict[str, str]):
-    """The indexed documents as a Ray dataset, each from the one shard the index names."""
-    urls = sorted(set(index.values()))
-    paths, _ = storage.for_ray_data(urls)
-    wanted = {doc_id: paths[urls.index(url)] for doc_id, url in index.items()}
-    ds = read_shards(urls, include_paths=True)
-    return ds.filter(lambda r: wanted.get(r["doc_id"]) == r["path"]).drop_columns(["path"])
-
-
 def units_of_work(ds, config: EntiGraphConfig):
     """One block per actor call, so that each committed shard reaches the driver as soon as it is written
     (a bigger block is only handed on when all of its batches are done) and actors share the work evenly."""
     return ds.repartition(target_num_rows_per_block=config.resources.batch_size)
+
+
+def partition_ids(num_partitions: int, blocks: int = 64):
+    """The partition ids 0..P-1 as a dataset of a few blocks: one task per block plans or seals them."""
+    import ray.data  # lazy: Ray loads only when a stage runs
+
+    return ray.data.from_items([{"partition": p} for p in range(num_partitions)],
+                               override_num_blocks=max(1, min(num_partitions, blocks)))
+
+
+def run_partition_tasks(num_partitions: int, fn, **fn_kwargs) -> list[dict]:
+    """Run a function over every partition id on CPU tasks and return what it reported per partition
+    (P small rows: the only per-partition data the driver holds)."""
+    ds = partition_ids(num_partitions).map_batches(fn, fn_kwargs=fn_kwargs, batch_size=None, num_cpus=1)
+    return [r for r in ds.iter_rows()]
+
+
+def seal_stage(store: PartitionedStore, identity: str, fn, extra: dict | None = None, **fn_kwargs) -> dict:
+    """Seal every partition of a stage on the workers (`fn`: a corpus.seal_* function) and write the stage
+    summary; returns the summary."""
+    sealed = [json.loads(r["sealed"]) for r in run_partition_tasks(store.num_partitions, fn, **fn_kwargs)]
+    return store.write_summary(identity, sealed, extra)
+
+
+def totals_from_summary(stage: str, summary: dict, **fields: int) -> ledger.StageTotals:
+    t = summary.get("totals", {})
+    totals = ledger.StageTotals(stage, **fields)
+    for k in ("num_shards", "num_ok", "num_failed", "num_prompt_tokens", "num_cached_tokens",
+              "num_generated_tokens", "num_retries", "num_dropped"):
+        setattr(totals, k, int(t.get(k, 0)))
+    totals.busy_s = float(t.get("busy_s", 0.0))
+    totals.hosts, totals.node_ids = list(t.get("hosts", [])), list(t.get("node_ids", []))
+    return totals
+
+
+def current_totals(stage: str, summary: dict, rows_stat: str, run: ledger.StageTotals | None = None
+                   ) -> ledger.StageTotals:
+    """A sealed stage's totals: tokens and shards from its markers; ok = the current rows, failed = what the
+    plan still misses (failed requests that a later run retried are not counted twice). `run`: this
+    invocation's totals, whose expected and done_before are kept."""
+    totals = totals_from_summary(stage, summary)
+    stats = summary.get("stats", {})
+    totals.num_ok, totals.num_failed = int(stats.get(rows_stat, 0)), int(stats.get("num_missing", 0))
+    totals.expected = run.expected if run is not None else totals.num_ok + totals.num_failed
+    totals.done_before = run.done_before if run is not None else totals.expected
+    return totals
 
 
 def items(rows: list[dict]):
@@ -228,8 +300,9 @@ class Stage:
         """The worker over the planned dataset: a lazy Ray dataset of commit rows."""
         raise NotImplementedError
 
-    def finish(self, ctx: "RunContext", totals: ledger.StageTotals) -> ledger.StageTotals:
-        """After the last commit: what the stage learned while running (e.g. how many documents)."""
+    def finish(self, ctx: "RunContext", totals: ledger.StageTotals, plan: StagePlan | None = None
+               ) -> ledger.StageTotals:
+        """After the last commit: seal the stage's partitions, and what it learned (e.g. how many documents)."""
         return totals
 
 
@@ -238,7 +311,7 @@ def run_stage(stage: Stage, ctx: "RunContext", on_start=lambda totals: None) -> 
     plan = stage.plan(ctx)
     on_start(plan.totals)
     if plan.dataset is None:
-        return stage.finish(ctx, plan.totals)
+        return stage.finish(ctx, plan.totals, plan)
     progress = ledger.Progress(stage.name, plan.units, unit=plan.unit)
     totals = plan.totals
     for row in stage.apply(ctx, plan).iter_rows():
@@ -247,7 +320,7 @@ def run_stage(stage: Stage, ctx: "RunContext", on_start=lambda totals: None) -> 
             progress.update(row["num_ok"], row["num_failed"], row["num_generated_tokens"])
         else:
             progress.update(plan.per_row_units, 0, row["num_generated_tokens"])
-    return stage.finish(ctx, totals)
+    return stage.finish(ctx, totals, plan)
 
 
 def check_errors(stage: str, totals: ledger.StageTotals, config: EntiGraphConfig) -> None:

@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import CurateConfig, EntiGraphConfig
+from ray_entigraph.corpus import synthetic_shards
 from ray_entigraph.layout import Layout, shard_basename
 from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import PromptSet, render
@@ -189,7 +190,7 @@ class Curate(Stage):
 
     def plan(self, ctx) -> StagePlan:
         stage = self.folder(ctx)
-        sources = ctx.layout.synthetic.shard_urls()
+        sources = [url for url, _ in synthetic_shards(ctx.corpus())]
         done = {e.get("source_shard") for e in storage.StageStore(ctx.config.output_dir, stage).manifest_entries()}
         todo = [u for u in sources if shard_basename(u) not in done]
         totals = StageTotals(stage, expected=len(sources), done_before=len(sources) - len(todo))

@@ -11,6 +11,7 @@ import time
 
 from ray_entigraph import schema
 from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.corpus import extraction_counts, extraction_todo, seal_entities
 from ray_entigraph.engines import GenerationRequest, make_engine, sampling_params
 from ray_entigraph.layout import EXTRACT_KIND as KIND
 from ray_entigraph.layout import Layout
@@ -20,10 +21,13 @@ from ray_entigraph.stages.base import (
     Stage,
     StagePlan,
     Usage,
-    commit_unit,
+    commit_partitioned,
+    current_totals,
     error_row,
     model_actor_kwargs,
-    read_documents,
+    partition_ids,
+    run_partition_tasks,
+    seal_stage,
     shard_identity,
     units_of_work,
     worker_config,
@@ -43,12 +47,13 @@ def retry_sampling(base, attempt: int):
 class EntityExtractionWorker:
     """Ray Data callable: documents -> entities rows, one committed shard per call."""
 
-    def __init__(self, config: EntiGraphConfig, prompts: PromptSet, constrained: bool, layout: Layout | None = None):
+    def __init__(self, config: EntiGraphConfig, prompts: PromptSet, constrained: bool, extraction: str,
+                 layout: Layout | None = None):
         self.config = worker_config(config)
         self.engine = make_engine(self.config)
         self.prompts = prompts
         self.constrained = constrained  # the request key says so too (RunContext.extraction_key)
-        self.store = (layout or Layout(config.output_dir)).entities
+        self.store = (layout or Layout(config.output_dir, num_partitions=config.num_partitions)).entities(extraction)
 
     def __call__(self, batch):
         started = time.time()
@@ -119,32 +124,43 @@ class EntityExtractionWorker:
             else:
                 errors.append(error_row(schema.EXTRACT, d["request_key"], d["doc_id"],
                                         f"extraction failed after {st['attempts']} attempts: {st.get('reason')}"))
-        return commit_unit(self.store, rows, errors, row_schema=schema.ENTITIES, key_column="request_key",
-                           started=started, usage=usage, stats=shard_identity(self.config, self.prompts.version))
+        return commit_partitioned(self.store, rows, errors, row_schema=schema.ENTITIES, key_column="request_key",
+                                  started=started, usage=usage, stats=shard_identity(self.config, self.prompts.version))
 
 
 class Extract(Stage):
-    """Driver half: the run's documents whose extraction key is not committed yet."""
+    """Driver half: per partition, on the workers, the current documents whose extraction key is not
+    committed (an anti-join inside the partition); then every partition sealed."""
 
     name = schema.EXTRACT
 
     def enabled(self, ctx) -> bool:
         return ctx.config.synthesis.augmenter == "entigraph"
 
+    def folder(self, ctx) -> str:
+        return ctx.entities_store.stage
+
     def plan(self, ctx) -> StagePlan:
-        index = ctx.documents()
-        keys = {d: ctx.extraction_key(d) for d in index}
-        done = set(ctx.layout.entities.iter_key_column("request_key"))
-        todo = {d: k for d, k in keys.items() if k not in done}
-        totals = StageTotals(self.name, expected=len(keys), done_before=len(keys) - len(todo))
-        if not todo:
-            return StagePlan(totals)
-        ds = read_documents({d: index[d] for d in todo}).select_columns(["doc_id", "title", "text"])
-        ds = ds.add_column("request_key", lambda batch: batch["doc_id"].map(todo), batch_format="pandas")
-        return StagePlan(totals, dataset=ds, units=len(todo), unit="documents")
+        store, identity = ctx.entities_store, ctx.entities_identity
+        summary = store.summary()
+        if store.is_current(summary, identity):
+            return StagePlan(current_totals(self.name, summary, "num_extracted"), worker_args={"complete": True})
+        corpus = ctx.corpus()
+        counts = run_partition_tasks(store.num_partitions, extraction_counts, corpus=corpus)
+        expected, done = sum(r["documents"] for r in counts), sum(r["done"] for r in counts)
+        totals = StageTotals(self.name, expected=expected, done_before=done)
+        ds = partition_ids(store.num_partitions).map_batches(extraction_todo, fn_kwargs={"corpus": corpus},
+                                                             batch_size=1, num_cpus=1)
+        return StagePlan(totals, dataset=ds if expected > done else None, units=expected - done, unit="documents")
 
     def apply(self, ctx, plan):
         return units_of_work(plan.dataset, ctx.config).map_batches(
             EntityExtractionWorker,
-            fn_constructor_args=(ctx.config, ctx.prompts, ctx.constrained_extraction, ctx.layout),
+            fn_constructor_args=(ctx.config, ctx.prompts, ctx.constrained_extraction, ctx.extraction_id, ctx.layout),
             **model_actor_kwargs(ctx.config))
+
+    def finish(self, ctx, totals: StageTotals, plan: StagePlan | None = None) -> StageTotals:
+        if plan is not None and plan.worker_args.get("complete"):
+            return totals
+        summary = seal_stage(ctx.entities_store, ctx.entities_identity, seal_entities, corpus=ctx.corpus())
+        return current_totals(self.name, summary, "num_extracted", run=totals)

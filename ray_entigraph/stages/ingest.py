@@ -1,18 +1,23 @@
-"""Ingest: source files -> documents (doc_id, title, text, chunks, token counts), committed per input file.
+"""Ingest: source files -> documents (doc_id, title, text, chunks, token counts), partitioned by doc_id.
 
 Reading the files is `inputs.py`'s; here every record becomes documents rows. Every problem with an input
 (an empty file, bytes that are not UTF-8, a bad JSON line, a document too short) becomes a row with `error`
-set, so it is counted and visible, never silently dropped. One input file is one unit of work and one
-committed shard, so shard contents are deterministic.
+set, so it is counted and visible, never silently dropped. One input file is one unit of work: it commits one
+shard per partition its documents fall in, each marker naming the file's identity (url, size, version), and
+then the file's own marker `documents/_files/<file id>.json`. A file already ingested under the same
+identity is not read again; an edited file has another identity, and sealing keeps only the current files'
+shards, so its new documents replace the old ones.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
-from ray_entigraph import schema
+from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.corpus import seal_documents
 from ray_entigraph.engines.hf import load_tokenizer
 from ray_entigraph.errors import InputError
 from ray_entigraph.inputs import records_from_file
@@ -21,11 +26,13 @@ from ray_entigraph.ledger import StageTotals
 from ray_entigraph.stages.base import (
     Stage,
     StagePlan,
-    commit_unit,
+    commit_partitioned,
     error_row,
     items,
     model_actor_kwargs,
+    run_partition_tasks,
     shard_identity,
+    totals_from_summary,
 )
 from ray_entigraph.text.chunk import split_document
 from ray_entigraph.text.identity import doc_id_for, neutralise_special_tokens, normalise_text
@@ -66,59 +73,100 @@ class IngestWorker:
     def __init__(self, config: EntiGraphConfig, layout: Layout | None = None):
         self.config = config
         self.tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
-        self.store = (layout or Layout(config.output_dir)).documents
+        layout = layout or Layout(config.output_dir, num_partitions=config.num_partitions)
+        self.store, self.files_url = layout.documents, layout.files_url
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def __call__(self, batch):
         started = time.time()
+        (url,), (fmt,), (file_id,) = (batch.column(c).to_pylist() for c in ("path", "format", "file_id"))
         rows = []
-        urls = batch.column("path").to_pylist()
-        for url, fmt in zip(urls, batch.column("format").to_pylist()):
-            for record in records_from_file(url, fmt, self.config.input):
-                rows.extend(documents_from_record(
-                    record,
-                    max_tokens=self.config.ingest.max_document_tokens,
-                    min_chars=self.config.ingest.min_document_chars,
-                    count_tokens=self.count_tokens,
-                ))
+        for record in records_from_file(url, fmt, self.config.input):
+            rows.extend(documents_from_record(
+                record,
+                max_tokens=self.config.ingest.max_document_tokens,
+                min_chars=self.config.ingest.min_document_chars,
+                count_tokens=self.count_tokens,
+            ))
         seen: set[str] = set()
         unique = [r for r in rows if not (r["doc_id"] in seen or seen.add(r["doc_id"]))]
         ok = [r for r in unique if not r.get("error")]
         errors = [error_row(schema.INGEST, r["doc_id"], r["doc_id"], f"{r['source']}: {r['error']}")
                   for r in unique if r.get("error")]
-        return commit_unit(
+        summary = commit_partitioned(
             self.store, ok, errors, row_schema=schema.DOCUMENTS, key_column="doc_id", started=started,
-            stats={**shard_identity(self.config, None), "source": urls[0] if len(urls) == 1 else None},
-            name_keys=urls,  # two files with the same content still get one shard each
+            stats={**shard_identity(self.config, None), "source": url, "source_id": file_id},
+            name_keys=[file_id],  # two files with the same content still get shards of their own
         )
+        # the file's marker last: a file is ingested once all of its partitions' shards are committed
+        if self.store.fence is not None:
+            self.store.fence.check()
+        storage.write_text(self.files_url(f"{file_id}.json"), json.dumps(
+            {"source": url, "source_id": file_id, "num_ok": len(ok), "num_failed": len(errors)}))
+        return summary
 
 
 class Ingest(Stage):
-    """Driver half: every input file of the run, one unit of work each (files are re-read on every run)."""
+    """Driver half: the input files not ingested under their current identity (one LIST of documents/_files/),
+    one unit of work each; then every partition sealed with the current files' shards only."""
 
     name = schema.INGEST
     checks_errors = False  # rejected documents are counted, not a failed stage
 
     def plan(self, ctx) -> StagePlan:
-        files = ctx.input_files
-        return StagePlan(totals=StageTotals(self.name, expected=len(files)),
-                         dataset=items([{"path": url, "format": fmt} for url, fmt in files]),
-                         units=len(files), unit="files", per_row_units=1)
+        files = ctx.file_ids()
+        summary = ctx.layout.documents.summary()
+        if summary is not None and summary.get("identity") == ctx.documents_identity:
+            n = len(files)
+            return StagePlan(totals=totals_from_summary(self.name, summary, expected=n, done_before=n),
+                             unit="files", worker_args={"complete": True})
+        done = {storage.filesystem(u)[1].rsplit("/", 1)[-1].removesuffix(".json")
+                for u in storage.list_files(ctx.layout.files_url(), ".json")}
+        todo = [{"path": url, "format": fmt, "file_id": fid} for url, fmt, fid in files if fid not in done]
+        totals = StageTotals(self.name, expected=len(files), done_before=len(files) - len(todo))
+        return StagePlan(totals=totals, dataset=items(todo) if todo else None, units=len(todo), unit="files",
+                         per_row_units=1)
 
     def apply(self, ctx, plan):
         kwargs = model_actor_kwargs(ctx.config)
         kwargs["batch_size"] = 1  # one input file per committed shard: deterministic shard contents
         return plan.dataset.map_batches(IngestWorker, fn_constructor_args=(ctx.config, ctx.layout), **kwargs)
 
-    def finish(self, ctx, totals: StageTotals) -> StageTotals:
-        """Documents are counted only once the files are read; the run's document index is rebuilt."""
-        totals.expected = totals.num_ok + totals.num_failed
+    def finish(self, ctx, totals: StageTotals, plan: StagePlan | None = None) -> StageTotals:
+        """Seal every partition with the current files' shards, apply input.max_documents, and count."""
+        complete = plan is not None and plan.worker_args.get("complete")
+        summary = (ctx.layout.documents.summary() or {}) if complete else self._seal(ctx)
         ctx.refresh_documents()
-        if not ctx.documents():
+        totals = totals_from_summary(self.name, summary)
+        totals.num_ok = int(summary.get("stats", {}).get("num_documents", 0))
+        totals.expected = totals.num_ok + totals.num_failed
+        totals.done_before = totals.expected if complete else 0
+        if not totals.num_ok:
             raise InputError(
                 f"No usable document in input.path {ctx.config.input.path!r}: {totals.num_failed} rejected, reasons "
                 f"in {ctx.layout.documents.errors_url}. Fix: check those reasons (empty, undecodable or too short "
                 "texts, a wrong input.text_field), or point input.path at other files.")
         return totals
+
+    def _seal(self, ctx) -> dict[str, Any]:
+        import ray  # lazy: Ray loads only when a stage runs
+
+        current = ray.put({fid for _, _, fid in ctx.file_ids()})  # O(files), shipped once by reference
+        store = ctx.layout.documents
+        corpus = ctx.corpus()
+        sealed = [json.loads(r["sealed"]) for r in run_partition_tasks(store.num_partitions, seal_documents,
+                                                                         corpus=corpus, current_files=current)]
+        extra: dict[str, Any] = {}
+        cap = ctx.config.input.max_documents
+        if cap:
+            smallest = sorted(d for s in sealed for d in s.pop("smallest"))[:cap]
+            extra["doc_threshold"] = smallest[-1] if smallest else None
+            for s in sealed:
+                s["stats"]["num_documents"] = 0
+            sealed[0]["stats"]["num_documents"] = len(smallest)
+        else:
+            for s in sealed:
+                s.pop("smallest", None)
+        return store.write_summary(ctx.documents_identity, sealed, extra)

@@ -24,6 +24,7 @@ import pyarrow as pa
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import JUDGE_SAMPLING_FIELDS
+from ray_entigraph.corpus import synthetic_shards
 from ray_entigraph.engines import GenerationRequest, GenerationResult, SamplingParams, make_engine
 from ray_entigraph.layout import Layout, shard_basename
 from ray_entigraph.ledger import StageTotals
@@ -167,15 +168,15 @@ class Judge(Stage):
 
     def plan(self, ctx) -> StagePlan:
         store = storage.StageStore(ctx.config.output_dir, self.folder(ctx))
-        sources = ctx.layout.synthetic.manifest_entries()
+        sources = synthetic_shards(ctx.corpus())
         done = {e.get("source_shard") for e in store.manifest_entries()}
-        todo = [e for e in sources if e.get("rows", 0) > 0 and e["shard"] not in done]
-        expected = sum(int(e.get("rows", 0)) for e in sources)
-        left = sum(int(e.get("rows", 0)) for e in sources if e["shard"] not in done)
+        todo = [(url, e) for url, e in sources if e["shard"] not in done]
+        expected = sum(int(e.get("rows", 0)) for _, e in sources)
+        left = sum(int(e.get("rows", 0)) for _, e in todo)
         totals = StageTotals(self.name, expected=expected, done_before=expected - left)
         if not todo:
             return StagePlan(totals)
-        urls = [storage.join(ctx.layout.synthetic.url, e["file"]) for e in todo]
+        urls = [url for url, _ in todo]
         return StagePlan(totals, dataset=items([{"url": u} for u in urls]), units=left)
 
     def apply(self, ctx, plan):

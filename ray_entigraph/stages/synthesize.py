@@ -7,29 +7,32 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 
-from ray_entigraph import schema, storage
+from ray_entigraph import schema
 from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.corpus import capacity_histogram, rank_buckets, seal_synthetic, synthesis_todo
 from ray_entigraph.engines import GenerationRequest, make_engine, sampling_params
 from ray_entigraph.errors import PromptError
 from ray_entigraph.layout import Layout
 from ray_entigraph.ledger import StageTotals
+from ray_entigraph.planning import remainder_bucket, remainder_threshold, water_level
 from ray_entigraph.prompts import ChatTemplate, PromptSet, relation_values, render, render_chat
 from ray_entigraph.stages.base import (
     Stage,
     StagePlan,
     Usage,
-    commit_unit,
+    commit_partitioned,
+    current_totals,
     error_row,
     model_actor_kwargs,
-    read_documents,
-    read_shards,
+    partition_ids,
+    run_partition_tasks,
+    seal_stage,
     shard_identity,
     units_of_work,
     worker_config,
 )
-from ray_entigraph.stages.plan import capacity, plan_groups
-from ray_entigraph.text.plan import allocate_budget
 
 
 def template_for(prompts: PromptSet, kind: str) -> ChatTemplate:
@@ -66,13 +69,13 @@ def relation_request(prompts: PromptSet, group: dict, task: dict, sampling) -> G
 class RelationSynthesisWorker:
     """Ray Data callable: a batch of task groups -> synthetic rows, one committed shard per call."""
 
-    def __init__(self, config: EntiGraphConfig, prompts: PromptSet, layout: Layout | None = None):
+    def __init__(self, config: EntiGraphConfig, prompts: PromptSet, synthesis: str, layout: Layout | None = None):
         self.config = worker_config(config)
         self.engine = make_engine(self.config)
         self.prompts = prompts
         self.sampling = sampling_params(self.config.synthesis.sampling)
         self.sampling_json = json.dumps(self.config.synthesis.sampling.key(), sort_keys=True)
-        self.store = (layout or Layout(config.output_dir)).synthetic
+        self.store = (layout or Layout(config.output_dir, num_partitions=config.num_partitions)).synthetic(synthesis)
 
     def __call__(self, batch):
         started = time.time()
@@ -105,54 +108,74 @@ class RelationSynthesisWorker:
                 "num_prompt_tokens": res.num_prompt_tokens, "num_cached_tokens": res.num_cached_tokens,
                 "num_generated_tokens": res.num_generated_tokens,
             })
-        return commit_unit(self.store, rows, errors, row_schema=schema.SYNTHETIC, key_column="task_id",
-                           started=started, usage=usage, stats=shard_identity(self.config, self.prompts.version))
+        return commit_partitioned(self.store, rows, errors, row_schema=schema.SYNTHETIC, key_column="task_id",
+                                  started=started, usage=usage, stats=shard_identity(self.config, self.prompts.version))
 
 
 class Synthesize(Stage):
-    """Driver half: plan the relation (or rephrase) tasks on the workers from the committed entities (or the
-    documents), leave out committed task ids, and run the rest on the model actors."""
+    """Driver half: the global budget from capacity histograms, then per partition, on the workers, the plan
+    anti-joined against the partition's committed task ids, run on the model actors; then every partition
+    sealed. The driver holds P small rows and two integers, never a document or a task id."""
 
     name = schema.SYNTHESIZE
 
-    def _planning_input(self, ctx):
-        """(dataset of rows to plan from, per-document task allocation or None, expected task count)."""
-        config = ctx.config
-        index = ctx.documents()
-        if config.synthesis.augmenter == "rephrase":
-            per_doc = len(ctx.prompts.rephrase) * config.plan.rephrase_repeats
-            if not index:
-                return None, None, 0
-            return read_documents(index).select_columns(["doc_id", "title", "text"]), None, per_doc * len(index)
-        keys = {ctx.extraction_key(d) for d in index}
-        store = ctx.layout.entities
-        capacities, num_summaries = {}, 0
-        urls = store.shard_urls()
-        for url in urls:
-            for row in storage.read_parquet(url, ["request_key", "doc_id", "entities", "summary"]).to_pylist():
-                if row["request_key"] in keys:
-                    capacities[row["doc_id"]] = capacity(config, len(row["entities"] or []))
-                    num_summaries += bool(row["summary"])
-        allocation = allocate_budget(capacities, config.plan.max_tasks_total)
-        if not capacities:
-            return None, allocation, 0
-        ds = read_shards(urls).select_columns(["request_key", "doc_id", "title", "text", "entities", "summary"])
-        return ds.filter(lambda r: r["request_key"] in keys), allocation, sum(allocation.values()) + num_summaries
+    def folder(self, ctx) -> str:
+        return ctx.synthetic_store.stage
 
     def plan(self, ctx) -> StagePlan:
-        ds, allocation, expected = self._planning_input(ctx)
-        done = set(ctx.layout.synthetic.iter_key_column("task_id"))
-        # committed rows of other configs (a changed prompt version) also count here: an estimate
-        done_before = min(len(done), expected)
-        totals = StageTotals(self.name, expected=expected, done_before=done_before)
-        if ds is None or expected == 0:
-            return StagePlan(totals)
-        ds = ds.flat_map(plan_groups, fn_kwargs={"config": ctx.config, "prompts": ctx.prompts,
-                                                 "allocation": allocation, "done": done})
-        return StagePlan(totals, dataset=ds, units=expected - done_before)
+        store, identity = ctx.synthetic_store, ctx.synthetic_identity
+        summary = store.summary()
+        if store.is_current(summary, identity):
+            return StagePlan(current_totals(self.name, summary, "num_rows"), worker_args={"complete": True})
+        corpus = ctx.corpus()
+        counts = run_partition_tasks(store.num_partitions, capacity_histogram, corpus=corpus)
+        budget, expected = self._budget(ctx, corpus, counts)
+        corpus = replace(corpus, budget=budget)
+        done = min(sum(r["done"] for r in counts), expected)
+        totals = StageTotals(self.name, expected=expected, done_before=done)
+        ds = partition_ids(store.num_partitions).flat_map(synthesis_todo, fn_kwargs={"corpus": corpus}, num_cpus=1)
+        return StagePlan(totals, dataset=ds if expected else None, units=expected - done,
+                         worker_args={"corpus": corpus})
+
+    def _budget(self, ctx, corpus, counts: list[dict]) -> tuple[dict | None, int]:
+        """The budget's level and remainder threshold from the histograms (and, when the remainder must be
+        split, two more small passes), and the number of tasks the plan holds."""
+        config = ctx.config
+        if config.synthesis.augmenter == "rephrase":
+            per_doc = len(ctx.prompts.rephrase) * config.plan.rephrase_repeats
+            return None, per_doc * sum(r["documents"] for r in counts)
+        histogram: dict[int, int] = {}
+        for r in counts:
+            for c, n in json.loads(r["histogram"]).items():
+                histogram[int(c)] = histogram.get(int(c), 0) + n
+        summaries = sum(r["summaries"] for r in counts)
+        level, remainder = water_level(histogram, config.plan.max_tasks_total)
+        if level is None:
+            return None, sum(c * n for c, n in histogram.items()) + summaries
+        threshold = 0
+        if remainder:
+            buckets: dict[int, int] = {}
+            for r in run_partition_tasks(corpus.num_partitions, rank_buckets, corpus=corpus, level=level, bucket=None):
+                for b, n in json.loads(r["values"]).items():
+                    buckets[int(b)] = buckets.get(int(b), 0) + n
+            bucket, k = remainder_bucket(buckets, remainder)
+            keys = []
+            if k:
+                for r in run_partition_tasks(corpus.num_partitions, rank_buckets, corpus=corpus, level=level,
+                                             bucket=bucket):
+                    keys += json.loads(r["values"])
+            threshold = remainder_threshold(bucket, k, keys)
+        return {"level": level, "threshold": threshold}, config.plan.max_tasks_total + summaries
 
     def apply(self, ctx, plan):
         return units_of_work(plan.dataset, ctx.config).map_batches(
-            RelationSynthesisWorker, fn_constructor_args=(ctx.config, ctx.prompts, ctx.layout),
+            RelationSynthesisWorker, fn_constructor_args=(ctx.config, ctx.prompts, ctx.synthesis_id, ctx.layout),
             **model_actor_kwargs(ctx.config))
 
+    def finish(self, ctx, totals: StageTotals, plan: StagePlan | None = None) -> StageTotals:
+        if plan is not None and plan.worker_args.get("complete"):
+            return totals
+        corpus = plan.worker_args["corpus"] if plan is not None and "corpus" in plan.worker_args else ctx.corpus()
+        summary = seal_stage(ctx.synthetic_store, ctx.synthetic_identity, seal_synthetic,
+                             extra={"budget": corpus.budget}, corpus=corpus)
+        return current_totals(self.name, summary, "num_rows", run=totals)

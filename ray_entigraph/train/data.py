@@ -10,6 +10,8 @@ tokenizer), so packing is deterministic and a re-run skips what is packed.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 
 import numpy as np
@@ -17,6 +19,7 @@ import numpy as np
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig, InputConfig
 from ray_entigraph.context import RunContext
+from ray_entigraph.corpus import Corpus, read_documents, read_synthetic
 from ray_entigraph.engines.hf import load_tokenizer
 from ray_entigraph.errors import InputError
 from ray_entigraph.inputs import list_input_files, records_from_file
@@ -26,19 +29,21 @@ from ray_entigraph.train.pack import pack_token_lists
 
 
 def pack_units(ctx: RunContext) -> list[dict]:
-    """Every (source, input file) to pack for the configured training corpus and replay sources."""
+    """Every unit to pack for the configured training corpus and replay sources: a partition of the current
+    synthetic rows or documents (read through corpus.py, so only the current identity's rows), a curated
+    shard, or a replay file."""
     config = ctx.config
     units = []
     if config.train.corpus in ("synthetic", "synthetic+raw"):
-        # the curated copy when curate is on (stages/curate.py), else the synthetic stage's own shards
-        for url in ctx.layout.store(ctx.training_corpus_stage()).shard_urls():
-            units.append({"source": schema.SYNTHETIC_SOURCE, "url": url, "fmt": "parquet", "text_field": "text",
-                          "sort_by": "task_id", "internal": True})
+        if config.curate.enabled:  # the curated copy (stages/curate.py)
+            for url in ctx.layout.store(ctx.curated_stage()).shard_urls():
+                units.append({"source": schema.SYNTHETIC_SOURCE, "url": url, "fmt": "parquet", "text_field": "text",
+                              "sort_by": "task_id", "internal": True})
+        else:
+            units += _partition_units(ctx, "synthetic", ctx.synthetic_store, ctx.synthetic_identity)
     if config.train.corpus in ("raw", "synthetic+raw"):
         # the source documents join the main stream ("synthetic" names the corpus being taught)
-        for url in ctx.document_shards():
-            units.append({"source": schema.SYNTHETIC_SOURCE, "url": url, "fmt": "parquet", "text_field": "text",
-                          "sort_by": "doc_id", "internal": True})
+        units += _partition_units(ctx, "documents", ctx.layout.documents, ctx.documents_identity)
     for rep in config.train.replay:
         for url, fmt in list_input_files(InputConfig(path=rep.path, text_field=rep.text_field)):
             units.append({"source": schema.REPLAY_PREFIX + rep.name, "url": url, "fmt": fmt,
@@ -48,7 +53,24 @@ def pack_units(ctx: RunContext) -> list[dict]:
     return sorted(units, key=lambda u: (u["source"], _unit_id(u)))
 
 
+def _partition_units(ctx: RunContext, kind: str, store, identity: str) -> list[dict]:
+    """One unit per non-empty sealed partition, named by what it holds (its sealed shards): P manifest reads."""
+    units = []
+    for p in range(store.num_partitions):
+        manifest = store.sealed(p)
+        if manifest is None or manifest.get("identity") != identity:
+            continue  # never sealed for this identity: nothing of it is current yet
+        shards = sorted(e["shard"] for e in manifest["entries"] if e.get("rows", 0) > 0)
+        if shards:
+            content = hashlib.sha256(json.dumps([identity, shards]).encode()).hexdigest()[:16]
+            units.append({"source": schema.SYNTHETIC_SOURCE, "url": f"{kind}/p={p:05d}/{content}", "fmt": kind,
+                          "partition": p, "text_field": "text", "sort_by": "", "internal": True})
+    return units
+
+
 def _unit_id(unit: dict) -> str:
+    if unit["fmt"] in ("synthetic", "documents"):
+        return unit["url"].replace("/", "-")
     return shard_basename(unit["url"]) if unit["internal"] else unit["url"]
 
 
@@ -56,8 +78,12 @@ def unit_keys(config: EntiGraphConfig, unit: dict) -> list[str]:
     return [unit["source"], _unit_id(unit), f"block_len={config.train.block_len}", base_model_name(config)]
 
 
-def read_texts(unit: dict) -> list[str]:
-    """The unit's texts in a fixed order."""
+def read_texts(unit: dict, corpus: Corpus | None = None) -> list[str]:
+    """The unit's texts in a fixed order (by task_id or doc_id; replay files in file order)."""
+    if unit["fmt"] == "synthetic":
+        return [r["text"] for r in read_synthetic(corpus, unit["partition"], ["text"]) if r["text"]]
+    if unit["fmt"] == "documents":
+        return [r["text"] for r in read_documents(corpus, unit["partition"], ["text"]) if r["text"]]
     if unit["fmt"] == "parquet":
         cols = [unit["text_field"]] + ([unit["sort_by"]] if unit["sort_by"] else [])
         rows = storage.read_parquet(unit["url"], cols).to_pylist()
@@ -74,9 +100,10 @@ def read_texts(unit: dict) -> list[str]:
 class PackWorker:
     """Ray Data callable: input units -> committed block shards, one per unit."""
 
-    def __init__(self, config: EntiGraphConfig, layout: Layout | None = None):
+    def __init__(self, config: EntiGraphConfig, layout: Layout | None = None, corpus: Corpus | None = None):
         self.config = config
         self.layout = layout or Layout(config.output_dir)
+        self.corpus = corpus
         self.tokenizer = load_tokenizer(base_model_name(self.config), self.config.model.cache_dir)
 
     def __call__(self, batch):
@@ -85,7 +112,7 @@ class PackWorker:
         entries = []
         for unit in batch.to_pylist():
             started = time.time()
-            texts = read_texts(unit)
+            texts = read_texts(unit, self.corpus)
             # texts are text: an "<|endoftext|>" written in one is not an end-of-text token (the packer adds those)
             ids = (self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
                    if texts else [])
@@ -121,7 +148,7 @@ def run_pack(config: EntiGraphConfig, ctx: RunContext | None = None) -> dict[str
             todo.append(unit)
     if todo:
         ds = ray.data.from_items(todo).map_batches(
-            PackWorker, fn_constructor_args=(config, ctx.layout), batch_size=1, batch_format="pyarrow",
+            PackWorker, fn_constructor_args=(config, ctx.layout, ctx.corpus()), batch_size=1, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(config.resources.max_actors, 1)), num_cpus=1,
         )
         for _ in ds.iter_rows():

@@ -124,9 +124,9 @@ def run_train(config: EntiGraphConfig, ctx: RunContext | None = None) -> TrainSu
     started = time.time()
     ctx = ctx or RunContext.resolve(config)
     storage.check_writable(config.output_dir)
-    Layout(config.output_dir).check_version(create=True)
+    Layout(config.output_dir, num_partitions=config.num_partitions).check_version(create=True)
     with lease_for(config, "train"):  # one writer per output_dir; packing commits check the fence
-        ctx.layout = fenced_layout(config.output_dir)
+        ctx.layout = fenced_layout(config)
         return _train(config, ctx, started)
 
 

@@ -14,9 +14,10 @@ from ray_entigraph import schema, storage
 from ray_entigraph.config import load_config
 from ray_entigraph.ledger import read_run_state
 from ray_entigraph.pipeline import StageFailed, synthesize
+from ray_entigraph.planning import entigraph_tasks
 from ray_entigraph.prompts import load_prompt_set
-from ray_entigraph.stages.plan import entigraph_tasks
 from ray_entigraph.text.plan import allocate_budget
+from tests import stores
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -41,14 +42,19 @@ def messy_folder(tmp_path, small_corpus, demo_docs):
     return folder
 
 
-def _synthetic_rows(out):
-    return [r for f in glob.glob(f"{out}/synthetic/*.parquet") for r in pq.read_table(f).to_pylist()]
+def _synthetic_rows(out, identity=None):
+    return stores.rows(out, schema.SYNTHESIZE, identity)
+
+
+def _shards(out):
+    return sorted(glob.glob(f"{out}/synthetic/*/p=*/*.parquet"))
 
 
 def _expected_task_ids(config):
+    """Computed apart from the planner: every committed entities row, the reference budget allocation."""
     prompts = load_prompt_set(config.synthesis.prompts)
-    ents = storage.StageStore(config.output_dir, schema.EXTRACT).read(schema=schema.ENTITIES).to_pylist()
-    from ray_entigraph.stages.plan import capacity
+    ents = stores.rows(config.output_dir, schema.EXTRACT)
+    from ray_entigraph.planning import capacity
 
     capacities = {e["doc_id"]: capacity(config, len(e["entities"])) for e in ents}
     alloc = allocate_budget(capacities, config.plan.max_tasks_total)
@@ -85,10 +91,10 @@ def test_synthesize_end_to_end_with_bad_inputs_and_resume(ray_local, tiny_model_
     monkeypatch.undo()
 
     # bad inputs are recorded with their reason, never dropped silently
-    errors = [r for u in storage.StageStore(str(out), schema.INGEST).error_urls() for r in pq.read_table(u).to_pylist()]
+    errors = stores.error_rows(out, schema.INGEST)
     reasons = " | ".join(e["error"] for e in errors)
     assert "empty file" in reasons and "not valid UTF-8" in reasons
-    docs = storage.StageStore(str(out), schema.INGEST).read(schema=schema.DOCUMENTS).to_pylist()
+    docs = stores.rows(out, schema.INGEST)
     long_chunks = [d for d in docs if d["source"].endswith("long.md")]
     assert len(long_chunks) >= 3 and all(d["num_tokens"] <= 256 for d in docs)
     assert {d["num_chunks"] for d in long_chunks} == {len(long_chunks)}
@@ -111,7 +117,7 @@ def test_synthesize_end_to_end_with_bad_inputs_and_resume(ray_local, tiny_model_
     # loadable with datasets
     import datasets
 
-    ds = datasets.load_dataset("parquet", data_files=sorted(glob.glob(f"{out}/synthetic/*.parquet")), split="train")
+    ds = datasets.load_dataset("parquet", data_files=_shards(out), split="train")
     assert ds.num_rows == len(rows)
 
     # the dry run agrees with what ran (entity counts now come from the committed extraction)
@@ -123,9 +129,9 @@ def test_synthesize_end_to_end_with_bad_inputs_and_resume(ray_local, tiny_model_
     assert est["num_prompt_tokens"] > 0 and est["estimated_cost_usd"] is None
 
     # a re-run finds everything committed and generates nothing
-    shards_before = sorted(glob.glob(f"{out}/synthetic/*.parquet"))
+    shards_before = _shards(out)
     again = synthesize(config)
-    assert sorted(glob.glob(f"{out}/synthetic/*.parquet")) == shards_before
+    assert _shards(out) == shards_before
     assert again.num_synthetic_rows == len(rows)
     state = read_run_state(str(out))
     assert state["run"]["state"] == "finished"
@@ -138,10 +144,18 @@ def test_synthesize_end_to_end_with_bad_inputs_and_resume(ray_local, tiny_model_
     prompt.write_text((load_prompt_set("entigraph-v1").model_dump_json()).replace('"entigraph-v1"', '"entigraph-v2"'))
     config2 = tiny_config(tiny_model_dir, messy_folder, out, f"synthesis.prompts={prompt}")
     synthesize(config2)
-    rows2 = _synthetic_rows(out)
-    v2 = [r for r in rows2 if r["prompt_version"] == "entigraph-v2"]
-    assert v2 and not {r["task_id"] for r in v2} & set(ids)
-    assert len({r["task_id"] for r in rows2}) == len(rows2)
+    from ray_entigraph.context import RunContext
+    from ray_entigraph.train.data import pack_units, read_texts
+
+    ctx2 = RunContext.resolve(config2)
+    v2 = _synthetic_rows(out, ctx2.synthesis_id)  # another identity folder beside the first, which is unchanged
+    (old,) = [i for i in stores.identities(out, schema.SYNTHESIZE) if i != ctx2.synthesis_id]
+    assert sorted(r["task_id"] for r in _synthetic_rows(out, old)) == sorted(ids)
+    assert v2 and {r["prompt_version"] for r in v2} == {"entigraph-v2"} and not {r["task_id"] for r in v2} & set(ids)
+    # what training packs for the changed config: the new rows only, each once
+    corpus = ctx2.corpus()
+    texts = [t for u in pack_units(ctx2) if u["fmt"] == "synthetic" for t in read_texts(u, corpus)]
+    assert sorted(texts) == sorted(r["text"] for r in v2 if r["text"])
 
 
 def test_partial_shards_are_completed_exactly_once(ray_local, tiny_model_dir, small_corpus, tmp_path):
@@ -149,23 +163,22 @@ def test_partial_shards_are_completed_exactly_once(ray_local, tiny_model_dir, sm
     out = tmp_path / "run"
     config = tiny_config(tiny_model_dir, small_corpus, out)
     synthesize(config)
-    store = storage.StageStore(str(out), schema.SYNTHESIZE)
-    entries = store.manifest_entries()
+    store = stores.store(out, schema.SYNTHESIZE)
+    entries = [(p, e) for p in range(store.num_partitions) for e in store.part(p).manifest_entries()]
     assert len(entries) >= 3
     lost = entries[: len(entries) // 2]
     lost_ids = set()
-    for e in lost:
-        lost_ids |= set(pq.read_table(f"{out}/synthetic/{e['file']}").column("task_id").to_pylist())
-        (out / "synthetic" / "_committed" / f"{e['shard']}.json").unlink()  # the shard stays, an orphan
+    for p, e in lost:
+        part = store.part(p)
+        lost_ids |= set(pq.read_table(storage.join(part.url, e["file"])).column("task_id").to_pylist())
+        storage.filesystem(part.committed_url)[0].rm(storage.join(part.committed_url, f"{e['shard']}.json"))
+    # as if the run died before sealing: no partition manifest, no stage summary
+    storage.filesystem(store.url)[0].rm(storage.join(store.url, "_manifest"), recursive=True)
     synthesize(config)
-    rows = _synthetic_rows_committed(store)
+    rows = store.read_all()
     ids = [r["task_id"] for r in rows]
     assert len(ids) == len(set(ids)) and lost_ids <= set(ids)
     assert set(ids) == _expected_task_ids(config)
-
-
-def _synthetic_rows_committed(store):
-    return [r for u in store.shard_urls() for r in storage.read_parquet(u).to_pylist()]
 
 
 def test_rephrase_augmenter(ray_local, tiny_model_dir, small_corpus, tmp_path):
@@ -185,7 +198,7 @@ def test_error_fraction_fails_the_stage_with_reason(ray_local, tiny_model_dir, s
     config = tiny_config(tiny_model_dir, small_corpus, out, "extract.fallback=none", "max_error_fraction=0.1")
     with pytest.raises(StageFailed, match=r"Stage 'entities': (\d+) of \1 requests failed .*max_error_fraction"):
         synthesize(config)
-    errs = [r for u in storage.StageStore(str(out), schema.EXTRACT).error_urls() for r in pq.read_table(u).to_pylist()]
+    errs = stores.error_rows(out, schema.EXTRACT)
     assert len(errs) >= 2 and all("extraction failed after 1 attempts: " in e["error"] for e in errs)
     assert read_run_state(str(out))["run"]["state"] == "failed"
 
@@ -195,19 +208,19 @@ def test_cli_status(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0
     state = json.loads(proc.stdout)
-    assert state["stages"]["synthetic"]["num_ok"] == 0
+    assert state["stages"]["documents"]["num_ok"] == 0
 
 
 def test_rerun_retries_failed_requests_only(ray_local, tiny_model_dir, small_corpus, tmp_path):
     out = tmp_path / "retry"
     config = tiny_config(tiny_model_dir, small_corpus, out, "extract.fallback=none", "max_error_fraction=1.0")
     synthesize(config)  # every extraction fails (a random model writes no entity list); tolerated here
-    store = storage.StageStore(str(out), schema.EXTRACT)
-    first = store.manifest_entries()
-    failed_keys = {r["request_key"] for u in store.error_urls() for r in pq.read_table(u).to_pylist()}
+    store = stores.store(out, schema.EXTRACT)
+    first = store.all_entries()
+    failed_keys = {r["request_key"] for r in stores.error_rows(out, schema.EXTRACT)}
     assert failed_keys and sum(e["num_ok"] for e in first) == 0
     synthesize(config)  # the same command again: the failed requests are attempted again, nothing else
-    second = [e for e in store.manifest_entries() if e["committed_at"] > max(x["committed_at"] for x in first)]
+    second = [e for e in store.all_entries() if e["committed_at"] > max(x["committed_at"] for x in first)]
     assert sum(e["num_failed"] for e in second) == len(failed_keys)
     state = read_run_state(str(out))["stages"]["entities"]["this_run"]
     assert state["expected"] == len(failed_keys) and state["done"] == 0 and state["failed"] == len(failed_keys)
@@ -223,7 +236,7 @@ def test_duplicate_documents_and_reused_output_dir(ray_local, tiny_model_dir, de
     config = tiny_config(tiny_model_dir, folder, out, "ingest.max_document_tokens=1024", "plan.max_pairs_per_doc=1",
                          "plan.max_triplets_per_doc=0")
     synthesize(config)
-    entities = storage.StageStore(str(out), schema.EXTRACT).read(schema=schema.ENTITIES).to_pylist()
+    entities = stores.rows(out, schema.EXTRACT)
     keys = [e["request_key"] for e in entities]
     assert len(keys) == len(set(keys)) == 2  # one request per distinct document
     # the same output_dir with other inputs: the old documents are not part of the new run

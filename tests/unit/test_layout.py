@@ -13,9 +13,11 @@ from ray_entigraph.layout import (
     Layout,
     base_model_name,
     curation_id,
+    extraction_id,
     extraction_key,
     judge_id,
     shard_basename,
+    synthesis_id,
     train_url,
 )
 
@@ -24,16 +26,21 @@ JUDGE = dict(model="m", prompt_version="judge-v1", constrained=False, sampling={
 
 
 def test_folder_names():
-    layout = Layout(RUN)
+    layout = Layout(RUN, num_partitions=8)
     assert layout.config_url == f"{RUN}/config.yaml" and layout.run_state_url == f"{RUN}/run.json"
+    assert layout.layout_url == f"{RUN}/_layout.json" and layout.lease_url == f"{RUN}/_lease.json"
     assert layout.step_marker_url("sweep/budget-1") == f"{RUN}/_steps/sweep-budget-1.json"
-    assert [layout.documents.url, layout.entities.url, layout.synthetic.url] == [
-        f"{RUN}/documents", f"{RUN}/entities", f"{RUN}/synthetic"]
+    assert [layout.documents.url, layout.entities("e1").url, layout.synthetic("s1").url] == [
+        f"{RUN}/documents", f"{RUN}/entities/e1", f"{RUN}/synthetic/s1"]
+    assert layout.documents.part(3).url == f"{RUN}/documents/p=00003"
+    assert layout.synthetic("s1").manifest_url(3) == f"{RUN}/synthetic/s1/_manifest/p=00003.json"
+    assert layout.synthetic("s1").summary_url == f"{RUN}/synthetic/s1/_manifest/_stage.json"
+    assert layout.files_url("f1.json") == f"{RUN}/documents/_files/f1.json"
     assert layout.blocks("replay:wiki").url == f"{RUN}/train/blocks/replay-wiki"
     assert layout.training("sweep/b1", "model") == f"{RUN}/sweep/b1/model"
     assert layout.eval_url("report.json") == f"{RUN}/eval/report.json"
     assert Layout.judged_stage("abc") == "judged/abc" and Layout.curated_stage("def") == "curated/def"
-    assert layout.stage_folders() == {"documents": "documents", "entities": "entities", "synthetic": "synthetic"}
+    assert layout.stage_folders() == {"documents": "documents"}
     assert layout.stage_folders({"curated": "curated/def"})["curated"] == "curated/def"
     assert Layout("/tmp/run").url("a", "b") == os.path.join("/tmp/run", "a", "b")
     assert shard_basename(f"{RUN}/synthetic/part-ab12.parquet") == "part-ab12"
@@ -52,7 +59,10 @@ def test_the_same_config_gives_the_same_identities():
     assert extraction_key(a, "d1", prompt_version="entigraph-v1", constrained=False) == extraction_key(
         b, "d1", prompt_version="entigraph-v1", constrained=False)
     assert judge_id(**JUDGE) == judge_id(**dict(JUDGE, sampling={"temperature": 0.0}))
-    assert curation_id(a.curate, ["s1", "s2"]) == curation_id(b.curate, ["s2", "s1"])
+    assert curation_id(a.curate, "s1") == curation_id(b.curate, "s1")
+    for ident in (extraction_id, ):
+        assert ident(a, prompt_version="v", constrained=False) == ident(b, prompt_version="v", constrained=False)
+    assert synthesis_id(a, prompt_version="v", extraction="e") == synthesis_id(b, prompt_version="v", extraction="e")
 
 
 @pytest.mark.parametrize("overrides, kwargs", [
@@ -89,10 +99,24 @@ def test_curation_id_changes_with_settings_and_inputs_but_not_with_enabled():
         return load_config("configs/demo.yaml", list(overrides)).curate
 
     base = curate("curate.min_grounding=0.5")
-    assert curation_id(base, ["a", "b"]) == curation_id(base, ["b", "a"])
-    assert curation_id(base, ["a", "b"]) != curation_id(base, ["a", "b", "c"])
-    assert curation_id(base, ["a"]) != curation_id(curate("curate.min_grounding=0.6"), ["a"])
-    assert curation_id(base, ["a"]) == curation_id(curate("curate.min_grounding=0.5", "curate.enabled=true"), ["a"])
+    assert curation_id(base, "a") != curation_id(base, "b")
+    assert curation_id(base, "a") != curation_id(curate("curate.min_grounding=0.6"), "a")
+    assert curation_id(base, "a") == curation_id(curate("curate.min_grounding=0.5", "curate.enabled=true"), "a")
+
+
+@pytest.mark.parametrize("overrides", [
+    ["synthesis.prompts=entigraph-freeform-v1"], ["seed=4"], ["model.name=HuggingFaceTB/SmolLM2-360M"],
+    ["synthesis.sampling.temperature=0.1"], ["extract.max_entities=5"]])
+def test_synthesis_id_names_every_setting_that_changes_a_row(overrides):
+    """Rows of another prompt version, model, sampling, seed or extraction live in another synthetic/ folder."""
+    from ray_entigraph.context import RunContext
+
+    base = RunContext.resolve(load_config("configs/demo.yaml", []), list_inputs=False)
+    other = RunContext.resolve(load_config("configs/demo.yaml", overrides), list_inputs=False)
+    assert base.synthesis_id != other.synthesis_id and base.synthetic_identity != other.synthetic_identity
+    budget = RunContext.resolve(load_config("configs/demo.yaml", ["plan.max_tasks_total=5"]), list_inputs=False)
+    assert budget.synthesis_id == base.synthesis_id  # the same rows, fewer of them planned
+    assert budget.synthetic_identity != base.synthetic_identity
 
 
 def test_layout_version_recorded_once_and_another_version_refused(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from ray_entigraph import storage
 from ray_entigraph.errors import LeaseHeld
 from ray_entigraph.layout import Layout
-from ray_entigraph.lease import Lease, fenced_layout
+from ray_entigraph.lease import Lease
 
 
 def _commit(layout: Layout, key: str) -> None:
@@ -30,7 +30,7 @@ def _exercise(out: str) -> None:
         second = Lease(out, "synthesize", ttl_s=60, heartbeat_s=30)
         with pytest.raises(LeaseHeld, match=r"is in use by run .* \(synthesize\) on host .* token 0.*Fix: wait"):
             second.acquire()
-        _commit(fenced_layout(out), "t-held")  # the holder commits
+        _commit(Layout(out, fence=first.fence), "t-held")  # the holder commits
     assert not storage.exists(Layout(out).lease_url)  # released
 
     # a dead run: its lease's heartbeat is older than its ttl

@@ -14,26 +14,32 @@ from ray_entigraph.config import load_config
 from ray_entigraph.layout import Layout
 from ray_entigraph.ledger import Progress, StageTotals, read_run_state, stage_record, stage_totals, write_run_state
 
+SYN = "synthetic/s1"  # a synthesis identity's partitioned folder
 
-def _commit(output_dir: str, stage: str, keys: list[str], **stats) -> dict:
+
+def _commit(output_dir: str, stage: str, keys: list[str], partition: int = 0, **stats) -> dict:
+    """A commit into a plain stage folder, or into one partition of a partitioned one."""
     table = schema.rows_to_table([{"task_id": k, "text": f"text of {k}"} for k in keys], schema.SYNTHETIC)
-    return storage.StageStore(output_dir, stage).commit(table, None, keys=keys, stats=stats)
+    store = (Layout(output_dir, num_partitions=2).partitioned(stage).part(partition)
+             if stage.split("/")[0] in schema.STAGES else storage.StageStore(output_dir, stage))
+    return store.commit(table, None, keys=keys, stats=stats)
 
 
 def test_stage_totals_add_up_the_commit_markers(tmp_path):
     out = str(tmp_path)
-    _commit(out, schema.SYNTHESIZE, ["a", "b"], num_ok=3, num_failed=1, num_prompt_tokens=100, num_cached_tokens=40,
-            num_generated_tokens=50, num_retries=2, wall_s=1.5, host="h1", node_id="n1")
-    _commit(out, schema.SYNTHESIZE, ["c"], num_ok=2, num_prompt_tokens=10, num_generated_tokens=5, num_dropped=1,
-            wall_s=0.5, host="h1", node_id="n2")
-    totals = stage_totals(out, schema.SYNTHESIZE)
-    assert (totals.num_shards, totals.num_ok, totals.num_failed) == (2, 5, 1)
-    assert (totals.num_retries, totals.num_dropped) == (2, 1)
-    assert (totals.num_prompt_tokens, totals.num_cached_tokens, totals.num_generated_tokens) == (110, 40, 55)
-    assert totals.busy_s == pytest.approx(2.0)
-    assert totals.hosts == ["h1"] and sorted(totals.node_ids) == ["n1", "n2"]  # each host and node once
-    assert stage_totals(out, schema.SYNTHESIZE, since=time.time() + 60).num_shards == 0  # committed before `since`
-    assert stage_totals(out, schema.EXTRACT) == StageTotals(schema.EXTRACT)  # no markers, nothing done
+    for stage, second in ((SYN, 1), ("curated/c1", 0)):  # partitioned (two partitions) and plain
+        _commit(out, stage, ["a", "b"], num_ok=3, num_failed=1, num_prompt_tokens=100, num_cached_tokens=40,
+                num_generated_tokens=50, num_retries=2, wall_s=1.5, host="h1", node_id="n1")
+        _commit(out, stage, ["c"], second, num_ok=2, num_prompt_tokens=10, num_generated_tokens=5, num_dropped=1,
+                wall_s=0.5, host="h1", node_id="n2")
+        totals = stage_totals(out, stage, num_partitions=2)
+        assert (totals.num_shards, totals.num_ok, totals.num_failed) == (2, 5, 1)
+        assert (totals.num_retries, totals.num_dropped) == (2, 1)
+        assert (totals.num_prompt_tokens, totals.num_cached_tokens, totals.num_generated_tokens) == (110, 40, 55)
+        assert totals.busy_s == pytest.approx(2.0)
+        assert totals.hosts == ["h1"] and sorted(totals.node_ids) == ["n1", "n2"]  # each host and node once
+        assert stage_totals(out, stage, since=time.time() + 60, num_partitions=2).num_shards == 0  # before `since`
+    assert stage_totals(out, "entities/e1", num_partitions=2) == StageTotals("entities/e1")  # nothing done
 
 
 def test_a_marker_without_statistics_counts_as_a_shard_and_nothing_else():
@@ -44,19 +50,19 @@ def test_a_marker_without_statistics_counts_as_a_shard_and_nothing_else():
 
 def test_run_state_shows_the_curated_folder_the_run_recorded_and_what_this_run_did(tmp_path):
     out = str(tmp_path)
-    Layout(out).check_version(create=True)  # as every run's first write does
-    _commit(out, schema.SYNTHESIZE, ["old"], num_ok=2, num_prompt_tokens=20, num_generated_tokens=10)
+    Layout(out, num_partitions=2).check_version(create=True)  # as every run's first write does
+    _commit(out, SYN, ["old"], num_ok=2, num_prompt_tokens=20, num_generated_tokens=10)
     time.sleep(0.01)
     started = time.time()
-    _commit(out, schema.SYNTHESIZE, ["new"], num_ok=4, num_failed=1, num_prompt_tokens=200, num_generated_tokens=100)
+    _commit(out, SYN, ["new"], 1, num_ok=4, num_failed=1, num_prompt_tokens=200, num_generated_tokens=100)
     _commit(out, "curated/abc123", ["new"], num_ok=3, num_dropped=1)
     write_run_state(out, {"command": "synthesize", "state": "done", "started_at": started,
                           "stages": {schema.SYNTHESIZE: {"expected": 10, "done_before": 2, "wall_s": 5.0,
                                                          "generated_tokens_per_s": 20.0}},
-                          "folders": {schema.CURATE: "curated/abc123"}})
+                          "folders": {schema.SYNTHESIZE: SYN, schema.CURATE: "curated/abc123"}})
     state = read_run_state(out)
     assert state["run"]["state"] == "done"
-    assert set(state["stages"]) == {"documents", "entities", "synthetic", "curated"}
+    assert set(state["stages"]) == {"documents", "synthetic", "curated"}
     curated = state["stages"]["curated"]
     assert curated["stage"] == "curated/abc123" and curated["num_ok"] == 3 and curated["num_dropped"] == 1
     assert "this_run" not in curated  # the run planned no curate stage
@@ -74,7 +80,7 @@ def test_run_state_shows_the_curated_folder_the_run_recorded_and_what_this_run_d
 
 def test_run_state_of_an_empty_folder_is_empty(tmp_path):
     state = read_run_state(str(tmp_path))
-    assert state["run"] == {} and set(state["stages"]) == {"documents", "entities", "synthetic"}
+    assert state["run"] == {} and set(state["stages"]) == {"documents"}
     assert all(st["num_shards"] == 0 and "this_run" not in st for st in state["stages"].values())
 
 
