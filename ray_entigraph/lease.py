@@ -8,7 +8,8 @@ holds `<output_dir>/_lease.json` while it writes:
   (owner, host, pid, command, last heartbeat) and the fix.
 - **heartbeat**: a daemon thread rewrites the lease every `lease.heartbeat_s`, conditionally on the version
   it wrote last; a lease whose heartbeat is older than `lease.ttl_s` is stale.
-- **takeover**: a stale lease is replaced by a conditional write on the version that was read (`If-Match`
+- **takeover**: a stale lease (or one whose holder ran on this machine and is no longer alive, as after a
+  SIGKILL) is replaced by a conditional write on the version that was read (`If-Match`
   on S3, a lock-guarded compare locally), so of two runs taking over at once exactly one wins. The winner's
   fencing token is the old token + 1.
 - **fencing**: every commit marker is written only after `Fence.check` has read the lease and found this
@@ -57,6 +58,20 @@ class Fence:
                 f"This run lost its lease on {self.lease_url} (fencing token {self.token}) to "
                 f"{_describe(record)}, so it commits nothing more. Fix: let the newer run finish; re-run after it "
                 "(committed work is kept).")
+
+
+def _dead_here(record: dict) -> bool:
+    """The holder ran on this machine and its process is gone (a killed run): its lease is stale now, not
+    after ttl_s. Another machine's holder is judged by its heartbeat alone."""
+    if record.get("host") != os.uname().nodename or not isinstance(record.get("pid"), int):
+        return False
+    try:
+        os.kill(record["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _describe(record: dict) -> str:
@@ -112,7 +127,7 @@ class Lease:
                 raise StorageError(f"The lease {self.url} is not JSON. Fix: if no run is writing to this "
                                    "output_dir, delete that file and re-run.") from None
             age = time.time() - float(record.get("heartbeat_at", 0))
-            if age <= float(record.get("ttl_s", self.ttl_s)):
+            if age <= float(record.get("ttl_s", self.ttl_s)) and not _dead_here(record):
                 raise LeaseHeld(
                     f"output_dir {self.output_dir!r} is in use by {_describe(record)}; two runs on one output_dir "
                     "would commit the same requests twice. Fix: wait for that run to finish, stop it, or choose "

@@ -6,11 +6,11 @@ import os
 import subprocess
 import sys
 
-import pyarrow.parquet as pq
 import pytest
 
-from ray_entigraph import schema, storage
+from ray_entigraph import schema
 from ray_entigraph.prompts import load_prompt_set, render
+from tests import stores
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -30,8 +30,7 @@ def test_cli_synthesize_with_bundled_model(tmp_path, small_corpus):
     assert "model output parsed for" in proc.stdout and f"{out}/synthetic" in proc.stdout
     assert "ETA" in proc.stderr  # progress lines
 
-    store = storage.StageStore(str(out), schema.SYNTHESIZE)
-    rows = [r for u in store.shard_urls() for r in pq.read_table(u).to_pylist()]
+    rows = stores.rows(out, schema.SYNTHESIZE)
     relations = [r for r in rows if r["kind"] in ("pair", "triplet")]
     assert len(relations) == 2 * (3 + 1)
     prompts = load_prompt_set("entigraph-v1")
@@ -47,5 +46,5 @@ def test_cli_synthesize_with_bundled_model(tmp_path, small_corpus):
         mentions_other += any(e.lower() in generated.lower() for e in r["entities"])
     # the model writes about the entities it was asked about, not only because the prefix names them
     assert mentions_other >= 1
-    ents = storage.StageStore(str(out), schema.EXTRACT).read(schema=schema.ENTITIES).to_pylist()
+    ents = stores.rows(out, schema.EXTRACT)
     assert all(len(e["entities"]) >= 2 and all(x.lower() in e["text"].lower() for x in e["entities"]) for e in ents)

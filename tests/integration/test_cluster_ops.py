@@ -23,8 +23,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ray_entigraph import schema, storage
+from ray_entigraph import schema
 from ray_entigraph.ledger import read_run_state
+from tests import stores
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the environment's bin: `ray`, `ray-entigraph`
@@ -200,7 +201,7 @@ def ray_cluster():
 
 
 def _committed_rows(out: str, stage: str) -> list[dict]:
-    return [r for url in storage.StageStore(out, stage).shard_urls() for r in storage.read_parquet(url).to_pylist()]
+    return stores.rows(out, stage)
 
 
 @pytest.mark.timeout(600)
@@ -225,7 +226,7 @@ def test_job_submit_succeeds_then_fails_with_reason(ray_cluster, tiny_model_dir,
     # committed output, from storage alone
     state = read_run_state(str(out))
     assert state["run"]["state"] == "finished"
-    shards = list((out / "synthetic").glob("*.parquet"))
+    shards = list((out / "synthetic").glob("*/p=*/*.parquet"))
     assert shards and sum(pq.read_metadata(f).num_rows for f in shards) > 0
     rows = _committed_rows(str(out), schema.SYNTHESIZE)
     assert len(rows) == state["stages"]["synthetic"]["num_ok"] > 0
@@ -297,7 +298,7 @@ def test_synthesis_on_two_nodes_writes_s3_from_both(ray_cluster, s3_bucket, tiny
     assert set(syn["node_ids"]) == {head, worker}, syn
     assert set(state["stages"]["entities"]["node_ids"]) <= {head, worker}
     assert len(syn["hosts"]) == 1  # one machine: the host name cannot tell the nodes apart, the node id can
-    markers = storage.StageStore(out, schema.SYNTHESIZE).manifest_entries()
+    markers = stores.store(out, schema.SYNTHESIZE).all_entries()
     per_node = {name: sum(e.get("node_id") == node for e in markers)
                 for name, node in (("head", head), ("worker", worker))}
     print(f"\ntwo-node synthesis to S3 (2 node starts + run): {time.time() - started:.1f}s, "

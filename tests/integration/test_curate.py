@@ -16,6 +16,7 @@ from ray_entigraph.pipeline import curation_summary, synthesize
 from ray_entigraph.stages.base import run_stage
 from ray_entigraph.stages.curate import Curate
 from ray_entigraph.stages.judge import Judge
+from tests import stores
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -34,7 +35,7 @@ def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_m
                  "curate.min_sentence_grounding=0.5", "curate.dedup=true", "curate.min_chars=20"]
     config = load_config(None, overrides)
     synthesize(config, ingest_only=True)
-    docs = storage.StageStore(str(out), schema.INGEST).read(schema=schema.DOCUMENTS).to_pylist()
+    docs = stores.rows(out, schema.INGEST)
     d0, d1 = docs[0], docs[1]
     copied = ". ".join(d0["text"].split(". ")[:6]) + "."
     invented = ("Zorbanek Vellitrax founded the Quoridan Empire in 2317 with 4,096 soldiers from Plethmoor. "
@@ -44,10 +45,11 @@ def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_m
     near_dup = copied[::-1].replace(" eht ", " a ", 1)[::-1]  # one word changed near the end
     assert near_dup != copied
     rows_b = [_row("t4-near-duplicate", d0, near_dup)]
-    syn = storage.StageStore(str(out), schema.SYNTHESIZE)
+    syn = RunContext.resolve(config).synthetic_store.part(0)  # the current synthesis identity's folder
     for i, rows in enumerate((rows_a, rows_b)):
         syn.commit(schema.rows_to_table(rows, schema.SYNTHETIC), None, keys=[f"shard{i}"], stats={"num_ok": len(rows)})
-    raw_before = {f: hashlib.sha256(open(f, "rb").read()).hexdigest() for f in glob.glob(f"{out}/synthetic/*.parquet")}
+    raw_before = {f: hashlib.sha256(open(f, "rb").read()).hexdigest()
+                  for f in glob.glob(f"{out}/synthetic/*/p=*/*.parquet")}
 
     totals = run_stage(Curate(), RunContext.resolve(config))
     assert totals.num_ok == 2 and totals.num_dropped == 2  # kept: copied, mixed (repaired); dropped: 2
@@ -66,7 +68,7 @@ def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_m
     assert dropped["t4-near-duplicate"] == "near-duplicate of t1-copied"
     # the synthetic stage's own shards are untouched, and loadable curated Parquet has the documented columns
     assert raw_before == {f: hashlib.sha256(open(f, "rb").read()).hexdigest()
-                          for f in glob.glob(f"{out}/synthetic/*.parquet")}
+                          for f in glob.glob(f"{out}/synthetic/*/p=*/*.parquet")}
     assert set(pq.read_table(store.shard_urls()[0]).column_names) == set(schema.CURATED.names)
 
     # a re-run has nothing to do; training reads the curated copy
@@ -77,7 +79,7 @@ def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_m
     urls = [u["url"] for u in pack_units(ctx) if u["source"] == schema.SYNTHETIC_SOURCE]
     assert sorted(urls) == sorted(store.shard_urls())
     plain = RunContext.resolve(load_config(None, overrides[:-5]))
-    assert all("/synthetic/" in u["url"] for u in pack_units(plain) if u["source"] == schema.SYNTHETIC_SOURCE)
+    assert all(u["fmt"] == "synthetic" for u in pack_units(plain) if u["source"] == schema.SYNTHETIC_SOURCE)
 
 
 def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local, bundled_model_dir, small_corpus,
@@ -90,14 +92,14 @@ def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local
                                 "ingest.max_document_tokens=512", "curate.enabled=true", "curate.judge=true",
                                 "curate.min_judge_score=0.5", "curate.min_chars=10", "model.dtype=float32"])
     synthesize(config, ingest_only=True)
-    docs = storage.StageStore(str(out), schema.INGEST).read(schema=schema.DOCUMENTS).to_pylist()
+    docs = stores.rows(out, schema.INGEST)
     d0, d1 = docs[0], docs[1]
     rows = [_row("t1-copied", d0, ". ".join(d0["text"].split(". ")[:3]) + "."),
             _row("t2-invented", d0, "Zorbanek Vellitrax founded the Quoridan Empire in 2317 with 4,096 soldiers."),
             _row("t3-other-doc", d1, ". ".join(d1["text"].split(". ")[:2]) + "."),
             _row("t4-orphan", {"doc_id": "no-such-document", "title": "x"}, "Text whose document is gone.")]
-    storage.StageStore(str(out), schema.SYNTHESIZE).commit(schema.rows_to_table(rows, schema.SYNTHETIC), None,
-                                                          keys=["shard0"], stats={"num_ok": len(rows)})
+    RunContext.resolve(config).synthetic_store.part(0).commit(schema.rows_to_table(rows, schema.SYNTHETIC), None,
+                                                              keys=["shard0"], stats={"num_ok": len(rows)})
     ctx = RunContext.resolve(config)
     totals = run_stage(Judge(), ctx)
     judged = storage.StageStore(str(out), ctx.judge_stage)

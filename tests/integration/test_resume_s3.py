@@ -16,7 +16,9 @@ import pytest
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import load_config
+from ray_entigraph.context import RunContext
 from ray_entigraph.pipeline import synthesize
+from tests import stores
 
 from .test_pipeline import _expected_task_ids, tiny_config
 
@@ -25,16 +27,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _committed_rows(out: str, stage: str) -> list[dict]:
-    store = storage.StageStore(out, stage)
-    return [r for u in store.shard_urls() for r in storage.read_parquet(u).to_pylist()]
+    return stores.rows(out, stage)
 
 
 def _assert_markers_match_shards(out: str, stage: str) -> None:
     """No partial shard is readable: every committed marker names a complete file with its checksum."""
-    store = storage.StageStore(out, stage)
-    for entry in store.manifest_entries():
-        data = storage.read_bytes(storage.join(out, stage, entry["file"]))
-        assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["bytes"]
+    store = stores.store(out, stage)
+    for p in range(store.num_partitions):
+        part = store.part(p)
+        for entry in part.manifest_entries():
+            data = storage.read_bytes(storage.join(part.url, entry["file"]))
+            assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["bytes"]
 
 
 def test_every_stage_through_s3(ray_local, tiny_model_dir, small_corpus, s3_bucket, monkeypatch):
@@ -58,7 +61,7 @@ def test_every_stage_through_s3(ray_local, tiny_model_dir, small_corpus, s3_buck
     # the suite runs with HF_HUB_OFFLINE=1 (no hub here), which datasets also applies to s3:// URLs
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    files = storage.StageStore(out, schema.SYNTHESIZE).shard_urls()
+    files = stores.store(out, schema.SYNTHESIZE).all_shard_urls()
     ds = datasets.load_dataset("parquet", data_files=files, split="train",
                                storage_options={"endpoint_url": os.environ["AWS_ENDPOINT_URL"]})
     assert ds.num_rows == len(rows)
@@ -79,7 +82,9 @@ def _cli(out, corpus, model_dir, *extra):
 def _wait_for_markers(out: str, stage: str, n: int, proc: subprocess.Popen, timeout: float = 240) -> int:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        count = len(storage.list_files(storage.join(out, stage, storage.COMMITTED), ".json"))
+        fs, path = storage.filesystem(storage.join(out, stage))
+        fs.invalidate_cache()
+        count = len(fs.glob(f"{path}/*/p=*/{storage.COMMITTED}/*.json"))
         if count >= n:
             return count
         assert proc.poll() is None, "the run ended before it could be killed"
@@ -174,14 +179,14 @@ def test_worker_actor_killed_mid_run(ray_local, tiny_model_dir, small_corpus, tm
 
     thread = threading.Thread(target=run, daemon=True)
     thread.start()
-    store = storage.StageStore(out, schema.SYNTHESIZE)
+    store = RunContext.resolve(config).synthetic_store
     deadline = time.time() + 240
-    while not store.manifest_entries():
+    while not store.all_entries():
         assert time.time() < deadline and thread.is_alive(), outcome
         time.sleep(0.1)
-    victim = store.manifest_entries()[0]["pid"]
+    victim = store.all_entries()[0]["pid"]
     os.kill(victim, signal.SIGKILL)
-    at_kill = len(store.manifest_entries())
+    at_kill = len(store.all_entries())
     thread.join(timeout=400)
     assert not thread.is_alive()
     print("worker kill:",
@@ -190,7 +195,7 @@ def test_worker_actor_killed_mid_run(ray_local, tiny_model_dir, small_corpus, tm
         synthesize(config)
     rows = _committed_rows(out, schema.SYNTHESIZE)
     ids = [r["task_id"] for r in rows]
-    assert at_kill < len(store.manifest_entries())  # killed partway, not after the end
+    assert at_kill < len(store.all_entries())  # killed partway, not after the end
     assert len(ids) == len(set(ids)) and set(ids) == _expected_task_ids(config)
-    latest = max(store.manifest_entries(), key=lambda e: e["committed_at"])
+    latest = max(store.all_entries(), key=lambda e: e["committed_at"])
     assert latest["pid"] != victim  # the work after the kill ran in a new actor process

@@ -72,3 +72,20 @@ def test_conditional_writes_on_s3(s3_bucket):
     with pytest.raises(storage.VersionConflict):
         storage.replace_if(url, b"4", v1)  # v1 is stale
     assert storage.read_versioned(url) == (b"3", v2)
+
+
+def test_a_killed_run_on_this_machine_is_taken_over_at_once(tmp_path):
+    """A run killed with SIGKILL leaves a fresh-looking lease; its process is gone, so the re-run takes over
+    without waiting for ttl_s."""
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "run")
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    killed = Lease(out, "synthesize", ttl_s=600, heartbeat_s=30).acquire()
+    killed._stop.set()
+    record = json.loads(storage.read_versioned(killed.url)[0])
+    storage.write_text(killed.url, json.dumps({**record, "pid": int(gone.stdout)}))  # a process that has exited
+    rerun = Lease(out, "synthesize", ttl_s=600, heartbeat_s=30).acquire()
+    rerun.release()
+    assert rerun.token == killed.token + 1
