@@ -150,13 +150,13 @@ def test_run_resumes_after_a_kill_between_steps(tiny_model_dir, tmp_path):
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     assert not (out / "_steps" / "eval.json").exists()
-    shards = {p: p.stat().st_mtime_ns for p in (out / "synthetic").glob("*.parquet")}
+    shards = {p: p.stat().st_mtime_ns for p in (out / "synthetic").glob("*/p=*/*.parquet")}
     assert shards
     rerun = subprocess.run(_run_cli(out, tiny_model_dir), cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=800)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "[run] synthesize: done earlier" in rerun.stdout and "[run] train: starting" in rerun.stdout
-    assert {p: p.stat().st_mtime_ns for p in (out / "synthetic").glob("*.parquet")} == shards
+    assert {p: p.stat().st_mtime_ns for p in (out / "synthetic").glob("*/p=*/*.parquet")} == shards
     for rel in ("config.yaml", "_steps/train.json", "_steps/eval.json", "train/metrics.jsonl", "train/metrics.png",
                 "train/model/model.safetensors", "eval/report.json", "eval/report.md", "eval/accuracy.png"):
         assert (out / rel).exists(), rel

@@ -228,10 +228,11 @@ def test_count_tokens_uses_the_models_tokenizer(vllm_server, proxy):
 def test_synthesis_through_ray_data_with_the_openai_engine(ray_local, vllm_server, proxy, small_corpus, tmp_path):
     import pyarrow.parquet as pq
 
-    from ray_entigraph import schema, storage
+    from ray_entigraph import schema
     from ray_entigraph.config import load_config
     from ray_entigraph.ledger import read_run_state
     from ray_entigraph.pipeline import synthesize
+    from tests import stores
 
     faults = ["429", "500", "drop"]
     proxy.reset(faults)
@@ -257,6 +258,5 @@ def test_synthesis_through_ray_data_with_the_openai_engine(ray_local, vllm_serve
     assert {r["task_id"] for r in relation} <= set(proxy.succeeded)
     state = read_run_state(str(out))
     assert sum(st.get("num_retries", 0) for st in state["stages"].values()) == len(faults)
-    manifest = [e for stage in (schema.EXTRACT, schema.SYNTHESIZE)
-                for e in storage.StageStore(str(out), stage).manifest_entries()]
+    manifest = [e for stage in (schema.EXTRACT, schema.SYNTHESIZE) for e in stores.store(out, stage).all_entries()]
     assert sum(int(e.get("num_retries", 0)) for e in manifest) == len(faults)

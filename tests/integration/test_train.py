@@ -114,8 +114,9 @@ def test_train_with_output_on_s3(synthesized, tiny_model_dir, s3_bucket):
     from ray_entigraph.train.launch import run_train
 
     out = f"{s3_bucket}/run"
-    for rel in ("synthetic",):
+    for rel in ("documents", "entities", "synthetic"):  # the corpus, as synthesis left it
         storage.put_dir(str(synthesized / rel), f"{out}/{rel}")
+    storage.write_bytes(f"{out}/_layout.json", (synthesized / "_layout.json").read_bytes())
     config = tiny_config(tiny_model_dir, "builtin:demo", out, "input.max_documents=3", *TRAIN,
                          "train.max_steps=3", "train.checkpoint_every=2")
     summary = run_train(config)
@@ -138,7 +139,7 @@ def test_raw_cpt_baseline_packs_the_source_documents(synthesized, tiny_model_dir
                              f"train.corpus={corpus}")
         ctx = RunContext.resolve(config)
         units = [u for u in pack_units(ctx) if u["source"] == "synthetic"]
-        assert {u["url"].split("/")[-2] for u in units} == expect
+        assert {u["fmt"] for u in units} == expect  # partitions of the documents and/or synthetic rows
     counts = run_pack(config, ctx)
     blocks = load_blocks(block_files(ctx)["synthetic"], config.train.block_len)
     assert counts["synthetic"] == len(blocks) > 0
