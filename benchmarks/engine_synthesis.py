@@ -78,11 +78,10 @@ def main() -> None:  # noqa: C901 - a linear script
 
     from transformers import AutoTokenizer
 
-    from ray_entigraph import schema, storage
+    from ray_entigraph import schema
     from ray_entigraph.context import RunContext
     from ray_entigraph.engines import make_engine, sampling_params
     from ray_entigraph.engines.bundled import resolve_model_path
-    from ray_entigraph.inputs import list_input_files
     from ray_entigraph.planning import entigraph_tasks, group_tasks
     from ray_entigraph.stages.synthesize import relation_request
     from ray_entigraph.text.identity import doc_id_for, normalise_text
@@ -148,16 +147,14 @@ def main() -> None:  # noqa: C901 - a linear script
     print(f"raw       done: {raw_total:.1f}s ({raw_gen_s:.1f}s generating)", flush=True)
 
     # pipeline: committed entities in, committed synthetic rows out, through Ray Data
+    from committed_layout import write_run
+
     from ray_entigraph.runtime import init_ray
     from ray_entigraph.stages.base import run_stage
     from ray_entigraph.stages.synthesize import Synthesize
 
-    storage.StageStore(config.output_dir, schema.INGEST).commit(
-        schema.rows_to_table(entity_rows, schema.DOCUMENTS), None, keys=[r["doc_id"] for r in entity_rows],
-        stats={"source": list_input_files(config.input)[0][0]})  # as ingest would have committed it
-    storage.StageStore(config.output_dir, schema.EXTRACT).commit(
-        schema.rows_to_table(entity_rows, schema.ENTITIES), None, keys=[r["request_key"] for r in entity_rows],
-        stats={})
+    entities = {r["doc_id"]: r["entities"] for r in entity_rows}  # as ingest and extraction would have committed
+    write_run(config, entity_rows, lambda r: entities[r["doc_id"]])
     import ray
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")

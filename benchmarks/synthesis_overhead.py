@@ -32,10 +32,10 @@ def main() -> None:  # noqa: C901 - a linear script
     ap.add_argument("--model", default="bundled:smollm2-135m-instruct")
     args = ap.parse_args()
 
-    from ray_entigraph import schema, storage
+    from ray_entigraph import schema
     from ray_entigraph.config import load_config
     from ray_entigraph.context import RunContext
-    from ray_entigraph.inputs import DEMO_CORPUS, list_input_files
+    from ray_entigraph.inputs import DEMO_CORPUS
     from ray_entigraph.planning import entigraph_tasks, group_tasks
     from ray_entigraph.stages.synthesize import RelationSynthesisWorker
     from ray_entigraph.text.identity import doc_id_for, normalise_text
@@ -62,7 +62,7 @@ def main() -> None:  # noqa: C901 - a linear script
     for row in entity_rows:
         groups.extend(group_tasks(row, entigraph_tasks(config, prompts, row, None), set(), config.plan.tasks_per_group))
 
-    stage = RelationSynthesisWorker(config, prompts)
+    stage = RelationSynthesisWorker(config, prompts, ctx.synthesis_id)
     engine = stage.engine
 
     def requests_of(group):
@@ -98,12 +98,10 @@ def main() -> None:  # noqa: C901 - a linear script
     from ray_entigraph.stages.synthesize import Synthesize
 
     ray_config = config.model_copy(update={"output_dir": f"{out}/ray"})
-    storage.StageStore(ray_config.output_dir, schema.INGEST).commit(
-        schema.rows_to_table(entity_rows, schema.DOCUMENTS), None, keys=[r["doc_id"] for r in entity_rows],
-        stats={"source": list_input_files(ray_config.input)[0][0]})  # as ingest would have committed it
-    storage.StageStore(ray_config.output_dir, schema.EXTRACT).commit(
-        schema.rows_to_table(entity_rows, schema.ENTITIES), None, keys=[r["request_key"] for r in entity_rows],
-        stats={})
+    from committed_layout import write_run
+
+    entities = {r["doc_id"]: r["entities"] for r in entity_rows}  # as ingest and extraction would have committed
+    write_run(ray_config, entity_rows, lambda r: entities[r["doc_id"]])
     init_ray(ray_config)
     t0 = time.perf_counter()
     totals = run_ray_stage(Synthesize(), RunContext.resolve(ray_config))

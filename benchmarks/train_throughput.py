@@ -28,28 +28,30 @@ def main() -> None:
     args = ap.parse_args()
 
     import torch
+    from committed_layout import write_run
 
-    from ray_entigraph import schema, storage
+    from ray_entigraph import storage
     from ray_entigraph.config import load_config
     from ray_entigraph.engines.bundled import resolve_model_path
     from ray_entigraph.inputs import DEMO_CORPUS
+    from ray_entigraph.text.identity import doc_id_for, normalise_text
     from ray_entigraph.train.data import load_blocks
     from ray_entigraph.train.launch import run_train
     from ray_entigraph.train.loop import stream_item
     from ray_entigraph.train.schedule import warmup_cosine
 
     out = tempfile.mkdtemp(prefix="bench-train-")
-    texts = [json.loads(line)["article"] for line in open(DEMO_CORPUS)] * 3
-    rows = [{"task_id": f"t{i:04d}", "doc_id": "d", "kind": "pair", "text": t} for i, t in enumerate(texts)]
-    storage.StageStore(out, schema.SYNTHESIZE).commit(schema.rows_to_table(rows, schema.SYNTHETIC), None,
-                                                      keys=[r["task_id"] for r in rows], stats={})
+    # the demo's documents, each the text of 3 synthetic rows (3 planned pairs; only the model output is stubbed)
+    docs = [{"doc_id": doc_id_for(d["article"]), "title": d["title"], "text": normalise_text(d["article"]),
+             "num_tokens": 0} for d in map(json.loads, open(DEMO_CORPUS))]
 
     def config_for(workers: int, threads: int, run: str):
         return load_config(None, [
             f"output_dir={out}/{run}", f"model.name={args.model}", f"train.block_len={args.block_len}",
             "train.global_batch_size=2", "train.micro_batch_size=1", f"train.num_workers={workers}",
             f"train.torch_threads={threads}", f"train.max_steps={args.steps}", "train.lr=1e-5",
-            "train.checkpoint_every=1000", "train.warmup_ratio=0.1",
+            "train.checkpoint_every=1000", "train.warmup_ratio=0.1", "plan.max_pairs_per_doc=3",
+            "plan.max_triplets_per_doc=0",
         ])
 
     results = {}
@@ -57,8 +59,7 @@ def main() -> None:
     for name, workers, threads in ((f"ray-1x{args.threads}", 1, args.threads),
                                    (f"ray-2x{args.threads // 2}", 2, args.threads // 2)):
         cfg = config_for(workers, threads, name)
-        storage.StageStore(cfg.output_dir, schema.SYNTHESIZE).commit(
-            schema.rows_to_table(rows, schema.SYNTHETIC), None, keys=[r["task_id"] for r in rows], stats={})
+        write_run(cfg, docs, lambda d: ["Kestavel", "Orrin Vale", "the Guild"], synthetic=True)
         run_train(cfg)
         lines = [json.loads(x) for x in storage.read_text(f"{cfg.output_dir}/train/metrics.jsonl").splitlines()]
         results[name] = (statistics.median(m["tokens_per_s"] for m in lines[1:]), max(m["peak_rss_mb"] for m in lines))
@@ -67,7 +68,11 @@ def main() -> None:
     cfg = config_for(1, args.threads, f"ray-1x{args.threads}")
     torch.set_num_threads(args.threads)
     stream = [tuple(x) for x in json.loads(storage.read_text(f"{cfg.output_dir}/train/mixture.json"))["stream"]]
-    blocks = torch.from_numpy(load_blocks(cfg, "synthetic").astype("int64"))
+    from ray_entigraph.context import RunContext
+    from ray_entigraph.train.data import block_files
+
+    blocks = torch.from_numpy(load_blocks(block_files(RunContext.resolve(cfg))["synthetic"], args.block_len)
+                              .astype("int64"))
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(resolve_model_path(args.model), dtype=torch.float32)

@@ -133,6 +133,7 @@ class PartitionedStore:
             manifest = {"partition": p, "identity": identity, "sealed_at": time.time(),
                         "complete": not figures.get("num_missing"), "totals": sum_totals(entries),
                         "stats": figures, "entries": entries}
+            storage.fault_point("mid-seal")  # some partitions sealed, this one not yet
             if self.fence is not None:
                 self.fence.check()
             storage.write_text(self.manifest_url(p), json.dumps(manifest, sort_keys=True))

@@ -71,13 +71,37 @@ def exists(url: str) -> bool:
 
 
 def read_bytes(url: str) -> bytes:
+    """A whole object in one GET (no ETag pinning across range requests, so an object another process
+    rewrites, such as the lease or a manifest, reads as one version or the other, never as an error)."""
     fs, path = filesystem(url)
-    with fs.open(path, "rb") as f:
-        return f.read()
+    return fs.cat_file(path)
 
 
 def read_text(url: str) -> str:
     return read_bytes(url).decode("utf-8")
+
+
+FAULT_ENV = "RAY_ENTIGRAPH_FAULT_AT"
+
+
+def fault_point(name: str) -> None:
+    """A named moment where a fault test kills the whole run: with RAY_ENTIGRAPH_FAULT_AT=<name>:<n>:<file>,
+    the n-th time any process of the run reaches `name` (counted in <file>), it SIGKILLs its process group.
+    Unset (always, outside tests), this is one dictionary lookup."""
+    spec = os.environ.get(FAULT_ENV)
+    if not spec:
+        return
+    wanted, n, counter = spec.split(":", 2)
+    if wanted != name:
+        return
+    with open(counter, "ab") as f:
+        f.write(b".")
+        f.flush()
+        reached = f.tell()
+    if reached == int(n):
+        import signal
+
+        os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
 def write_bytes(url: str, data: bytes) -> None:
@@ -87,6 +111,10 @@ def write_bytes(url: str, data: bytes) -> None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
         with open(tmp, "wb") as f:
+            if path.endswith(".parquet"):
+                f.write(data[: len(data) // 2])
+                fault_point("mid-shard-write")  # half a shard on disk, under its temporary name
+                data = data[len(data) // 2:]
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
@@ -296,6 +324,7 @@ class StageStore:
             entry.update(error_rows=errors.num_rows, error_file=f"{ERRORS}/{self.stage}/{name}.parquet")
         else:
             entry.update(error_rows=0, error_file=None)
+        fault_point("between-data-and-marker")
         if self.fence is not None:  # the marker makes the shard visible: only the lease holder may write it
             self.fence.check()
         write_text(join(self.committed_url, f"{name}.json"), json.dumps(entry, sort_keys=True))

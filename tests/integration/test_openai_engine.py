@@ -5,7 +5,6 @@ Ray Data with engine.kind=openai."""
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import json
 import os
@@ -226,7 +225,6 @@ def test_count_tokens_uses_the_models_tokenizer(vllm_server, proxy):
 
 
 def test_synthesis_through_ray_data_with_the_openai_engine(ray_local, vllm_server, proxy, small_corpus, tmp_path):
-    import pyarrow.parquet as pq
 
     from ray_entigraph import schema
     from ray_entigraph.config import load_config
@@ -246,7 +244,7 @@ def test_synthesis_through_ray_data_with_the_openai_engine(ray_local, vllm_serve
     ])
     synthesize(config)
 
-    rows = [r for f in glob.glob(f"{out}/synthetic/*.parquet") for r in pq.read_table(f).to_pylist()]
+    rows = stores.rows(out, schema.SYNTHESIZE)
     relation = [r for r in rows if r["kind"] in ("pair", "triplet")]
     assert relation and set(rows[0]) == set(schema.SYNTHETIC.names)
     for r in relation:

@@ -55,7 +55,7 @@ def test_vllm_engine_synthesizes_through_ray_data(ray_local, small_corpus, tmp_p
         assert re.match(r'\{\s*"entities"\s*:\s*\[', row["raw_output"]), row["raw_output"][:80]
 
     synthetic = _rows(out, schema.SYNTHESIZE)
-    table = pq.read_table(sorted(glob.glob(f"{out}/synthetic/*.parquet"))[0])
+    table = pq.read_table(sorted(glob.glob(f"{out}/synthetic/*/p=*/*.parquet"))[0])
     assert table.schema.names == schema.SYNTHETIC.names  # the same output schema as every other engine
     relations = [r for r in synthetic if r["kind"] in (schema.KIND_PAIR, schema.KIND_TRIPLET)]
     assert relations and all(r["text"].strip() and r["num_generated_tokens"] > 0 for r in relations)
