@@ -86,8 +86,9 @@ FAULT_ENV = "RAY_ENTIGRAPH_FAULT_AT"
 
 def fault_point(name: str) -> None:
     """A named moment where a fault test kills the whole run: with RAY_ENTIGRAPH_FAULT_AT=<name>:<n>:<file>,
-    the n-th time any process of the run reaches `name` (counted in <file>), it SIGKILLs its process group.
-    Unset (always, outside tests), this is one dictionary lookup."""
+    the n-th time any process of the run (driver or Ray worker) reaches `name` (counted in <file>), it writes
+    its pid to <file>.kill and stops there until the test SIGKILLs it and the run. Unset (always, outside
+    tests), this is one dictionary lookup."""
     spec = os.environ.get(FAULT_ENV)
     if not spec:
         return
@@ -99,9 +100,9 @@ def fault_point(name: str) -> None:
         f.flush()
         reached = f.tell()
     if reached == int(n):
-        import signal
-
-        os.killpg(os.getpgrp(), signal.SIGKILL)
+        with open(counter + ".kill", "w") as f:
+            f.write(str(os.getpid()))
+        time.sleep(3600)  # killed here, mid-moment
 
 
 def write_bytes(url: str, data: bytes) -> None:
