@@ -135,10 +135,17 @@ def run_pack(config: EntiGraphConfig, ctx: RunContext | None = None) -> dict[str
     ctx = ctx or RunContext.resolve(config)
     units = pack_units(ctx)
     if not any(u["source"] == schema.SYNTHETIC_SOURCE for u in units):
+        what = "synthetic rows" if config.train.corpus != "raw" else "documents"
+        others = [storage.filesystem(u)[1].rstrip("/").rsplit("/", 1)[-1]
+                  for u in storage.list_files(ctx.layout.url(schema.SYNTHESIZE))]
+        mine = ctx.synthesis_id
+        hint = (f" It holds synthetic rows of other synthesis settings (synthetic/{', synthetic/'.join(others)}); this "
+                f"config's model, prompt version, sampling and seed name synthetic/{mine}."
+                if what == "synthetic rows" and others and mine not in others else "")
         raise InputError(
-            f"No training text: {config.output_dir!r} has no committed "
-            f"{'synthetic rows' if config.train.corpus != 'raw' else 'documents'}. Fix: run `ray-entigraph synthesize` "
-            "with the same config first (or point output_dir at a run that has them)."
+            f"No training text: {config.output_dir!r} has no committed {what} for this config.{hint} Fix: run "
+            "`ray-entigraph synthesize` with the same config first (or train with the settings the rows were "
+            "made with)."
         )
     todo = []
     for unit in units:

@@ -16,6 +16,7 @@ from ray_entigraph import schema
 from ray_entigraph.config import load_config
 from ray_entigraph.ledger import stage_totals
 from ray_entigraph.pipeline import synthesize
+from tests import stores
 
 pytestmark = [
     pytest.mark.timeout(900),
@@ -36,7 +37,7 @@ def vllm_config(corpus, out, *extra):
 
 
 def _rows(out, stage_dir):
-    return [r for f in sorted(glob.glob(f"{out}/{stage_dir}/*.parquet")) for r in pq.read_table(f).to_pylist()]
+    return stores.rows(out, stage_dir)
 
 
 def test_vllm_engine_synthesizes_through_ray_data(ray_local, small_corpus, tmp_path):
@@ -63,7 +64,8 @@ def test_vllm_engine_synthesizes_through_ray_data(ray_local, small_corpus, tmp_p
 
     # Prefix caching: a document's requests after its first read the document's prompt from the cache (vLLM
     # caches whole blocks of tokens, so a short demo document's share is coarse: 49% to 60% seen).
-    totals = stage_totals(str(out), schema.SYNTHESIZE)
+    syn = stores.store(out, schema.SYNTHESIZE)
+    totals = stage_totals(str(out), syn.stage, num_partitions=syn.num_partitions)
     assert totals.num_cached_tokens > 0.3 * totals.num_prompt_tokens, (
         totals.num_cached_tokens, totals.num_prompt_tokens)
     for doc_id in {r["doc_id"] for r in relations}:
