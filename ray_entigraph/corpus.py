@@ -66,10 +66,7 @@ class Corpus:
 
 
 def _read(urls: list[str], columns: list[str] | None) -> list[dict]:
-    rows: list[dict] = []
-    for url in urls:
-        rows.extend(storage.read_parquet(url, columns).to_pylist())
-    return rows
+    return [r for table in storage.read_parquet_many(urls, columns) for r in table.to_pylist()]
 
 
 def read_documents(corpus: Corpus, p: int, columns: list[str] | None = None) -> list[dict]:
@@ -85,13 +82,10 @@ def read_documents(corpus: Corpus, p: int, columns: list[str] | None = None) -> 
 
 def committed_keys(store: PartitionedStore, p: int, column: str) -> set[str]:
     """Every key committed in partition p of a stage (its markers, sealed or not): the anti-join's right side."""
-    keys: set[str] = set()
     part = store.part(p)
-    for entry in part.manifest_entries():
-        if entry.get("rows", 0) > 0:  # failed requests are only in the errors table: retried
-            table = storage.read_parquet(storage.join(part.url, entry["file"]), [column])
-            keys.update(table.column(column).to_pylist())
-    return keys
+    urls = [storage.join(part.url, e["file"]) for e in part.manifest_entries()
+            if e.get("rows", 0) > 0]  # failed requests are only in the errors table: retried
+    return {k for table in storage.read_parquet_many(urls, [column]) for k in table.column(column).to_pylist()}
 
 
 def read_entities(corpus: Corpus, p: int, docs: list[dict] | None = None) -> list[dict]:
@@ -100,12 +94,12 @@ def read_entities(corpus: Corpus, p: int, docs: list[dict] | None = None) -> lis
     wanted = {extraction_key(corpus.config, d["doc_id"], prompt_version=corpus.prompts.version,
                              constrained=corpus.constrained_extraction) for d in docs}
     part = corpus.entities.part(p)
+    urls = [storage.join(part.url, e["file"]) for e in corpus.entities.entries(p, corpus.entities_identity)
+            if e.get("rows", 0) > 0]
     rows: dict[str, dict] = {}
-    for entry in corpus.entities.entries(p, corpus.entities_identity):
-        if entry.get("rows", 0) > 0:
-            for row in storage.read_parquet(storage.join(part.url, entry["file"])).to_pylist():
-                if row["request_key"] in wanted:
-                    rows.setdefault(row["doc_id"], row)
+    for row in _read(urls, None):
+        if row["request_key"] in wanted:
+            rows.setdefault(row["doc_id"], row)
     return [rows[d] for d in sorted(rows)]
 
 
@@ -127,12 +121,12 @@ def read_synthetic(corpus: Corpus, p: int, columns: list[str] | None = None,
     planned = planned if planned is not None else planned_task_ids(corpus, p)
     cols = None if columns is None else sorted(set(columns) | {"task_id"})
     part = corpus.synthetic.part(p)
+    urls = [storage.join(part.url, e["file"]) for e in corpus.synthetic.entries(p, corpus.synthetic_identity)
+            if e.get("rows", 0) > 0]
     rows: dict[str, dict] = {}
-    for entry in corpus.synthetic.entries(p, corpus.synthetic_identity):
-        if entry.get("rows", 0) > 0:
-            for row in storage.read_parquet(storage.join(part.url, entry["file"]), cols).to_pylist():
-                if row["task_id"] in planned:
-                    rows.setdefault(row["task_id"], row)
+    for row in _read(urls, cols):
+        if row["task_id"] in planned:
+            rows.setdefault(row["task_id"], row)
     return [rows[t] for t in sorted(rows)]
 
 

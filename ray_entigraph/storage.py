@@ -281,6 +281,29 @@ def read_parquet(url: str, columns: list[str] | None = None) -> pa.Table:
         return pq.read_table(f, columns=columns)
 
 
+READ_THREADS = 16  # concurrent object reads of one task (object-store requests are latency-bound)
+
+
+def read_parquet_many(urls: list[str], columns: list[str] | None = None) -> list[pa.Table]:
+    """Several Parquet files read concurrently, in the order given."""
+    if len(urls) <= 1:
+        return [read_parquet(u, columns) for u in urls]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(urls))) as pool:
+        return list(pool.map(lambda u: read_parquet(u, columns), urls))
+
+
+def read_json_many(urls: list[str]) -> list[dict]:
+    """Several small JSON objects read concurrently, in the order given."""
+    if len(urls) <= 1:
+        return [json.loads(read_text(u)) for u in urls]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(READ_THREADS, len(urls))) as pool:
+        return list(pool.map(lambda u: json.loads(read_text(u)), urls))
+
+
 def shard_name(keys: list[str]) -> str:
     """Deterministic shard name: a hash of the request keys inside it."""
     h = hashlib.blake2b("\n".join(sorted(keys)).encode(), digest_size=16).hexdigest()
@@ -332,7 +355,7 @@ class StageStore:
         return entry
 
     def manifest_entries(self) -> list[dict]:
-        return [json.loads(read_text(u)) for u in list_files(self.committed_url, ".json")]
+        return read_json_many(list_files(self.committed_url, ".json"))
 
     def shard_urls(self) -> list[str]:
         return [join(self.url, e["file"]) for e in self.manifest_entries() if e.get("rows", 0) > 0]

@@ -31,6 +31,9 @@ from ray_entigraph.partitions import PartitionedStore, partition_of
 if TYPE_CHECKING:
     from ray_entigraph.context import RunContext
 
+PARTITION_TASK_CPUS = 0.25  # planning and sealing tasks wait on storage more than they compute
+COMMIT_THREADS = 16  # concurrent partition commits of one unit of work (object-store requests are latency-bound)
+
 # Per-request accounting that every engine reports and every model stage sums into its commit marker.
 USAGE_FIELDS = ("num_prompt_tokens", "num_cached_tokens", "num_generated_tokens", "num_retries")
 
@@ -136,13 +139,21 @@ def commit_partitioned(store: PartitionedStore, rows: list[dict], errors: list[d
     for e in errors:
         p = partition_of(e["doc_id"], store.num_partitions) if e.get("doc_id") else 0
         parts.setdefault(p, ([], []))[1].append(e)
-    entries = []
-    for i, p in enumerate(sorted(parts)):
+    def commit(i: int, p: int) -> dict:
         ok, failed = parts[p]
         table = commit_unit(store.part(p), ok, failed, usage=usage if i == 0 else None,
                             stats={**(stats or {}), "partition": p},
                             name_keys=[*(name_keys or []), f"p={p}"] if name_keys is not None else None, **kwargs)
-        entries.append(table.to_pylist()[0])
+        return table.to_pylist()[0]
+
+    order = sorted(parts)
+    if len(order) <= 1:
+        entries = [commit(i, p) for i, p in enumerate(order)]
+    else:  # an ingest unit touches every partition: commit them concurrently (each is a few storage requests)
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(COMMIT_THREADS, len(order))) as pool:
+            entries = list(pool.map(commit, range(len(order)), order))
     return manifest_row_table([_sum_rows(entries)])
 
 
@@ -226,7 +237,8 @@ def partition_ids(num_partitions: int, blocks: int = 64):
 def run_partition_tasks(num_partitions: int, fn, **fn_kwargs) -> list[dict]:
     """Run a function over every partition id on CPU tasks and return what it reported per partition
     (P small rows: the only per-partition data the driver holds)."""
-    ds = partition_ids(num_partitions).map_batches(fn, fn_kwargs=fn_kwargs, batch_size=None, num_cpus=1)
+    ds = partition_ids(num_partitions).map_batches(fn, fn_kwargs=fn_kwargs, batch_size=None,
+                                                   num_cpus=PARTITION_TASK_CPUS)
     return [r for r in ds.iter_rows()]
 
 

@@ -18,6 +18,7 @@ from ray_entigraph.layout import Layout
 from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import PromptSet, render_chat
 from ray_entigraph.stages.base import (
+    PARTITION_TASK_CPUS,
     Stage,
     StagePlan,
     Usage,
@@ -150,7 +151,7 @@ class Extract(Stage):
         expected, done = sum(r["documents"] for r in counts), sum(r["done"] for r in counts)
         totals = StageTotals(self.name, expected=expected, done_before=done)
         ds = partition_ids(store.num_partitions).map_batches(extraction_todo, fn_kwargs={"corpus": corpus},
-                                                             batch_size=1, num_cpus=1)
+                                                             batch_size=1, num_cpus=PARTITION_TASK_CPUS)
         return StagePlan(totals, dataset=ds if expected > done else None, units=expected - done, unit="documents")
 
     def apply(self, ctx, plan):

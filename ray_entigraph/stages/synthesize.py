@@ -19,6 +19,7 @@ from ray_entigraph.ledger import StageTotals
 from ray_entigraph.planning import remainder_bucket, remainder_threshold, water_level
 from ray_entigraph.prompts import ChatTemplate, PromptSet, relation_values, render, render_chat
 from ray_entigraph.stages.base import (
+    PARTITION_TASK_CPUS,
     Stage,
     StagePlan,
     Usage,
@@ -133,7 +134,8 @@ class Synthesize(Stage):
         corpus = replace(corpus, budget=budget)
         done = min(sum(r["done"] for r in counts), expected)
         totals = StageTotals(self.name, expected=expected, done_before=done)
-        ds = partition_ids(store.num_partitions).flat_map(synthesis_todo, fn_kwargs={"corpus": corpus}, num_cpus=1)
+        ds = partition_ids(store.num_partitions).flat_map(synthesis_todo, fn_kwargs={"corpus": corpus},
+                                                        num_cpus=PARTITION_TASK_CPUS)
         return StagePlan(totals, dataset=ds if expected else None, units=expected - done,
                          worker_args={"corpus": corpus})
 
