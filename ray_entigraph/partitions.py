@@ -192,14 +192,18 @@ class PartitionedStore:
         summary = self.summary()
         if summary is not None and since is None:
             return summary["totals"]
-        parts = []
         sealed_names = {storage.filesystem(u)[1].rsplit("/", 1)[-1]
                         for u in storage.list_files(storage.join(self.url, MANIFEST_DIR), ".json")}
-        for p in range(self.num_partitions):
+
+        def partition_totals(p: int) -> dict | None:
             manifest = self.sealed(p) if PART_FORMAT.format(p) + ".json" in sealed_names else None
             entries = manifest["entries"] if manifest else self.part(p).manifest_entries()
             if since is not None:
                 entries = [e for e in entries if e.get("committed_at", 0) >= since]
-            if entries:
-                parts.append(sum_totals(entries))
+            return sum_totals(entries) if entries else None
+
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=storage.READ_THREADS) as pool:  # P small reads, latency-bound
+            parts = [t for t in pool.map(partition_totals, range(self.num_partitions)) if t is not None]
         return merge_totals(parts)
