@@ -214,8 +214,8 @@ def main() -> None:
                 break
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.1)
-        subprocess.run([sys.executable, "-c", "import fsspec; fsspec.filesystem('s3').mkdir(" + repr(args.bucket) + ")"],
-                       env=env, check=True)
+        make_bucket = "import fsspec; fsspec.filesystem('s3').mkdir(" + repr(args.bucket) + ")"
+        subprocess.run([sys.executable, "-c", make_bucket], env=env, check=True)
         results = []
         for n in args.sizes:
             proc = subprocess.run([sys.executable, __file__, "--child", str(n), *_passthrough(args)], env=env,
@@ -240,7 +240,7 @@ def main() -> None:
                   f"status_s={r['status_s']} resume_requests={r['resume_requests']} "
                   f"status_requests={r['status_requests']}", flush=True)
         if len(results) >= 2:
-            (n0, small), (n1, big) = results[0], results[-1]
+            small, big = results[0][1], results[-1][1]
             (na, a), (nb, b) = results[-2], results[-1]
             print(f"RESULT rss_growth_mb={big['driver_rss_growth_mb'] - small['driver_rss_growth_mb']:.1f} "
                   f"added_doc_ms={1000 * (b['wall_s'] - a['wall_s']) / (nb - na):.3f}", flush=True)

@@ -68,7 +68,8 @@ def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, coun
 
 
 class IngestWorker:
-    """Ray Data callable: a batch of input files -> one committed documents shard per call."""
+    """Ray Data callable: one input file -> its documents, one committed shard per partition they fall in,
+    then the file's marker."""
 
     def __init__(self, config: EntiGraphConfig, layout: Layout | None = None):
         self.config = config
@@ -131,7 +132,7 @@ class Ingest(Stage):
 
     def apply(self, ctx, plan):
         kwargs = model_actor_kwargs(ctx.config)
-        kwargs["batch_size"] = 1  # one input file per committed shard: deterministic shard contents
+        kwargs["batch_size"] = 1  # one input file per call: deterministic shard contents
         return plan.dataset.map_batches(IngestWorker, fn_constructor_args=(ctx.config, ctx.layout), **kwargs)
 
     def finish(self, ctx, totals: StageTotals, plan: StagePlan | None = None) -> StageTotals:
