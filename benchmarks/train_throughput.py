@@ -3,9 +3,10 @@
   plain        a single-process torch loop (AdamW, same micro-batching, clipping, schedule), N threads
   ray-1x{N}    our Ray Train loop, 1 worker with N threads
   ray-2x{N/2}  our Ray Train loop, 2 workers (gloo DDP) with N/2 threads each
+  fsdp-2x{N/2} the same with FSDP2 (`fully_shard` per decoder layer, fp32, gloo)
 
 Prints median training tokens/s over the steps after the first, the ratio to the plain loop (target on CPU:
-at least 0.9), and peak RSS per worker.
+at least 0.9 for DDP), and peak RSS per worker, as a table and as `RESULT variant=... tokens_per_s=...` lines.
 
     .venv/bin/python benchmarks/train_throughput.py [--steps 8] [--block-len 256] [--threads 2]
 """
@@ -45,20 +46,22 @@ def main() -> None:
     docs = [{"doc_id": doc_id_for(d["article"]), "title": d["title"], "text": normalise_text(d["article"]),
              "num_tokens": 0} for d in map(json.loads, open(DEMO_CORPUS))]
 
-    def config_for(workers: int, threads: int, run: str):
+    def config_for(workers: int, threads: int, run: str, strategy: str = "ddp"):
         return load_config(None, [
             f"output_dir={out}/{run}", f"model.name={args.model}", f"train.block_len={args.block_len}",
             "train.global_batch_size=2", "train.micro_batch_size=1", f"train.num_workers={workers}",
             f"train.torch_threads={threads}", f"train.max_steps={args.steps}", "train.lr=1e-5",
             "train.checkpoint_every=1000", "train.warmup_ratio=0.1", "plan.max_pairs_per_doc=3",
-            "plan.max_triplets_per_doc=0",
+            "plan.max_triplets_per_doc=0", f"train.strategy={strategy}",
         ])
 
     results = {}
     # Ray Train variants first, each in its own output_dir (the synthetic shard is copied there)
-    for name, workers, threads in ((f"ray-1x{args.threads}", 1, args.threads),
-                                   (f"ray-2x{args.threads // 2}", 2, args.threads // 2)):
-        cfg = config_for(workers, threads, name)
+    half = args.threads // 2
+    variants = ((f"ray-1x{args.threads}", 1, args.threads, "ddp"), (f"ray-2x{half}", 2, half, "ddp"),
+                (f"fsdp-2x{half}", 2, half, "fsdp"))
+    for name, workers, threads, strategy in variants:
+        cfg = config_for(workers, threads, name, strategy)
         write_run(cfg, docs, lambda d: ["Kestavel", "Orrin Vale", "the Guild"], synthetic=True)
         run_train(cfg)
         lines = [json.loads(x) for x in storage.read_text(f"{cfg.output_dir}/train/metrics.jsonl").splitlines()]
@@ -102,9 +105,12 @@ def main() -> None:
     print(f"\ntraining throughput: model={args.model}, block_len={args.block_len}, global batch 2, "
           f"{args.steps} steps (median over steps 2..{args.steps}), {args.threads} threads in total")
     print(f"{'variant':<10} {'tokens/s':>9} {'vs plain':>9} {'peak RSS MB/worker':>19}")
-    for name in ("plain", f"ray-1x{args.threads}", f"ray-2x{args.threads // 2}"):
+    for name in ("plain", *(v[0] for v in variants)):
         tps, rss = results[name]
         print(f"{name:<10} {tps:>9.1f} {tps / base:>9.3f} {rss:>19.0f}")
+    for name in ("plain", *(v[0] for v in variants)):
+        tps, rss = results[name]
+        print(f"RESULT variant={name} tokens_per_s={tps:.1f} vs_plain={tps / base:.3f} peak_rss_mb={rss:.0f}")
 
 
 if __name__ == "__main__":

@@ -316,9 +316,15 @@ class TrainConfig(_Section):
     accelerator_type: str | None = Field(None, description=(
         "Ray accelerator type the training workers must run on, e.g. `H100` (keeps them off the synthesis GPU nodes "
         "of a mixed cluster)."))
-    strategy: Literal["ddp", "fsdp"] = Field("ddp", description="`ddp`, or `fsdp` (full sharding, GPUs only).")
+    strategy: Literal["ddp", "fsdp"] = Field("ddp", description=(
+        "`ddp`: a full replica per worker (small models); `fsdp`: FSDP2, parameters, gradients and optimizer "
+        "state sharded per decoder layer (large models; gloo on CPU, NCCL on GPUs)."))
     dtype: Literal["float32", "bfloat16"] = Field("float32", description=(
-        "Training precision: float32 on CPU; bfloat16 autocast on GPUs."))
+        "Compute precision. Weights, gradient reduction and optimizer state stay float32 (at a learning rate of "
+        "5e-6 bfloat16 weights would lose the updates); `bfloat16` computes forward and backward in bfloat16 "
+        "(FSDP2 mixed precision, or autocast under DDP on GPUs)."))
+    activation_checkpointing: bool = Field(False, description=(
+        "Recompute each decoder layer's activations in the backward pass: less memory, about a third more compute."))
     torch_threads: int | None = Field(None, ge=1, description=(
         "torch threads per worker on CPU; None: the node's cores / workers on it."))
     checkpoint_every: int = Field(50, ge=1, description=(
@@ -333,9 +339,6 @@ class TrainConfig(_Section):
         if any(part in (".", "..") for part in self.name.split("/")):
             raise ValueError(f"train.name {self.name!r} would leave output_dir. Fix: use folder names without "
                              "'.' or '..' segments, e.g. train.name=runs/first.")
-        if self.strategy == "fsdp" and not self.use_gpu:
-            raise ValueError("train.strategy is 'fsdp' but train.use_gpu is false. Fix: set train.use_gpu=true, "
-                             "or train.strategy=ddp on CPU.")
         if self.global_batch_size % (self.micro_batch_size * self.num_workers):
             raise ValueError(
                 f"train.global_batch_size ({self.global_batch_size}) is not a multiple of train.micro_batch_size "

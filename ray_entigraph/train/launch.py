@@ -23,6 +23,7 @@ from ray_entigraph.lease import fenced_layout, lease_for
 from ray_entigraph.runtime import init_ray, save_resolved_config
 from ray_entigraph.train.data import block_files, run_pack
 from ray_entigraph.train.loop import train_loop_per_worker
+from ray_entigraph.train.metrics import read_metrics
 from ray_entigraph.train.mix import plan_mixture, realised_share
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def _train(config: EntiGraphConfig, ctx: RunContext, started: float) -> TrainSum
     )
     trainer.fit()
     metrics_url = train_url(config, "metrics.jsonl")
-    lines = [json.loads(x) for x in storage.read_text(metrics_url).splitlines() if x.strip()]
+    lines = read_metrics(train_url(config))
     plot_url = plot_metrics(lines, train_url(config, "metrics.png"))
     return TrainSummary(
         steps=len(lines), blocks=counts, realised_replay_share=mixture["realised_replay_share"],

@@ -1,31 +1,39 @@
-"""The training loop that runs on every Ray Train worker. One straight line: load or resume, then
-step / log / checkpoint, then export. Side concerns (metrics, checkpoints, export) are small helpers.
+"""The training loop. `run_training` is plain PyTorch: load or resume, then step / log / checkpoint, then
+export. It runs under Ray Train (`train_loop_per_worker`, the thin adapter Ray Train launches) and under
+`torchrun` without Ray (`train/standalone.py`); only where checkpoints are kept differs (`Checkpoints`).
+Every collective, the sharding and the state dicts go through `train/dist.py`.
 
 Data order is a pure function of (mixture, seed, step): the mixed stream is read in order in epoch 0 and in
 a seeded reshuffle in later epochs; global step s covers stream positions [s*B, (s+1)*B), and rank r takes
-every world-th of them. A resumed run therefore continues the same data order from its checkpoint's step.
+every world-th of them. A resumed run therefore continues the same data order from its checkpoint's step,
+on any number of workers that divides the batch.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
 import random
 import tempfile
 import time
-
-import numpy as np
+from typing import Iterator, Protocol
 
 from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.engines.bundled import resolve_model_path
 from ray_entigraph.engines.hf import load_tokenizer
+from ray_entigraph.errors import ConfigError
 from ray_entigraph.layout import base_model_name, train_url
+from ray_entigraph.train import dist
 from ray_entigraph.train.data import load_blocks
-from ray_entigraph.train.schedule import accumulation_steps, warmup_cosine
+from ray_entigraph.train.metrics import MetricsLog
+from ray_entigraph.train.schedule import accumulation_steps, decay_groups, warmup_cosine
 
-STATE_FILE = "training_state.pt"
+STATE_DIR = "state"  # model and optimizer, sharded (torch.distributed.checkpoint)
+TRAIN_STATE = "train_state.pt"  # step, scheduler, RNG: tensors and plain values, loaded with weights_only=True
+OLD_STATE_FILE = "training_state.pt"  # checkpoints of versions before sharded checkpoints
 
 
 @functools.lru_cache(maxsize=4)
@@ -48,108 +56,156 @@ def total_steps(config: EntiGraphConfig, stream_len: int) -> int:
     return min(steps, config.train.max_steps) if config.train.max_steps else steps
 
 
-def _unwrap(model):
-    return getattr(model, "module", model)
+class Checkpoints(Protocol):
+    """Where a run's checkpoints live: Ray Train's storage, or a folder when run under torchrun."""
+
+    def latest(self) -> contextlib.AbstractContextManager[str | None]: ...
+
+    def save(self, local_dir: str, step: int, line: dict) -> None: ...
 
 
-def _full_state_dict(model, strategy: str) -> dict:
-    if strategy == "fsdp":
-        from torch.distributed.fsdp import FullStateDictConfig, StateDictType  # lazy: torch loads on the workers only
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+class RayTrainCheckpoints:
+    """Ray Train's checkpoints: every rank reports its own shard files, Ray Train merges them into one
+    folder in the run's storage and hands the latest back on restart."""
 
-        full = FullStateDictConfig(offload_to_cpu=True, rank0_only=True)
-        with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, full):
-            return model.state_dict()
-    return _unwrap(model).state_dict()
+    def latest(self) -> contextlib.AbstractContextManager[str | None]:
+        import ray.train  # lazy: Ray Train only on its workers
+
+        checkpoint = ray.train.get_checkpoint()
+        return checkpoint.as_directory() if checkpoint else contextlib.nullcontext(None)
+
+    def save(self, local_dir: str, step: int, line: dict) -> None:
+        import ray.train  # lazy: Ray Train only on its workers
+
+        ray.train.report({k: v for k, v in line.items() if v is not None},
+                         checkpoint=ray.train.Checkpoint.from_directory(local_dir),
+                         checkpoint_dir_name=f"checkpoint-step-{step:08d}")
 
 
-def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop is meant to be read top to bottom
+def train_loop_per_worker(loop_config: dict) -> None:
+    """What Ray Train runs on every worker (it has created the process group)."""
     import ray.train  # lazy: Ray Train, torch and transformers load on the training workers only
-    import ray.train.torch
+
+    config = EntiGraphConfig.model_validate_json(loop_config["config_json"])
+    run_training(config, loop_config["block_files"], dist.current(config.train.use_gpu), RayTrainCheckpoints(),
+                 local_world=ray.train.get_context().get_local_world_size())
+
+
+@contextlib.contextmanager
+def _params_on_meta() -> Iterator[None]:
+    """Build a model whose parameters are on the meta device (no memory, no init) and whose buffers are real
+    (rotary frequencies are computed, not loaded): ranks other than 0 build the model this way."""
     import torch
-    import torch.distributed as dist
+
+    register = torch.nn.Module.register_parameter
+
+    def on_meta(module, name, param):
+        register(module, name, param)
+        if param is not None and param.device.type != "meta":
+            module._parameters[name] = torch.nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
+
+    torch.nn.Module.register_parameter = on_meta  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        torch.nn.Module.register_parameter = register  # type: ignore[method-assign]
+
+
+def build_model(path: str, config: EntiGraphConfig, d: dist.Dist):
+    """The model, wrapped for data parallel training. FSDP: rank 0 alone reads the weights; the others
+    build on the meta device; after sharding rank 0 broadcasts and each rank keeps its shard."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tc = config.train
+    compute = torch.bfloat16 if tc.dtype == "bfloat16" else None
+    if tc.strategy != "fsdp":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        model.config.use_cache = False
+        return dist.shard_model(model, "ddp", d, compute_dtype=compute,
+                                activation_checkpointing=tc.activation_checkpointing)
+    full = None
+    if d.rank == 0:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        full = model.state_dict()
+    else:
+        with _params_on_meta():
+            model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    model.config.use_cache = False
+    buffers = {name: b.detach().clone() for name, b in model.named_buffers()}
+    model = dist.shard_model(model, "fsdp", d, compute_dtype=compute,
+                             activation_checkpointing=tc.activation_checkpointing)
+    model.to_empty(device=d.device)
+    with torch.no_grad():
+        for name, b in buffers.items():
+            model.get_buffer(name).copy_(b)
+    dist.load_full_into(model, full)
+    return model
+
+
+def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, checkpoints: Checkpoints, *,
+                 local_world: int = 1) -> None:  # noqa: C901 - the loop is meant to be read top to bottom
+    import torch
     import transformers
-    from transformers import AutoModelForCausalLM
 
     transformers.utils.logging.disable_progress_bar()
-    config = EntiGraphConfig.model_validate_json(loop_config["config_json"])
     tc = config.train
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
     if not tc.use_gpu:
-        torch.set_num_threads(tc.torch_threads or max((os.cpu_count() or 1) // max(ctx.get_local_world_size(), 1), 1))
+        torch.set_num_threads(tc.torch_threads or max((os.cpu_count() or 1) // max(local_world, 1), 1))
     seed = tc.effective_seed(config.seed)
     torch.manual_seed(seed)
 
-    # data: the mixed stream and every source's blocks
+    # data: the mixed stream and every source's blocks (int32; widened per micro-batch)
     stream = [tuple(x) for x in json.loads(storage.read_text(train_url(config, "mixture.json")))["stream"]]
-    files = loop_config["block_files"]  # resolved once on the driver (train.data.block_files)
-    blocks = {src: torch.from_numpy(load_blocks(files[src], tc.block_len).astype(np.int64))
+    blocks = {src: torch.from_numpy(load_blocks(block_files[src], tc.block_len))
               for src in sorted({s for s, _ in stream})}
     steps = total_steps(config, len(stream))
-    accum = accumulation_steps(tc.global_batch_size, tc.micro_batch_size, world)
+    accum = accumulation_steps(tc.global_batch_size, tc.micro_batch_size, d.world)
 
     # model and optimizer
     path = resolve_model_path(base_model_name(config), config.model.cache_dir)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    model.config.use_cache = False
-    num_params = sum(p.numel() for p in model.parameters())
-    model = ray.train.torch.prepare_model(model, parallel_strategy=tc.strategy)
-    device = ray.train.torch.get_device()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": tc.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=tc.lr)
+    model = build_model(path, config, d)
+    num_params = sum(p.numel() for p in model.parameters()) * (d.world if tc.strategy == "fsdp" else 1)
+    optimizer = torch.optim.AdamW(decay_groups(dist.unwrap(model), tc.weight_decay), lr=tc.lr)
     warmup = max(1, round(tc.warmup_ratio * steps)) if tc.warmup_ratio > 0 else 0
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, total_steps=steps, warmup_steps=warmup, min_ratio=tc.min_lr_ratio))
 
     # resume
-    start_step, metrics_lines = 0, []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as ckpt_dir:
-            state = torch.load(os.path.join(ckpt_dir, STATE_FILE), map_location="cpu", weights_only=False)
-        _unwrap(model).load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_torch"])
-        random.setstate(state["rng_python"])
-        np.random.set_state(state["rng_numpy"])
-        start_step = state["step"]
-        metrics_lines = [m for m in state["metrics"] if m["step"] <= start_step]  # steps are 1-based
-    metrics_url = train_url(config, "metrics.jsonl")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if tc.use_gpu and tc.dtype == "bfloat16" else _null()
+    start_step = 0
+    with checkpoints.latest() as ckpt_dir:
+        if ckpt_dir:
+            start_step = _restore(ckpt_dir, model, optimizer, scheduler)
+    metrics = MetricsLog(train_url(config), enabled=d.rank == 0)
+    ddp_bf16 = tc.use_gpu and tc.dtype == "bfloat16" and tc.strategy != "fsdp"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ddp_bf16 else contextlib.nullcontext()
 
     model.train()
     for step in range(start_step, steps):
         t0 = time.time()
         positions = range(step * tc.global_batch_size, (step + 1) * tc.global_batch_size)
-        mine = [stream_item(stream, p, seed) for p in positions][rank::world]
-        # on the device: NCCL (GPU workers) only takes CUDA tensors
-        sums = torch.zeros(4, dtype=torch.float64, device=device)  # loss-sum and tokens, synthetic then replay
+        mine = [stream_item(stream, p, seed) for p in positions][d.rank::d.world]
+        sums = torch.zeros(4, dtype=torch.float64)  # loss-sum and tokens, synthetic then replay
         for micro in range(accum):
             items = mine[micro * tc.micro_batch_size:(micro + 1) * tc.micro_batch_size]
-            input_ids = torch.stack([blocks[src][i] for src, i in items]).to(device)
-            sync = micro == accum - 1 or not hasattr(model, "no_sync")
-            with (model.no_sync() if not sync else _null()), autocast:
+            input_ids = torch.stack([blocks[src][i] for src, i in items]).to(d.device, dtype=torch.long)
+            with dist.maybe_no_sync(model, sync=micro == accum - 1), autocast:
                 logits = model(input_ids=input_ids).logits.float()
                 per_token = torch.nn.functional.cross_entropy(
                     logits[:, :-1].reshape(-1, logits.size(-1)), input_ids[:, 1:].reshape(-1), reduction="none"
                 ).view(input_ids.size(0), -1)
-                loss = per_token.mean() / accum
-                loss.backward()
+                (per_token.mean() / accum).backward()
+            row_sums = per_token.detach().sum(dim=1).double().cpu()
             for row, (src, _) in enumerate(items):
                 k = 0 if src == "synthetic" else 2
-                sums[k] += per_token[row].sum().item()
+                sums[k] += row_sums[row]
                 sums[k + 1] += per_token.size(1)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        grad_norm = dist.clip_grad_norm(model.parameters(), tc.grad_clip, d)
         lr = scheduler.get_last_lr()[0]  # the rate this step used
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        if dist.is_initialized():
-            dist.all_reduce(sums)
+        sums = d.all_reduce_sum(sums)  # reduced on the backend's device (NCCL: CUDA only), returned on the CPU
         elapsed = time.time() - t0
         tokens = tc.global_batch_size * tc.block_len
         line = {
@@ -160,46 +216,69 @@ def train_loop_per_worker(loop_config: dict) -> None:  # noqa: C901 - the loop i
             "step_s": elapsed, "peak_rss_mb": _peak_rss_mb(),
         }
         if tc.use_gpu:  # model FLOPs utilisation: 6 N FLOPs per trained token over the GPUs' peak
-            line["mfu"] = 6 * num_params * line["tokens_per_s"] / (world * tc.peak_tflops_per_gpu * 1e12)
-        metrics_lines.append(line)
-        if rank == 0 and ((step + 1) % tc.log_every == 0 or step + 1 == steps):
-            storage.write_text(metrics_url, "".join(json.dumps(m) + "\n" for m in metrics_lines))
-            print(f"[train] step {step + 1}/{steps} loss {line['loss']:.4f} lr {line['lr']:.2e} "
-                  f"{line['tokens_per_s']:.0f} tok/s", flush=True)
+            line["mfu"] = 6 * num_params * line["tokens_per_s"] / (d.world * tc.peak_tflops_per_gpu * 1e12)
+        metrics.append(line)
+        if (step + 1) % tc.log_every == 0 or step + 1 == steps:
+            metrics.flush()
+            if d.rank == 0:
+                print(f"[train] step {step + 1}/{steps} loss {line['loss']:.4f} lr {line['lr']:.2e} "
+                      f"{line['tokens_per_s']:.0f} tok/s", flush=True)
         if (step + 1) % tc.checkpoint_every == 0 or step + 1 == steps:
-            _save_checkpoint(model, optimizer, scheduler, step + 1, metrics_lines, line, rank, tc.strategy)
+            metrics.flush()  # a resumed run starts after this step: its lines must be on storage
+            _save(checkpoints, model, optimizer, scheduler, step + 1, line, d)
 
-    state = _full_state_dict(model, tc.strategy)  # collective under FSDP: every rank takes part
-    if rank == 0:
-        _export(state, load_tokenizer(path), config)
+    metrics.finish(steps)
+    state = dist.full_state_dict(model)  # collective under FSDP: every rank takes part
+    if d.rank == 0:
+        _export(state, path, load_tokenizer(path), config)
 
 
-def _save_checkpoint(model, optimizer, scheduler, step, metrics_lines, line, rank, strategy) -> None:
-    import ray.train  # lazy: Ray Train and torch load on the training workers only
+def _save(checkpoints: Checkpoints, model, optimizer, scheduler, step: int, line: dict, d: dist.Dist) -> None:
     import torch
 
-    state_dict = _full_state_dict(model, strategy)
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
-        if rank == 0:
-            torch.save({
-                "model": state_dict, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "step": step, "metrics": metrics_lines, "rng_torch": torch.get_rng_state(),
-                "rng_python": random.getstate(), "rng_numpy": np.random.get_state(),
-            }, os.path.join(tmp, STATE_FILE))
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
-        ray.train.report({k: v for k, v in line.items() if v is not None}, checkpoint=checkpoint,
-                         checkpoint_dir_name=f"checkpoint-step-{step:08d}")
+        dist.save_sharded(os.path.join(tmp, STATE_DIR), model, optimizer)  # every rank writes its shards
+        if d.rank == 0:
+            torch.save({"step": step, "scheduler": scheduler.state_dict(), "rng_torch": torch.get_rng_state(),
+                        "rng_python": list(random.getstate()[1]), "world": d.world},
+                       os.path.join(tmp, TRAIN_STATE))
+        checkpoints.save(tmp, step, line)
 
 
-def _export(state: dict, tokenizer, config: EntiGraphConfig) -> None:
-    """Hugging Face format (weights, config, tokenizer, chat template) that transformers and vLLM load."""
-    from transformers import AutoModelForCausalLM  # lazy: transformers loads on the training workers only
+def _restore(ckpt_dir: str, model, optimizer, scheduler) -> int:
+    import torch
 
-    fresh = AutoModelForCausalLM.from_pretrained(resolve_model_path(base_model_name(config), config.model.cache_dir))
-    fresh.load_state_dict(state)
+    state_file = os.path.join(ckpt_dir, TRAIN_STATE)
+    if not os.path.exists(state_file):
+        old = os.path.exists(os.path.join(ckpt_dir, OLD_STATE_FILE))
+        raise ConfigError(
+            f"The checkpoint {ckpt_dir} " + ("was written by an older version (one unsharded file), which this "
+                                             "version does not resume" if old else f"has no {TRAIN_STATE}") +
+            ". Fix: set train.name to a new folder, or delete the training folder to train from scratch.")
+    state = torch.load(state_file, map_location="cpu", weights_only=True)
+    dist.load_sharded(os.path.join(ckpt_dir, STATE_DIR), model, optimizer)
+    scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng_torch"])
+    random.setstate((3, tuple(state["rng_python"]), None))
+    return int(state["step"])
+
+
+def _export(state: dict, path: str, tokenizer, config: EntiGraphConfig) -> None:
+    """Hugging Face format (safetensors shards of at most 5 GB, config, tokenizer, chat template) that
+    transformers and vLLM load. The gathered weights are assigned into a model built on the meta device, so
+    the base model is not loaded a second time."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with _params_on_meta():
+        fresh = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path))
+    fresh.load_state_dict({k: v.to(torch.float32) for k, v in state.items()}, assign=True, strict=False)
+    fresh.tie_weights()
+    missing = [n for n, p in fresh.named_parameters() if p.device.type == "meta"]
+    if missing:
+        raise RuntimeError(f"export: weights missing from the gathered state: {missing[:5]}")
     with tempfile.TemporaryDirectory() as tmp:
-        fresh.save_pretrained(tmp, safe_serialization=True)
+        fresh.save_pretrained(tmp, safe_serialization=True, max_shard_size="5GB")
         tokenizer.save_pretrained(tmp)
         storage.put_dir(tmp, train_url(config, "model"))
 
@@ -209,10 +288,3 @@ def _peak_rss_mb() -> float:
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

@@ -1,4 +1,4 @@
-"""Learning-rate schedule and batch arithmetic (pure functions)."""
+"""Learning-rate schedule, weight-decay groups and batch arithmetic (pure functions)."""
 
 from __future__ import annotations
 
@@ -26,3 +26,17 @@ def accumulation_steps(global_batch: int, micro_batch: int, world_size: int) -> 
             f"({micro_batch}) x workers ({world_size}). Fix: change one of them."
         )
     return global_batch // per_step
+
+
+def decay_groups(model, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups by parameter name: weight decay on weight matrices and embeddings, none on
+    biases and normalisation weights. Decided by name and owning module, not by `ndim`, so it holds when
+    FSDP has flattened or sharded the parameters (FSDP1's flat 1-D parameter silently lost all decay)."""
+    norms = {name for name, module in model.named_modules() if "norm" in type(module).__name__.lower()}
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        owner, _, leaf = name.rpartition(".")
+        (no_decay if leaf == "bias" or owner in norms else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]

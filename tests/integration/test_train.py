@@ -21,7 +21,7 @@ from .test_pipeline import tiny_config
 pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN = ["train.block_len=64", "train.global_batch_size=4", "train.micro_batch_size=1", "train.num_workers=2",
-         "train.lr=3e-3", "train.warmup_ratio=0.1", "train.checkpoint_every=3", "train.max_steps=9",
+         "train.lr=3e-3", "train.warmup_ratio=0.1", "train.checkpoint_every=3", "train.max_steps=10", "train.epochs=3",
          "train.replay_share=0.25", "train.replay=[{name: stdlib, path: 'builtin:stdlib-docs'}]",
          "synthesis.sampling.max_new_tokens=48"]  # as the corpus was synthesized: its synthesis identity
 
@@ -35,8 +35,10 @@ def synthesized(tmp_path_factory, tiny_model_dir, ray_local, request):
     return out
 
 
-def _metrics(out) -> list[dict]:
-    return [json.loads(x) for x in storage.read_text(f"{out}/train/metrics.jsonl").splitlines()]
+def _metrics(out, name: str = "train") -> list[dict]:
+    from ray_entigraph.train.metrics import read_metrics
+
+    return read_metrics(f"{out}/{name}")
 
 
 def test_train_loss_falls_exports_and_loads(synthesized, tiny_model_dir):
@@ -45,7 +47,8 @@ def test_train_loss_falls_exports_and_loads(synthesized, tiny_model_dir):
     config = tiny_config(tiny_model_dir, "builtin:demo", synthesized, "input.max_documents=3", *TRAIN)
     summary = run_train(config)
     lines = _metrics(synthesized)
-    assert [m["step"] for m in lines] == list(range(1, 10))
+    assert [m["step"] for m in lines] == list(range(1, 11))
+    assert lines == [json.loads(x) for x in storage.read_text(f"{synthesized}/train/metrics.jsonl").splitlines()]
     first, last = lines[0]["loss"], sum(m["loss"] for m in lines[-3:]) / 3
     assert last < first - 0.5, (first, last)  # the loss falls
     assert all(m["loss_synthetic"] is not None for m in lines) and any(m["loss_replay"] is not None for m in lines)
@@ -67,6 +70,23 @@ def test_train_loss_falls_exports_and_loads(synthesized, tiny_model_dir):
     assert out.shape[1] == ids["input_ids"].shape[1] + 5
 
 
+def test_fsdp2_on_ray_train_matches_ddp(synthesized, tiny_model_dir):
+    """Two Ray Train workers, gloo, FSDP2 per decoder layer, fp32: the same data and seed as the DDP run above
+    give the same per-step loss (1e-4 relative) and the same global gradient norm (1e-5 relative)."""
+    from ray_entigraph.train.launch import run_train
+
+    config = tiny_config(tiny_model_dir, "builtin:demo", synthesized, "input.max_documents=3", *TRAIN,
+                         "train.strategy=fsdp", "train.name=fsdp")
+    run_train(config)
+    ddp, fsdp = _metrics(synthesized), _metrics(synthesized, "fsdp")
+    assert [m["step"] for m in fsdp] == [m["step"] for m in ddp] == list(range(1, 11))
+    for a, b in zip(ddp, fsdp):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4 * a["loss"], (a["step"], a["loss"], b["loss"])
+        assert abs(a["grad_norm"] - b["grad_norm"]) <= 1e-5 * a["grad_norm"], (a["step"], a["grad_norm"],
+                                                                                b["grad_norm"])
+    assert (synthesized / "fsdp" / "model" / "model.safetensors").exists()
+
+
 def _cli(out, model_dir, *extra):
     return [sys.executable, "-m", "ray_entigraph", "train", f"output_dir={out}", f"model.name={model_dir}",
             "input.max_documents=3", "ingest.max_document_tokens=256", "synthesis.sampling.max_new_tokens=48",
@@ -76,17 +96,18 @@ def _cli(out, model_dir, *extra):
 
 
 def test_killed_after_checkpoint_resumes_same_trajectory(synthesized, tiny_model_dir, tmp_path):
-    """SIGKILL the `train` command after its first checkpoint, run it again: it resumes from the
-    checkpoint, continues the same data order, and the loss trajectory matches an uninterrupted run
+    """SIGKILL the FSDP2 `train` command after its first (sharded) checkpoint, run it again: it resumes from
+    the checkpoint, continues the same data order, and the loss trajectory matches an uninterrupted run
     within 1e-4 (relative)."""
     import shutil
 
-    uninterrupted = _metrics(synthesized)  # from the test above: same config, same data
+    uninterrupted = _metrics(synthesized, "fsdp")  # from the test above: same config, same data
     env = {**os.environ, "RAY_ADDRESS": ""}
     for attempt in range(3):  # the kill must land inside the run: retry the set-up if the run beat it
         out = tmp_path / f"run{attempt}"
-        shutil.copytree(synthesized, out, ignore=shutil.ignore_patterns("train"))
-        proc = subprocess.Popen(_cli(out, tiny_model_dir), cwd=ROOT, env=env, start_new_session=True,
+        shutil.copytree(synthesized, out, ignore=shutil.ignore_patterns("train", "fsdp"))
+        proc = subprocess.Popen(_cli(out, tiny_model_dir, "train.strategy=fsdp"), cwd=ROOT, env=env,
+                                start_new_session=True,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             deadline = time.time() + 400
@@ -99,13 +120,14 @@ def test_killed_after_checkpoint_resumes_same_trajectory(synthesized, tiny_model
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
         killed_at = len(_metrics(out))
-        if killed_at < 9:
+        if killed_at < 10:
             break
-    assert killed_at < 9, "the run finished before every kill"
-    rerun = subprocess.run(_cli(out, tiny_model_dir), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert killed_at < 10, "the run finished before every kill"
+    rerun = subprocess.run(_cli(out, tiny_model_dir, "train.strategy=fsdp"), cwd=ROOT, env=env, capture_output=True,
+                           text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     resumed = _metrics(out)
-    assert [m["step"] for m in resumed] == list(range(1, 10))
+    assert [m["step"] for m in resumed] == list(range(1, 11))
     for a, b in zip(uninterrupted, resumed):
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * abs(a["loss"]), (a["step"], a["loss"], b["loss"])
 

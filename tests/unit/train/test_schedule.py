@@ -13,3 +13,18 @@ def test_schedule_and_accumulation():
     assert accumulation_steps(16, 1, 8) == 2 and accumulation_steps(16, 2, 2) == 4
     with pytest.raises(ValueError, match="multiple"):
         accumulation_steps(16, 3, 2)
+
+
+def test_weight_decay_on_two_dimensional_weights_only(tiny_model_dir):
+    """Decay groups go by parameter name and owning module: every 2-D weight (embeddings, projections) decays,
+    every norm weight and bias does not, whatever shape FSDP later gives the parameters."""
+    from transformers import AutoModelForCausalLM
+
+    from ray_entigraph.train.schedule import decay_groups
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    decay, no_decay = decay_groups(model, 0.1)
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert {id(p) for p in decay["params"]} == {id(p) for p in model.parameters() if p.ndim == 2}
+    assert {id(p) for p in no_decay["params"]} == {id(p) for p in model.parameters() if p.ndim < 2}
+    assert no_decay["params"]
