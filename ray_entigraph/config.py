@@ -327,6 +327,9 @@ class TrainConfig(_Section):
         "Recompute each decoder layer's activations in the backward pass: less memory, about a third more compute."))
     torch_threads: int | None = Field(None, ge=1, description=(
         "torch threads per worker on CPU; None: the node's cores / workers on it."))
+    max_failures: int = Field(2, ge=0, description=(
+        "Times Ray Train restarts the workers after one is lost (a node gone, a process killed), each time from "
+        "the latest checkpoint; 0: a lost worker fails the run."))
     checkpoint_every: int = Field(50, ge=1, description=(
         "Save a checkpoint (model, optimizer, scheduler, data position, RNG) every N steps."))
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in storage.")

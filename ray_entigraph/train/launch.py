@@ -18,7 +18,7 @@ from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import RunContext
 from ray_entigraph.errors import ConfigError
-from ray_entigraph.layout import Layout, train_url
+from ray_entigraph.layout import Layout, base_model_name, train_url
 from ray_entigraph.lease import fenced_layout, lease_for
 from ray_entigraph.runtime import init_ray, save_resolved_config
 from ray_entigraph.train.data import block_files, run_pack
@@ -91,9 +91,11 @@ def trajectory_settings(config: EntiGraphConfig) -> dict:
     """The settings that decide a training's trajectory (a checkpoint only resumes under the same ones);
     max_steps, checkpointing, logging and worker counts may change between resumes."""
     tc = config.train
-    keys = ("base_model", "block_len", "global_batch_size", "epochs", "lr", "warmup_ratio", "min_lr_ratio",
+    keys = ("block_len", "global_batch_size", "epochs", "lr", "warmup_ratio", "min_lr_ratio",
             "weight_decay", "grad_clip", "dtype", "strategy")
-    return {"seed": tc.effective_seed(config.seed), **{k: getattr(tc, k) for k in keys}}
+    # the model trained, whether named by train.base_model or (unset) by model.name
+    return {"seed": tc.effective_seed(config.seed), "base_model": base_model_name(config),
+            **{k: getattr(tc, k) for k in keys}}
 
 
 def _check_same_data(config: EntiGraphConfig, mixture: dict) -> None:
@@ -132,7 +134,7 @@ def run_train(config: EntiGraphConfig, ctx: RunContext | None = None) -> TrainSu
 
 
 def _train(config: EntiGraphConfig, ctx: RunContext, started: float) -> TrainSummary:
-    from ray.train import CheckpointConfig, RunConfig, ScalingConfig  # lazy: Ray Train loads only to train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig  # lazy: only to train
     from ray.train.torch import TorchTrainer
 
     save_resolved_config(config)
@@ -153,6 +155,7 @@ def _train(config: EntiGraphConfig, ctx: RunContext, started: float) -> TrainSum
                                      resources_per_worker={"CPU": tc.cpus_per_worker,
                                                            **({"GPU": 1} if tc.use_gpu else {})}),
         run_config=RunConfig(name="train", checkpoint_config=CheckpointConfig(num_to_keep=tc.keep_checkpoints),
+                             failure_config=FailureConfig(max_failures=tc.max_failures),
                              **_storage_args(train_url(config, "ray"))),
     )
     trainer.fit()

@@ -84,11 +84,25 @@ class RayTrainCheckpoints:
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """What Ray Train runs on every worker (it has created the process group)."""
-    import ray.train  # lazy: Ray Train, torch and transformers load on the training workers only
+    import ray  # lazy: Ray Train, torch and transformers load on the training workers only
+    import ray.train
 
     config = EntiGraphConfig.model_validate_json(loop_config["config_json"])
-    run_training(config, loop_config["block_files"], dist.current(config.train.use_gpu), RayTrainCheckpoints(),
+    d = dist.current(config.train.use_gpu)
+    node = ray.get_runtime_context().get_node_id()
+    record_worker(config, d, node_id=node)
+    run_training(config, loop_config["block_files"], d, RayTrainCheckpoints(),
                  local_world=ray.train.get_context().get_local_world_size())
+
+
+def record_worker(config: EntiGraphConfig, d: dist.Dist, node_id: str = "") -> None:
+    """Where this rank runs (`<train folder>/workers/rank-<r>.json`: host, Ray node, pid, device), rewritten
+    when the workers restart: which nodes a training used is on storage, not only in Ray's logs."""
+    import socket
+
+    storage.write_text(train_url(config, "workers", f"rank-{d.rank:05d}.json"), json.dumps({
+        "rank": d.rank, "world": d.world, "host": socket.gethostname(), "node_id": node_id, "pid": os.getpid(),
+        "device": str(d.device), "started": time.time()}))
 
 
 @contextlib.contextmanager

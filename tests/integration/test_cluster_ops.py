@@ -1,5 +1,6 @@
 """Cluster operations on real Ray clusters started with `ray start` on this machine: jobs submitted with
-`ray job submit` (success and failure as a user sees them), and synthesis on a two-node cluster writing to S3.
+`ray job submit` (success and failure as a user sees them), and synthesis then training (a worker killed
+mid-run included) on a two-node cluster writing to S3.
 
 Each cluster has its own ports, temp dir and auth token, and is stopped by killing exactly the processes it
 started (never `ray stop`, which stops every Ray instance on the machine, other people's included).
@@ -23,8 +24,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ray_entigraph import schema
+from ray_entigraph import schema, storage
 from ray_entigraph.ledger import read_run_state
+from ray_entigraph.train.metrics import read_metrics
 from tests import stores
 
 REPO = Path(__file__).resolve().parents[2]
@@ -260,8 +262,8 @@ def test_job_submit_succeeds_then_fails_with_reason(ray_cluster, tiny_model_dir,
     print(f"failing job through jobs/submit.sh: {time.time() - failed_at:.1f}s")
 
 
-@pytest.mark.timeout(600)
-def test_synthesis_on_two_nodes_writes_s3_from_both(ray_cluster, s3_bucket, tiny_model_dir, small_corpus):
+@pytest.mark.timeout(900)
+def test_synthesis_and_training_on_two_nodes_with_s3(ray_cluster, s3_bucket, tiny_model_dir, small_corpus):
     started = time.time()
     # Resources: 2 physical cores, two nodes of 3 logical CPUs each, model actors of 2 CPUs, a pool of exactly 2.
     # Two actors cannot share a node (2 + 2 > 3), so the pool spans both nodes; and each node keeps 1 CPU for
@@ -303,3 +305,53 @@ def test_synthesis_on_two_nodes_writes_s3_from_both(ray_cluster, s3_bucket, tiny
                 for name, node in (("head", head), ("worker", worker))}
     print(f"\ntwo-node synthesis to S3 (2 node starts + run): {time.time() - started:.1f}s, "
           f"synthetic shards {per_node}")
+
+    # Continued pretraining on the same two nodes: one Ray Train worker per node (2 CPUs each, 3 per node), gloo
+    # across them, blocks and checkpoints on S3. Then the same training with one worker SIGKILLed after the
+    # first checkpoint: Ray Train restarts the workers from it and the run finishes on the same trajectory.
+    train = [*tiny_overrides(tiny_model_dir, small_corpus, out), "train.corpus=synthetic+raw", "train.block_len=32",
+             "train.global_batch_size=2", "train.micro_batch_size=1", "train.num_workers=2",
+             "train.cpus_per_worker=2", "train.torch_threads=1", "train.lr=3e-3", "train.max_steps=8",
+             "train.checkpoint_every=2", "train.max_failures=1"]
+    base = [str(BIN / "ray-entigraph"), "train", "--config", "configs/demo.yaml", *train]
+    run = subprocess.run([*base, "train.name=twonode"], env=env, cwd=REPO, capture_output=True, text=True,
+                         timeout=420)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    workers = [json.loads(storage.read_text(u)) for u in storage.list_files(f"{out}/twonode/workers", ".json")]
+    assert {w["node_id"] for w in workers} == {head, worker}, workers  # one rank on each node
+    uninterrupted = read_metrics(f"{out}/twonode")
+    assert [m["step"] for m in uninterrupted] == list(range(1, 9))
+
+    proc = subprocess.Popen([*base, "train.name=killed"], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    fs, ckpts = storage.filesystem(f"{out}/killed/ray/train")
+    deadline, killed = time.time() + 300, None
+    while killed is None:
+        assert proc.poll() is None and time.time() < deadline, "train ended or stalled before its first checkpoint"
+        fs.invalidate_cache()
+        if fs.exists(f"{ckpts}/checkpoint-step-00000002/train_state.pt"):
+            killed = _kill_one_train_worker(ray_cluster)
+        time.sleep(0.1)
+    output, _ = proc.communicate(timeout=420)
+    assert proc.returncode == 0, output[-4000:]
+    resumed = read_metrics(f"{out}/killed")
+    assert [m["step"] for m in resumed] == list(range(1, 9))
+    for a, b in zip(uninterrupted, resumed):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4 * a["loss"], (a["step"], a["loss"], b["loss"])
+    restarted = [json.loads(storage.read_text(u)) for u in storage.list_files(f"{out}/killed/workers", ".json")]
+    assert killed not in {w["pid"] for w in restarted}  # the workers now running were started after the kill
+    print(f"two-node training and a killed worker: {time.time() - started:.1f}s in all")
+
+
+def _kill_one_train_worker(cluster: LocalRayCluster) -> int:
+    """SIGKILL one Ray Train worker process of this cluster; its pid."""
+    for pid in cluster._own_processes():
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read()
+        except OSError:
+            continue
+        if b"RayTrainWorker" in cmdline:
+            os.kill(pid, signal.SIGKILL)
+            return pid
+    raise AssertionError("no Ray Train worker process found")

@@ -34,3 +34,6 @@ def test_checkpoints_of_another_data_stream_are_not_resumed(tmp_path):
     other_lr = load_config(None, [f"output_dir={tmp_path}", "train.lr=1e-4"])
     with pytest.raises(ValueError, match="lr changed"):
         _check_same_data(other_lr, {**stream, "trajectory": trajectory_settings(other_lr)})
+    other_model = load_config(None, [f"output_dir={tmp_path}", "model.name=another/model"])  # train.base_model unset
+    with pytest.raises(ValueError, match="base_model changed"):
+        _check_same_data(other_model, {**stream, "trajectory": trajectory_settings(other_model)})
