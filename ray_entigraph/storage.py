@@ -121,8 +121,9 @@ def write_bytes(url: str, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     else:
-        with fs.open(path, "wb") as f:  # one PUT (or a multipart upload completed at close)
-            f.write(data)
+        # one PUT, or a multipart upload that is aborted, not completed, when a part fails (fsspec's file
+        # objects complete the upload at close even when the write raised: a truncated object)
+        fs.pipe_file(path, data)
 
 
 def write_text(url: str, text: str) -> None:
@@ -392,14 +393,22 @@ def check_writable(output_dir: str) -> None:
         ) from exc
 
 
-def put_dir(local_dir: str, url: str) -> None:
-    """Upload a local folder's files (flat or nested) to `url`, each file written whole."""
-    for root, _, files in os.walk(local_dir):
+def put_dir(local_dir: str, url: str, *, chunksize: int = 50 * 2**20) -> None:
+    """Upload a local folder's files (flat or nested) to `url`, each streamed from disk: a file larger than
+    two chunks goes up as a multipart upload that is aborted, never completed, if a part fails (a model's
+    safetensors shard of 5 GB is never held in memory, nor left half-written on storage)."""
+    fs, root = filesystem(url)
+    for dirpath, _, files in os.walk(local_dir):
         for name in files:
-            src = os.path.join(root, name)
+            src = os.path.join(dirpath, name)
             rel = os.path.relpath(src, local_dir)
-            with open(src, "rb") as f:
-                write_bytes(join(url, *rel.split(os.sep)), f.read())
+            if is_local(url):
+                with open(src, "rb") as f:
+                    write_bytes(join(url, *rel.split(os.sep)), f.read())
+            elif _is_s3(fs):
+                fs.put_file(src, posixpath.join(root, *rel.split(os.sep)), chunksize=chunksize)
+            else:
+                fs.put_file(src, posixpath.join(root, *rel.split(os.sep)))
 
 
 def get_dir(url: str, local_dir: str) -> None:
@@ -413,5 +422,4 @@ def get_dir(url: str, local_dir: str) -> None:
             raise StorageError(f"{url!r} holds the object {path!r}, which would be written outside {local_dir!r}. "
                                "Fix: remove or rename that object (keys must not contain '..').")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        with fs.open(path, "rb") as src, open(dst, "wb") as out:
-            out.write(src.read())
+        fs.get_file(path, dst)  # streamed to disk

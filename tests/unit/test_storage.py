@@ -41,3 +41,38 @@ def test_get_dir_refuses_a_key_that_leaves_its_folder(tmp_path):
     fs.rm("/getdir/model/sub/../../../evil.txt")
     storage.get_dir("memory://getdir/model", str(tmp_path / "dst"))
     assert (tmp_path / "dst" / "config.json").read_text() == "{}"
+
+
+def test_a_failed_part_aborts_the_upload_instead_of_completing_it(s3_bucket, tmp_path, monkeypatch):
+    """put_dir streams a large file as a multipart upload; when a part fails the upload is aborted: no
+    truncated object appears and no upload is left open. Then a clean upload round-trips."""
+    import os
+
+    import boto3
+    import s3fs
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    payload = os.urandom(11 * 2**20)  # three 5 MiB parts (S3's minimum part size) at chunksize 5 MiB
+    (folder / "model-00001.safetensors").write_bytes(payload)
+    original, parts = s3fs.S3FileSystem._call_s3, []
+
+    async def failing(self, method, *args, **kwargs):
+        if method == "upload_part":
+            parts.append(kwargs.get("PartNumber"))
+            if kwargs.get("PartNumber") == 2:
+                raise OSError("injected: part 2 failed")
+        return await original(self, method, *args, **kwargs)
+
+    monkeypatch.setattr(s3fs.S3FileSystem, "_call_s3", failing)
+    with pytest.raises(OSError, match="part 2"):
+        storage.put_dir(str(folder), f"{s3_bucket}/export", chunksize=5 * 2**20)
+    monkeypatch.undo()
+    assert 2 in parts  # it was a multipart upload
+    assert not storage.exists(f"{s3_bucket}/export/model-00001.safetensors")
+    bucket = s3_bucket.removeprefix("s3://")
+    assert not boto3.client("s3").list_multipart_uploads(Bucket=bucket).get("Uploads")
+
+    storage.put_dir(str(folder), f"{s3_bucket}/export", chunksize=5 * 2**20)
+    storage.get_dir(f"{s3_bucket}/export", str(tmp_path / "back"))
+    assert (tmp_path / "back" / "model-00001.safetensors").read_bytes() == payload
