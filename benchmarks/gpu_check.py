@@ -26,26 +26,31 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def prepare(root: Path, args) -> None:
-    """A small Llama, a word-level tokenizer, random blocks and the training stream."""
-    import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+def make_tiny_model(folder: Path, *, vocab: int, hidden: int, layers: int, max_len: int) -> None:
+    """A randomly initialised Llama and a word-level tokenizer built here (nothing downloaded)."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(args.vocab - 3)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    words = {"<unk>": 0, "<s>": 1, "</s>": 2, **{f"w{i}": i + 3 for i in range(vocab - 3)}}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>", eos_token="</s>")
-    cfg = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.hidden * 4,
-                      num_hidden_layers=args.layers, num_attention_heads=args.hidden // 64,
-                      num_key_value_heads=max(args.hidden // 256, 1), max_position_embeddings=args.block_len,
-                      bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=hidden * 4, num_hidden_layers=layers,
+                      num_attention_heads=max(hidden // 64, 1), num_key_value_heads=max(hidden // 256, 1),
+                      max_position_embeddings=max_len, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False)
     torch.manual_seed(0)
-    LlamaForCausalLM(cfg).save_pretrained(root / "model")
-    fast.save_pretrained(root / "model")
+    LlamaForCausalLM(cfg).save_pretrained(folder)
+    fast.save_pretrained(folder)
+
+
+def prepare(root: Path, args) -> None:
+    """A small Llama, random blocks and the training stream."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    make_tiny_model(root / "model", vocab=args.vocab, hidden=args.hidden, layers=args.layers, max_len=args.block_len)
     n = args.steps * args.batch
     ids = np.random.default_rng(0).integers(3, args.vocab, size=(n, args.block_len)).astype(np.int32)
     pq.write_table(pa.table({"input_ids": pa.array(ids.tolist(), type=pa.list_(pa.int32()))}), root / "b.parquet")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 
 import numpy as np
@@ -119,6 +120,11 @@ class PackWorker:
             blocks, leftover = pack_token_lists(ids, self.config.train.block_len, self.tokenizer.eos_token_id)
             store = self.layout.blocks(unit["source"])
             table = pa.table({"input_ids": pa.array(blocks, type=pa.list_(pa.int32()))}, schema=schema.BLOCKS)
+            # the same blocks as one flat little-endian int32 array, written before the marker: a training rank
+            # reads only its own blocks from it (a byte range, or a memory map on a local disk)
+            flat = np.asarray(blocks, dtype="<i4").reshape(-1, self.config.train.block_len)
+            storage.write_bytes(raw_url(storage.join(store.url, storage.shard_name(unit_keys(self.config, unit))
+                                                     + ".parquet")), flat.tobytes())
             entry = store.commit(table, None, keys=unit_keys(self.config, unit), stats={
                 "source": unit["source"], "source_file": unit["url"], "num_texts": len(texts),
                 "num_tokens": sum(len(x) + 1 for x in ids), "leftover_tokens": leftover,
@@ -180,7 +186,8 @@ def block_files(ctx: RunContext, units: list[dict] | None = None) -> dict[str, l
 
 
 def load_blocks(files: list[tuple[str, int]], block_len: int) -> np.ndarray:
-    """The blocks of the given shards (`block_files`), in order, as an [n, block_len] int32 array."""
+    """The blocks of the given shards (`block_files`), in order, as an [n, block_len] int32 array (every block
+    in memory: for small corpora and tools; training reads per rank with `BlockReader`)."""
     arrays = []
     for url, _ in files:
         col = storage.read_parquet(url, ["input_ids"]).column("input_ids")
@@ -188,3 +195,88 @@ def load_blocks(files: list[tuple[str, int]], block_len: int) -> np.ndarray:
     if not arrays:
         return np.zeros((0, block_len), dtype=np.int32)
     return np.concatenate(arrays)
+
+
+def raw_url(parquet_url: str) -> str:
+    """Where a blocks shard's flat int32 copy lives (beside it, `.i32`)."""
+    return parquet_url.removesuffix(".parquet") + ".i32"
+
+
+class BlockReader:
+    """One source's blocks, read on demand by index: a rank reads only the blocks it trains on. Local shards
+    are memory-mapped (file pages, not the process's own memory); on object storage each block is one ranged
+    GET of block_len x 4 bytes, fetched by a few threads a step ahead (`prefetch`). Shards packed before the
+    flat copy existed are read whole from their Parquet file, once. `bytes_read` counts what was fetched."""
+
+    def __init__(self, files: list[tuple[str, int]], block_len: int, threads: int = 8):
+        import threading
+
+        self.files, self.block_len = files, block_len
+        self.starts = np.cumsum([0] + [rows for _, rows in files])
+        self.bytes_read = 0
+        self._lock = threading.Lock()
+        self._arrays: dict[int, np.ndarray] = {}  # shard -> memory map, or the whole shard (old format)
+        self._ranged: set[int] = set()  # shards read by byte range
+        self._pending: dict = {}  # index -> Future of its block
+        self._threads = threads
+        self._pool = None
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def _count(self, n: int) -> None:
+        with self._lock:
+            self.bytes_read += n
+
+    def _open(self, shard: int) -> None:
+        """Decide once per shard how to read it."""
+        with self._lock:
+            if shard in self._arrays or shard in self._ranged:
+                return
+        url = self.files[shard][0]
+        raw = url if url.endswith(".i32") else raw_url(url)
+        local = raw.removeprefix("file://")
+        if storage.is_local(raw) and os.path.exists(local):
+            array = np.memmap(local, dtype="<i4", mode="r").reshape(-1, self.block_len)
+        elif not storage.is_local(raw) and storage.exists(raw):
+            with self._lock:
+                self._ranged.add(shard)
+            return
+        else:  # packed before the flat copy existed
+            array = load_blocks([self.files[shard]], self.block_len)
+            self._count(array.nbytes)
+        with self._lock:
+            self._arrays.setdefault(shard, array)
+
+    def _fetch(self, index: int) -> np.ndarray:
+        if not 0 <= index < len(self):
+            raise IndexError(f"block {index} of {len(self)}")
+        shard = int(np.searchsorted(self.starts, index, side="right")) - 1
+        row = index - int(self.starts[shard])
+        self._open(shard)
+        if shard in self._ranged:
+            url = self.files[shard][0]
+            fs, path = storage.filesystem(url if url.endswith(".i32") else raw_url(url))
+            size = self.block_len * 4
+            data = fs.cat_file(path, start=row * size, end=(row + 1) * size)
+            self._count(len(data))
+            return np.frombuffer(data, dtype="<i4").copy()
+        array = self._arrays[shard]
+        block = np.array(array[row])
+        if isinstance(array, np.memmap):
+            self._count(block.nbytes)
+        return block
+
+    def prefetch(self, indices) -> None:
+        """Start fetching these blocks (the next step's) in the background; `get` picks them up."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._threads)
+        for i in indices:
+            if i not in self._pending:
+                self._pending[i] = self._pool.submit(self._fetch, i)
+
+    def get(self, index: int) -> np.ndarray:
+        pending = self._pending.pop(index, None)
+        return pending.result() if pending is not None else self._fetch(index)

@@ -55,14 +55,17 @@ def backend_device(use_gpu: bool, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
-def current(use_gpu: bool) -> Dist:
-    """This process's place, from the process group Ray Train or `init_from_env` created (or world size 1)."""
+def current(use_gpu: bool, device: torch.device | None = None) -> Dist:
+    """This process's place, from the process group Ray Train or `init_from_env` created (or world size 1).
+    `device`: the launcher's choice (Ray Train's, which knows the GPUs it made visible); else LOCAL_RANK's GPU."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if dist.is_available() and dist.is_initialized():
         rank, world = dist.get_rank(), dist.get_world_size()
     else:
         rank, world = 0, 1
-    return Dist(rank, world, local_rank, backend_device(use_gpu, local_rank))
+    if device is not None and device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Dist(rank, world, local_rank, device if device is not None else backend_device(use_gpu, local_rank))
 
 
 def init_from_env(use_gpu: bool) -> Dist:

@@ -20,6 +20,8 @@ import tempfile
 import time
 from typing import Iterator, Protocol
 
+import numpy as np
+
 from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.engines.bundled import resolve_model_path
@@ -27,7 +29,7 @@ from ray_entigraph.engines.hf import load_tokenizer
 from ray_entigraph.errors import ConfigError
 from ray_entigraph.layout import base_model_name, train_url
 from ray_entigraph.train import dist
-from ray_entigraph.train.data import load_blocks
+from ray_entigraph.train.data import BlockReader
 from ray_entigraph.train.metrics import MetricsLog
 from ray_entigraph.train.schedule import accumulation_steps, decay_groups, warmup_cosine
 
@@ -88,21 +90,36 @@ def train_loop_per_worker(loop_config: dict) -> None:
     import ray.train
 
     config = EntiGraphConfig.model_validate_json(loop_config["config_json"])
-    d = dist.current(config.train.use_gpu)
-    node = ray.get_runtime_context().get_node_id()
-    record_worker(config, d, node_id=node)
+    import ray.train.torch
+
+    # Ray Train's device: it sets CUDA_VISIBLE_DEVICES, so LOCAL_RANK need not index the visible GPUs
+    d = dist.current(config.train.use_gpu, ray.train.torch.get_device() if config.train.use_gpu else None)
     run_training(config, loop_config["block_files"], d, RayTrainCheckpoints(),
-                 local_world=ray.train.get_context().get_local_world_size())
+                 local_world=ray.train.get_context().get_local_world_size(),
+                 node_id=ray.get_runtime_context().get_node_id())
 
 
-def record_worker(config: EntiGraphConfig, d: dist.Dist, node_id: str = "") -> None:
-    """Where this rank runs (`<train folder>/workers/rank-<r>.json`: host, Ray node, pid, device), rewritten
-    when the workers restart: which nodes a training used is on storage, not only in Ray's logs."""
+def record_worker(config: EntiGraphConfig, d: dist.Dist, node_id: str = "", **extra) -> None:
+    """Where this rank runs (`<train folder>/workers/rank-<r>.json`: host, Ray node, pid, device), written at
+    the start and, with what it read and its memory, at the end; rewritten when the workers restart: which
+    nodes a training used is on storage, not only in Ray's logs."""
     import socket
 
     storage.write_text(train_url(config, "workers", f"rank-{d.rank:05d}.json"), json.dumps({
         "rank": d.rank, "world": d.world, "host": socket.gethostname(), "node_id": node_id, "pid": os.getpid(),
-        "device": str(d.device), "started": time.time()}))
+        "device": str(d.device), "time": time.time(), **extra}))
+
+
+def rss_anon_mb() -> float:
+    """This process's anonymous resident memory (its own heap, not mapped file pages), in MB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return _peak_rss_mb()
 
 
 @contextlib.contextmanager
@@ -158,7 +175,7 @@ def build_model(path: str, config: EntiGraphConfig, d: dist.Dist):
 
 
 def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, checkpoints: Checkpoints, *,
-                 local_world: int = 1) -> None:  # noqa: C901 - the loop is meant to be read top to bottom
+                 local_world: int = 1, node_id: str = "") -> None:  # noqa: C901 - read top to bottom
     import torch
     import transformers
 
@@ -169,12 +186,17 @@ def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, check
     seed = tc.effective_seed(config.seed)
     torch.manual_seed(seed)
 
-    # data: the mixed stream and every source's blocks (int32; widened per micro-batch)
+    # data: the mixed stream, and a reader per source that fetches only this rank's blocks (int32; widened
+    # per micro-batch), the next step's in the background
+    record_worker(config, d, node_id)
     stream = [tuple(x) for x in json.loads(storage.read_text(train_url(config, "mixture.json")))["stream"]]
-    blocks = {src: torch.from_numpy(load_blocks(block_files[src], tc.block_len))
-              for src in sorted({s for s, _ in stream})}
+    readers = {src: BlockReader(block_files[src], tc.block_len) for src in sorted({s for s, _ in stream})}
     steps = total_steps(config, len(stream))
     accum = accumulation_steps(tc.global_batch_size, tc.micro_batch_size, d.world)
+
+    def rank_items(step: int) -> list[tuple[str, int]]:
+        positions = range(step * tc.global_batch_size, (step + 1) * tc.global_batch_size)
+        return [stream_item(stream, p, seed) for p in positions][d.rank::d.world]
 
     # model and optimizer
     path = resolve_model_path(base_model_name(config), config.model.cache_dir)
@@ -195,14 +217,17 @@ def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, check
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ddp_bf16 else contextlib.nullcontext()
 
     model.train()
+    rss_start = rss_anon_mb()
     for step in range(start_step, steps):
         t0 = time.time()
-        positions = range(step * tc.global_batch_size, (step + 1) * tc.global_batch_size)
-        mine = [stream_item(stream, p, seed) for p in positions][d.rank::d.world]
+        mine = rank_items(step)
+        for src, i in (rank_items(step + 1) if step + 1 < steps else []):
+            readers[src].prefetch([i])
         sums = torch.zeros(4, dtype=torch.float64)  # loss-sum and tokens, synthetic then replay
         for micro in range(accum):
             items = mine[micro * tc.micro_batch_size:(micro + 1) * tc.micro_batch_size]
-            input_ids = torch.stack([blocks[src][i] for src, i in items]).to(d.device, dtype=torch.long)
+            input_ids = torch.from_numpy(np.stack([readers[src].get(i) for src, i in items])).to(
+                d.device, dtype=torch.long)
             with dist.maybe_no_sync(model, sync=micro == accum - 1), autocast:
                 logits = model(input_ids=input_ids).logits.float()
                 per_token = torch.nn.functional.cross_entropy(
@@ -227,7 +252,8 @@ def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, check
             "loss_synthetic": float(sums[0] / sums[1]) if sums[1] else None,
             "loss_replay": float(sums[2] / sums[3]) if sums[3] else None,
             "lr": lr, "grad_norm": float(grad_norm), "tokens_per_s": tokens / elapsed,
-            "step_s": elapsed, "peak_rss_mb": _peak_rss_mb(),
+            "step_s": elapsed, "peak_rss_mb": _peak_rss_mb(), "rss_anon_mb": rss_anon_mb(),
+            "block_bytes_read": sum(r.bytes_read for r in readers.values()),  # rank 0's
         }
         if tc.use_gpu:  # model FLOPs utilisation: 6 N FLOPs per trained token over the GPUs' peak
             line["mfu"] = 6 * num_params * line["tokens_per_s"] / (d.world * tc.peak_tflops_per_gpu * 1e12)
@@ -242,6 +268,8 @@ def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, check
             _save(checkpoints, model, optimizer, scheduler, step + 1, line, d)
 
     metrics.finish(steps)
+    record_worker(config, d, node_id, finished=True, block_bytes_read=sum(r.bytes_read for r in readers.values()),
+                  rss_anon_start_mb=rss_start, rss_anon_end_mb=rss_anon_mb())
     state = dist.full_state_dict(model)  # collective under FSDP: every rank takes part
     if d.rank == 0:
         _export(state, path, load_tokenizer(path), config)

@@ -21,7 +21,7 @@ from typing import Iterator
 from ray_entigraph import storage
 from ray_entigraph.config import load_config
 from ray_entigraph.train import dist
-from ray_entigraph.train.loop import record_worker, run_training
+from ray_entigraph.train.loop import run_training
 
 COMPLETE = "_complete"
 
@@ -74,7 +74,6 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.blocks) as f:
         blocks = json.load(f)
     d = dist.init_from_env(config.train.use_gpu)
-    record_worker(config, d)
     try:
         run_training(config, blocks, d, FolderCheckpoints(args.checkpoints, d),
                      local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
