@@ -19,12 +19,52 @@ from ray_entigraph.partitions import partition_of
 from ray_entigraph.planning import document_tasks
 from ray_entigraph.runtime import save_resolved_config
 
+Docs = Iterable[dict] | Callable[[], Iterable[dict]]
 
-def write_run(config: EntiGraphConfig, docs: Iterable[dict], entities_for: Callable[[dict], list[str]], *,
-              synthetic: bool = False, chunk: int = 20_000) -> RunContext:
-    """`docs`: documents rows (doc_id, title, text, num_tokens at least). Returns the run's context."""
+
+def write_run(config: EntiGraphConfig, docs: Docs, entities_for: Callable[[dict], list[str]], *,
+              synthetic: bool = False, chunk: int = 20_000, workers: int = 1) -> RunContext:
+    """`docs`: documents rows (doc_id, title, text, num_tokens at least). Returns the run's context.
+    `workers` > 1: that many forked processes each write and seal a share of the partitions (each walks the
+    whole `docs` iterable and keeps its own partitions'); the summaries are written here from their seal rows."""
     ctx = RunContext.resolve(config)
     save_resolved_config(config)
+    if workers > 1:  # `docs` must then be a callable returning a fresh iterable (each process walks it)
+        import multiprocessing
+
+        global _FORKED
+        _FORKED = (config, docs, entities_for, synthetic, chunk, workers)
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_forked_share, range(workers))
+        sealed = [sorted((row for part in parts for row in part[i]), key=lambda r: r["partition"]) for i in range(3)]
+        _summarise(config, ctx, *sealed)
+        return ctx
+    _summarise(config, ctx, *_write_partitions(config, docs() if callable(docs) else docs, entities_for, synthetic,
+                                               chunk, None))
+    return ctx
+
+
+_FORKED: tuple = ()
+
+
+def _forked_share(k: int) -> tuple[list, list, list]:
+    config, docs, entities_for, synthetic, chunk, workers = _FORKED
+    return _write_partitions(config, docs(), entities_for, synthetic, chunk, set(range(k, config.num_partitions,
+                                                                                        workers)))
+
+
+def _summarise(config: EntiGraphConfig, ctx: RunContext, sealed_docs, sealed_ents, sealed_syn) -> None:
+    ctx.layout.documents.write_summary(ctx.documents_identity, sealed_docs, {"doc_threshold": None})
+    if sealed_ents:
+        ctx.entities_store.write_summary(ctx.entities_identity, sealed_ents)
+    if sealed_syn:
+        ctx.synthetic_store.write_summary(ctx.synthetic_identity, sealed_syn, {"budget": None})
+
+
+def _write_partitions(config: EntiGraphConfig, docs: Iterable[dict], entities_for: Callable[[dict], list[str]],
+                      synthetic: bool, chunk: int, only: set[int] | None) -> tuple[list, list, list]:
+    """Write and seal the partitions in `only` (None: all); the three stages' seal rows."""
+    ctx = RunContext.resolve(config)
     layout, P = ctx.layout, config.num_partitions
     (_, _, file_id), *_ = ctx.file_ids()
     buffers: dict[int, list[dict]] = {}
@@ -70,6 +110,8 @@ def write_run(config: EntiGraphConfig, docs: Iterable[dict], entities_for: Calla
 
     for doc in docs:
         p = partition_of(doc["doc_id"], P)
+        if only is not None and p not in only:
+            continue
         buffers.setdefault(p, []).append(doc)
         if len(buffers[p]) >= chunk:
             flush(p)
@@ -79,7 +121,7 @@ def write_run(config: EntiGraphConfig, docs: Iterable[dict], entities_for: Calla
     for _, _, fid in ctx.file_ids():
         storage.write_text(layout.files_url(f"{fid}.json"), json.dumps({"source_id": fid}))
     sealed_docs, sealed_ents, sealed_syn = [], [], []
-    for p in range(P):
+    for p in sorted(only) if only is not None else range(P):
         st = stats[p]
         sealed_docs.append(layout.documents.seal(p, ctx.documents_identity, stats=lambda _e, s=st: {
             "num_documents": s["docs"], "num_tokens": s["tokens"]}))
@@ -90,9 +132,4 @@ def write_run(config: EntiGraphConfig, docs: Iterable[dict], entities_for: Calla
         if synthetic:
             sealed_syn.append(ctx.synthetic_store.seal(p, ctx.synthetic_identity, stats=lambda _e, s=st: {
                 "rows_by_kind": s["kinds"], "num_rows": s["rows"], "num_missing": 0}))
-    layout.documents.write_summary(ctx.documents_identity, sealed_docs, {"doc_threshold": None})
-    if sealed_ents:
-        ctx.entities_store.write_summary(ctx.entities_identity, sealed_ents)
-    if sealed_syn:
-        ctx.synthetic_store.write_summary(ctx.synthetic_identity, sealed_syn, {"budget": None})
-    return ctx
+    return sealed_docs, sealed_ents, sealed_syn
