@@ -327,6 +327,12 @@ class TrainConfig(_Section):
         "Recompute each decoder layer's activations in the backward pass: less memory, about a third more compute."))
     torch_threads: int | None = Field(None, ge=1, description=(
         "torch threads per worker on CPU; None: the node's cores / workers on it."))
+    report_to: list[Literal["tensorboard", "wandb", "mlflow"]] = Field(default_factory=list, description=(
+        "Experiment trackers rank 0 also sends every metrics line to, through their own libraries (installed on "
+        "the training nodes): TensorBoard event files under <train folder>/tensorboard, a Weights & Biases run, "
+        "an MLflow run. The appended metrics/ segments are written either way."))
+    tracker_project: str = Field("ray-entigraph", description=(
+        "Weights & Biases project or MLflow experiment the runs go to (each run is named after train.name)."))
     max_failures: int = Field(2, ge=0, description=(
         "Times Ray Train restarts the workers after one is lost (a node gone, a process killed), each time from "
         "the latest checkpoint; 0: a lost worker fails the run."))

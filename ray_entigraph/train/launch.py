@@ -25,6 +25,7 @@ from ray_entigraph.train.data import block_files, run_pack
 from ray_entigraph.train.loop import train_loop_per_worker
 from ray_entigraph.train.metrics import read_metrics
 from ray_entigraph.train.mix import plan_mixture, realised_share
+from ray_entigraph.train.trackers import check_available as check_trackers
 
 logger = logging.getLogger(__name__)
 
@@ -127,6 +128,7 @@ def run_train(config: EntiGraphConfig, ctx: RunContext | None = None) -> TrainSu
     started = time.time()
     ctx = ctx or RunContext.resolve(config)
     storage.check_writable(config.output_dir)
+    check_trackers(config)  # before Ray starts: a missing tracker library is a one-line error
     Layout(config.output_dir, num_partitions=config.num_partitions).check_version(create=True)
     with lease_for(config, "train"):  # one writer per output_dir; packing commits check the fence
         ctx.layout = fenced_layout(config)

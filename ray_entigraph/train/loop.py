@@ -32,6 +32,7 @@ from ray_entigraph.train import dist
 from ray_entigraph.train.data import BlockReader
 from ray_entigraph.train.metrics import MetricsLog
 from ray_entigraph.train.schedule import accumulation_steps, decay_groups, warmup_cosine
+from ray_entigraph.train.trackers import Trackers
 
 STATE_DIR = "state"  # model and optimizer, sharded (torch.distributed.checkpoint)
 TRAIN_STATE = "train_state.pt"  # step, scheduler, RNG: tensors and plain values, loaded with weights_only=True
@@ -213,6 +214,7 @@ def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, check
         if ckpt_dir:
             start_step = _restore(ckpt_dir, model, optimizer, scheduler)
     metrics = MetricsLog(train_url(config), enabled=d.rank == 0)
+    trackers = Trackers(config, enabled=d.rank == 0)
     ddp_bf16 = tc.use_gpu and tc.dtype == "bfloat16" and tc.strategy != "fsdp"
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if ddp_bf16 else contextlib.nullcontext()
 
@@ -258,6 +260,7 @@ def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, check
         if tc.use_gpu:  # model FLOPs utilisation: 6 N FLOPs per trained token over the GPUs' peak
             line["mfu"] = 6 * num_params * line["tokens_per_s"] / (d.world * tc.peak_tflops_per_gpu * 1e12)
         metrics.append(line)
+        trackers.log(line)
         if (step + 1) % tc.log_every == 0 or step + 1 == steps:
             metrics.flush()
             if d.rank == 0:
@@ -265,9 +268,11 @@ def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, check
                       f"{line['tokens_per_s']:.0f} tok/s", flush=True)
         if (step + 1) % tc.checkpoint_every == 0 or step + 1 == steps:
             metrics.flush()  # a resumed run starts after this step: its lines must be on storage
+            trackers.flush()
             _save(checkpoints, model, optimizer, scheduler, step + 1, line, d)
 
     metrics.finish(steps)
+    trackers.close()
     record_worker(config, d, node_id, finished=True, block_bytes_read=sum(r.bytes_read for r in readers.values()),
                   rss_anon_start_mb=rss_start, rss_anon_end_mb=rss_anon_mb())
     state = dist.full_state_dict(model)  # collective under FSDP: every rank takes part

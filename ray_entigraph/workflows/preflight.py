@@ -20,6 +20,7 @@ from ray_entigraph.eval.launch import QA_PROMPTS
 from ray_entigraph.eval.quality import resolve_questions_url
 from ray_entigraph.inputs import list_input_files, resolve_input_path
 from ray_entigraph.prompts import QA_VALUES, check_renders, load_prompt_set
+from ray_entigraph.train.trackers import check_available as check_trackers
 
 # Which later steps each command runs, and so which of their inputs it checks.
 TRAINS = {"run", "sweep", "ablate", "validate"}
@@ -34,6 +35,7 @@ def preflight(config: EntiGraphConfig, command: str = "validate") -> tuple[RunCo
     storage.check_writable(config.output_dir)
     ctx.layout.check_version()
     if command in TRAINS:
+        check_trackers(config)
         for i, source in enumerate(config.train.replay):
             _readable(InputConfig(path=source.path, text_field=source.text_field), f"train.replay[{i}].path")
     if command in EVALUATES:

@@ -133,7 +133,8 @@ def test_killed_after_checkpoint_resumes_same_trajectory(synthesized, tiny_model
 
 
 def test_train_with_output_on_s3(synthesized, tiny_model_dir, s3_bucket):
-    """Blocks, checkpoints (Ray Train storage), metrics and the exported model all go to the object store."""
+    """Blocks, checkpoints (Ray Train storage), metrics, TensorBoard events and the exported model all go to
+    the object store."""
     from ray_entigraph.train.launch import run_train
 
     out = f"{s3_bucket}/run"
@@ -141,7 +142,7 @@ def test_train_with_output_on_s3(synthesized, tiny_model_dir, s3_bucket):
         storage.put_dir(str(synthesized / rel), f"{out}/{rel}")
     storage.write_bytes(f"{out}/_layout.json", (synthesized / "_layout.json").read_bytes())
     config = tiny_config(tiny_model_dir, "builtin:demo", out, "input.max_documents=3", *TRAIN,
-                         "train.max_steps=3", "train.checkpoint_every=2")
+                         "train.max_steps=3", "train.checkpoint_every=2", "train.report_to=[tensorboard]")
     summary = run_train(config)
     assert summary.steps == 3
     fs, path = storage.filesystem(f"{out}/train/ray/train")
@@ -150,6 +151,7 @@ def test_train_with_output_on_s3(synthesized, tiny_model_dir, s3_bucket):
     assert storage.exists(f"{out}/train/model/model.safetensors")
     assert storage.exists(f"{out}/train/model/tokenizer.json")
     assert len(_metrics(out)) == 3
+    assert any("events.out.tfevents" in u for u in storage.list_files(f"{out}/train/tensorboard"))
 
 
 def test_raw_cpt_baseline_packs_the_source_documents(synthesized, tiny_model_dir, ray_local):
