@@ -60,7 +60,8 @@ def prepare(root: Path, args) -> None:
 def train(root: Path, out: str, ckpt: str, args) -> list[dict]:
     (root / out / "train").mkdir(parents=True, exist_ok=True)
     (root / out / "train" / "mixture.json").write_text(
-        json.dumps({"stream": [["synthetic", i] for i in range(args.steps * args.batch)]}))
+        json.dumps({"spec": {"num_synthetic": args.steps * args.batch},
+                    "counts": {"synthetic": args.steps * args.batch}}))
     overrides = [f"output_dir={root / out}", f"model.name={root / 'model'}", f"train.block_len={args.block_len}",
                  f"train.global_batch_size={args.batch}", f"train.micro_batch_size={args.batch // 2}",
                  "train.num_workers=1", "train.epochs=1", f"train.max_steps={args.steps}",

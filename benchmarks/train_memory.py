@@ -41,7 +41,7 @@ def write_stream(folder: Path, tokens: int, block_len: int, vocab: int) -> int:
     (folder / "blocks.json").write_text(json.dumps({"synthetic": files}))
     (folder / "out" / "train").mkdir(parents=True)
     (folder / "out" / "train" / "mixture.json").write_text(
-        json.dumps({"stream": [["synthetic", i] for i in range(blocks)]}))
+        json.dumps({"spec": {"num_synthetic": blocks}, "counts": {"synthetic": blocks}}))
     return blocks
 
 

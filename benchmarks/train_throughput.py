@@ -38,7 +38,7 @@ def main() -> None:
     from ray_entigraph.text.identity import doc_id_for, normalise_text
     from ray_entigraph.train.data import load_blocks
     from ray_entigraph.train.launch import run_train
-    from ray_entigraph.train.loop import stream_item
+    from ray_entigraph.train.mix import MixSpec, stream_item
     from ray_entigraph.train.schedule import warmup_cosine
 
     out = tempfile.mkdtemp(prefix="bench-train-")
@@ -70,7 +70,7 @@ def main() -> None:
     # the plain loop on the same blocks, order, model and schedule
     cfg = config_for(1, args.threads, f"ray-1x{args.threads}")
     torch.set_num_threads(args.threads)
-    stream = [tuple(x) for x in json.loads(storage.read_text(f"{cfg.output_dir}/train/mixture.json"))["stream"]]
+    spec = MixSpec.from_json(json.loads(storage.read_text(f"{cfg.output_dir}/train/mixture.json"))["spec"])
     from ray_entigraph.context import RunContext
     from ray_entigraph.train.data import block_files
 
@@ -86,7 +86,7 @@ def main() -> None:
     for step in range(args.steps):
         t0 = time.time()
         for p in range(step * 2, step * 2 + 2):
-            _, i = stream_item(stream, p, cfg.seed)
+            _, i = stream_item(spec, p)
             ids = blocks[i : i + 1]
             logits = model(input_ids=ids).logits.float()
             loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),

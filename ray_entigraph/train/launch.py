@@ -24,7 +24,7 @@ from ray_entigraph.runtime import init_ray, save_resolved_config
 from ray_entigraph.train.data import block_files, run_pack
 from ray_entigraph.train.loop import train_loop_per_worker
 from ray_entigraph.train.metrics import read_metrics
-from ray_entigraph.train.mix import plan_mixture, realised_share
+from ray_entigraph.train.mix import MixSpec, synthetic_subset
 from ray_entigraph.train.trackers import check_available as check_trackers
 
 logger = logging.getLogger(__name__)
@@ -57,35 +57,25 @@ class TrainSummary:
 
 
 def build_mixture(config: EntiGraphConfig, counts: dict[str, int]) -> dict:
+    """mixture.json: the spec every rank derives the stream from (train/mix.py), the block counts, and what
+    it realises. Nothing in it grows with the number of blocks."""
     tc = config.train
-    replay_counts = {r.name: counts.get(schema.REPLAY_PREFIX + r.name, 0) for r in tc.replay}
-    chosen = synthetic_subset(counts.get(schema.SYNTHETIC_SOURCE, 0), tc.max_synthetic_tokens, tc.block_len,
-                              tc.effective_seed(config.seed))
-    stream = plan_mixture(len(chosen), replay_counts, {r.name: r.weight for r in tc.replay},
-                          share=tc.replay_share if tc.replay else 0.0, mode=tc.replay_mode,
-                          seed=tc.effective_seed(config.seed))
-    stream = [(src, chosen[i]) if src == schema.SYNTHETIC_SOURCE else (src, i) for src, i in stream]
-    if len(stream) < tc.global_batch_size:
+    seed = tc.effective_seed(config.seed)
+    available = counts.get(schema.SYNTHETIC_SOURCE, 0)
+    chosen = synthetic_subset(available, tc.max_synthetic_tokens, tc.block_len, seed)
+    used = available if chosen is None else len(chosen)
+    spec = MixSpec(used, {r.name: counts.get(schema.REPLAY_PREFIX + r.name, 0) for r in tc.replay},
+                   {r.name: r.weight for r in tc.replay}, tc.replay_share if tc.replay else 0.0, tc.replay_mode, seed)
+    if spec.epoch_length < tc.global_batch_size:
         raise ConfigError(
-            f"The training stream has {len(stream)} blocks, fewer than train.global_batch_size "
+            f"The training stream has {spec.epoch_length} blocks, fewer than train.global_batch_size "
             f"({tc.global_batch_size}). Fix: synthesize more text, lower train.block_len, or lower the batch size.")
-    share = realised_share(stream)
+    share = spec.num_replay / max(spec.epoch_length, 1)
     logger.info("replay share realised: %.4f (configured %.4f, mode %s)", share, tc.replay_share, tc.replay_mode)
-    return {"stream": stream, "counts": counts, "realised_replay_share": share, "mode": tc.replay_mode,
-            "trajectory": trajectory_settings(config),
-            "configured_replay_share": tc.replay_share, "synthetic_blocks_used": len(chosen),
-            "synthetic_tokens_used": len(chosen) * tc.block_len}
-
-
-def synthetic_subset(available: int, max_tokens: int | None, block_len: int, seed: int) -> list[int]:
-    """Indices of the synthetic blocks to train on: all of them, or a seeded random subset of
-    ceil(max_tokens / block_len) blocks (at least one), in ascending order."""
-    if max_tokens is None or max_tokens >= available * block_len:
-        return list(range(available))
-    import random
-
-    want = max(1, -(-max_tokens // block_len))
-    return sorted(random.Random(f"{seed}:synthetic-subset").sample(range(available), want))
+    return {"format": 2, "spec": spec.to_json(), "epoch_length": spec.epoch_length, "counts": counts,
+            "realised_replay_share": share, "mode": tc.replay_mode, "trajectory": trajectory_settings(config),
+            "configured_replay_share": tc.replay_share, "synthetic_blocks_used": used,
+            "synthetic_tokens_used": used * tc.block_len}
 
 
 def trajectory_settings(config: EntiGraphConfig) -> dict:
@@ -93,7 +83,7 @@ def trajectory_settings(config: EntiGraphConfig) -> dict:
     max_steps, checkpointing, logging and worker counts may change between resumes."""
     tc = config.train
     keys = ("block_len", "global_batch_size", "epochs", "lr", "warmup_ratio", "min_lr_ratio",
-            "weight_decay", "grad_clip", "dtype", "strategy")
+            "weight_decay", "grad_clip", "dtype", "strategy", "max_synthetic_tokens")
     # the model trained, whether named by train.base_model or (unset) by model.name
     return {"seed": tc.effective_seed(config.seed), "base_model": base_model_name(config),
             **{k: getattr(tc, k) for k in keys}}
@@ -108,8 +98,9 @@ def _check_same_data(config: EntiGraphConfig, mixture: dict) -> None:
     old = json.loads(storage.read_text(previous))
     recorded = old.get("trajectory")  # absent in runs made before it was recorded: only the stream is compared
     changed = [k for k, v in mixture.get("trajectory", {}).items() if recorded is not None and recorded.get(k) != v]
-    if old.get("stream") != [list(x) for x in mixture["stream"]]:
-        changed.insert(0, "the data stream (synthetic corpus, train.max_synthetic_tokens, block length or replay)")
+    if (old.get("spec"), old.get("counts")) != (mixture["spec"], mixture["counts"]):
+        changed.insert(0, "the data stream (synthetic corpus, train.max_synthetic_tokens, block length or replay)"
+                       if "spec" in old else "the data stream (written by an older version)")
     if changed:
         raise ConfigError(
             f"{train_url(config)} holds checkpoints of a different training ({', '.join(changed)} changed), which a "
@@ -145,7 +136,7 @@ def _train(config: EntiGraphConfig, ctx: RunContext, started: float) -> TrainSum
     mixture = build_mixture(config, counts)
     _check_same_data(config, mixture)
     storage.write_text(train_url(config, "mixture.json"), json.dumps(mixture))
-    print(f"[train] {len(mixture['stream'])} blocks in the stream, replay share realised "
+    print(f"[train] {mixture['epoch_length']} blocks per epoch, replay share realised "
           f"{mixture['realised_replay_share']:.4f} (configured {config.train.replay_share}, "
           f"mode {config.train.replay_mode})", flush=True)
     tc = config.train

@@ -3,16 +3,15 @@ export. It runs under Ray Train (`train_loop_per_worker`, the thin adapter Ray T
 `torchrun` without Ray (`train/standalone.py`); only where checkpoints are kept differs (`Checkpoints`).
 Every collective, the sharding and the state dicts go through `train/dist.py`.
 
-Data order is a pure function of (mixture, seed, step): the mixed stream is read in order in epoch 0 and in
-a seeded reshuffle in later epochs; global step s covers stream positions [s*B, (s+1)*B), and rank r takes
-every world-th of them. A resumed run therefore continues the same data order from its checkpoint's step,
-on any number of workers that divides the batch.
+Data order is a pure function of (mixture spec, seed, step): each epoch is a fresh seeded draw of the
+mixture (train/mix.py); global step s covers stream positions [s*B, (s+1)*B), and rank r takes every
+world-th of them. A resumed run therefore continues the same data order from its checkpoint's step, on any
+number of workers that divides the batch.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import random
@@ -31,6 +30,7 @@ from ray_entigraph.layout import base_model_name, train_url
 from ray_entigraph.train import dist
 from ray_entigraph.train.data import BlockReader
 from ray_entigraph.train.metrics import MetricsLog
+from ray_entigraph.train.mix import SYNTHETIC, MixSpec, stream_item, synthetic_subset
 from ray_entigraph.train.schedule import accumulation_steps, decay_groups, warmup_cosine
 from ray_entigraph.train.trackers import Trackers
 
@@ -39,23 +39,8 @@ TRAIN_STATE = "train_state.pt"  # step, scheduler, RNG: tensors and plain values
 OLD_STATE_FILE = "training_state.pt"  # checkpoints of versions before sharded checkpoints
 
 
-@functools.lru_cache(maxsize=4)
-def _epoch_order(length: int, seed: int, epoch: int) -> tuple[int, ...]:
-    order = list(range(length))
-    if epoch:
-        random.Random(seed * 1000003 + epoch).shuffle(order)
-    return tuple(order)
-
-
-def stream_item(stream: list[tuple[str, int]], position: int, seed: int) -> tuple[str, int]:
-    """The (source, block) at a global position of the epoch-concatenated stream: epoch 0 in stream order,
-    later epochs in a seeded reshuffle (computed once per epoch)."""
-    epoch, offset = divmod(position, len(stream))
-    return stream[_epoch_order(len(stream), seed, epoch)[offset]]
-
-
-def total_steps(config: EntiGraphConfig, stream_len: int) -> int:
-    steps = config.train.epochs * stream_len // config.train.global_batch_size
+def total_steps(config: EntiGraphConfig, epoch_length: int) -> int:
+    steps = config.train.epochs * epoch_length // config.train.global_batch_size
     return min(steps, config.train.max_steps) if config.train.max_steps else steps
 
 
@@ -190,14 +175,17 @@ def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, check
     # data: the mixed stream, and a reader per source that fetches only this rank's blocks (int32; widened
     # per micro-batch), the next step's in the background
     record_worker(config, d, node_id)
-    stream = [tuple(x) for x in json.loads(storage.read_text(train_url(config, "mixture.json")))["stream"]]
-    readers = {src: BlockReader(block_files[src], tc.block_len) for src in sorted({s for s, _ in stream})}
-    steps = total_steps(config, len(stream))
+    mixture = json.loads(storage.read_text(train_url(config, "mixture.json")))
+    spec = MixSpec.from_json(mixture["spec"])  # the stream is derived here, epoch by epoch (train/mix.py)
+    chosen = synthetic_subset(int(mixture["counts"].get(SYNTHETIC, 0)), tc.max_synthetic_tokens, tc.block_len, seed)
+    readers = {src: BlockReader(block_files[src], tc.block_len) for src in spec.sources if src in block_files}
+    steps = total_steps(config, spec.epoch_length)
     accum = accumulation_steps(tc.global_batch_size, tc.micro_batch_size, d.world)
 
     def rank_items(step: int) -> list[tuple[str, int]]:
-        positions = range(step * tc.global_batch_size, (step + 1) * tc.global_batch_size)
-        return [stream_item(stream, p, seed) for p in positions][d.rank::d.world]
+        positions = range(step * tc.global_batch_size + d.rank, (step + 1) * tc.global_batch_size, d.world)
+        items = [stream_item(spec, p) for p in positions]
+        return [(src, chosen[i]) if chosen is not None and src == SYNTHETIC else (src, i) for src, i in items]
 
     # model and optimizer
     path = resolve_model_path(base_model_name(config), config.model.cache_dir)

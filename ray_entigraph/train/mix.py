@@ -1,16 +1,24 @@
-"""Replay mixing at the block level (pure functions, no Ray).
+"""Replay mixing at the block level (pure functions, no Ray): the training stream is a pure function of
+(the mixture's spec, seed, epoch), computed on each rank with numpy, never stored block by block.
 
-`replace` (the paper): the mixed stream has as many blocks as the synthetic corpus, and a share of them are
-replay blocks that take synthetic blocks' places. `add`: replay blocks are added on top, so that they are
-the configured share of the larger stream. Either way the share is realised exactly up to rounding (one
-block), not by a per-block coin flip, and the order is a seeded shuffle.
+`replace` (the paper): each epoch has as many blocks as the synthetic corpus, and a share of them are replay
+blocks that take synthetic blocks' places; which synthetic blocks give way is drawn afresh every epoch (the
+paper flips a coin per access; here the share is exact to one block per epoch, and the positions change
+between epochs). `add`: replay blocks are added on top, so that they are the configured share of the larger
+epoch. Several replay sources share the replay part by weight; every block holds block_len tokens, so block
+counts are token counts. A replay source with fewer blocks than it must supply is cycled through, each pass
+in a fresh order. The order within an epoch is a seeded shuffle.
 """
 
 from __future__ import annotations
 
-import random
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from ray_entigraph.errors import InputError
+
+SYNTHETIC = "synthetic"
 
 
 def _split(total: int, weights: dict[str, float]) -> dict[str, int]:
@@ -24,49 +32,127 @@ def _split(total: int, weights: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def plan_mixture(
-    num_synthetic: int,
-    replay_available: dict[str, int],
-    replay_weights: dict[str, float],
-    *,
-    share: float,
-    mode: str,
-    seed: int,
-) -> list[tuple[str, int]]:
-    """The training stream as (source, block index within that source), shuffled with `seed`.
+@dataclass(frozen=True)
+class MixSpec:
+    """What decides the stream: the number of synthetic blocks trained on, the replay sources' block counts
+    and weights, the share, the mode and the seed. Stored in mixture.json; every rank derives the stream."""
 
-    Source names are "synthetic" and "replay:<name>". A replay source with fewer blocks than it must supply
-    is cycled through (its blocks repeat, each pass in a fresh seeded order).
-    """
-    if not 0.0 <= share < 1.0:
-        raise ValueError(f"replay share must be in [0, 1), got {share}")
-    rng = random.Random(seed)
-    if mode == "replace":
-        num_replay = round(share * num_synthetic)
-        kept = sorted(rng.sample(range(num_synthetic), num_synthetic - num_replay))
-    elif mode == "add":
-        num_replay = round(share / (1.0 - share) * num_synthetic)
-        kept = list(range(num_synthetic))
+    num_synthetic: int
+    replay_available: dict[str, int] = field(default_factory=dict)
+    replay_weights: dict[str, float] = field(default_factory=dict)
+    share: float = 0.0
+    mode: str = "replace"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.share < 1.0:
+            raise ValueError(f"replay share must be in [0, 1), got {self.share}")
+        if self.mode not in ("replace", "add"):
+            raise ValueError(f"replay mode must be 'replace' or 'add', got {self.mode!r}")
+        if self.num_replay and not self.weights:
+            raise ValueError("a replay share > 0 needs at least one replay source with weight > 0")
+        for name, count in self.replay_counts.items():
+            if count and self.replay_available.get(name, 0) == 0:
+                raise InputError(f"replay source {name!r} has no blocks: its files hold no text. Fix: check "
+                                 f"train.replay's path for {name!r}, or remove the source.")
+
+    @property
+    def weights(self) -> dict[str, float]:
+        return {k: w for k, w in sorted(self.replay_weights.items()) if w > 0}
+
+    @property
+    def num_replay(self) -> int:
+        n = self.num_synthetic
+        return round(self.share * n) if self.mode == "replace" else round(self.share / (1.0 - self.share) * n)
+
+    @property
+    def replay_counts(self) -> dict[str, int]:
+        return _split(self.num_replay, self.weights) if self.num_replay else {}
+
+    @property
+    def sources(self) -> list[str]:
+        """Source names by code: 0 is the synthetic corpus, then "replay:<name>" in name order."""
+        return [SYNTHETIC, *(f"replay:{name}" for name in self.weights)]
+
+    @property
+    def epoch_length(self) -> int:
+        kept = self.num_synthetic - self.num_replay if self.mode == "replace" else self.num_synthetic
+        return kept + self.num_replay
+
+    def to_json(self) -> dict:
+        return {"num_synthetic": self.num_synthetic, "replay_available": self.replay_available,
+                "replay_weights": self.replay_weights, "share": self.share, "mode": self.mode, "seed": self.seed}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "MixSpec":
+        return cls(**data)
+
+
+def _key(spec: MixSpec) -> tuple:
+    return (spec.num_synthetic, tuple(sorted(spec.replay_available.items())),
+            tuple(sorted(spec.replay_weights.items())), spec.share, spec.mode, spec.seed)
+
+
+def epoch_stream(spec: MixSpec, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Epoch `epoch` of the stream as (source code, block index) arrays of `spec.epoch_length`: synthetic
+    indices count within the synthetic blocks trained on, replay indices within that source's blocks."""
+    key = (_key(spec), epoch)
+    if key not in _CACHE:
+        if len(_CACHE) >= 2:  # the current epoch and the next (a step may straddle them)
+            _CACHE.pop(next(iter(_CACHE)))
+        _CACHE[key] = _epoch_stream(spec, epoch)
+    return _CACHE[key]
+
+
+_CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _epoch_stream(spec: MixSpec, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([spec.seed, epoch, 0x5EED])
+    n = spec.num_synthetic
+    if spec.mode == "replace":
+        kept = np.sort(rng.choice(n, n - spec.num_replay, replace=False)) if spec.num_replay else np.arange(n)
     else:
-        raise ValueError(f"replay mode must be 'replace' or 'add', got {mode!r}")
-    stream = [("synthetic", i) for i in kept]
-    weights = {k: w for k, w in replay_weights.items() if w > 0}
-    if num_replay and not weights:
-        raise ValueError("a replay share > 0 needs at least one replay source with weight > 0")
-    for name, count in (_split(num_replay, weights) if num_replay else {}).items():
-        available = replay_available.get(name, 0)
-        if count and available == 0:
-            raise InputError(f"replay source {name!r} has no blocks: its files hold no text. Fix: check "
-                             f"train.replay's path for {name!r}, or remove the source.")
-        picks: list[int] = []
-        while len(picks) < count:
-            cycle = list(range(available))
-            rng.shuffle(cycle)
-            picks.extend(cycle[: count - len(picks)])
-        stream.extend((f"replay:{name}", i) for i in picks)
-    rng.shuffle(stream)
-    return stream
+        kept = np.arange(n)
+    sources, indices = [np.zeros(len(kept), dtype=np.int16)], [kept.astype(np.int64)]
+    for code, name in enumerate(spec.weights, start=1):
+        count = spec.replay_counts.get(name, 0)
+        if not count:
+            continue
+        available = spec.replay_available[name]
+        passes = [rng.permutation(available) for _ in range(-(-count // available))]
+        indices.append(np.concatenate(passes)[:count].astype(np.int64))
+        sources.append(np.full(count, code, dtype=np.int16))
+    src, idx = np.concatenate(sources), np.concatenate(indices)
+    order = rng.permutation(len(src))
+    return src[order], idx[order]
+
+
+def stream_item(spec: MixSpec, position: int) -> tuple[str, int]:
+    """(source, block index) at a global position of the epoch-concatenated stream."""
+    epoch, offset = divmod(position, spec.epoch_length)
+    src, idx = epoch_stream(spec, epoch)
+    return spec.sources[int(src[offset])], int(idx[offset])
+
+
+def plan_mixture(num_synthetic: int, replay_available: dict[str, int], replay_weights: dict[str, float], *,
+                 share: float, mode: str, seed: int, epoch: int = 0) -> list[tuple[str, int]]:
+    """One epoch of the stream as a list of (source, block index): for tests and inspection."""
+    spec = MixSpec(num_synthetic, dict(replay_available), dict(replay_weights), share, mode, seed)
+    src, idx = epoch_stream(spec, epoch)
+    return [(spec.sources[int(s)], int(i)) for s, i in zip(src, idx)]
 
 
 def realised_share(stream: list[tuple[str, int]]) -> float:
-    return sum(src != "synthetic" for src, _ in stream) / max(len(stream), 1)
+    return sum(src != SYNTHETIC for src, _ in stream) / max(len(stream), 1)
+
+
+def synthetic_subset(available: int, max_tokens: int | None, block_len: int, seed: int) -> list[int] | None:
+    """Indices of the synthetic blocks to train on: None for all of them, or a seeded random subset of
+    ceil(max_tokens / block_len) blocks (at least one), in ascending order."""
+    if max_tokens is None or max_tokens >= available * block_len:
+        return None
+    import random
+
+    want = max(1, -(-max_tokens // block_len))
+    return sorted(random.Random(f"{seed}:synthetic-subset").sample(range(available), want))

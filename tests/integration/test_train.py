@@ -53,7 +53,7 @@ def test_train_loss_falls_exports_and_loads(synthesized, tiny_model_dir):
     assert last < first - 0.5, (first, last)  # the loss falls
     assert all(m["loss_synthetic"] is not None for m in lines) and any(m["loss_replay"] is not None for m in lines)
     mixture = json.loads(storage.read_text(f"{synthesized}/train/mixture.json"))
-    stream_len = sum(summary.blocks.values()) and len(mixture["stream"])
+    stream_len = mixture["epoch_length"]
     assert abs(summary.realised_replay_share - 0.25) <= 1 / stream_len  # exact up to one block
     assert lines[0]["lr"] < max(m["lr"] for m in lines)  # warmup, then decay
     assert (synthesized / "train" / "metrics.png").stat().st_size > 1000

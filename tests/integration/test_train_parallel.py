@@ -37,7 +37,8 @@ def blocks(tmp_path_factory) -> Path:
 def _run(blocks: Path, out: Path, ckpt: Path, model: str, strategy: str, nproc: int | None) -> list[dict]:
     """One training of STEPS steps; nproc None: a plain process (no process group)."""
     (out / "train").mkdir(parents=True, exist_ok=True)
-    (out / "train" / "mixture.json").write_text(json.dumps({"stream": [["synthetic", i] for i in range(64)]}))
+    mixture = {"spec": {"num_synthetic": 64}, "counts": {"synthetic": 64}}
+    (out / "train" / "mixture.json").write_text(json.dumps(mixture))
     args = ["--blocks", str(blocks / "blocks.json"), "--checkpoints", str(ckpt), f"output_dir={out}",
             f"model.name={model}", "train.block_len=32", "train.global_batch_size=4", "train.micro_batch_size=1",
             f"train.num_workers={nproc or 1}", "train.lr=3e-3", "train.warmup_ratio=0.1", "train.checkpoint_every=5",

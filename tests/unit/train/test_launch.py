@@ -8,12 +8,13 @@ import json
 import pytest
 
 from ray_entigraph.config import load_config
-from ray_entigraph.train.launch import _check_same_data, synthetic_subset, trajectory_settings
+from ray_entigraph.train.launch import _check_same_data, trajectory_settings
+from ray_entigraph.train.mix import synthetic_subset
 
 
 def test_synthetic_subsets():  # the sweep's budgets are tested in tests/unit/workflows/test_sweep.py
-    assert synthetic_subset(10, None, 64, 0) == list(range(10))
-    assert synthetic_subset(10, 10 * 64, 64, 0) == list(range(10))
+    assert synthetic_subset(10, None, 64, 0) is None  # all of them
+    assert synthetic_subset(10, 10 * 64, 64, 0) is None
     sub = synthetic_subset(100, 640, 64, 0)
     assert len(sub) == 10 and sub == sorted(set(sub)) and sub == synthetic_subset(100, 640, 64, 0)
     assert len(synthetic_subset(100, 650, 64, 0)) == 11 and len(synthetic_subset(100, 1, 64, 0)) == 1
@@ -22,7 +23,7 @@ def test_synthetic_subsets():  # the sweep's budgets are tested in tests/unit/wo
 def test_checkpoints_of_another_data_stream_are_not_resumed(tmp_path):
     # _check_same_data is private: its one caller, run_train, starts Ray Train first.
     config = load_config(None, [f"output_dir={tmp_path}"])
-    stream = {"stream": [("synthetic", 0), ("synthetic", 1)], "trajectory": trajectory_settings(config)}
+    stream = {"spec": {"num_synthetic": 2}, "counts": {"synthetic": 2}, "trajectory": trajectory_settings(config)}
     _check_same_data(config, stream)  # nothing trained yet
     (tmp_path / "train" / "ray").mkdir(parents=True)
     (tmp_path / "train" / "mixture.json").write_text(json.dumps(stream))
@@ -30,7 +31,7 @@ def test_checkpoints_of_another_data_stream_are_not_resumed(tmp_path):
     longer = load_config(None, [f"output_dir={tmp_path}", "train.max_steps=500", "train.checkpoint_every=7"])
     _check_same_data(longer, {**stream, "trajectory": trajectory_settings(longer)})  # may change between resumes
     with pytest.raises(ValueError, match="the data stream .* changed.*train.name"):
-        _check_same_data(config, {**stream, "stream": [("synthetic", 1), ("synthetic", 0)]})
+        _check_same_data(config, {**stream, "spec": {"num_synthetic": 2, "seed": 5}})
     other_lr = load_config(None, [f"output_dir={tmp_path}", "train.lr=1e-4"])
     with pytest.raises(ValueError, match="lr changed"):
         _check_same_data(other_lr, {**stream, "trajectory": trajectory_settings(other_lr)})
