@@ -291,7 +291,13 @@ class TrainConfig(_Section):
     replay_mode: Literal["replace", "add"] = Field("replace", description=(
         "`replace`: replay blocks take synthetic blocks' places (the paper); `add`: they are added on top."))
     block_len: int = Field(2048, ge=8, description=(
-        "Tokens per training sequence; texts are packed with an EOS between them."))
+        "Tokens per training sequence; texts are packed with an EOS after each (and a BOS before each where the "
+        "tokenizer starts texts with one, as Llama 3's does). No token is dropped: the tokens short of a last block "
+        "in every partition or file are packed together into one more shard per source."))
+    packing: Literal["shuffled", "megadocs"] = Field("shuffled", description=(
+        "`shuffled`: synthetic texts packed one after another in task order (the documents' texts interleaved); "
+        "`megadocs`: all synthetic texts of one source document joined into one long text, kept contiguous in the "
+        "packed stream (arXiv 2603.18534, 'stitching')."))
     global_batch_size: int = Field(16, ge=1, description=(
         "Sequences per optimizer step over all workers (the paper: 16)."))
     micro_batch_size: int = Field(1, ge=1, description=(

@@ -2,10 +2,12 @@
 blocks back for the training workers.
 
 Sources are the synthetic corpus, the source documents (the Raw CPT baseline) and replay corpora (any text
-dataset: Parquet or JSONL, local or object storage). One input shard or file is one unit of work: its
-texts are put in a fixed order (by request key or doc_id; replay files in file order), tokenized, packed
-with an EOS between texts, and committed as one blocks shard whose name is a hash of (input, block length,
-tokenizer), so packing is deterministic and a re-run skips what is packed.
+dataset: Parquet or JSONL, local or object storage). One partition or file is one unit of work: its
+texts are put in a fixed order (by task_id or doc_id, or one megadoc per source document with
+`train.packing: megadocs`; replay files in file order), tokenized, packed (train/pack.py) and committed as
+one blocks shard whose name is a hash of (input, block length, tokenizer, packing), so packing is
+deterministic and a re-run skips what is packed. Each unit's tail (the tokens short of a last block) is
+written beside its shard; a second pass packs every source's tails, in unit order, into one more shard.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ from ray_entigraph.errors import InputError
 from ray_entigraph.inputs import list_input_files, records_from_file
 from ray_entigraph.layout import Layout, base_model_name, shard_basename
 from ray_entigraph.stages.base import ray_node_id
-from ray_entigraph.train.pack import pack_token_lists
+from ray_entigraph.train.pack import megadocs, pack_tails, pack_token_lists, tokenizer_bos
+
+PACK_FORMAT = "pack=2"  # BOS where the tokenizer starts texts with one, tails kept (format 1 dropped them)
 
 
 def pack_units(ctx: RunContext) -> list[dict]:
@@ -51,7 +55,21 @@ def pack_units(ctx: RunContext) -> list[dict]:
                           "text_field": rep.text_field, "sort_by": "", "internal": False})
     # a fixed order that does not depend on where output_dir lives: block i of a source is the same block
     # in a copy of the run (our own shards are named by content hash)
-    return sorted(units, key=lambda u: (u["source"], _unit_id(u)))
+    units.sort(key=lambda u: (u["source"], _unit_id(u)))
+    return units + tail_units(config, units)
+
+
+def tail_units(config: EntiGraphConfig, units: list[dict]) -> list[dict]:
+    """One unit per source that packs the tails of all its units, in their order (named by them)."""
+    parts: dict[str, list[str]] = {}
+    for unit in units:
+        parts.setdefault(unit["source"], []).append(storage.shard_name(unit_keys(config, unit)))
+    out = []
+    for source, names in parts.items():
+        content = hashlib.sha256(json.dumps(names).encode()).hexdigest()[:16]
+        out.append({"source": source, "url": f"tails/{content}", "fmt": "tails", "parts": names,
+                    "text_field": "", "sort_by": "", "internal": True})
+    return out
 
 
 def _partition_units(ctx: RunContext, kind: str, store, identity: str) -> list[dict]:
@@ -70,26 +88,42 @@ def _partition_units(ctx: RunContext, kind: str, store, identity: str) -> list[d
 
 
 def _unit_id(unit: dict) -> str:
-    if unit["fmt"] in ("synthetic", "documents"):
+    if unit["fmt"] in ("synthetic", "documents", "tails"):
         return unit["url"].replace("/", "-")
     return shard_basename(unit["url"]) if unit["internal"] else unit["url"]
 
 
 def unit_keys(config: EntiGraphConfig, unit: dict) -> list[str]:
-    return [unit["source"], _unit_id(unit), f"block_len={config.train.block_len}", base_model_name(config)]
+    keys = [unit["source"], _unit_id(unit), f"block_len={config.train.block_len}", base_model_name(config),
+            PACK_FORMAT]
+    if _megadoc_unit(config, unit):
+        keys.append("packing=megadocs")
+    return keys
 
 
-def read_texts(unit: dict, corpus: Corpus | None = None) -> list[str]:
-    """The unit's texts in a fixed order (by task_id or doc_id; replay files in file order)."""
+def _megadoc_unit(config: EntiGraphConfig, unit: dict) -> bool:
+    """Megadoc packing applies to synthetic rows (a document's rows are in one partition, or one curated shard)."""
+    return config.train.packing == "megadocs" and (unit["fmt"] == "synthetic" or (
+        unit["fmt"] == "parquet" and unit["internal"] and unit["source"] == schema.SYNTHETIC_SOURCE))
+
+
+def read_texts(unit: dict, corpus: Corpus | None = None, packing: str = "shuffled") -> list[str]:
+    """The unit's texts in a fixed order (by task_id or doc_id; replay files in file order). With
+    packing="megadocs", synthetic rows become one text per source document (`train.pack.megadocs`)."""
+    mega = packing == "megadocs"
     if unit["fmt"] == "synthetic":
-        return [r["text"] for r in read_synthetic(corpus, unit["partition"], ["text"]) if r["text"]]
+        rows = read_synthetic(corpus, unit["partition"], ["text", "doc_id"] if mega else ["text"])
+        return megadocs(rows) if mega else [r["text"] for r in rows if r["text"]]
     if unit["fmt"] == "documents":
         return [r["text"] for r in read_documents(corpus, unit["partition"], ["text"]) if r["text"]]
     if unit["fmt"] == "parquet":
-        cols = [unit["text_field"]] + ([unit["sort_by"]] if unit["sort_by"] else [])
+        mega = mega and unit["internal"] and unit["source"] == schema.SYNTHETIC_SOURCE
+        cols = [unit["text_field"]] + ([unit["sort_by"]] if unit["sort_by"] else []) + (["doc_id"] if mega else [])
         rows = storage.read_parquet(unit["url"], cols).to_pylist()
         if unit["sort_by"]:
             rows.sort(key=lambda r: r[unit["sort_by"]])
+        if mega:
+            return megadocs(rows)
         return [r[unit["text_field"]] for r in rows if r[unit["text_field"]]]
     records = records_from_file(unit["url"], unit["fmt"], InputConfig(path=unit["url"], text_field=unit["text_field"]))
     bad = [r["error"] for r in records if r.get("error")]
@@ -106,6 +140,7 @@ class PackWorker:
         self.layout = layout or Layout(config.output_dir)
         self.corpus = corpus
         self.tokenizer = load_tokenizer(base_model_name(self.config), self.config.model.cache_dir)
+        self.bos_id = tokenizer_bos(self.tokenizer)
 
     def __call__(self, batch):
         import pyarrow as pa
@@ -113,21 +148,33 @@ class PackWorker:
         entries = []
         for unit in batch.to_pylist():
             started = time.time()
-            texts = read_texts(unit, self.corpus)
-            # texts are text: an "<|endoftext|>" written in one is not an end-of-text token (the packer adds those)
-            ids = (self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-                   if texts else [])
-            blocks, leftover = pack_token_lists(ids, self.config.train.block_len, self.tokenizer.eos_token_id)
             store = self.layout.blocks(unit["source"])
-            table = pa.table({"input_ids": pa.array(blocks, type=pa.list_(pa.int32()))}, schema=schema.BLOCKS)
+            if unit["fmt"] == "tails":
+                parts = [storage.join(store.url, name + ".tail.i32") for name in unit["parts"]]
+                blocks, repeated = pack_tails([np.frombuffer(storage.read_bytes(u), dtype="<i4") for u in parts],
+                                              self.config.train.block_len)
+                stats = {"num_texts": 0, "num_tokens": int(blocks.size) - repeated, "repeated_tokens": repeated}
+            else:
+                texts = read_texts(unit, self.corpus, "megadocs" if _megadoc_unit(self.config, unit) else "shuffled")
+                # texts are text: an "<|endoftext|>" written in one is not an end-of-text token (the packer adds it)
+                ids = (self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                       if texts else [])
+                blocks, tail = pack_token_lists(ids, self.config.train.block_len, self.tokenizer.eos_token_id,
+                                                self.bos_id)
+                # the tail, written before the marker: the source's tails shard packs it (no token lost)
+                storage.write_bytes(storage.join(store.url, storage.shard_name(unit_keys(self.config, unit))
+                                                 + ".tail.i32"), tail.astype("<i4").tobytes())
+                stats = {"num_texts": len(texts), "num_tokens": int(blocks.size + tail.size),
+                         "tail_tokens": int(tail.size)}
+            offsets = pa.array(np.arange(0, blocks.size + 1, self.config.train.block_len, dtype=np.int32))
+            table = pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(blocks.reshape(-1)))},
+                             schema=schema.BLOCKS)
             # the same blocks as one flat little-endian int32 array, written before the marker: a training rank
             # reads only its own blocks from it (a byte range, or a memory map on a local disk)
-            flat = np.asarray(blocks, dtype="<i4").reshape(-1, self.config.train.block_len)
             storage.write_bytes(raw_url(storage.join(store.url, storage.shard_name(unit_keys(self.config, unit))
-                                                     + ".parquet")), flat.tobytes())
+                                                     + ".parquet")), blocks.astype("<i4").tobytes())
             entry = store.commit(table, None, keys=unit_keys(self.config, unit), stats={
-                "source": unit["source"], "source_file": unit["url"], "num_texts": len(texts),
-                "num_tokens": sum(len(x) + 1 for x in ids), "leftover_tokens": leftover,
+                "source": unit["source"], "source_file": unit["url"], **stats,
                 "wall_s": round(time.time() - started, 3), "node_id": ray_node_id(),
             })
             entries.append({"source": unit["source"], "rows": entry["rows"], "num_tokens": entry["num_tokens"]})
@@ -159,8 +206,11 @@ def run_pack(config: EntiGraphConfig, ctx: RunContext | None = None) -> dict[str
         marker = storage.join(store.committed_url, storage.shard_name(unit_keys(config, unit)) + ".json")
         if not storage.exists(marker):
             todo.append(unit)
-    if todo:
-        ds = ray.data.from_items(todo).map_batches(
+    # two passes: the units, then each source's tails shard (it reads the tails the first pass wrote)
+    for wave in ([u for u in todo if u["fmt"] != "tails"], [u for u in todo if u["fmt"] == "tails"]):
+        if not wave:
+            continue
+        ds = ray.data.from_items(wave).map_batches(
             PackWorker, fn_constructor_args=(config, ctx.layout, ctx.corpus()), batch_size=1, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(config.resources.max_actors, 1)), num_cpus=1,
         )

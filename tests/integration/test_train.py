@@ -164,7 +164,50 @@ def test_raw_cpt_baseline_packs_the_source_documents(synthesized, tiny_model_dir
                              f"train.corpus={corpus}")
         ctx = RunContext.resolve(config)
         units = [u for u in pack_units(ctx) if u["source"] == "synthetic"]
-        assert {u["fmt"] for u in units} == expect  # partitions of the documents and/or synthetic rows
+        assert {u["fmt"] for u in units} == expect | {"tails"}  # partitions of documents and/or synthetic rows
     counts = run_pack(config, ctx)
     blocks = load_blocks(block_files(ctx)["synthetic"], config.train.block_len)
     assert counts["synthetic"] == len(blocks) > 0
+
+
+@pytest.mark.parametrize("packing", ["shuffled", "megadocs"])
+def test_packing_loses_no_token_and_megadocs_keep_a_documents_texts_together(synthesized, tiny_model_dir,
+                                                                                ray_local, packing):
+    """The real pack stage on the synthesized corpus: every unit's stream (its blocks, then its tail) is its
+    texts tokenized with EOS after each, in order, and the source's blocks hold every token of every unit (the
+    tails shard repeats fewer than block_len). In megadoc mode each document's rows are one contiguous text."""
+    import numpy as np
+
+    from ray_entigraph.context import RunContext
+    from ray_entigraph.corpus import read_synthetic
+    from ray_entigraph.engines.hf import load_tokenizer
+    from ray_entigraph.train.data import block_files, load_blocks, pack_units, read_texts, run_pack, unit_keys
+
+    config = tiny_config(tiny_model_dir, "builtin:demo", synthesized, "input.max_documents=3", *TRAIN,
+                         "train.block_len=40", f"train.packing={packing}")
+    ctx = RunContext.resolve(config)
+    run_pack(config, ctx)
+    corpus, tok = ctx.corpus(), load_tokenizer(tiny_model_dir)
+    store = ctx.layout.blocks("synthetic")
+    entries = {e["shard"]: e for e in store.manifest_entries()}
+    units = [u for u in pack_units(ctx) if u["source"] == "synthetic"]
+    expected: list[int] = []
+    for unit in units[:-1]:
+        texts = read_texts(unit, corpus, packing)
+        ids = tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        stream = [t for x in ids for t in x + [tok.eos_token_id]]
+        name = storage.shard_name(unit_keys(config, unit))
+        own = load_blocks([(storage.join(store.url, entries[name]["file"]), entries[name]["rows"])], 40)
+        tail = np.frombuffer(storage.read_bytes(storage.join(store.url, name + ".tail.i32")), dtype="<i4")
+        assert np.concatenate([own.reshape(-1), tail]).tolist() == stream
+        expected += stream
+        if packing == "megadocs":
+            rows = read_synthetic(corpus, unit["partition"], ["doc_id", "text"])
+            assert len(texts) == len({r["doc_id"] for r in rows if r["text"]})  # one text per document
+            for doc in {r["doc_id"] for r in rows}:  # each row is inside its document's one megadoc
+                (mine,) = [t for t in texts if all(r["text"] in t for r in rows if r["doc_id"] == doc)]
+                assert mine.count("\n\n") >= sum(1 for r in rows if r["doc_id"] == doc and r["text"]) - 1
+    tails = entries[storage.shard_name(unit_keys(config, units[-1]))]
+    packed = load_blocks(block_files(ctx)["synthetic"], 40).reshape(-1)
+    assert len(packed) == len(expected) + tails["repeated_tokens"] and tails["repeated_tokens"] < 40
+    assert sorted(packed[: len(expected)].tolist()) == sorted(expected)  # every token, once
