@@ -76,10 +76,11 @@ def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_m
     assert again.done_before == again.expected == 2 and again.num_shards == 0
     from ray_entigraph.train.data import pack_units
 
-    urls = [u["url"] for u in pack_units(ctx) if u["source"] == schema.SYNTHETIC_SOURCE]
-    assert sorted(urls) == sorted(store.shard_urls())
+    units = [u for u in pack_units(ctx) if u["source"] == schema.SYNTHETIC_SOURCE]
+    assert sorted(u["url"] for u in units if u["fmt"] != "tails") == sorted(store.shard_urls())
+    assert units[-1]["fmt"] == "tails"  # the source's tails, packed after its units
     plain = RunContext.resolve(load_config(None, overrides[:-5]))
-    assert all(u["fmt"] == "synthetic" for u in pack_units(plain) if u["source"] == schema.SYNTHETIC_SOURCE)
+    assert {u["fmt"] for u in pack_units(plain) if u["source"] == schema.SYNTHETIC_SOURCE} == {"synthetic", "tails"}
 
 
 def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local, bundled_model_dir, small_corpus,
