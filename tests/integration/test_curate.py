@@ -80,7 +80,9 @@ def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_m
     assert sorted(u["url"] for u in units if u["fmt"] != "tails") == sorted(store.shard_urls())
     assert units[-1]["fmt"] == "tails"  # the source's tails, packed after its units
     plain = RunContext.resolve(load_config(None, overrides[:-5]))
-    assert {u["fmt"] for u in pack_units(plain) if u["source"] == schema.SYNTHETIC_SOURCE} == {"synthetic", "tails"}
+    # without curation the curated copy is never read (the hand-committed rows above are in no sealed partition,
+    # so this config has no current synthetic rows at all)
+    assert not [u for u in pack_units(plain) if u["fmt"] == "parquet"]
 
 
 def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local, bundled_model_dir, small_corpus,
