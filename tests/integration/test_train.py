@@ -170,12 +170,13 @@ def test_raw_cpt_baseline_packs_the_source_documents(synthesized, tiny_model_dir
     assert counts["synthetic"] == len(blocks) > 0
 
 
-@pytest.mark.parametrize("packing", ["shuffled", "megadocs"])
 def test_packing_loses_no_token_and_megadocs_keep_a_documents_texts_together(synthesized, tiny_model_dir,
-                                                                                ray_local, packing):
-    """The real pack stage on the synthesized corpus: every unit's stream (its blocks, then its tail) is its
-    texts tokenized with EOS after each, in order, and the source's blocks hold every token of every unit (the
-    tails shard repeats fewer than block_len). In megadoc mode each document's rows are one contiguous text."""
+                                                                                ray_local):
+    """The real pack stage on the synthesized corpus, megadoc mode: every unit's stream (its blocks, then its
+    tail) is its texts tokenized with EOS after each, in order; the source's blocks hold every token of every
+    unit (the tails shard repeats fewer than block_len); each document's rows are one contiguous text. (The
+    shuffled mode differs only in `read_texts`, checked in test_pipeline; one mode here keeps the suite short.)"""
+    packing = "megadocs"
     import numpy as np
 
     from ray_entigraph.context import RunContext
