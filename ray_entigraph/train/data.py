@@ -107,17 +107,15 @@ def _megadoc_unit(config: EntiGraphConfig, unit: dict) -> bool:
         unit["fmt"] == "parquet" and unit["internal"] and unit["source"] == schema.SYNTHETIC_SOURCE))
 
 
-def read_texts(unit: dict, corpus: Corpus | None = None, packing: str = "shuffled") -> list[str]:
-    """The unit's texts in a fixed order (by task_id or doc_id; replay files in file order). With
-    packing="megadocs", synthetic rows become one text per source document (`train.pack.megadocs`)."""
-    mega = packing == "megadocs"
+def read_texts(unit: dict, corpus: Corpus | None = None, mega: bool = False) -> list[str]:
+    """The unit's texts in a fixed order (by task_id or doc_id; replay files in file order). With `mega` (a
+    synthetic unit in megadoc mode, `_megadoc_unit`), one text per source document (`train.pack.megadocs`)."""
     if unit["fmt"] == "synthetic":
         rows = read_synthetic(corpus, unit["partition"], ["text", "doc_id"] if mega else ["text"])
         return megadocs(rows) if mega else [r["text"] for r in rows if r["text"]]
     if unit["fmt"] == "documents":
         return [r["text"] for r in read_documents(corpus, unit["partition"], ["text"]) if r["text"]]
     if unit["fmt"] == "parquet":
-        mega = mega and unit["internal"] and unit["source"] == schema.SYNTHETIC_SOURCE
         cols = [unit["text_field"]] + ([unit["sort_by"]] if unit["sort_by"] else []) + (["doc_id"] if mega else [])
         rows = storage.read_parquet(unit["url"], cols).to_pylist()
         if unit["sort_by"]:
@@ -149,21 +147,22 @@ class PackWorker:
         for unit in batch.to_pylist():
             started = time.time()
             store = self.layout.blocks(unit["source"])
+            keys = unit_keys(self.config, unit)
+            parquet_url = storage.join(store.url, storage.shard_name(keys) + ".parquet")
             if unit["fmt"] == "tails":
-                parts = [storage.join(store.url, name + ".tail.i32") for name in unit["parts"]]
+                parts = [tail_url(storage.join(store.url, name + ".parquet")) for name in unit["parts"]]
                 blocks, repeated = pack_tails([np.frombuffer(storage.read_bytes(u), dtype="<i4") for u in parts],
                                               self.config.train.block_len)
                 stats = {"num_texts": 0, "num_tokens": int(blocks.size) - repeated, "repeated_tokens": repeated}
             else:
-                texts = read_texts(unit, self.corpus, "megadocs" if _megadoc_unit(self.config, unit) else "shuffled")
+                texts = read_texts(unit, self.corpus, _megadoc_unit(self.config, unit))
                 # texts are text: an "<|endoftext|>" written in one is not an end-of-text token (the packer adds it)
                 ids = (self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
                        if texts else [])
                 blocks, tail = pack_token_lists(ids, self.config.train.block_len, self.tokenizer.eos_token_id,
                                                 self.bos_id)
                 # the tail, written before the marker: the source's tails shard packs it (no token lost)
-                storage.write_bytes(storage.join(store.url, storage.shard_name(unit_keys(self.config, unit))
-                                                 + ".tail.i32"), tail.astype("<i4").tobytes())
+                storage.write_bytes(tail_url(parquet_url), tail.astype("<i4").tobytes())
                 stats = {"num_texts": len(texts), "num_tokens": int(blocks.size + tail.size),
                          "tail_tokens": int(tail.size)}
             offsets = pa.array(np.arange(0, blocks.size + 1, self.config.train.block_len, dtype=np.int32))
@@ -171,9 +170,8 @@ class PackWorker:
                              schema=schema.BLOCKS)
             # the same blocks as one flat little-endian int32 array, written before the marker: a training rank
             # reads only its own blocks from it (a byte range, or a memory map on a local disk)
-            storage.write_bytes(raw_url(storage.join(store.url, storage.shard_name(unit_keys(self.config, unit))
-                                                     + ".parquet")), blocks.astype("<i4").tobytes())
-            entry = store.commit(table, None, keys=unit_keys(self.config, unit), stats={
+            storage.write_bytes(raw_url(parquet_url), blocks.astype("<i4").tobytes())
+            entry = store.commit(table, None, keys=keys, stats={
                 "source": unit["source"], "source_file": unit["url"], **stats,
                 "wall_s": round(time.time() - started, 3), "node_id": ray_node_id(),
             })
@@ -250,6 +248,11 @@ def load_blocks(files: list[tuple[str, int]], block_len: int) -> np.ndarray:
 def raw_url(parquet_url: str) -> str:
     """Where a blocks shard's flat int32 copy lives (beside it, `.i32`)."""
     return parquet_url.removesuffix(".parquet") + ".i32"
+
+
+def tail_url(parquet_url: str) -> str:
+    """Where a unit's tail (its tokens short of a last block) lives (beside its shard, `.tail.i32`)."""
+    return parquet_url.removesuffix(".parquet") + ".tail.i32"
 
 
 class BlockReader:

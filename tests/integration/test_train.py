@@ -176,16 +176,15 @@ def test_packing_loses_no_token_and_megadocs_keep_a_documents_texts_together(syn
     tail) is its texts tokenized with EOS after each, in order; the source's blocks hold every token of every
     unit (the tails shard repeats fewer than block_len); each document's rows are one contiguous text. (The
     shuffled mode differs only in `read_texts`, checked in test_pipeline; one mode here keeps the suite short.)"""
-    packing = "megadocs"
     import numpy as np
 
     from ray_entigraph.context import RunContext
     from ray_entigraph.corpus import read_synthetic
     from ray_entigraph.engines.hf import load_tokenizer
-    from ray_entigraph.train.data import block_files, load_blocks, pack_units, read_texts, run_pack, unit_keys
+    from ray_entigraph.train.data import block_files, load_blocks, pack_units, read_texts, run_pack, tail_url, unit_keys
 
     config = tiny_config(tiny_model_dir, "builtin:demo", synthesized, "input.max_documents=3", *TRAIN,
-                         "train.block_len=40", f"train.packing={packing}")
+                         "train.block_len=40", "train.packing=megadocs")
     ctx = RunContext.resolve(config)
     run_pack(config, ctx)
     corpus, tok = ctx.corpus(), load_tokenizer(tiny_model_dir)
@@ -194,20 +193,19 @@ def test_packing_loses_no_token_and_megadocs_keep_a_documents_texts_together(syn
     units = [u for u in pack_units(ctx) if u["source"] == "synthetic"]
     expected: list[int] = []
     for unit in units[:-1]:
-        texts = read_texts(unit, corpus, packing)
+        texts = read_texts(unit, corpus, mega=True)
         ids = tok(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         stream = [t for x in ids for t in x + [tok.eos_token_id]]
         name = storage.shard_name(unit_keys(config, unit))
         own = load_blocks([(storage.join(store.url, entries[name]["file"]), entries[name]["rows"])], 40)
-        tail = np.frombuffer(storage.read_bytes(storage.join(store.url, name + ".tail.i32")), dtype="<i4")
+        tail = np.frombuffer(storage.read_bytes(tail_url(storage.join(store.url, name + ".parquet"))), dtype="<i4")
         assert np.concatenate([own.reshape(-1), tail]).tolist() == stream
         expected += stream
-        if packing == "megadocs":
-            rows = read_synthetic(corpus, unit["partition"], ["doc_id", "text"])
-            assert len(texts) == len({r["doc_id"] for r in rows if r["text"]})  # one text per document
-            for doc in {r["doc_id"] for r in rows}:  # each row is inside its document's one megadoc
-                (mine,) = [t for t in texts if all(r["text"] in t for r in rows if r["doc_id"] == doc)]
-                assert mine.count("\n\n") >= sum(1 for r in rows if r["doc_id"] == doc and r["text"]) - 1
+        rows = read_synthetic(corpus, unit["partition"], ["doc_id", "text"])
+        assert len(texts) == len({r["doc_id"] for r in rows if r["text"]})  # one text per document
+        for doc in {r["doc_id"] for r in rows}:  # each row is inside its document's one megadoc
+            (mine,) = [t for t in texts if all(r["text"] in t for r in rows if r["doc_id"] == doc)]
+            assert mine.count("\n\n") >= sum(1 for r in rows if r["doc_id"] == doc and r["text"]) - 1
     tails = entries[storage.shard_name(unit_keys(config, units[-1]))]
     packed = load_blocks(block_files(ctx)["synthetic"], 40).reshape(-1)
     assert len(packed) == len(expected) + tails["repeated_tokens"] and tails["repeated_tokens"] < 40
