@@ -113,9 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _load(args):
+    from ray_entigraph import storage
     from ray_entigraph.config import load_config  # lazy: --help stays fast (pydantic models are built on import)
 
-    return load_config(args.config, args.overrides)
+    config = load_config(args.config, args.overrides)
+    storage.configure(config.storage.settings())  # before the first object-store request of this command
+    return config
 
 
 def cmd_validate(args) -> int:

@@ -121,6 +121,10 @@ class OpenAIConfig(_Section):
         "offer it) instead of live requests."))
     batch_poll_s: float = Field(30.0, gt=0, description="Batch API: seconds between status polls.")
     batch_completion_window: str = Field("24h", description="Batch API: the completion window asked for.")
+    batch_deadline_s: float = Field(93600.0, gt=0, description=(
+        "Batch API: seconds from a batch's creation after which polling stops and its requests fail (26 h: past a "
+        "24h completion window); its id stays recorded in output_dir/_batches, so a re-run re-attaches to the batch "
+        "instead of paying for it again."))
     tokenizer: str | None = Field(None, description=(
         "Hugging Face tokenizer (id or path) for counting tokens before sending; None: model.name when it loads, "
         "else about 4 characters per token."))
@@ -170,6 +174,11 @@ class ResourcesConfig(_Section):
     accelerator_type: str | None = Field(None, description="Ray accelerator type for model actors, e.g. `H100`.")
     batch_size: int = Field(8, ge=1, description=(
         "Rows (documents or task groups) handed to a model actor per call; one call commits one shard."))
+    max_unit_attempts: int = Field(3, ge=1, le=100, description=(
+        "Attempts of one unit of work (one model-actor call) whose actor dies while running it (out of memory, a "
+        "segfault, a killed process); after that the unit's requests are recorded as failed with the reason, the "
+        "rest of the run goes on and the next run retries them. CPU tasks (planning, sealing, curation, packing) "
+        "are retried as many times on a dead worker, then the stage fails."))
 
 
 class SamplingConfig(_Section):
@@ -487,6 +496,23 @@ class LeaseConfig(_Section):
         return self
 
 
+class StorageConfig(_Section):
+    """Object-store timeouts and retries, set explicitly so that an endpoint that stops answering fails a run
+    within a known time instead of minutes per operation (the library defaults). Every process of a run uses
+    them: the driver, and through the job's environment every Ray worker."""
+
+    connect_timeout_s: float = Field(10.0, gt=0, description="Seconds to open a connection to the object store.")
+    read_timeout_s: float = Field(60.0, gt=0, description=(
+        "Seconds to wait for (more of) an answer of the object store before the attempt fails."))
+    max_attempts: int = Field(4, ge=1, le=20, description=(
+        "Attempts per object-store request (throttling, 5xx, timeouts and dropped connections are retried with "
+        "backoff). An operation against an endpoint that accepts connections and never answers fails after "
+        "about max_attempts x (connect_timeout_s + read_timeout_s) plus backoff."))
+
+    def settings(self) -> dict[str, float]:
+        return self.model_dump()
+
+
 class EntiGraphConfig(_Section):
     output_dir: str = Field("runs/demo", description=(
         "Where every stage writes: a local path, s3://bucket/prefix, or any fsspec URL (S3 endpoint and credentials "
@@ -513,9 +539,13 @@ class EntiGraphConfig(_Section):
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     ablation: AblationConfig = Field(default_factory=AblationConfig)
     lease: LeaseConfig = Field(default_factory=LeaseConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> "EntiGraphConfig":
+        if not self.output_dir.strip():
+            raise ValueError("output_dir is empty (it would mean the current folder). Fix: set output_dir to a "
+                             "folder or URL of its own, e.g. output_dir=runs/first.")
         if self.resources.min_actors > self.resources.max_actors:
             raise ValueError(
                 f"resources.min_actors ({self.resources.min_actors}) > resources.max_actors "
@@ -627,6 +657,8 @@ def _format_validation_error(err: ValidationError) -> str:
         else:
             got = e.get("input")
             lines.append(f"  {loc or '<root>'}: {e['msg']} (got {got!r}).")
+    if len(lines) == 1:  # one mistake: one line, as the CLI prints every user error
+        return "Invalid configuration: " + lines[0].strip()
     return "Invalid configuration:\n" + "\n".join(lines)
 
 
@@ -679,8 +711,8 @@ def section_hash(config: EntiGraphConfig, exclude: tuple[str, ...]) -> str:
 
 
 def _absolute(path: str) -> str:
-    if "://" in path or path.startswith("builtin:"):
-        return path
+    if "://" in path or path.startswith("builtin:") or not path.strip():
+        return path  # a blank path stays blank: it is refused by name, never read as the current folder
     return os.path.abspath(os.path.expanduser(path))
 
 

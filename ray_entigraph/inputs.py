@@ -1,9 +1,10 @@
 """Reading the user's input: built-in corpora, listing input files, and records from one file.
 
 Inputs are JSON Lines, Parquet, or folders of .txt/.md files, local or on any fsspec URL. Every problem
-with an input (an empty file, bytes that are not UTF-8, a bad JSON line) becomes an error record, so it is
-counted and visible, never silently dropped. Used by ingest, evaluation (questions, perplexity texts) and
-training (replay corpora); listing is done once per run, on the driver, before any worker starts.
+with an input (an empty file, bytes that are not UTF-8, a bad JSON line, a corrupt Parquet file) becomes an
+error record, so it is counted and visible, never silently dropped. Used by ingest, evaluation (questions,
+perplexity texts) and training (replay corpora); listing is done once per run, on the driver, before any
+worker starts.
 """
 
 from __future__ import annotations
@@ -83,9 +84,16 @@ def records_from_file(url: str, fmt: str, cfg: InputConfig) -> list[dict]:
     if not data.strip():
         return [{"source": url, "error": f"empty file: {name} has no content. Fix: remove it or fill it."}]
     if fmt == "parquet":
+        import pyarrow as pa
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(io.BytesIO(data)).to_pylist()
+        try:
+            rows = pq.read_table(io.BytesIO(data)).to_pylist()
+        except (pa.ArrowException, OSError, ValueError) as exc:  # truncated, corrupt or not Parquet at all
+            problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            problem = re.sub(r"^Could not open Parquet input source '[^']*': ", "", problem)[:200]
+            return [{"source": url, "error": f"not a readable Parquet file: {name} ({problem}). Fix: re-export "
+                     "the file, or remove it from input.path."}]
         return [_record_from_mapping(r, url, f"row {i}", cfg) for i, r in enumerate(rows)]
     try:
         decoded = data.decode("utf-8")

@@ -14,10 +14,14 @@ from ray_entigraph.layout import Layout
 def init_ray(config: EntiGraphConfig) -> None:
     import ray  # lazy: `import ray_entigraph` and the CLI's help work without starting Ray
 
+    # the object-store settings for this process and, through the job's environment, every worker of the run
+    # (under `ray job submit` Ray merges this with the submitted runtime environment)
+    env_vars = storage.configure(config.storage.settings())
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise a local instance starts.
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING)
+        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
+                 runtime_env={"env_vars": env_vars})
     from ray.data import DataContext
 
     ctx = DataContext.get_current()

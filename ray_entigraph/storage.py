@@ -33,6 +33,7 @@ import fsspec
 import fsspec.asyn
 import pyarrow as pa
 import pyarrow.parquet as pq
+import s3fs
 
 from ray_entigraph.errors import StorageError
 
@@ -49,8 +50,51 @@ def local_cache_dir() -> str:
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "ray_entigraph")
 
 
+SETTINGS_ENV = "RAY_ENTIGRAPH_STORAGE"  # the run's object-store settings, as JSON, for every process of the run
+DEFAULT_SETTINGS = {"connect_timeout_s": 10.0, "read_timeout_s": 60.0, "max_attempts": 4}  # = config.StorageConfig
+
+
+def configure(settings: dict) -> dict[str, str]:
+    """Use these object-store timeouts and retries in this process, and return the environment variable that
+    carries them to the run's other processes (Ray workers get it through the job's runtime environment)."""
+    os.environ[SETTINGS_ENV] = json.dumps({**DEFAULT_SETTINGS, **settings}, sort_keys=True)
+    return {SETTINGS_ENV: os.environ[SETTINGS_ENV]}
+
+
+def _s3_config() -> dict[str, Any]:
+    """botocore's timeouts and its standard retry mode with the configured attempts, for this process."""
+    raw = os.environ.get(SETTINGS_ENV)
+    settings = {**DEFAULT_SETTINGS, **(json.loads(raw) if raw else {})}
+    return {"connect_timeout": settings["connect_timeout_s"], "read_timeout": settings["read_timeout_s"],
+            "retries": {"max_attempts": int(settings["max_attempts"]), "mode": "standard"}}
+
+
+def _no_expect_continue(request, **_: Any) -> None:
+    """An upload waits for the server's `100 Continue` with no timeout at all (aiohttp): send the body at once."""
+    request.headers.pop("Expect", None)
+
+
+class BoundedS3FileSystem(s3fs.S3FileSystem):
+    """s3fs with no retry loop of its own around botocore's (which has the configured attempts), and uploads
+    that do not wait for `100 Continue`, so that one request against an endpoint that stops answering is
+    bounded by about max_attempts x (connect + read timeout) plus backoff; the library defaults allow 5 x 5
+    attempts of 20 s, and an upload waited forever. A class of its own so that the bound survives pickling
+    to Ray Data's readers."""
+
+    retries = 1
+    protocol = ("s3", "s3a")
+
+    async def set_session(self, refresh: bool = False, kwargs: dict | None = None):
+        client = await super().set_session(refresh=refresh, kwargs=kwargs or {})
+        client.meta.events.register("before-send.s3", _no_expect_continue, unique_id="ray-entigraph-no-expect")
+        return client
+
+
 def filesystem(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
-    """(filesystem, path inside it) for any URL or local path."""
+    """(filesystem, path inside it) for any URL or local path, with this run's object-store settings."""
+    if url.startswith(("s3://", "s3a://")):
+        fs = BoundedS3FileSystem(config_kwargs=_s3_config())
+        return fs, fs._strip_protocol(url)
     fs, path = fsspec.core.url_to_fs(url)
     return fs, path
 

@@ -130,7 +130,8 @@ def s3_bucket(s3_endpoint) -> str:
 
 class PausableProxy:
     """A TCP proxy on loopback in front of a server; `pause()` drops every connection and refuses new ones
-    (the endpoint is gone), `resume()` serves again on the same port. For storage fault injection."""
+    (the endpoint is gone), `blackhole()` accepts connections and never answers on any of them (the endpoint
+    hangs), `resume()` serves again on the same port. For storage fault injection."""
 
     def __init__(self, target_port: int):
         import threading
@@ -141,11 +142,20 @@ class PausableProxy:
         self._lock = threading.Lock()
         self._conns: list = []
         self._listener = None
+        self._blackholed = False
         self.resume()
+
+    def blackhole(self) -> None:
+        """From now on nothing is forwarded either way, on open connections and new ones, and nothing closes."""
+        self._blackholed = True
 
     def resume(self) -> None:
         import socket
         import threading
+
+        self._blackholed = False
+        if self._listener is not None:
+            return
 
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -180,6 +190,10 @@ class PausableProxy:
                 client, _ = listener.accept()
             except OSError:
                 return
+            if self._blackholed:
+                with self._lock:
+                    self._conns.append(client)  # held open, never read nor answered
+                continue
             try:
                 upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
             except OSError:
@@ -190,15 +204,17 @@ class PausableProxy:
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
-    @staticmethod
-    def _pipe(src, dst) -> None:
+    def _pipe(self, src, dst) -> None:
+        swallowing = False  # once blackholed, a connection never forwards again (no late request after resume)
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                swallowing = swallowing or self._blackholed
+                if not swallowing:
+                    dst.sendall(data)
         except OSError:
             pass
         finally:
-            for s in (src, dst):
+            for s in (src,) if swallowing else (src, dst):
                 try:
                     s.close()
                 except OSError:

@@ -15,7 +15,15 @@ The pure pieces (backoff, Retry-After parsing, request bodies, response parsing,
 module-level functions so they can be tested without a server.
 
 The batch API path (`use_batch_api`: `/files` + `/batches`) follows OpenAI's documented protocol and was
-tested against a stand-in server written in the unit tests, not against a provider.
+tested against a stand-in server written in the unit tests, not against a provider. A unit of work's id is a
+hash of its sorted request keys and of their bodies (`batch_unit_id`). Once its batch is created, a record
+(batch id, input file id, created time, number of requests, base_url) is written to
+`<output_dir>/_batches/<unit id>.json`; a later call with the same requests (a re-run after the job was killed)
+re-attaches to the recorded batch instead of uploading and paying again, unless that batch ended failed, expired
+or cancelled or the server no longer knows it (404): then the unit is submitted anew and the record overwritten.
+The record is deleted once the results are downloaded. Polling stops `batch_deadline_s` after the batch's
+`created_at` (a re-attached batch keeps its deadline): every request then fails with a reason naming the
+batch, and the record stays, so a re-run re-attaches. An engine built without an output_dir records nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import concurrent.futures
 import contextlib
 import email.utils
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -34,6 +43,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from ray_entigraph import storage
 from ray_entigraph.config import LOOPBACK_HOSTS
 from ray_entigraph.engines.base import GenerationRequest, GenerationResult
 from ray_entigraph.engines.hf import load_tokenizer
@@ -50,6 +60,8 @@ REQUEST_KEY_HEADER = "X-Request-Key"
 CHAT_PATH = "/chat/completions"
 BATCH_ENDPOINT = "/v1/chat/completions"  # the batch API names endpoints with their /v1 prefix
 BATCH_TERMINAL = frozenset({"completed", "failed", "expired", "cancelled"})
+BATCH_RESUBMIT = frozenset({"failed", "expired", "cancelled"})  # a recorded batch in one of these is submitted anew
+BATCH_RECORDS = "_batches"  # under output_dir: one record per unit of work whose batch was created
 _MAX_MESSAGE_CHARS = 500
 # Fields that only some servers accept, and how to stop sending them (hosted APIs reject unknown fields).
 _FIELD_FIXES = {
@@ -304,6 +316,15 @@ def batch_request_line(key: str, body: dict) -> str:
     return json.dumps({"custom_id": key, "method": "POST", "url": BATCH_ENDPOINT, "body": body})
 
 
+def batch_unit_id(bodies: dict[str, dict]) -> str:
+    """The id of a unit of work sent as one batch (its request bodies by key): a hash of the sorted keys and of
+    the bodies, so the same requests give the same id, in any order."""
+    keys = sorted(bodies)
+    bodies_hash = hashlib.sha256(json.dumps([bodies[k] for k in keys], sort_keys=True, default=str).encode())
+    blob = json.dumps({"keys": keys, "bodies": bodies_hash.hexdigest()}).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
 def _run_coroutine(coro):
     """Run a coroutine to completion from synchronous code, also when this thread already runs a loop."""
     try:
@@ -321,6 +342,7 @@ class _Reply:
     response: httpx.Response | None
     num_retries: int
     error: str | None = None
+    status: int | None = None  # the HTTP status of a refused (non-retryable) call
 
 
 # -- the engine -----------------------------------------------------------------------------------------
@@ -329,11 +351,14 @@ class OpenAIEngine:
 
     supports_json_schema = True
 
-    def __init__(self, openai: "OpenAIConfig", model_name: str, *, cache_dir: str | None = None):
+    def __init__(self, openai: "OpenAIConfig", model_name: str, *, cache_dir: str | None = None,
+                 output_dir: str | None = None):
         """`openai` is `config.engine.openai`, kept as `self.openai`; `model_name` (`config.model.name`) is the
         served model unless `openai.served_model` names another, and the tokenizer unless `openai.tokenizer`
-        does; `cache_dir` is where a bundled tokenizer is converted."""
+        does; `cache_dir` is where a bundled tokenizer is converted; `output_dir` (the run's) is where batch
+        ids are recorded (None: not recorded, a re-run cannot re-attach)."""
         self.openai = openai
+        self.output_dir = output_dir
         self.model_name = openai.served_model or model_name
         self.base_url = openai.base_url.rstrip("/")
         self._tokenizer_name = openai.tokenizer or model_name
@@ -351,7 +376,8 @@ class OpenAIEngine:
     @classmethod
     def from_config(cls, config: "EntiGraphConfig") -> "OpenAIEngine":
         """The engine of `config.engine.openai`; the served model defaults to `config.model.name`."""
-        return cls(config.engine.openai, config.model.name, cache_dir=config.model.cache_dir)
+        return cls(config.engine.openai, config.model.name, cache_dir=config.model.cache_dir,
+                   output_dir=config.output_dir)
 
     @classmethod
     def supports_json_schema_for(cls, config: "EntiGraphConfig") -> bool:
@@ -468,7 +494,7 @@ class OpenAIEngine:
                 error = self._redact(status_error_reason(response.status_code, _payload_of(response),
                                                          api_key_env=o.api_key_env, what=what))
                 if not is_retryable_status(response.status_code):
-                    return _Reply(None, attempt, error)
+                    return _Reply(None, attempt, error, response.status_code)
                 retry_after = parse_retry_after(response.headers)
             if attempt == o.max_retries:
                 break
@@ -537,32 +563,37 @@ class OpenAIEngine:
         return [by_key[r.key] for r in requests]
 
     async def _run_batch(self, client, requests: dict[str, GenerationRequest]) -> tuple[dict[str, dict], str]:
-        """Upload, create, poll, download. Returns the answer lines by custom_id, and the reason that
-        applies to a request without one."""
-        data = "\n".join(batch_request_line(k, self._body(r)) for k, r in requests.items()).encode() + b"\n"
-        up = await self._call(client, "POST", "/files", what="batch upload /files",
-                              files={"file": ("requests.jsonl", data, "application/jsonl")}, data={"purpose": "batch"})
-        if up.response is None:
-            return {}, f"batch API: uploading the requests failed: {up.error}"
-        file_id = up.response.json()["id"]
-        created = await self._call(client, "POST", "/batches", what="batch create /batches", json={
-            "input_file_id": file_id, "endpoint": BATCH_ENDPOINT,
-            "completion_window": self.openai.batch_completion_window,
-        })
-        if created.response is None:
-            return {}, f"batch API: creating the batch failed: {created.error}"
-        batch = created.response.json()
+        """Re-attach to this unit's recorded batch, or upload and create one; poll it until it ends or its deadline
+        passes; download its answers. Returns the answer lines by custom_id, and the reason that applies to a
+        request without one."""
+        o = self.openai
+        bodies = {k: self._body(r) for k, r in requests.items()}
+        unit = batch_unit_id(bodies)
+        record = storage.join(self.output_dir, BATCH_RECORDS, f"{unit}.json") if self.output_dir else None
+        batch, reason = await self._reattach(client, record) if record else (None, "")
+        if batch is None and not reason:
+            batch, reason = await self._submit(client, bodies)
+            if batch is not None and record and not self._record(record, batch, len(bodies)):
+                record = None
+        if batch is None:
+            return {}, reason
         batch_id = batch["id"]
-        logger.info("batch %s: submitted %d requests (input file %s, window %s)", batch_id, len(requests),
-                    file_id, self.openai.batch_completion_window)
-        started, last_progress = time.monotonic(), None
+        again = (f"its record {record} is kept, so a re-run re-attaches to it instead of paying again" if record else
+                 "the batch may still run at the provider (cancel it there if this unit of work is retried)")
+        # a monotonic deadline, measured from the batch's creation: a re-attached batch keeps its own
+        started = time.monotonic()
+        deadline = started + o.batch_deadline_s - max(0.0, time.time() - batch["created_at"])
+        last_progress = None
         while batch.get("status") not in BATCH_TERMINAL:
-            await asyncio.sleep(self.openai.batch_poll_s)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return {}, (f"batch API: batch {batch_id} did not end within engine.openai.batch_deadline_s="
+                            f"{o.batch_deadline_s:g}s of its creation (last status '{batch.get('status')}'); {again}")
+            await asyncio.sleep(min(o.batch_poll_s, left))
             polled = await self._call(client, "GET", f"/batches/{batch_id}", what=f"batch poll /batches/{batch_id}")
             if polled.response is None:
-                return {}, (f"batch API: polling batch {batch_id} failed: {polled.error}; the batch may still run "
-                            "at the provider (cancel it there if this unit of work is retried)")
-            batch = polled.response.json()
+                return {}, f"batch API: polling batch {batch_id} failed: {polled.error}; {again}"
+            batch = {**polled.response.json(), "created_at": batch["created_at"]}
             counts = batch.get("request_counts") or {}
             progress = (batch.get("status"), counts.get("completed"), counts.get("failed"))
             if progress != last_progress:
@@ -573,6 +604,7 @@ class OpenAIEngine:
         status = batch["status"]
         answers: dict[str, dict] = {}
         lost: list[str] = []
+        keep = False  # a download that failed for a transient reason: the record lets a re-run download it again
         for field in ("output_file_id", "error_file_id"):
             file_ref = batch.get(field)
             if not file_ref:
@@ -581,6 +613,7 @@ class OpenAIEngine:
             if content.response is None:
                 logger.warning("batch %s: downloading %s failed: %s", batch_id, field, content.error)
                 lost.append(f"downloading {field} {file_ref} failed: {content.error}")
+                keep = keep or content.status != 404
                 continue
             for text in content.response.text.splitlines():
                 try:
@@ -595,7 +628,87 @@ class OpenAIEngine:
         if errors:
             reason += "; batch errors: " + "; ".join(server_message({"error": e}) for e in errors[:3])
         if lost:
-            reason += "; " + "; ".join(lost)
+            reason += "; " + "; ".join(lost) + (f"; {again}" if keep else "")
+        if record and not keep:
+            self._forget(record)
         logger.info("batch %s: %s, %d of %d requests answered", batch_id, status,
                     sum(k in answers for k in requests), len(requests))
         return answers, reason
+
+    async def _reattach(self, client, record: str) -> tuple[dict | None, str]:
+        """The batch recorded for this unit, unless it ended failed/expired/cancelled or is gone: (batch, "");
+        (None, "") when there is none to re-attach to (submit anew); (None, reason) when the server could not
+        be asked (the unit fails, the record stays for the next try)."""
+        if not storage.exists(record):
+            return None, ""
+        try:
+            saved = json.loads(storage.read_text(record))
+            batch_id = saved["batch_id"]
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.warning("batch record %s is unreadable (%s); submitting the batch anew", record, exc)
+            return None, ""
+        if saved.get("base_url") != self.base_url:
+            logger.warning("batch %s (recorded in %s) was sent to %s, not %s; submitting the batch anew", batch_id,
+                           record, saved.get("base_url"), self.base_url)
+            return None, ""
+        polled = await self._call(client, "GET", f"/batches/{batch_id}", what=f"batch poll /batches/{batch_id}")
+        if polled.response is None and polled.status == 404:
+            logger.warning("batch %s (recorded in %s) is unknown to %s; submitting the batch anew", batch_id, record,
+                           self.base_url)
+            return None, ""
+        if polled.response is None:
+            return None, (f"batch API: re-attaching to batch {batch_id} (recorded in {record}) failed: {polled.error}; "
+                          "the record is kept, so a re-run tries again")
+        batch = polled.response.json()
+        if batch.get("status") in BATCH_RESUBMIT:
+            logger.warning("batch %s (recorded in %s) ended '%s'; submitting the batch anew", batch_id, record,
+                           batch.get("status"))
+            return None, ""
+        if not isinstance(batch.get("created_at"), (int, float)):
+            batch["created_at"] = float(saved.get("created_at") or time.time())
+        logger.info("batch %s: re-attached (%s, %s requests, created %.0fs ago)", batch_id, batch.get("status"),
+                    saved.get("num_requests"), time.time() - batch["created_at"])
+        return batch, ""
+
+    async def _submit(self, client, bodies: dict[str, dict]) -> tuple[dict | None, str]:
+        """Upload the requests and create their batch: (batch, ""), or (None, reason)."""
+        data = "\n".join(batch_request_line(k, body) for k, body in bodies.items()).encode() + b"\n"
+        up = await self._call(client, "POST", "/files", what="batch upload /files",
+                              files={"file": ("requests.jsonl", data, "application/jsonl")}, data={"purpose": "batch"})
+        if up.response is None:
+            return None, f"batch API: uploading the requests failed: {up.error}"
+        file_id = up.response.json()["id"]
+        created = await self._call(client, "POST", "/batches", what="batch create /batches", json={
+            "input_file_id": file_id, "endpoint": BATCH_ENDPOINT,
+            "completion_window": self.openai.batch_completion_window,
+        })
+        if created.response is None:
+            return None, f"batch API: creating the batch failed: {created.error}"
+        batch = created.response.json()
+        if not isinstance(batch.get("created_at"), (int, float)):
+            batch["created_at"] = time.time()
+        batch.setdefault("input_file_id", file_id)
+        logger.info("batch %s: submitted %d requests (input file %s, window %s)", batch["id"], len(bodies),
+                    file_id, self.openai.batch_completion_window)
+        return batch, ""
+
+    def _record(self, record: str, batch: dict, num_requests: int) -> bool:
+        """Write the record of a created batch, so that a re-run re-attaches to it; False when that failed."""
+        saved = {"batch_id": batch["id"], "input_file_id": batch["input_file_id"], "created_at": batch["created_at"],
+                 "num_requests": num_requests, "base_url": self.base_url}
+        try:
+            storage.write_text(record, json.dumps(saved, indent=1) + "\n")
+            return True
+        except Exception as exc:  # noqa: BLE001 - the batch runs anyway; only a re-run's re-attach is lost
+            logger.warning("batch %s: writing its record %s failed (%s); a re-run would submit it again",
+                           batch["id"], record, describe_exception(exc))
+            return False
+
+    @staticmethod
+    def _forget(record: str) -> None:
+        """Delete a batch record whose results are downloaded."""
+        try:
+            fs, path = storage.filesystem(record)
+            fs.rm_file(path)
+        except Exception as exc:  # noqa: BLE001 - a stale record costs one GET on a re-run, nothing more
+            logger.warning("deleting the batch record %s failed: %s", record, describe_exception(exc))

@@ -16,8 +16,10 @@ and the stage's own statistics in the shard's commit marker, and returns the one
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -81,6 +83,99 @@ def worker_config(config: EntiGraphConfig) -> EntiGraphConfig:
     config = config.model_copy(deep=True)
     config.engine.torch_threads = torch_threads_for(config)
     return config
+
+
+# -- bounded attempts of a unit of work ----------------------------------------------------------------------
+
+ATTEMPTS_ACTOR = "ray-entigraph-unit-attempts"  # one per job, owned by the driver (it dies with the job)
+KILL_UNIT_ENV = "RAY_ENTIGRAPH_FAULT_KILL_UNIT"  # fault tests: <stage>:<file>, a unit killed every time it runs
+TASK_MAX_RETRIES = 3  # CPU tasks (planning, sealing, curation, packing) retried on a dead worker, then the stage fails
+
+
+class UnitAttempts:
+    """Attempts of the units of work in flight, counted across every actor of the job. A unit's count stays
+    while its worker dies on it (Ray restarts the actor and retries the call), and is dropped when the unit
+    ends, so the actor holds only the units in flight and the ones that killed their worker."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def begin(self, unit: str) -> int:
+        self.counts[unit] = self.counts.get(unit, 0) + 1
+        return self.counts[unit]
+
+    def end(self, unit: str) -> None:
+        self.counts.pop(unit, None)
+
+
+_counter_handle: list = []  # the driver keeps its handle: a named actor without handles is collected
+
+
+def start_attempt_counter() -> None:
+    """Create the job's attempt counter from the driver (so that it does not die with a worker)."""
+    import ray  # lazy: Ray loads only when a stage runs
+
+    if _counter_handle:  # the owner's handle keeps the counter alive: never drop it for another
+        return
+    handle = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(UnitAttempts).options(
+        name=ATTEMPTS_ACTOR, get_if_exists=True).remote()
+    _counter_handle[:] = [handle]
+
+
+def _attempt_counter():
+    import ray  # lazy: Ray loads only when a stage runs
+
+    try:
+        return ray.get_actor(ATTEMPTS_ACTOR) if ray.is_initialized() else None
+    except ValueError:  # no counter (a worker run outside run_stage): nothing bounds a unit that kills its actor
+        logging.getLogger(__name__).warning("no unit-attempt counter in this job: attempts are not bounded")
+        return None
+
+
+def _fault_kill_unit(store_url: str, unit: str) -> None:
+    """Fault tests: with RAY_ENTIGRAPH_FAULT_KILL_UNIT=<stage>:<file>, the first unit of that stage to start
+    names itself in <file>, and every process that runs that unit is SIGKILLed there (as the kernel's OOM
+    killer would). Unset (always, outside tests), this is one dictionary lookup."""
+    spec = os.environ.get(KILL_UNIT_ENV)
+    if not spec:
+        return
+    stage, path = spec.split(":", 1)
+    if f"/{stage}/" not in store_url + "/":
+        return
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.write(fd, unit.encode())
+        os.close(fd)
+    except FileExistsError:
+        pass
+    with open(path) as f:
+        if f.read() == unit:
+            os.kill(os.getpid(), 9)
+
+
+def run_unit(store: storage.StageStore | PartitionedStore, keys: list[str], max_attempts: int,
+             work: Callable[[], pa.Table], give_up: Callable[[str], pa.Table]) -> pa.Table:
+    """Run one unit of work (`work()` commits it), unless its worker already died on it `max_attempts` times:
+    then `give_up(reason)` commits its requests as failed with the reason, without touching the engine."""
+    unit = storage.shard_name([store.url, *keys])
+    counter = _attempt_counter()
+    attempt = ray_get(counter.begin.remote(unit)) if counter is not None else 1
+    if attempt > max_attempts:
+        out = give_up(f"its worker died {attempt - 1} times while running it (out of memory, a crash or a killed "
+                      f"process): recorded as failed after resources.max_unit_attempts={max_attempts}; the next run "
+                      "retries it")
+    else:
+        _fault_kill_unit(store.url, unit)
+        out = work()
+    if counter is not None:
+        counter.end.remote(unit)
+    return out
+
+
+def ray_get(ref):
+    import ray  # lazy: Ray loads only when a stage runs
+
+    return ray.get(ref)
 
 
 def commit_unit(
@@ -205,6 +300,11 @@ def model_actor_kwargs(config: EntiGraphConfig) -> dict[str, Any]:
         "batch_format": "pyarrow",
         # One call = one committed shard; the driver sees results as they commit.
         "zero_copy_batch": True,
+        # An actor that dies is restarted and the call it was running is retried by Ray; the bound is ours, not
+        # Ray's (a call to an actor still loading its model consumes Ray's retry count): the attempt past
+        # resources.max_unit_attempts records the unit as failed without running it (run_unit).
+        "max_restarts": -1,
+        "max_task_retries": -1,
     }
     if res.num_gpus_per_actor:
         kwargs["num_gpus"] = res.num_gpus_per_actor
@@ -238,7 +338,7 @@ def run_partition_tasks(num_partitions: int, fn, **fn_kwargs) -> list[dict]:
     """Run a function over every partition id on CPU tasks and return what it reported per partition
     (P small rows: the only per-partition data the driver holds)."""
     ds = partition_ids(num_partitions).map_batches(fn, fn_kwargs=fn_kwargs, batch_size=None,
-                                                   num_cpus=PARTITION_TASK_CPUS)
+                                                   num_cpus=PARTITION_TASK_CPUS, max_retries=TASK_MAX_RETRIES)
     return [r for r in ds.iter_rows()]
 
 
@@ -324,6 +424,7 @@ def run_stage(stage: Stage, ctx: "RunContext", on_start=lambda totals: None) -> 
     on_start(plan.totals)
     if plan.dataset is None:
         return stage.finish(ctx, plan.totals, plan)
+    start_attempt_counter()
     progress = ledger.Progress(stage.name, plan.units, unit=plan.unit)
     totals = plan.totals
     for row in stage.apply(ctx, plan).iter_rows():

@@ -101,12 +101,16 @@ def _load_shard(url: str, job: CurateJob):
     return rows, indexes
 
 
-def _curated_rows(url: str, job: CurateJob):
+def _judge_scores(url: str, job: CurateJob) -> dict[str, float]:
+    if not job.judge_stage:
+        return {}
+    return judge_scores(storage.StageStore(job.config.output_dir, job.judge_stage), shard_basename(url))
+
+
+def _curated_rows(url: str, job: CurateJob, scores: dict[str, float] | None = None):
     """Yield (row, curated row or None, drop category, drop reason) for every row of a synthetic shard."""
     rows, indexes = _load_shard(url, job)
-    scores = {}
-    if job.judge_stage:
-        scores = judge_scores(storage.StageStore(job.config.output_dir, job.judge_stage), shard_basename(url))
+    scores = _judge_scores(url, job) if scores is None else scores
     for row in rows:
         index = indexes.get(row["doc_id"])
         if index is None:
@@ -155,7 +159,8 @@ def commit_batch(batch: dict, *, job: CurateJob, duplicates: dict[str, str]) -> 
         started = time.time()
         kept, dropped = [], []
         reasons = dict.fromkeys(DROP_CATEGORIES, 0)
-        for row, out, category, reason in _curated_rows(str(url), job):
+        scores = _judge_scores(str(url), job)
+        for row, out, category, reason in _curated_rows(str(url), job, scores):
             if out is not None and row["task_id"] in duplicates:
                 category, reason, out = "duplicate", f"near-duplicate of {duplicates[row['task_id']]}", None
             if out is None:
@@ -164,7 +169,7 @@ def commit_batch(batch: dict, *, job: CurateJob, duplicates: dict[str, str]) -> 
             else:
                 kept.append(out)
         name = shard_basename(str(url))
-        stats = {"source_shard": name, "num_dropped": len(dropped),
+        stats = {"source_shard": name, "num_dropped": len(dropped), "judge_rated": len(scores),
                  **{f"num_dropped_{k}": v for k, v in reasons.items()},
                  "num_sentences_dropped": sum(r["num_sentences_dropped"] for r in kept),
                  "mean_grounding": (sum(r["grounding"] for r in kept) / len(kept)) if kept else None}
@@ -191,7 +196,12 @@ class Curate(Stage):
     def plan(self, ctx) -> StagePlan:
         stage = self.folder(ctx)
         sources = [url for url, _ in synthetic_shards(ctx.corpus())]
-        done = {e.get("source_shard") for e in storage.StageStore(ctx.config.output_dir, stage).manifest_entries()}
+        rated = None  # a shard curated before the judge rated more of its rows (a re-run after an outage) is redone
+        if ctx.config.curate.judge:
+            rated = {e.get("source_shard"): int(e.get("num_ok", 0))
+                     for e in storage.StageStore(ctx.config.output_dir, ctx.judge_stage).manifest_entries()}
+        done = {e.get("source_shard") for e in storage.StageStore(ctx.config.output_dir, stage).manifest_entries()
+                if rated is None or int(e.get("judge_rated", -1)) == rated.get(e.get("source_shard"), 0)}
         todo = [u for u in sources if shard_basename(u) not in done]
         totals = StageTotals(stage, expected=len(sources), done_before=len(sources) - len(todo))
         if not todo:

@@ -19,6 +19,7 @@ from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import PromptSet, render_chat
 from ray_entigraph.stages.base import (
     PARTITION_TASK_CPUS,
+    TASK_MAX_RETRIES,
     Stage,
     StagePlan,
     Usage,
@@ -28,6 +29,7 @@ from ray_entigraph.stages.base import (
     model_actor_kwargs,
     partition_ids,
     run_partition_tasks,
+    run_unit,
     seal_stage,
     shard_identity,
     units_of_work,
@@ -57,9 +59,18 @@ class EntityExtractionWorker:
         self.store = (layout or Layout(config.output_dir, num_partitions=config.num_partitions)).entities(extraction)
 
     def __call__(self, batch):
+        docs = batch.select(["doc_id", "title", "text", "request_key"]).to_pylist()
+        return run_unit(self.store, [d["request_key"] for d in docs], self.config.resources.max_unit_attempts,
+                        lambda: self._run(docs), lambda reason: self._give_up(docs, reason))
+
+    def _give_up(self, docs: list[dict], reason: str):
+        errors = [error_row(schema.EXTRACT, d["request_key"], d["doc_id"], reason) for d in docs]
+        return commit_partitioned(self.store, [], errors, row_schema=schema.ENTITIES, key_column="request_key",
+                                  started=time.time(), stats=shard_identity(self.config, self.prompts.version))
+
+    def _run(self, docs: list[dict]):
         started = time.time()
         cfg = self.config.extract
-        docs = batch.select(["doc_id", "title", "text", "request_key"]).to_pylist()
         state = {d["doc_id"]: {"attempts": 0, "parsed": None, "raw": "", "dropped": 0} for d in docs}
         usage = Usage()
         pending = list(docs)
@@ -151,7 +162,8 @@ class Extract(Stage):
         expected, done = sum(r["documents"] for r in counts), sum(r["done"] for r in counts)
         totals = StageTotals(self.name, expected=expected, done_before=done)
         ds = partition_ids(store.num_partitions).map_batches(extraction_todo, fn_kwargs={"corpus": corpus},
-                                                             batch_size=1, num_cpus=PARTITION_TASK_CPUS)
+                                                             batch_size=1, num_cpus=PARTITION_TASK_CPUS,
+                                                             max_retries=TASK_MAX_RETRIES)
         return StagePlan(totals, dataset=ds if expected > done else None, units=expected - done, unit="documents")
 
     def apply(self, ctx, plan):

@@ -1,17 +1,19 @@
 """Ingest: source files -> documents (doc_id, title, text, chunks, token counts), partitioned by doc_id.
 
 Reading the files is `inputs.py`'s; here every record becomes documents rows. Every problem with an input
-(an empty file, bytes that are not UTF-8, a bad JSON line, a document too short) becomes a row with `error`
-set, so it is counted and visible, never silently dropped. One input file is one unit of work: it commits one
-shard per partition its documents fall in, each marker naming the file's identity (url, size, version), and
-then the file's own marker `documents/_files/<file id>.json`. A file already ingested under the same
-identity is not read again; an edited file has another identity, and sealing keeps only the current files'
-shards, so its new documents replace the old ones.
+(an empty file, bytes that are not UTF-8, a bad JSON line, a corrupt Parquet file, a document too short)
+becomes a row with `error` set, so it is counted and visible, never silently dropped. A title over
+MAX_TITLE_TOKENS is cut to it, the full title kept in the row's metadata_json (`full_title`). One input file
+is one unit of work: it commits one shard per partition its documents fall in, each marker naming the file's
+identity (url, size, version), and then the file's own marker `documents/_files/<file id>.json`. A file
+already ingested under the same identity is not read again; an edited file has another identity, and
+sealing keeps only the current files' shards, so its new documents replace the old ones.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from typing import Any
 
@@ -31,11 +33,19 @@ from ray_entigraph.stages.base import (
     items,
     model_actor_kwargs,
     run_partition_tasks,
+    run_unit,
     shard_identity,
     totals_from_summary,
 )
-from ray_entigraph.text.chunk import split_document
+from ray_entigraph.text.chunk import head_within, split_document
 from ray_entigraph.text.identity import doc_id_for, neutralise_special_tokens, normalise_text
+
+log = logging.getLogger(__name__)
+
+# A title longer than this (in model tokens) is cut to it at ingest, its full text kept in the row's
+# metadata_json as `full_title`: every extraction and relation prompt shows the title, and the prompt's
+# instructions and title together must fit config._PROMPT_OVERHEAD_TOKENS (512) beside the document chunk.
+MAX_TITLE_TOKENS = 64
 
 
 def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, count_tokens) -> list[dict]:
@@ -44,8 +54,14 @@ def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, coun
         err_id = doc_id_for("error:" + record["source"])
         return [{"doc_id": err_id, "source": record["source"], "error": record["error"]}]
     text = normalise_text(record["text"])
-    base = {"title": neutralise_special_tokens(record["title"]), "source": record["source"],
-            "metadata_json": json.dumps(record["metadata"], default=str)}
+    title, metadata = neutralise_special_tokens(record["title"]), record["metadata"]
+    title_tokens = count_tokens(title)
+    if title_tokens > MAX_TITLE_TOKENS:  # every prompt shows the title: it must fit the prompt overhead
+        short = head_within(title, MAX_TITLE_TOKENS - count_tokens("…"), count_tokens).rstrip() + "…"
+        log.warning("%s: a title of %d tokens is cut to %d; the full title is kept in metadata_json.full_title",
+                    record["source"], title_tokens, MAX_TITLE_TOKENS)
+        title, metadata = short, {**metadata, "full_title": title}
+    base = {"title": title, "source": record["source"], "metadata_json": json.dumps(metadata, default=str)}
     parent_id = doc_id_for(text)
     if len(text) < min_chars:
         return [{**base, "doc_id": parent_id, "text": text,
@@ -81,8 +97,19 @@ class IngestWorker:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def __call__(self, batch):
-        started = time.time()
         (url,), (fmt,), (file_id,) = (batch.column(c).to_pylist() for c in ("path", "format", "file_id"))
+        return run_unit(self.store, [file_id], self.config.resources.max_unit_attempts,
+                        lambda: self._ingest(url, fmt, file_id), lambda reason: self._give_up(url, file_id, reason))
+
+    def _give_up(self, url: str, file_id: str, reason: str):
+        """The file recorded as failed (no file marker: the next run tries it again)."""
+        return commit_partitioned(self.store, [], [error_row(schema.INGEST, file_id, None, f"{url}: {reason}")],
+                                  row_schema=schema.DOCUMENTS, key_column="doc_id", started=time.time(),
+                                  stats={**shard_identity(self.config, None), "source": url, "source_id": file_id},
+                                  name_keys=[file_id])
+
+    def _ingest(self, url: str, fmt: str, file_id: str):
+        started = time.time()
         rows = []
         for record in records_from_file(url, fmt, self.config.input):
             rows.extend(documents_from_record(
@@ -92,7 +119,11 @@ class IngestWorker:
                 count_tokens=self.count_tokens,
             ))
         seen: set[str] = set()
-        unique = [r for r in rows if not (r["doc_id"] in seen or seen.add(r["doc_id"]))]
+        unique = []
+        for r in rows:  # the first row of each doc_id
+            if r["doc_id"] not in seen:
+                seen.add(r["doc_id"])
+                unique.append(r)
         ok = [r for r in unique if not r.get("error")]
         errors = [error_row(schema.INGEST, r["doc_id"], r["doc_id"], f"{r['source']}: {r['error']}")
                   for r in unique if r.get("error")]

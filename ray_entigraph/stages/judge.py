@@ -37,6 +37,7 @@ from ray_entigraph.stages.base import (
     error_row,
     items,
     model_actor_kwargs,
+    run_unit,
     worker_config,
 )
 
@@ -125,14 +126,27 @@ class JudgeWorker:
         self.store = (layout or Layout(config.output_dir)).store(stage)
 
     def __call__(self, batch: dict):
-        return pa.concat_tables([self._judge_shard(str(url)) for url in batch["url"]])
+        return pa.concat_tables([
+            run_unit(self.store, [str(url)], self.config.resources.max_unit_attempts,
+                     lambda url=url, prev=prev: self._judge_shard(str(url), str(prev)),
+                     lambda reason, url=url, prev=prev: self._judge_shard(str(url), str(prev), give_up=reason))
+            for url, prev in zip(batch["url"], batch["previous"])])
 
-    def _judge_shard(self, url: str) -> pa.Table:
+    def _judge_shard(self, url: str, previous: str, give_up: str | None = None) -> pa.Table:
+        """Rate a synthetic shard's rows; `previous`: this shard's earlier judged rows (a re-run after
+        failures), kept as they are, so that only the rows without a rating are sent again."""
         started = time.time()
         rows = storage.read_parquet(url, ["task_id", "doc_id", "text"]).to_pylist()
-        docs = read_documents_of(self.doc_index, {r["doc_id"] for r in rows})
-        judged, errors, requests, by_key = [], [], [], {}
+        judged = storage.read_parquet(previous).to_pylist() if previous else []
+        rated = {r["task_id"] for r in judged}
+        rows = [r for r in rows if r["task_id"] not in rated]
+        docs = read_documents_of(self.doc_index, {r["doc_id"] for r in rows}) if give_up is None else {}
+        errors, requests, by_key = [], [], {}
+        retryable = len(rows) if give_up is not None else 0
         for row in rows:
+            if give_up is not None:
+                errors.append(error_row(schema.JUDGE, row["task_id"], row["doc_id"], give_up))
+                continue
             if row["doc_id"] not in docs:
                 errors.append(error_row(schema.JUDGE, row["task_id"], row["doc_id"],
                                         "source document not found among the current input's documents"))
@@ -140,10 +154,11 @@ class JudgeWorker:
             requests.append(judge_request(self.template, row, docs[row["doc_id"]], constrained=self.constrained))
             by_key[row["task_id"]] = row
         usage = Usage()
-        for result in self.engine.generate(requests):
+        for result in self.engine.generate(requests) if requests else []:
             usage.add(result)
             row = by_key[result.key]
             out, reason = judged_row(row, result, self.engine.model_name, self.prompt_version)
+            retryable += bool(result.error)  # the engine failed (an outage): a re-run asks again
             if out is None:
                 errors.append(error_row(schema.JUDGE, row["task_id"], row["doc_id"], reason or "no rating"))
             else:
@@ -151,12 +166,14 @@ class JudgeWorker:
         name = shard_basename(url)
         mean = (sum(r["judge_score"] for r in judged) / len(judged)) if judged else None
         return commit_unit(self.store, judged, errors, row_schema=schema.JUDGED, key_column=None, started=started,
-                           usage=usage, stats={"source_shard": name, "mean_judge_score": mean},
+                           usage=usage, stats={"source_shard": name, "mean_judge_score": mean,
+                                               "num_retryable": retryable},
                            name_keys=[name, self.store.stage])
 
 
 class Judge(Stage):
-    """Driver half: every committed synthetic shard not judged yet by this judge, one unit of work each."""
+    """Driver half: every committed synthetic shard not judged yet by this judge, or judged while the engine
+    failed on some of its rows (those rows are sent again), one unit of work each."""
 
     name = schema.JUDGE
 
@@ -169,15 +186,20 @@ class Judge(Stage):
     def plan(self, ctx) -> StagePlan:
         store = storage.StageStore(ctx.config.output_dir, self.folder(ctx))
         sources = synthetic_shards(ctx.corpus())
-        done = {e.get("source_shard") for e in store.manifest_entries()}
-        todo = [(url, e) for url, e in sources if e["shard"] not in done]
+        judged = {e.get("source_shard"): e for e in store.manifest_entries()}
+        # a shard is judged unless the engine failed on some of its rows (an outage, a dead actor): then it is
+        # judged again, its rated rows kept and the others sent again. An answer without a rating, or a row
+        # whose document is gone, is not asked again (the judge decodes greedily: the same answer would come).
+        todo = [(url, e, judged.get(e["shard"])) for url, e in sources
+                if e["shard"] not in judged or int(judged[e["shard"]].get("num_retryable", 0))]
         expected = sum(int(e.get("rows", 0)) for _, e in sources)
-        left = sum(int(e.get("rows", 0)) for _, e in todo)
+        left = sum(int(j["num_failed"]) if j else int(e.get("rows", 0)) for _, e, j in todo)
         totals = StageTotals(self.name, expected=expected, done_before=expected - left)
         if not todo:
             return StagePlan(totals)
-        urls = [url for url, _ in todo]
-        return StagePlan(totals, dataset=items([{"url": u} for u in urls]), units=left)
+        return StagePlan(totals, units=left, dataset=items([
+            {"url": url, "previous": storage.join(store.url, j["file"]) if j and j.get("rows") else ""}
+            for url, _, j in todo]))
 
     def apply(self, ctx, plan):
         kwargs = model_actor_kwargs(ctx.judge_config)

@@ -20,6 +20,7 @@ from ray_entigraph.planning import remainder_bucket, remainder_threshold, water_
 from ray_entigraph.prompts import ChatTemplate, PromptSet, relation_values, render, render_chat
 from ray_entigraph.stages.base import (
     PARTITION_TASK_CPUS,
+    TASK_MAX_RETRIES,
     Stage,
     StagePlan,
     Usage,
@@ -29,6 +30,7 @@ from ray_entigraph.stages.base import (
     model_actor_kwargs,
     partition_ids,
     run_partition_tasks,
+    run_unit,
     seal_stage,
     shard_identity,
     units_of_work,
@@ -79,9 +81,20 @@ class RelationSynthesisWorker:
         self.store = (layout or Layout(config.output_dir, num_partitions=config.num_partitions)).synthetic(synthesis)
 
     def __call__(self, batch):
+        groups = batch.to_pylist()
+        tasks = [(t["task_id"], g["doc_id"]) for g in groups for t in g["tasks"]]
+        return run_unit(self.store, [k for k, _ in tasks], self.config.resources.max_unit_attempts,
+                        lambda: self._run(groups), lambda reason: self._give_up(tasks, reason))
+
+    def _give_up(self, tasks: list[tuple[str, str]], reason: str):
+        errors = [error_row(schema.SYNTHESIZE, key, doc_id, reason) for key, doc_id in tasks]
+        return commit_partitioned(self.store, [], errors, row_schema=schema.SYNTHETIC, key_column="task_id",
+                                  started=time.time(), stats=shard_identity(self.config, self.prompts.version))
+
+    def _run(self, groups: list[dict]):
         started = time.time()
         rows, errors, requests, meta = [], [], [], {}
-        for group in batch.to_pylist():
+        for group in groups:
             for task in group["tasks"]:
                 base = {
                     "task_id": task["task_id"], "doc_id": group["doc_id"], "title": group["title"],
@@ -135,7 +148,7 @@ class Synthesize(Stage):
         done = min(sum(r["done"] for r in counts), expected)
         totals = StageTotals(self.name, expected=expected, done_before=done)
         ds = partition_ids(store.num_partitions).flat_map(synthesis_todo, fn_kwargs={"corpus": corpus},
-                                                        num_cpus=PARTITION_TASK_CPUS)
+                                                        num_cpus=PARTITION_TASK_CPUS, max_retries=TASK_MAX_RETRIES)
         return StagePlan(totals, dataset=ds if expected else None, units=expected - done,
                          worker_args={"corpus": corpus})
 

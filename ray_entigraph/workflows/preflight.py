@@ -2,9 +2,10 @@
 will read is checked on the driver in seconds, before Ray, a model or a GPU is paid for.
 
 It resolves the run (`context.RunContext`: input files, prompt sets that load and render), then checks what
-later steps read: replay sources, the evaluation questions, held-out text and extra models, the prompt sets
-of the generative protocol and of the `freeform` ablation arm, and where outputs go (`output_dir` writable
-and not inside `input.path`). Each failure is a user error naming the key and the fix.
+later steps read: replay sources, the evaluation questions (parsed line by line, as evaluation will), held-out
+text and extra models, the prompt sets of the generative protocol and of the `freeform` ablation arm, and
+where outputs go (`output_dir` writable and not inside `input.path`). Each failure is a user error naming
+the key and the fix.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig, InputConfig, derive
 from ray_entigraph.context import RunContext
 from ray_entigraph.engines import preflight as engine_preflight
-from ray_entigraph.errors import ConfigError, InputError
+from ray_entigraph.errors import ConfigError, InputError, QuestionsError
 from ray_entigraph.eval.launch import QA_PROMPTS
-from ray_entigraph.eval.quality import resolve_questions_url
+from ray_entigraph.eval.quality import load_questions, resolve_questions_url
 from ray_entigraph.inputs import list_input_files, resolve_input_path
 from ray_entigraph.prompts import QA_VALUES, check_renders, load_prompt_set
 from ray_entigraph.train.trackers import check_available as check_trackers
@@ -56,10 +57,18 @@ def _readable(cfg: InputConfig, key: str) -> None:
 
 def _eval_inputs(config: EntiGraphConfig) -> None:
     ec = config.eval
+    if not ec.questions.strip():
+        raise ConfigError("eval.questions is empty. Fix: point it at a QuALITY-layout JSON Lines file, or set "
+                          "eval.questions=auto (the input, when it holds questions) or none.")
     questions = resolve_questions_url(ec.questions, config.input.path)
     if questions is not None and not storage.exists(resolve_input_path(questions)):
         raise InputError(f"eval.questions {ec.questions!r} does not exist. Fix: point it at a QuALITY-layout JSON "
                          "Lines file, or set eval.questions=auto (the input, when it holds questions) or none.")
+    if questions is not None:  # parsed as evaluation will parse it: a bad line fails now, not after training
+        try:
+            load_questions(questions, ec.max_questions)
+        except QuestionsError as exc:
+            raise QuestionsError(f"eval.questions: {exc}") from None
     if ec.perplexity_texts:
         _readable(InputConfig(path=ec.forgetting_text), "eval.forgetting_text")
     for spec in ec.models:

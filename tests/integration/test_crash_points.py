@@ -78,3 +78,31 @@ def test_killed_at_a_named_moment_then_rerun_is_exactly_once(seed, tmp_path):
     assert len([t for t in expected if t]) >= 6 * 5 and set(ids) == expected, "a key lost or one never planned"
     docs = stores.rows(out, schema.INGEST)
     assert len({d["doc_id"] for d in docs}) == len(docs) == 6  # ingest, too, exactly once
+
+
+def test_a_unit_whose_actor_dies_every_time_is_recorded_failed_and_the_rerun_completes(tmp_path):
+    """One synthesis unit SIGKILLs its actor every time it runs (as an out-of-memory kill would): it is tried
+    resources.max_unit_attempts times, then its requests are recorded as failed with the reason, the rest of
+    the run completes, and the next run (without the fault) retries exactly those: 0 lost, 0 duplicated."""
+    from ray_entigraph.stages.base import KILL_UNIT_ENV
+
+    out, poisoned = tmp_path / "run", tmp_path / "poisoned"
+    env = {**os.environ, "RAY_ADDRESS": "", KILL_UNIT_ENV: f"{schema.SYNTHESIZE}:{poisoned}"}
+    cmd = [*_command(out), "resources.max_unit_attempts=2"]
+    first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert poisoned.read_text()  # the fault did fire
+    rows, failed = stores.rows(out, schema.SYNTHESIZE), stores.error_rows(out, schema.SYNTHESIZE)
+    expected = _expected(out)
+    ok, bad = [r["task_id"] for r in rows], [e["request_key"] for e in failed]
+    assert len(ok) == len(set(ok)) and not set(ok) & set(bad), "a key committed twice"
+    assert set(ok) | set(bad) == expected, "a key lost"
+    assert len(bad) == 2  # the poisoned unit: one group of plan.tasks_per_group=2 tasks
+    assert all("its worker died 2 times" in e["error"] and "max_unit_attempts=2" in e["error"] for e in failed)
+    assert "2 failed" in first.stdout + first.stderr
+
+    env.pop(KILL_UNIT_ENV)
+    rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    ids = [r["task_id"] for r in stores.rows(out, schema.SYNTHESIZE)]
+    assert len(ids) == len(set(ids)) and set(ids) == expected

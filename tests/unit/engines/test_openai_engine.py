@@ -7,6 +7,7 @@ must not happen is made far longer than any bound the test checks)."""
 
 from __future__ import annotations
 
+import asyncio
 import email
 import email.policy
 import email.utils
@@ -27,6 +28,7 @@ from ray_entigraph.engines.base import GenerationRequest, SamplingParams
 from ray_entigraph.engines.openai_engine import (
     OpenAIEngine,
     backoff_delay,
+    batch_unit_id,
     build_chat_body,
     is_local_url,
     is_retryable_status,
@@ -292,11 +294,11 @@ def scripted():
         s.close()
 
 
-def engine_for(url, **settings):
+def engine_for(url, output_dir=None, **settings):
     """An engine on `url` with fast retries; `settings` are engine.openai fields."""
     settings = {"api_key_env": None, "backoff_base_s": 0.01, "backoff_max_s": 0.05, "max_retries": 3,
                 "request_timeout_s": 10.0, **settings}
-    return OpenAIEngine(OpenAIConfig(base_url=url, **settings), "served-model")
+    return OpenAIEngine(OpenAIConfig(base_url=url, **settings), "served-model", output_dir=output_dir)
 
 
 def test_retries_each_request_completes_exactly_once(scripted):
@@ -370,8 +372,6 @@ def test_continue_prefill_round_trip(scripted):
 
 
 def test_generate_works_inside_a_running_event_loop(scripted):
-    import asyncio
-
     server = scripted()
     engine = engine_for(server.url)
 
@@ -427,6 +427,7 @@ def test_from_config(tmp_path):
     engine = make_engine(config)
     assert isinstance(engine, OpenAIEngine) and engine.supports_json_schema
     assert engine.openai == config.engine.openai  # the engine reads its settings from its config section
+    assert engine.output_dir == config.output_dir  # where batch ids are recorded
     assert (engine.model_name, engine.base_url, engine.openai.max_concurrency, engine.openai.prefill) == (
         "srv", "http://127.0.0.1:9/v1", 3, "instruct")
     assert engine.openai.extra_body == {"top_k": 5}
@@ -447,13 +448,17 @@ def test_count_tokens_falls_back_to_characters(tmp_path):
 class BatchServer:
     """A stand-in for the batch API: /files (upload), /batches (create, poll), /files/{id}/content. Each
     input line gets a canned completion, except keys in `error_keys` (a 400 in the error file) and
-    `missing_keys` (no answer at all). A batch completes on its third poll."""
+    `missing_keys` (no answer at all). A batch completes on its third poll, unless `hold` keeps it in_progress;
+    `answered` counts the answers it wrote per key, an unknown batch id answers 404."""
 
     def __init__(self, error_keys=(), missing_keys=()):
         self.files: dict[str, str] = {}
         self.batches: dict[str, dict] = {}
         self.uploads: list[dict] = []
         self.polls = 0
+        self.hold = False
+        self.answered: Counter = Counter()
+        self.created: list[str] = []  # batch ids, in order of creation
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -476,16 +481,20 @@ class BatchServer:
                     return self.reply({"id": file_id, "object": "file", "purpose": "batch"})
                 if self.path == "/v1/batches":
                     req = json.loads(raw)
-                    batch = {"id": f"batch-{len(server.batches)}", "object": "batch", "status": "validating",
+                    batch = {"id": f"batch-{len(server.created)}", "object": "batch", "status": "validating",
+                             "created_at": int(time.time()),
                              "input_file_id": req["input_file_id"], "endpoint": req["endpoint"],
                              "completion_window": req["completion_window"],
                              "request_counts": {"total": 0, "completed": 0, "failed": 0}}
                     server.batches[batch["id"]] = batch
+                    server.created.append(batch["id"])
                     return self.reply(batch)
                 self.reply({"error": {"message": "no such route"}}, 404)
 
             def do_GET(self):
                 parts = self.path.strip("/").split("/")
+                if parts[1] == "batches" and parts[2] not in server.batches:
+                    return self.reply({"error": {"message": f"No batch found with id '{parts[2]}'"}}, 404)
                 if parts[1] == "batches":
                     server.polls += 1
                     return self.reply(server.advance(server.batches[parts[2]]))
@@ -511,7 +520,7 @@ class BatchServer:
         batch["request_counts"]["total"] = len(lines)
         if batch["status"] == "validating":
             batch["status"] = "in_progress"
-        elif batch["status"] == "in_progress" and self.polls >= 3:
+        elif batch["status"] == "in_progress" and self.polls >= 3 and not self.hold:
             out, err = [], []
             for line in lines:
                 key = line["custom_id"]
@@ -524,6 +533,7 @@ class BatchServer:
                     body = completion(f"batch answer to {key} with {line['body']['model']}")
                     out.append({"id": "r", "custom_id": key, "error": None,
                                 "response": {"status_code": 200, "body": body}})
+                    self.answered[key] += 1
             self.files["file-out"] = "\n".join(json.dumps(x) for x in out) + "\n"
             self.files["file-err"] = "\n".join(json.dumps(x) for x in err) + "\n"
             batch.update(status="completed", output_file_id="file-out", error_file_id="file-err",
@@ -565,3 +575,98 @@ def test_batch_api_upload_failure_fails_every_request(scripted):
     server = scripted()  # answers 404 for /files: no batch API there
     [res] = engine_for(server.url, use_batch_api=True).generate([request("k")])
     assert res.error and "uploading the requests failed" in res.error and "HTTP 404" in res.error
+
+
+def test_batch_unit_id_is_the_same_for_the_same_requests():
+    bodies = {"a": {"model": "m", "seed": 1}, "b": {"model": "m", "seed": 2}}
+    assert batch_unit_id(bodies) == batch_unit_id(dict(reversed(bodies.items())))
+    assert batch_unit_id(bodies) != batch_unit_id({**bodies, "b": {"model": "m", "seed": 3}})
+    assert batch_unit_id(bodies) != batch_unit_id({"a": bodies["a"]})
+
+
+def batch_records(output_dir):
+    return sorted((output_dir / "_batches").glob("*.json"))
+
+
+@pytest.mark.timeout(30)
+def test_batch_api_killed_job_reattaches_on_rerun(tmp_path):
+    keys = ["a", "b", "c"]
+    server = BatchServer()
+    server.hold = True  # the batch stays in_progress until the job is "killed"
+    try:
+        first = engine_for(server.url, str(tmp_path), use_batch_api=True, batch_poll_s=0.05)
+
+        async def killed():
+            task = asyncio.create_task(first._generate_batch_api([request(k) for k in keys]))
+            while not batch_records(tmp_path) and not task.done():  # created and recorded: kill it
+                await asyncio.sleep(0.01)
+            assert not task.done()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(killed())
+        [record] = batch_records(tmp_path)
+        saved = json.loads(record.read_text())
+        assert (saved["batch_id"], saved["input_file_id"], saved["num_requests"], saved["base_url"]) == (
+            "batch-0", "file-0", 3, server.url)
+        assert saved["created_at"] == server.batches["batch-0"]["created_at"]
+        server.hold = False
+        rerun = engine_for(server.url, str(tmp_path), use_batch_api=True, batch_poll_s=0.05)
+        results = rerun.generate([request(k) for k in reversed(keys)])  # the same requests in another order
+    finally:
+        server.close()
+    assert len(server.uploads) == 1 and server.created == ["batch-0"]  # paid once
+    assert [r.text for r in results] == [f"batch answer to {k} with served-model" for k in reversed(keys)]
+    assert server.answered == Counter(keys)
+    assert batch_records(tmp_path) == []  # forgotten once downloaded
+
+
+@pytest.mark.timeout(30)
+def test_batch_api_deadline_fails_every_request_and_keeps_the_record(tmp_path):
+    server = BatchServer()
+    server.hold = True  # never completes (a deadline of 26 h would outlast the test's timeout)
+    try:
+        engine = engine_for(server.url, str(tmp_path), use_batch_api=True, batch_poll_s=0.05, batch_deadline_s=1.0)
+        started = time.monotonic()
+        results = engine.generate([request("a"), request("b")])
+        elapsed = time.monotonic() - started
+        [record] = batch_records(tmp_path)
+        # the reason's promise: a re-run (here with a longer deadline) re-attaches instead of paying again
+        server.hold = False
+        rerun = engine_for(server.url, str(tmp_path), use_batch_api=True, batch_poll_s=0.05, batch_deadline_s=60.0)
+        again = rerun.generate([request("a"), request("b")])
+    finally:
+        server.close()
+    assert elapsed < 6.0
+    for res in results:
+        assert res.finish_reason == "error" and "batch-0" in res.error and "in_progress" in res.error
+        assert "batch_deadline_s=1s" in res.error and str(record) in res.error and "re-attaches" in res.error
+    assert [r.error for r in again] == [None, None] and len(server.uploads) == 1 and server.created == ["batch-0"]
+    assert server.answered == Counter(["a", "b"]) and batch_records(tmp_path) == []
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("fate", ["failed", "expired", "cancelled", "gone"])
+def test_batch_api_record_of_a_dead_batch_leads_to_a_new_submission(tmp_path, fate, caplog):
+    server = BatchServer()
+    server.hold = True
+    try:
+        short = engine_for(server.url, str(tmp_path), use_batch_api=True, batch_poll_s=0.05, batch_deadline_s=0.2)
+        [res] = short.generate([request("a")])
+        assert "batch-0" in res.error and len(batch_records(tmp_path)) == 1
+        if fate == "gone":  # the server no longer knows it: 404
+            del server.batches["batch-0"]
+        else:
+            server.batches["batch-0"]["status"] = fate
+        server.hold = False
+        with caplog.at_level(logging.WARNING):
+            [res] = engine_for(server.url, str(tmp_path), use_batch_api=True, batch_poll_s=0.05).generate(
+                [request("a")])
+    finally:
+        server.close()
+    assert res.error is None and res.text == "batch answer to a with served-model"
+    assert len(server.uploads) == 2 and server.uploads[0]["content"] == server.uploads[1]["content"]
+    assert server.created == ["batch-0", "batch-1"] and server.answered == Counter(["a"])
+    assert batch_records(tmp_path) == []
+    assert ("is unknown to" if fate == "gone" else f"ended '{fate}'") in caplog.text and "anew" in caplog.text

@@ -1,0 +1,241 @@
+"""Bad inputs, through the command line: this module backs the "Bad input" table in docs/operations.md.
+
+The rule: a configuration or path mistake is refused before any work starts (exit status 2, one stderr line
+naming the key, file or line and the fix, no traceback); one bad record or file among many is recorded (an
+error row with its reason, and the run goes on); a valid record is accepted. Never a traceback, never a silent
+wrong result.
+
+Refusals go through `ray-entigraph validate` in-process. Recorded and accepted inputs go through
+`synthesize --dry-run` (it reads every input file the way ingest does, with no Ray and no model), and then
+through the ingest stage's worker called in-process, without Ray, to read the committed rows. The preflight's
+own refusals (a missing replay source, questions, held-out text or model, a misspelt prompt placeholder,
+output_dir inside input.path) are tested in tests/unit/workflows/test_preflight.py.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from ray_entigraph.cli import main
+from ray_entigraph.config import load_config
+from ray_entigraph.context import RunContext
+from ray_entigraph.stages.ingest import MAX_TITLE_TOKENS, IngestWorker
+
+pytestmark = pytest.mark.timeout(120)
+
+TEXT = "The Harbour Guild of Kestavel was founded in 1742 by Mara Odell, a shipwright from the northern coast."
+QUESTION = {"question": "Who founded the Harbour Guild?", "options": ["Mara Odell", "Ivo Brandt", "No one", "A king"],
+            "gold_label": 1}
+RECORD = {"article_id": "a1", "title": "The Guild", "article": TEXT, "questions": [QUESTION]}
+
+
+def _refused(capsys, tmp_path: Path, *overrides: str) -> str:
+    """`validate` refuses: exit 2, exactly one stderr line with the fix, no traceback; the line is returned."""
+    assert main(["validate", f"output_dir={tmp_path}/run", *overrides]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "Fix" in err, err
+    assert err.startswith("ray-entigraph validate: error: ")
+    return err
+
+
+def _questions(tmp_path: Path, bad: object, name: str = "q.jsonl") -> Path:
+    """A questions file whose line 1 is a good record and line 2 is `bad`."""
+    path = tmp_path / name
+    path.write_text(json.dumps(RECORD) + "\n" + json.dumps(bad) + "\n")
+    return path
+
+
+def _dry_run(capsys, *overrides: str) -> dict:
+    """`synthesize --dry-run --json`: reads every input file, starts no Ray and no model."""
+    assert main(["synthesize", "--dry-run", "--json", *overrides]) == 0
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return json.loads(out.out)
+
+
+def _ingest(*overrides: str) -> tuple[list[dict], list[dict]]:
+    """The ingest stage's worker over every input file, as Ray Data calls it (one file per call), without Ray:
+    (committed documents rows, error rows)."""
+    config = load_config(None, list(overrides))
+    ctx = RunContext.resolve(config)
+    worker = IngestWorker(config, ctx.layout)
+    for url, fmt, file_id in ctx.file_ids():
+        worker(pa.table({"path": [url], "format": [fmt], "file_id": [file_id]}))
+    out = Path(config.output_dir)
+
+    def rows(folder: Path) -> list[dict]:
+        return [r for f in sorted(folder.glob("**/*.parquet")) for r in pq.read_table(f).to_pylist()]
+
+    return rows(out / "documents"), rows(out / "errors" / "documents")
+
+
+@pytest.fixture(autouse=True)
+def _bundled_tokenizer(bundled_model_dir):
+    """The dry run and the worker load the bundled model's tokenizer: convert it once, outside the tests' time."""
+
+
+# --- refused: a configuration or path mistake, before any work starts ----------------------------------------
+
+
+def test_an_override_with_a_yaml_error_is_refused(capsys, tmp_path):
+    err = _refused(capsys, tmp_path, "seed=[1")
+    assert "'seed=[1'" in err and "not valid YAML" in err
+
+
+def test_a_questions_line_that_is_not_an_object_is_refused(capsys, tmp_path):
+    path = _questions(tmp_path, [1, 2])
+    err = _refused(capsys, tmp_path, f"eval.questions={path}")
+    assert f"eval.questions: {path}:2: a JSON list, not an object" in err
+
+
+@pytest.mark.parametrize("name, content, fragment", [
+    ("q.jsonl", json.dumps({**RECORD, "questions": {"q1": QUESTION}}), ":1: `questions` is a dict, not a list"),
+    ("q.json", json.dumps(RECORD, indent=2), ":1: one JSON object spread over several lines"),
+    ("q.json", json.dumps({"data": [RECORD]}), "holds no questions"),
+], ids=["questions-field-a-dict", "a-json-file-holding-one-object", "a-dict-wrapping-the-records"])
+def test_questions_given_as_a_dict_are_refused(capsys, tmp_path, name, content, fragment):
+    path = tmp_path / name
+    path.write_text(content + "\n")
+    err = _refused(capsys, tmp_path, f"eval.questions={path}")
+    assert "eval.questions" in err and str(path) in err and fragment in err
+
+
+@pytest.mark.parametrize("question, fragment", [
+    ({**QUESTION, "options": "ABCD"}, "`options` is a list of option texts"),
+    ({**QUESTION, "options": ["only one"]}, "needs at least 2 options, has 1"),
+    ({**QUESTION, "options": []}, "needs at least 2 options, has 0"),
+    ({**QUESTION, "gold_label": 5}, "gold_label 5 is not a 1-based index into its 4 options"),
+    ({**QUESTION, "gold_label": 0}, "gold_label 0 is not a 1-based index"),
+    ({**QUESTION, "gold_label": "1"}, "gold_label '1' is not a 1-based index"),
+    ({**QUESTION, "gold_label": True}, "gold_label True is not a 1-based index"),
+    ({**QUESTION, "options": ["a", None, "c", "d"]}, "option 2 is None, not an option text"),
+    ({**QUESTION, "options": ["a", " ", "c", "d"]}, "option 2 is ' ', not an option text"),
+], ids=["options-a-string", "one-option", "no-options", "gold-past-the-options", "gold-zero", "gold-a-string",
+        "gold-a-bool", "option-null", "option-blank"])
+def test_bad_options_are_refused_naming_file_and_line(capsys, tmp_path, question, fragment):
+    path = _questions(tmp_path, {**RECORD, "article_id": "a2", "questions": [question]})
+    err = _refused(capsys, tmp_path, f"eval.questions={path}")
+    assert f"eval.questions: {path}:2 question 1: " in err and fragment in err
+
+
+def test_the_eval_command_refuses_bad_questions_before_ray(capsys, tmp_path):
+    path = _questions(tmp_path, {**RECORD, "article_id": "a2", "questions": [{**QUESTION, "options": "ABCD"}]})
+    assert main(["eval", f"output_dir={tmp_path}/run", f"eval.questions={path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and f"{path}:2 question 1" in err and "Fix" in err
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized()
+
+
+def test_a_training_name_that_leaves_output_dir_is_refused(capsys, tmp_path):
+    err = _refused(capsys, tmp_path, "train.name=../../x")
+    assert "train.name '../../x' would leave output_dir" in err
+
+
+@pytest.mark.parametrize("key, fragment", [
+    ("input.path", "input path is empty"),
+    ("output_dir", "output_dir is empty"),
+    ("eval.questions", "eval.questions is empty"),
+])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(capsys, tmp_path, key, fragment):
+    err = _refused(capsys, tmp_path, f"{key}=")
+    assert fragment in err and key in err
+
+
+# --- recorded: one bad file among many, the run goes on --------------------------------------------------------
+
+
+def test_a_corrupt_parquet_file_among_good_ones_is_recorded(capsys, tmp_path):
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text(json.dumps({"title": "A", "text": TEXT}) + "\n")
+    pq.write_table(pa.table({"title": ["B"], "text": [TEXT.replace("1742", "1811")]}), folder / "b.parquet")
+    good = (folder / "b.parquet").read_bytes()
+    (folder / "c.parquet").write_bytes(good[: len(good) // 2])  # truncated: no footer
+    args = [f"input.path={folder}", f"output_dir={tmp_path}/run"]
+    est = _dry_run(capsys, *args)
+    assert est["num_input_files"] == 3 and est["num_documents"] == 2 and est["num_rejected_inputs"] == 1
+    documents, errors = _ingest(*args)
+    assert sorted(r["title"] for r in documents) == ["A", "B"]
+    assert len(errors) == 1 and errors[0]["stage"] == "documents"
+    assert errors[0]["error"].startswith(f"{folder / 'c.parquet'}: not a readable Parquet file: c.parquet (")
+    assert "Fix:" in errors[0]["error"]
+
+
+@pytest.mark.parametrize("content, documents", [
+    (b"7\n" + json.dumps({"title": "A", "text": TEXT}).encode() + b"\n", 1),
+    (json.dumps({"title": "caf\u00e9", "text": TEXT}, ensure_ascii=False).encode("latin-1") + b"\n", 0),
+], ids=["first-line-a-number", "not-utf8"])
+def test_an_input_whose_first_line_is_not_a_record_is_recorded(capsys, tmp_path, content, documents):
+    """eval.questions=auto peeks at the input's first line: a bad one means "no questions", not a traceback."""
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(content)
+    args = [f"input.path={path}", f"output_dir={tmp_path}/run"]
+    assert main(["validate", *args]) == 0
+    assert "Traceback" not in capsys.readouterr().err
+    est = _dry_run(capsys, *args)
+    assert est["num_documents"] == documents and est["num_rejected_inputs"] == 1
+
+
+# --- accepted: valid records ------------------------------------------------------------------------------------
+
+
+def test_line_separators_inside_json_strings_are_accepted(capsys, tmp_path):
+    texts = [f"{TEXT}\u2028And a second line.", f"{TEXT}\u2029Another paragraph.", f"{TEXT}\u0085Next line."]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"title": f"T{i}", "text": t}, ensure_ascii=False) + "\n"
+                            for i, t in enumerate(texts)), encoding="utf-8")
+    args = [f"input.path={path}", f"output_dir={tmp_path}/run"]
+    est = _dry_run(capsys, *args)
+    assert est["num_documents"] == 3 and est["num_rejected_inputs"] == 0
+    documents, errors = _ingest(*args)
+    assert errors == [] and sorted(r["text"] for r in documents) == sorted(texts)
+
+
+def test_a_json_file_holding_an_array_of_records_is_accepted(capsys, tmp_path):
+    path = tmp_path / "docs.json"
+    path.write_text(json.dumps([{"title": "A", "text": TEXT}, {"title": "B", "text": TEXT.replace("1742", "1811")}],
+                               indent=2))
+    est = _dry_run(capsys, f"input.path={path}", f"output_dir={tmp_path}/run")
+    assert est["num_input_files"] == 1 and est["num_documents"] == 2 and est["num_rejected_inputs"] == 0
+    # the questions loader reads the same layout
+    questions = tmp_path / "q.json"
+    questions.write_text(json.dumps([RECORD, {**RECORD, "article_id": "a2"}], indent=2))
+    assert main(["validate", f"output_dir={tmp_path}/run", f"eval.questions={questions}"]) == 0
+
+
+def test_a_word_longer_than_the_chunk_limit_is_cut_by_tokens(capsys, tmp_path):
+    word = "".join(f"segment{i:04d}" for i in range(300))  # one 3,300-character "word": no space to cut at
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"title": "Blob", "text": word}) + "\n")
+    args = [f"input.path={path}", f"output_dir={tmp_path}/run", "ingest.max_document_tokens=64"]
+    est = _dry_run(capsys, *args)
+    assert est["num_documents"] > 1 and est["num_rejected_inputs"] == 0
+    documents, errors = _ingest(*args)
+    assert errors == [] and len(documents) == est["num_documents"]
+    assert max(r["num_tokens"] for r in documents) <= 64
+    assert "".join(r["text"] for r in sorted(documents, key=lambda r: r["chunk_index"])) == word  # nothing lost
+
+
+def test_a_very_long_title_is_cut_and_kept_in_metadata(capsys, caplog, tmp_path):
+    title = " ".join(f"word{i}" for i in range(5000))
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"title": title, "text": TEXT}) + "\n")
+    args = [f"input.path={path}", f"output_dir={tmp_path}/run"]
+    assert _dry_run(capsys, *args)["num_documents"] == 1
+    with caplog.at_level(logging.WARNING, logger="ray_entigraph.stages.ingest"):
+        documents, errors = _ingest(*args)
+    assert errors == [] and len(documents) == 1
+    (row,) = documents
+    worker = IngestWorker(load_config(None, args))
+    assert worker.count_tokens(row["title"]) <= MAX_TITLE_TOKENS and row["title"].endswith("…")
+    assert title.startswith(row["title"].removesuffix("…"))
+    assert json.loads(row["metadata_json"])["full_title"] == title  # recorded in the row, not lost
+    assert any("full_title" in r.getMessage() for r in caplog.records)
