@@ -128,18 +128,31 @@ class OpenAIConfig(_Section):
     tokenizer: str | None = Field(None, description=(
         "Hugging Face tokenizer (id or path) for counting tokens before sending; None: model.name when it loads, "
         "else about 4 characters per token."))
+    headers_from_env: dict[str, str] = Field(default_factory=dict, description=(
+        "Custom HTTP headers sent with every request, each read from an environment variable: "
+        "`{X-Gateway-Token: GATEWAY_TOKEN}` sends header X-Gateway-Token with the value of $GATEWAY_TOKEN (values "
+        "are never read from config, logged or written; the same rules as the API key apply)."))
 
     @model_validator(mode="after")
     def _key_stays_safe(self) -> "OpenAIConfig":
-        if self.api_key_env in CREDENTIAL_VARIABLES:
-            raise ValueError(f"engine.openai.api_key_env names {self.api_key_env!r}, a credential for something "
-                             "other than a model API, which would be sent to the server as a bearer token. Fix: "
-                             "export the API key under its own variable (e.g. OPENAI_API_KEY) and name that one.")
+        for name, var in [("api_key_env", self.api_key_env)] + [
+                (f"headers_from_env.{h}", v) for h, v in self.headers_from_env.items()]:
+            if var in CREDENTIAL_VARIABLES:
+                raise ValueError(f"engine.openai.{name} names {var!r}, a credential for something other than a "
+                                 "model API, which would be sent to the server. Fix: export the value under its own "
+                                 "variable (e.g. OPENAI_API_KEY) and name that one.")
+        for header in self.headers_from_env:
+            if not header or not all(c.isalnum() or c in "-_" for c in header) or header.lower() in (
+                    "authorization", "content-type", "content-length", "host", "x-request-key"):
+                raise ValueError(f"engine.openai.headers_from_env: {header!r} is not a header this engine lets you "
+                                 "set (letters, digits, '-' and '_'; not Authorization, which api_key_env sets, nor "
+                                 "Content-Type, Content-Length, Host or X-Request-Key). Fix: rename or remove it.")
         url = urlsplit(self.base_url)
-        if (self.api_key_env and url.scheme == "http" and (url.hostname or "") not in LOOPBACK_HOSTS
+        secrets = self.api_key_env or self.headers_from_env
+        if (secrets and url.scheme == "http" and (url.hostname or "") not in LOOPBACK_HOSTS
                 and not self.allow_plain_http_key):
             raise ValueError(f"engine.openai.base_url {self.base_url!r} is plain HTTP to another machine, so the API "
-                             "key would cross the network unencrypted. Fix: use https, set "
+                             "key (or headers_from_env) would cross the network unencrypted. Fix: use https, set "
                              "engine.openai.api_key_env=null for a server without authentication, or set "
                              "engine.openai.allow_plain_http_key=true inside a private network.")
         return self

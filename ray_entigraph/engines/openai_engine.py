@@ -367,6 +367,7 @@ class OpenAIEngine:
         self._tokenizer_loaded = False
         self._rng = random.Random()
         self._api_key = self._read_api_key()
+        self._custom_headers()  # every variable named by headers_from_env is set, or the engine does not start
         # httpx logs every request at INFO: one line per request floods actor logs. Quiet it unless the
         # user configured that logger.
         httpx_logger = logging.getLogger("httpx")
@@ -434,6 +435,15 @@ class OpenAIEngine:
             "without authentication."
         )
 
+    def _custom_headers(self) -> dict[str, str]:
+        """headers_from_env, read from this process's environment now (never kept in the engine or a pickle)."""
+        missing = [var for var in self.openai.headers_from_env.values() if not os.environ.get(var)]
+        if missing:
+            raise EngineError(f"engine.openai.headers_from_env names environment variables that are not set: "
+                              f"{', '.join(missing)}. Fix: export them on every node (in its environment when Ray "
+                              "starts), or remove those headers.")
+        return {h: os.environ[var] for h, var in self.openai.headers_from_env.items()}
+
     def _load_tokenizer(self):
         name = self._tokenizer_name
         if name:
@@ -447,7 +457,7 @@ class OpenAIEngine:
     def _client(self) -> httpx.AsyncClient:
         import httpx
 
-        headers = {"User-Agent": "ray-entigraph"}
+        headers = {"User-Agent": "ray-entigraph", **self._custom_headers()}
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         n = self.openai.max_concurrency
@@ -459,8 +469,9 @@ class OpenAIEngine:
 
     def _redact(self, text: str) -> str:
         """Belt and braces: a server that quotes our headers back must not put the key into a result."""
-        if self._api_key and self._api_key in text:
-            text = text.replace(self._api_key, "<redacted>")
+        for secret in [self._api_key, *(os.environ.get(v) for v in self.openai.headers_from_env.values())]:
+            if secret and secret in text:
+                text = text.replace(secret, "<redacted>")
         return text
 
     def _body(self, request: GenerationRequest) -> dict:

@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
@@ -33,6 +33,7 @@ from ray_entigraph.partitions import PartitionedStore, partition_of
 if TYPE_CHECKING:
     from ray_entigraph.context import RunContext
 
+T = TypeVar("T")
 PARTITION_TASK_CPUS = 0.25  # planning and sealing tasks wait on storage more than they compute
 COMMIT_THREADS = 16  # concurrent partition commits of one unit of work (object-store requests are latency-bound)
 
@@ -90,6 +91,11 @@ def worker_config(config: EntiGraphConfig) -> EntiGraphConfig:
 ATTEMPTS_ACTOR = "ray-entigraph-unit-attempts"  # one per job, owned by the driver (it dies with the job)
 KILL_UNIT_ENV = "RAY_ENTIGRAPH_FAULT_KILL_UNIT"  # fault tests: <stage>:<file>, a unit killed every time it runs
 TASK_MAX_RETRIES = 3  # CPU tasks (planning, sealing, curation, packing) retried on a dead worker, then the stage fails
+
+
+def task_retries() -> dict[str, int]:
+    """Remote arguments of every CPU task (`ray_remote_args_fn`): bounded retries, where Ray Data's are not."""
+    return {"max_retries": TASK_MAX_RETRIES}
 
 
 class UnitAttempts:
@@ -154,7 +160,7 @@ def _fault_kill_unit(store_url: str, unit: str) -> None:
 
 
 def run_unit(store: storage.StageStore | PartitionedStore, keys: list[str], max_attempts: int,
-             work: Callable[[], pa.Table], give_up: Callable[[str], pa.Table]) -> pa.Table:
+             work: Callable[[], T], give_up: Callable[[str], T]) -> T:
     """Run one unit of work (`work()` commits it), unless its worker already died on it `max_attempts` times:
     then `give_up(reason)` commits its requests as failed with the reason, without touching the engine."""
     unit = storage.shard_name([store.url, *keys])
@@ -300,11 +306,9 @@ def model_actor_kwargs(config: EntiGraphConfig) -> dict[str, Any]:
         "batch_format": "pyarrow",
         # One call = one committed shard; the driver sees results as they commit.
         "zero_copy_batch": True,
-        # An actor that dies is restarted and the call it was running is retried by Ray; the bound is ours, not
-        # Ray's (a call to an actor still loading its model consumes Ray's retry count): the attempt past
-        # resources.max_unit_attempts records the unit as failed without running it (run_unit).
-        "max_restarts": -1,
-        "max_task_retries": -1,
+        # Ray Data restarts an actor that dies and retries the call it was running, without bound; the bound is
+        # ours, not Ray's (a call to an actor still loading its model would use up Ray's retry count): the
+        # attempt past resources.max_unit_attempts records the unit as failed without running it (run_unit).
     }
     if res.num_gpus_per_actor:
         kwargs["num_gpus"] = res.num_gpus_per_actor
@@ -338,7 +342,7 @@ def run_partition_tasks(num_partitions: int, fn, **fn_kwargs) -> list[dict]:
     """Run a function over every partition id on CPU tasks and return what it reported per partition
     (P small rows: the only per-partition data the driver holds)."""
     ds = partition_ids(num_partitions).map_batches(fn, fn_kwargs=fn_kwargs, batch_size=None,
-                                                   num_cpus=PARTITION_TASK_CPUS, max_retries=TASK_MAX_RETRIES)
+                                                   num_cpus=PARTITION_TASK_CPUS, ray_remote_args_fn=task_retries)
     return [r for r in ds.iter_rows()]
 
 

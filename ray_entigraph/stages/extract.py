@@ -19,7 +19,6 @@ from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import PromptSet, render_chat
 from ray_entigraph.stages.base import (
     PARTITION_TASK_CPUS,
-    TASK_MAX_RETRIES,
     Stage,
     StagePlan,
     Usage,
@@ -32,6 +31,7 @@ from ray_entigraph.stages.base import (
     run_unit,
     seal_stage,
     shard_identity,
+    task_retries,
     units_of_work,
     worker_config,
 )
@@ -163,7 +163,7 @@ class Extract(Stage):
         totals = StageTotals(self.name, expected=expected, done_before=done)
         ds = partition_ids(store.num_partitions).map_batches(extraction_todo, fn_kwargs={"corpus": corpus},
                                                              batch_size=1, num_cpus=PARTITION_TASK_CPUS,
-                                                             max_retries=TASK_MAX_RETRIES)
+                                                             ray_remote_args_fn=task_retries)
         return StagePlan(totals, dataset=ds if expected > done else None, units=expected - done, unit="documents")
 
     def apply(self, ctx, plan):

@@ -20,7 +20,6 @@ from ray_entigraph.planning import remainder_bucket, remainder_threshold, water_
 from ray_entigraph.prompts import ChatTemplate, PromptSet, relation_values, render, render_chat
 from ray_entigraph.stages.base import (
     PARTITION_TASK_CPUS,
-    TASK_MAX_RETRIES,
     Stage,
     StagePlan,
     Usage,
@@ -33,6 +32,7 @@ from ray_entigraph.stages.base import (
     run_unit,
     seal_stage,
     shard_identity,
+    task_retries,
     units_of_work,
     worker_config,
 )
@@ -148,7 +148,7 @@ class Synthesize(Stage):
         done = min(sum(r["done"] for r in counts), expected)
         totals = StageTotals(self.name, expected=expected, done_before=done)
         ds = partition_ids(store.num_partitions).flat_map(synthesis_todo, fn_kwargs={"corpus": corpus},
-                                                        num_cpus=PARTITION_TASK_CPUS, max_retries=TASK_MAX_RETRIES)
+                                                        num_cpus=PARTITION_TASK_CPUS, ray_remote_args_fn=task_retries)
         return StagePlan(totals, dataset=ds if expected else None, units=expected - done,
                          worker_args={"corpus": corpus})
 

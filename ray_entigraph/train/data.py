@@ -24,10 +24,10 @@ from ray_entigraph.config import EntiGraphConfig, InputConfig
 from ray_entigraph.context import RunContext
 from ray_entigraph.corpus import Corpus, read_documents, read_synthetic
 from ray_entigraph.engines.hf import load_tokenizer
-from ray_entigraph.errors import InputError
+from ray_entigraph.errors import InputError, StageFailed
 from ray_entigraph.inputs import list_input_files, records_from_file
 from ray_entigraph.layout import Layout, base_model_name, shard_basename
-from ray_entigraph.stages.base import ray_node_id
+from ray_entigraph.stages.base import ray_node_id, run_unit, start_attempt_counter
 from ray_entigraph.train.pack import megadocs, pack_tails, pack_token_lists, tokenizer_bos
 
 PACK_FORMAT = "pack=2"  # BOS where the tokenizer starts texts with one, tails kept (format 1 dropped them)
@@ -145,38 +145,50 @@ class PackWorker:
 
         entries = []
         for unit in batch.to_pylist():
-            started = time.time()
-            store = self.layout.blocks(unit["source"])
-            keys = unit_keys(self.config, unit)
-            parquet_url = storage.join(store.url, storage.shard_name(keys) + ".parquet")
-            if unit["fmt"] == "tails":
-                parts = [tail_url(storage.join(store.url, name + ".parquet")) for name in unit["parts"]]
-                blocks, repeated = pack_tails([np.frombuffer(storage.read_bytes(u), dtype="<i4") for u in parts],
-                                              self.config.train.block_len)
-                stats = {"num_texts": 0, "num_tokens": int(blocks.size) - repeated, "repeated_tokens": repeated}
-            else:
-                texts = read_texts(unit, self.corpus, _megadoc_unit(self.config, unit))
-                # texts are text: an "<|endoftext|>" written in one is not an end-of-text token (the packer adds it)
-                ids = (self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
-                       if texts else [])
-                blocks, tail = pack_token_lists(ids, self.config.train.block_len, self.tokenizer.eos_token_id,
-                                                self.bos_id)
-                # the tail, written before the marker: the source's tails shard packs it (no token lost)
-                storage.write_bytes(tail_url(parquet_url), tail.astype("<i4").tobytes())
-                stats = {"num_texts": len(texts), "num_tokens": int(blocks.size + tail.size),
-                         "tail_tokens": int(tail.size)}
-            offsets = pa.array(np.arange(0, blocks.size + 1, self.config.train.block_len, dtype=np.int32))
-            table = pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(blocks.reshape(-1)))},
-                             schema=schema.BLOCKS)
-            # the same blocks as one flat little-endian int32 array, written before the marker: a training rank
-            # reads only its own blocks from it (a byte range, or a memory map on a local disk)
-            storage.write_bytes(raw_url(parquet_url), blocks.astype("<i4").tobytes())
-            entry = store.commit(table, None, keys=keys, stats={
-                "source": unit["source"], "source_file": unit["url"], **stats,
-                "wall_s": round(time.time() - started, 3), "node_id": ray_node_id(),
-            })
-            entries.append({"source": unit["source"], "rows": entry["rows"], "num_tokens": entry["num_tokens"]})
+            store, keys = self.layout.blocks(unit["source"]), unit_keys(self.config, unit)
+            entries.append(run_unit(store, keys, self.config.resources.max_unit_attempts,
+                                    lambda unit=unit, store=store, keys=keys: self._pack(unit, store, keys),
+                                    lambda reason, unit=unit: self._give_up(unit, reason)))
         return pa.Table.from_pylist(entries)
+
+    @staticmethod
+    def _give_up(unit: dict, reason: str):
+        """Training needs every block: a unit that cannot be packed stops the run, naming it."""
+        raise StageFailed(f"Packing {unit['url']} ({unit['source']}) failed: {reason}. Fix the cause (often memory: "
+                          "more memory per pack actor, or smaller input files) and re-run.")
+
+    def _pack(self, unit: dict, store: storage.StageStore, keys: list[str]) -> dict:
+        import pyarrow as pa
+
+        started = time.time()
+        parquet_url = storage.join(store.url, storage.shard_name(keys) + ".parquet")
+        if unit["fmt"] == "tails":
+            parts = [tail_url(storage.join(store.url, name + ".parquet")) for name in unit["parts"]]
+            blocks, repeated = pack_tails([np.frombuffer(storage.read_bytes(u), dtype="<i4") for u in parts],
+                                          self.config.train.block_len)
+            stats = {"num_texts": 0, "num_tokens": int(blocks.size) - repeated, "repeated_tokens": repeated}
+        else:
+            texts = read_texts(unit, self.corpus, _megadoc_unit(self.config, unit))
+            # texts are text: an "<|endoftext|>" written in one is not an end-of-text token (the packer adds it)
+            ids = (self.tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+                   if texts else [])
+            blocks, tail = pack_token_lists(ids, self.config.train.block_len, self.tokenizer.eos_token_id,
+                                            self.bos_id)
+            # the tail, written before the marker: the source's tails shard packs it (no token lost)
+            storage.write_bytes(tail_url(parquet_url), tail.astype("<i4").tobytes())
+            stats = {"num_texts": len(texts), "num_tokens": int(blocks.size + tail.size),
+                     "tail_tokens": int(tail.size)}
+        offsets = pa.array(np.arange(0, blocks.size + 1, self.config.train.block_len, dtype=np.int32))
+        table = pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(blocks.reshape(-1)))},
+                         schema=schema.BLOCKS)
+        # the same blocks as one flat little-endian int32 array, written before the marker: a training rank
+        # reads only its own blocks from it (a byte range, or a memory map on a local disk)
+        storage.write_bytes(raw_url(parquet_url), blocks.astype("<i4").tobytes())
+        entry = store.commit(table, None, keys=keys, stats={
+            "source": unit["source"], "source_file": unit["url"], **stats,
+            "wall_s": round(time.time() - started, 3), "node_id": ray_node_id(),
+        })
+        return {"source": unit["source"], "rows": entry["rows"], "num_tokens": entry["num_tokens"]}
 
 
 def run_pack(config: EntiGraphConfig, ctx: RunContext | None = None) -> dict[str, int]:
@@ -204,6 +216,7 @@ def run_pack(config: EntiGraphConfig, ctx: RunContext | None = None) -> dict[str
         marker = storage.join(store.committed_url, storage.shard_name(unit_keys(config, unit)) + ".json")
         if not storage.exists(marker):
             todo.append(unit)
+    start_attempt_counter()
     # two passes: the units, then each source's tails shard (it reads the tails the first pass wrote)
     for wave in ([u for u in todo if u["fmt"] != "tails"], [u for u in todo if u["fmt"] == "tails"]):
         if not wave:

@@ -132,3 +132,85 @@ def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local
     summary = curation_summary(ctx)  # what the synthesis summary prints
     assert summary["judge_rated"] == len(rated) and summary["judge_unrated"] == len(failed)
     assert summary["dropped_judge"] == len(dropped) - 1  # all but the orphan, which has no document
+
+
+class _JudgeStandIn:
+    """An OpenAI-compatible chat server on loopback that rates every text 4, or answers 503 while `down` (an
+    outage of the judge); it counts the 200 answers per request key (header X-Request-Key)."""
+
+    def __init__(self):
+        import collections
+        import json
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        stand_in = self
+        self.down, self.answered = True, collections.Counter()
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if stand_in.down:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                stand_in.answered[self.headers.get("X-Request-Key")] += 1
+                body = json.dumps({"id": "c", "object": "chat.completion", "model": "judge",
+                                   "usage": {"prompt_tokens": 50, "completion_tokens": 5, "total_tokens": 55},
+                                   "choices": [{"index": 0, "finish_reason": "stop",
+                                                "message": {"role": "assistant", "content": '{"rating": 4}'}}]})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+
+
+def test_a_judge_outage_then_a_rerun_rates_every_row_once(ray_local, tiny_model_dir, small_corpus, tmp_path):
+    """The judge's server answers 503 to everything (max_retries=0): every row is recorded unrated and curation
+    drops it; once the server is back, the next run rates exactly those rows (each asked once), and curation
+    follows the new ratings: 0 rows left unrated, 0 rated twice, against the rows committed."""
+    stand_in = _JudgeStandIn()
+    out = tmp_path / "run"
+    config = load_config(None, [f"input.path={small_corpus}", f"output_dir={out}", f"model.name={tiny_model_dir}",
+                                "engine.kind=openai", f"engine.openai.base_url={stand_in.url}",
+                                "engine.openai.max_retries=0", "curate.enabled=true", "curate.judge=true",
+                                "curate.min_judge_score=0.5", "curate.min_chars=10", "max_error_fraction=1.0"])
+    try:
+        synthesize(config, ingest_only=True)
+        docs = stores.rows(out, schema.INGEST)
+        rows = [_row(f"t{i}", docs[i % 2], ". ".join(docs[i % 2]["text"].split(". ")[i:i + 2]) + ".")
+                for i in range(4)]
+        synthetic = RunContext.resolve(config).synthetic_store
+        for p, part in enumerate((rows[:2], rows[2:])):
+            synthetic.part(0).commit(schema.rows_to_table(part, schema.SYNTHETIC), None, keys=[f"shard{p}"],
+                                     stats={"num_ok": len(part)})
+        expected = {r["task_id"] for r in rows}
+        ctx = RunContext.resolve(config)
+        first = run_stage(Judge(), ctx)
+        assert first.num_ok == 0 and first.num_failed == len(rows)  # the outage: every row unrated
+        run_stage(Curate(), ctx)
+        curated = storage.StageStore(str(out), ctx.curated_stage())
+        assert not curated.read(schema=schema.CURATED).num_rows  # unrated rows are dropped by min_judge_score
+
+        stand_in.down = False  # the judge is back: the re-run asks exactly the unrated rows
+        second = run_stage(Judge(), ctx)
+        assert second.num_shards == 2
+        judged = storage.StageStore(str(out), ctx.judge_stage)
+        rated = [r["task_id"] for r in judged.read(schema=schema.JUDGED).to_pylist()]
+        assert sorted(rated) == sorted(expected), "a row lost or rated twice"
+        assert set(stand_in.answered) == expected and set(stand_in.answered.values()) == {1}
+        assert run_stage(Judge(), ctx).num_shards == 0  # nothing left to rate
+        run_stage(Curate(), ctx)  # the shards curated before the ratings came are curated again
+        kept = [r["task_id"] for r in curated.read(schema=schema.CURATED).to_pylist()]
+        assert sorted(kept) == sorted(expected)  # rated 4 -> score 0.75 >= 0.5
+    finally:
+        stand_in.server.shutdown()

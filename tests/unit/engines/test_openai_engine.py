@@ -196,6 +196,7 @@ class ScriptedServer:
         self.attempts: Counter = Counter()
         self.answered: Counter = Counter()  # successful (200) answers per key
         self.auth_headers: list[str | None] = []
+        self.gateway_headers: list[str | None] = []
         self.bodies: list[dict] = []
         self.in_flight = self.max_in_flight = 0
         self.lock = threading.Lock()
@@ -218,6 +219,7 @@ class ScriptedServer:
                 with server.lock:
                     server.attempts[key] += 1
                     server.auth_headers.append(self.headers.get("Authorization"))
+                    server.gateway_headers.append(self.headers.get("X-Gateway-Token"))
                     server.bodies.append(body)
                     script = server.scripts.get(key, [("ok",)])
                     action = script.pop(0) if len(script) > 1 else script[0]
@@ -399,6 +401,23 @@ def test_api_key_is_sent_but_never_shown(scripted, monkeypatch, caplog):
     assert SECRET not in repr(engine) and "RE_TEST_KEY" in repr(engine)
     assert SECRET.encode() not in pickle.dumps(engine)
     assert SECRET not in caplog.text
+
+
+def test_custom_headers_come_from_the_environment_and_are_never_shown(scripted, monkeypatch):
+    monkeypatch.setenv("RE_GATEWAY", SECRET)
+    server = scripted({"k": [("status", 400, {}, {"error": {"message": f"bad token {SECRET}"}})]})
+    engine = engine_for(server.url, headers_from_env={"X-Gateway-Token": "RE_GATEWAY"})
+    (result,) = engine.generate([request("k")])
+    assert server.gateway_headers == [SECRET] and SECRET not in result.error and "<redacted>" in result.error
+    assert SECRET not in repr(engine) and SECRET.encode() not in pickle.dumps(engine)
+    monkeypatch.delenv("RE_GATEWAY")
+    with pytest.raises(EngineError, match="RE_GATEWAY"):
+        engine_for(server.url, headers_from_env={"X-Gateway-Token": "RE_GATEWAY"})
+    for bad in ({"X-Cloud": "AWS_SECRET_ACCESS_KEY"}, {"Authorization": "RE_GATEWAY"}, {"Bad Header": "RE_GATEWAY"}):
+        with pytest.raises(ValueError, match="headers_from_env"):
+            OpenAIConfig(base_url=server.url, api_key_env=None, headers_from_env=bad)
+    with pytest.raises(ValueError, match="plain HTTP to another machine"):
+        OpenAIConfig(base_url="http://10.0.0.5:8000/v1", api_key_env=None, headers_from_env={"X-G": "RE_GATEWAY"})
 
 
 def test_missing_key_remote_is_an_error_local_sends_none(scripted, monkeypatch, caplog):
