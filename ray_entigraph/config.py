@@ -190,8 +190,9 @@ class ResourcesConfig(_Section):
     max_unit_attempts: int = Field(3, ge=1, le=100, description=(
         "Attempts of one unit of work (one model-actor call) whose actor dies while running it (out of memory, a "
         "segfault, a killed process); after that the unit's requests are recorded as failed with the reason, the "
-        "rest of the run goes on and the next run retries them. CPU tasks (planning, sealing, curation, packing) "
-        "are retried as many times on a dead worker, then the stage fails."))
+        "rest of the run goes on and the next run retries them (packing, which cannot skip a unit, stops the run "
+        "instead). A CPU task (planning, sealing, curation) whose worker dies 3 times on the same input stops its "
+        "stage."))
 
 
 class SamplingConfig(_Section):

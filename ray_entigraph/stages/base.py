@@ -90,12 +90,7 @@ def worker_config(config: EntiGraphConfig) -> EntiGraphConfig:
 
 ATTEMPTS_ACTOR = "ray-entigraph-unit-attempts"  # one per job, owned by the driver (it dies with the job)
 KILL_UNIT_ENV = "RAY_ENTIGRAPH_FAULT_KILL_UNIT"  # fault tests: <stage>:<file>, a unit killed every time it runs
-TASK_MAX_RETRIES = 3  # CPU tasks (planning, sealing, curation, packing) retried on a dead worker, then the stage fails
-
-
-def task_retries() -> dict[str, int]:
-    """Remote arguments of every CPU task (`ray_remote_args_fn`): bounded retries, where Ray Data's are not."""
-    return {"max_retries": TASK_MAX_RETRIES}
+TASK_MAX_RETRIES = 3  # CPU tasks (planning, sealing, curation) whose worker dies this often on one input stop the stage
 
 
 class UnitAttempts:
@@ -159,11 +154,12 @@ def _fault_kill_unit(store_url: str, unit: str) -> None:
             os.kill(os.getpid(), 9)
 
 
-def run_unit(store: storage.StageStore | PartitionedStore, keys: list[str], max_attempts: int,
-             work: Callable[[], T], give_up: Callable[[str], T]) -> T:
-    """Run one unit of work (`work()` commits it), unless its worker already died on it `max_attempts` times:
-    then `give_up(reason)` commits its requests as failed with the reason, without touching the engine."""
-    unit = storage.shard_name([store.url, *keys])
+def run_unit(where: str, keys: list[str], max_attempts: int, work: Callable[[], T],
+             give_up: Callable[[str], T]) -> T:
+    """Run one unit of work (`work()` commits it; `where`: the folder it commits to, `keys`: what it holds),
+    unless its worker already died on it `max_attempts` times: then `give_up(reason)` records it as failed
+    (or raises), without running it."""
+    unit = storage.shard_name([where, *keys])
     counter = _attempt_counter()
     attempt = ray_get(counter.begin.remote(unit)) if counter is not None else 1
     if attempt > max_attempts:
@@ -171,11 +167,30 @@ def run_unit(store: storage.StageStore | PartitionedStore, keys: list[str], max_
                       f"process): recorded as failed after resources.max_unit_attempts={max_attempts}; the next run "
                       "retries it")
     else:
-        _fault_kill_unit(store.url, unit)
+        _fault_kill_unit(where, unit)
         out = work()
     if counter is not None:
         counter.end.remote(unit)
     return out
+
+
+def bounded_task(fn: Callable, what: str) -> Callable:
+    """`fn` (a CPU task of Ray Data: planning, sealing, curation) with the same bound on attempts as a model
+    unit: a task whose worker dies TASK_MAX_RETRIES times on the same input stops the stage, naming `what`
+    (Ray Data would retry it without end)."""
+    import functools
+    import pickle
+
+    @functools.wraps(fn)
+    def bounded(batch, **kwargs):
+        def give_up(reason: str):
+            raise StageFailed(f"{what} failed: {reason.split(': recorded')[0]}. Fix the cause (often memory per "
+                              "task) and re-run.")
+
+        return run_unit(what, [storage.shard_name([pickle.dumps(batch).hex()])], TASK_MAX_RETRIES,
+                        lambda: fn(batch, **kwargs), give_up)
+
+    return bounded
 
 
 def ray_get(ref):
@@ -341,8 +356,9 @@ def partition_ids(num_partitions: int, blocks: int = 64):
 def run_partition_tasks(num_partitions: int, fn, **fn_kwargs) -> list[dict]:
     """Run a function over every partition id on CPU tasks and return what it reported per partition
     (P small rows: the only per-partition data the driver holds)."""
-    ds = partition_ids(num_partitions).map_batches(fn, fn_kwargs=fn_kwargs, batch_size=None,
-                                                   num_cpus=PARTITION_TASK_CPUS, ray_remote_args_fn=task_retries)
+    start_attempt_counter()
+    ds = partition_ids(num_partitions).map_batches(bounded_task(fn, f"the partition task {fn.__name__}"),
+                                                   fn_kwargs=fn_kwargs, batch_size=None, num_cpus=PARTITION_TASK_CPUS)
     return [r for r in ds.iter_rows()]
 
 

@@ -25,7 +25,7 @@ from ray_entigraph.corpus import synthetic_shards
 from ray_entigraph.layout import Layout, shard_basename
 from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import PromptSet, render
-from ray_entigraph.stages.base import Stage, StagePlan, commit_unit, error_row, items, task_retries
+from ray_entigraph.stages.base import Stage, StagePlan, bounded_task, commit_unit, error_row, items
 from ray_entigraph.stages.judge import judge_scores
 from ray_entigraph.stages.synthesize import prompt_values, template_for
 from ray_entigraph.text.dedup import SIGNATURE_DTYPE, band_keys, bucket_pairs, duplicates_to_drop, lsh_params, signature
@@ -217,9 +217,10 @@ class Curate(Stage):
         if ctx.config.curate.dedup:
             # every shard's signatures (dedup is corpus-wide), bucketed by LSH band key
             bands = items([{"url": u} for u in sources]).map_batches(
-                signatures_batch, fn_kwargs={"job": job}, batch_size=1, num_cpus=1, ray_remote_args_fn=task_retries)
+                bounded_task(signatures_batch, "curation (signatures)"), fn_kwargs={"job": job}, batch_size=1,
+                num_cpus=1)
             pairs = bands.groupby("band").map_groups(candidate_pairs, batch_format="pyarrow")
             duplicates = duplicates_to_drop(((r["a"], r["b"], r["similarity"]) for r in pairs.iter_rows()),
                                             ctx.config.curate.dedup_threshold)
-        return plan.dataset.map_batches(commit_batch, fn_kwargs={"job": job, "duplicates": duplicates},
-                                        batch_size=1, num_cpus=1, ray_remote_args_fn=task_retries)
+        return plan.dataset.map_batches(bounded_task(commit_batch, "curation"),
+                                        fn_kwargs={"job": job, "duplicates": duplicates}, batch_size=1, num_cpus=1)

@@ -22,6 +22,7 @@ from ray_entigraph.stages.base import (
     Stage,
     StagePlan,
     Usage,
+    bounded_task,
     commit_partitioned,
     current_totals,
     error_row,
@@ -31,7 +32,6 @@ from ray_entigraph.stages.base import (
     run_unit,
     seal_stage,
     shard_identity,
-    task_retries,
     units_of_work,
     worker_config,
 )
@@ -60,7 +60,7 @@ class EntityExtractionWorker:
 
     def __call__(self, batch):
         docs = batch.select(["doc_id", "title", "text", "request_key"]).to_pylist()
-        return run_unit(self.store, [d["request_key"] for d in docs], self.config.resources.max_unit_attempts,
+        return run_unit(self.store.url, [d["request_key"] for d in docs], self.config.resources.max_unit_attempts,
                         lambda: self._run(docs), lambda reason: self._give_up(docs, reason))
 
     def _give_up(self, docs: list[dict], reason: str):
@@ -161,9 +161,9 @@ class Extract(Stage):
         counts = run_partition_tasks(store.num_partitions, extraction_counts, corpus=corpus)
         expected, done = sum(r["documents"] for r in counts), sum(r["done"] for r in counts)
         totals = StageTotals(self.name, expected=expected, done_before=done)
-        ds = partition_ids(store.num_partitions).map_batches(extraction_todo, fn_kwargs={"corpus": corpus},
-                                                             batch_size=1, num_cpus=PARTITION_TASK_CPUS,
-                                                             ray_remote_args_fn=task_retries)
+        todo = bounded_task(extraction_todo, "extraction planning")
+        ds = partition_ids(store.num_partitions).map_batches(todo, fn_kwargs={"corpus": corpus}, batch_size=1,
+                                                             num_cpus=PARTITION_TASK_CPUS)
         return StagePlan(totals, dataset=ds if expected > done else None, units=expected - done, unit="documents")
 
     def apply(self, ctx, plan):

@@ -98,7 +98,7 @@ class IngestWorker:
 
     def __call__(self, batch):
         (url,), (fmt,), (file_id,) = (batch.column(c).to_pylist() for c in ("path", "format", "file_id"))
-        return run_unit(self.store, [file_id], self.config.resources.max_unit_attempts,
+        return run_unit(self.store.url, [file_id], self.config.resources.max_unit_attempts,
                         lambda: self._ingest(url, fmt, file_id), lambda reason: self._give_up(url, file_id, reason))
 
     def _give_up(self, url: str, file_id: str, reason: str):

@@ -127,7 +127,7 @@ class JudgeWorker:
 
     def __call__(self, batch: dict):
         return pa.concat_tables([
-            run_unit(self.store, [str(url)], self.config.resources.max_unit_attempts,
+            run_unit(self.store.url, [str(url)], self.config.resources.max_unit_attempts,
                      lambda url=url, prev=prev: self._judge_shard(str(url), str(prev)),
                      lambda reason, url=url, prev=prev: self._judge_shard(str(url), str(prev), give_up=reason))
             for url, prev in zip(batch["url"], batch["previous"])])

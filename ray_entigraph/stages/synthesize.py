@@ -23,6 +23,7 @@ from ray_entigraph.stages.base import (
     Stage,
     StagePlan,
     Usage,
+    bounded_task,
     commit_partitioned,
     current_totals,
     error_row,
@@ -32,7 +33,6 @@ from ray_entigraph.stages.base import (
     run_unit,
     seal_stage,
     shard_identity,
-    task_retries,
     units_of_work,
     worker_config,
 )
@@ -83,7 +83,7 @@ class RelationSynthesisWorker:
     def __call__(self, batch):
         groups = batch.to_pylist()
         tasks = [(t["task_id"], g["doc_id"]) for g in groups for t in g["tasks"]]
-        return run_unit(self.store, [k for k, _ in tasks], self.config.resources.max_unit_attempts,
+        return run_unit(self.store.url, [k for k, _ in tasks], self.config.resources.max_unit_attempts,
                         lambda: self._run(groups), lambda reason: self._give_up(tasks, reason))
 
     def _give_up(self, tasks: list[tuple[str, str]], reason: str):
@@ -147,8 +147,9 @@ class Synthesize(Stage):
         corpus = replace(corpus, budget=budget)
         done = min(sum(r["done"] for r in counts), expected)
         totals = StageTotals(self.name, expected=expected, done_before=done)
-        ds = partition_ids(store.num_partitions).flat_map(synthesis_todo, fn_kwargs={"corpus": corpus},
-                                                        num_cpus=PARTITION_TASK_CPUS, ray_remote_args_fn=task_retries)
+        todo = bounded_task(synthesis_todo, "synthesis planning")
+        ds = partition_ids(store.num_partitions).flat_map(todo, fn_kwargs={"corpus": corpus},
+                                                          num_cpus=PARTITION_TASK_CPUS)
         return StagePlan(totals, dataset=ds if expected else None, units=expected - done,
                          worker_args={"corpus": corpus})
 

@@ -146,7 +146,7 @@ class PackWorker:
         entries = []
         for unit in batch.to_pylist():
             store, keys = self.layout.blocks(unit["source"]), unit_keys(self.config, unit)
-            entries.append(run_unit(store, keys, self.config.resources.max_unit_attempts,
+            entries.append(run_unit(store.url, keys, self.config.resources.max_unit_attempts,
                                     lambda unit=unit, store=store, keys=keys: self._pack(unit, store, keys),
                                     lambda reason, unit=unit: self._give_up(unit, reason)))
         return pa.Table.from_pylist(entries)
