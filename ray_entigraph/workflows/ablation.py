@@ -104,6 +104,26 @@ class AblationRun:
     config: EntiGraphConfig | None = None
 
 
+def plan_runs(config: EntiGraphConfig, arms: dict[str, EntiGraphConfig], common: int) -> list[AblationRun]:
+    """Every (budget, seed, arm) training of the ablation, each in a folder that names its step count."""
+    runs: list[AblationRun] = []
+    for budget in ablation_budgets(common, config.train.block_len, config.ablation.num_budgets):
+        steps = equal_steps(config, budget)
+        for seed in config.ablation.seeds:
+            for variant, arm in arms.items():
+                # the run seed's arms keep plain names (and train.seed unset), so adding seeds reuses them
+                name = f"{variant}-{budget}" + ("" if seed == config.seed else f"-seed{seed}")
+                # the folder names the step count: other epochs train anew, never resume an arm's old checkpoints
+                folder = f"ablation/{name.replace('+', '-plus-')}-{steps}steps"
+                runs.append(AblationRun(name, variant, budget, seed, steps, derive(arm, [
+                    f"train.name={folder}", f"train.max_steps={steps}",
+                    f"train.epochs={max(config.train.epochs, MIN_STREAM_EPOCHS)}",
+                    f"train.max_synthetic_tokens={budget if ARMS[variant].synthetic else 'null'}",
+                    f"train.seed={'null' if seed == config.seed else seed}",
+                ])))
+    return runs
+
+
 @leased("ablate")
 def ablate(config: EntiGraphConfig) -> AblationSummary:
     """Synthesis variants and filters trained at equal synthetic tokens and equal steps, evaluated alike."""
@@ -132,19 +152,7 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
     if not common:
         raise ConfigError(f"ablate: an arm has no synthetic blocks to train on ({available}). Fix: synthesize more "
                          "(plan.*) or loosen the curate thresholds (ablation.min_grounding).")
-    runs: list[AblationRun] = []
-    for budget in ablation_budgets(common, config.train.block_len, config.ablation.num_budgets):
-        steps = equal_steps(config, budget)
-        for seed in config.ablation.seeds:
-            for variant, arm in arms.items():
-                # the run seed's arms keep plain names (and train.seed unset), so adding seeds reuses them
-                name = f"{variant}-{budget}" + ("" if seed == config.seed else f"-seed{seed}")
-                runs.append(AblationRun(name, variant, budget, seed, steps, derive(arm, [
-                    f"train.name=ablation/{name.replace('+', '-plus-')}", f"train.max_steps={steps}",
-                    f"train.epochs={max(config.train.epochs, MIN_STREAM_EPOCHS)}",
-                    f"train.max_synthetic_tokens={budget if ARMS[variant].synthetic else 'null'}",
-                    f"train.seed={'null' if seed == config.seed else seed}",
-                ])))
+    runs = plan_runs(config, arms, common)
     tokens, stamps = {}, []
     for run in runs:
         arm = run.config

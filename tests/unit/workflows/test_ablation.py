@@ -15,6 +15,7 @@ from ray_entigraph.workflows.ablation import (
     aggregate_arms,
     arm_config,
     equal_steps,
+    plan_runs,
     verdict,
 )
 from ray_entigraph.workflows.plots import SERIES_STYLES
@@ -107,3 +108,14 @@ def test_ablation_averages_seeds_per_question_and_pairs_arms_on_those_means():
     assert e["seeds"] == [0, 1] and e["accuracy"] == pytest.approx(0.375) and e["accuracy_per_seed"] == [0.5, 0.25]
     assert d["accuracy"] == pytest.approx(0.875) and d["delta_vs_entigraph"] == pytest.approx(0.5)
     assert d["perplexity_knowledge"] == pytest.approx(4.0)  # the mean over its seeds
+
+
+def test_other_epochs_train_each_arm_in_a_new_folder_never_resuming_old_checkpoints():
+    config = load_config("configs/demo.yaml", [])
+    arms = {v: arm_config(config, v) for v in ("entigraph", "raw-cpt")}
+    before = plan_runs(config, arms, 36)
+    after = plan_runs(derive(config, [f"ablation.epochs={config.ablation.epochs + 3}"]), arms, 36)
+    assert [r.name for r in before] == [r.name for r in after]  # the same arms in the report
+    for old, new in zip(before, after):
+        assert new.steps != old.steps and new.config.train.max_steps == new.steps
+        assert new.config.train.name != old.config.train.name and new.config.train.name.endswith(f"-{new.steps}steps")
