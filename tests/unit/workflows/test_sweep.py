@@ -36,3 +36,65 @@ def test_sweep_report_fits_the_entigraph_points_and_writes_plot_and_json():
     lines = summary.lines()
     assert lines[0].startswith("base") and any(line.startswith("fit ") for line in lines)
     assert lines[-1] == f"plot             {summary.plot_url}"
+
+
+def test_a_sweep_with_a_new_budget_trains_only_that_arm_and_evaluates_every_arm_again(tmp_path, monkeypatch, capsys):
+    import importlib
+    from dataclasses import dataclass
+    from types import SimpleNamespace
+
+    from ray_entigraph import schema
+
+    # the module, not the `sweep` function that ray_entigraph.workflows exports under the same name
+    sweep_module = importlib.import_module("ray_entigraph.workflows.sweep")
+
+    @dataclass
+    class _Done:
+        rows: int = 0
+        synthetic_tokens_used: int = 0
+
+        def lines(self) -> list[str]:
+            return []
+
+    calls: dict[str, list] = {"synthesize": [], "train": [], "eval": []}
+
+    def fake_eval(config, models, out_url):
+        calls["eval"].append([label for label, _ in models])
+        summary = [{"label": label, "accuracy": 0.3 + 0.01 * i, "accuracy_ci95": [0.2, 0.4]}
+                   for i, (label, _) in enumerate(models)]
+        storage.write_text(storage.join(out_url, "report.json"), json.dumps({"summary": summary}))
+        return _Done()
+
+    ctx = SimpleNamespace(input_identity=lambda: "inputs-v1")
+    monkeypatch.setattr(sweep_module, "preflight", lambda config, command: (ctx, []))
+    monkeypatch.setattr(sweep_module, "synthesize",
+                        lambda config, ctx=None: calls["synthesize"].append(1) or _Done(rows=40))
+    monkeypatch.setattr(sweep_module, "init_ray", lambda config: None)
+    monkeypatch.setattr(sweep_module, "run_pack", lambda config: {schema.SYNTHETIC_SOURCE: 10})
+    monkeypatch.setattr(sweep_module, "run_train", lambda arm: calls["train"].append(arm.train.max_synthetic_tokens)
+                        or _Done(synthetic_tokens_used=arm.train.max_synthetic_tokens))
+    monkeypatch.setattr(sweep_module, "run_eval", fake_eval)
+    monkeypatch.setattr(sweep_module, "accuracy_vs_tokens_plot", lambda points, fitted, url: None)
+
+    def sweep(budgets: str):
+        for key in calls:
+            calls[key].clear()
+        summary = sweep_module.sweep(load_config(None, [f"output_dir={tmp_path}", f"sweep.budgets={budgets}",
+                                                        "sweep.baselines=[]"]))
+        return summary, capsys.readouterr().out
+
+    first, _ = sweep("[128]")
+    assert calls == {"synthesize": [1], "train": [128], "eval": [["base", "entigraph-128"]]}
+    assert [p["arm"] for p in first.points] == ["base", "entigraph-128"]
+
+    second, log = sweep("[128, 256]")
+    assert calls == {"synthesize": [], "train": [256], "eval": [["base", "entigraph-128", "entigraph-256"]]}
+    assert "sweep/train-entigraph-128: done earlier" in log and "sweep/train-entigraph-256: starting" in log
+    assert "sweep/eval: starting" in log
+    assert [(p["arm"], p["synthetic_tokens"]) for p in second.points] == [
+        ("base", 0), ("entigraph-128", 128), ("entigraph-256", 256)]
+
+    third, log = sweep("[256, 128]")  # the same budgets in another order: nothing runs
+    assert calls == {"synthesize": [], "train": [], "eval": []}
+    assert "starting" not in log and log.count("done earlier") == 4  # synthesize, two trainings, the evaluation
+    assert third.points == second.points
