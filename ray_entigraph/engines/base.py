@@ -48,6 +48,8 @@ class GenerationResult:
     finish_reason: str = "stop"  # stop | length | error
     error: str | None = None
     num_retries: int = 0  # transport retries spent on this request (HTTP engines: 429, 5xx, timeouts)
+    transient: bool = False  # the failure says nothing about the request (a server unreachable or overloaded
+    # after every retry, a batch past its deadline): asking again later may well succeed
 
     @classmethod
     def failed(cls, key: str, reason: str, num_prompt_tokens: int = 0) -> "GenerationResult":

@@ -535,6 +535,7 @@ class OpenAIEngine:
                                      json=self._body(request))
             if reply.response is None:
                 result = GenerationResult.failed(request.key, reply.error or "unknown error")
+                result.transient = reply.status is None and (reply.error or "").startswith("gave up")
             else:
                 result = parse_chat_response(_payload_of(reply.response), request, prefill=self.openai.prefill)
             result.num_retries = reply.num_retries
@@ -562,6 +563,7 @@ class OpenAIEngine:
             line = answers.get(key)
             if line is None:
                 result = GenerationResult.failed(key, reason)
+                result.transient = "re-attaches" in reason  # the batch may still answer: a re-run asks it again
             else:
                 try:
                     result = parse_batch_line(line, request, prefill=self.openai.prefill,

@@ -109,18 +109,19 @@ class UnitAttempts:
         self.counts.pop(unit, None)
 
 
-_counter_handle: list = []  # the driver keeps its handle: a named actor without handles is collected
+_counter_handle: dict = {}  # job id -> the driver's handle (a named actor without handles is collected)
 
 
 def start_attempt_counter() -> None:
     """Create the job's attempt counter from the driver (so that it does not die with a worker)."""
     import ray  # lazy: Ray loads only when a stage runs
 
-    if _counter_handle:  # the owner's handle keeps the counter alive: never drop it for another
+    job = ray.get_runtime_context().get_job_id()
+    if job in _counter_handle:  # the owner's handle keeps the counter alive: never drop it for another
         return
-    handle = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(UnitAttempts).options(
+    _counter_handle.clear()  # a handle of an earlier Ray session in this process (ray.shutdown, ray.init)
+    _counter_handle[job] = ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=-1)(UnitAttempts).options(
         name=ATTEMPTS_ACTOR, get_if_exists=True).remote()
-    _counter_handle[:] = [handle]
 
 
 def _attempt_counter():
@@ -162,16 +163,16 @@ def run_unit(where: str, keys: list[str], max_attempts: int, work: Callable[[], 
     unit = storage.shard_name([where, *keys])
     counter = _attempt_counter()
     attempt = ray_get(counter.begin.remote(unit)) if counter is not None else 1
-    if attempt > max_attempts:
-        out = give_up(f"its worker died {attempt - 1} times while running it (out of memory, a crash or a killed "
-                      f"process): recorded as failed after resources.max_unit_attempts={max_attempts}; the next run "
-                      "retries it")
-    else:
+    try:
+        if attempt > max_attempts:
+            return give_up(f"its worker died {attempt - 1} times while running it (out of memory, a crash or a "
+                           f"killed process): recorded as failed after resources.max_unit_attempts={max_attempts}; "
+                           "the next run retries it")
         _fault_kill_unit(where, unit)
-        out = work()
-    if counter is not None:
-        counter.end.remote(unit)
-    return out
+        return work()
+    finally:  # reached when the unit ends or raises; a worker that dies never gets here, so its count stays
+        if counter is not None:
+            counter.end.remote(unit)
 
 
 def bounded_task(fn: Callable, what: str) -> Callable:

@@ -30,12 +30,14 @@ from ray_entigraph.layout import Layout, shard_basename
 from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import ChatTemplate, render, render_chat
 from ray_entigraph.stages.base import (
+    USAGE_FIELDS,
     Stage,
     StagePlan,
     Usage,
     commit_unit,
     error_row,
     items,
+    manifest_row_table,
     model_actor_kwargs,
     run_unit,
     worker_config,
@@ -127,25 +129,33 @@ class JudgeWorker:
 
     def __call__(self, batch: dict):
         return pa.concat_tables([
-            run_unit(self.store.url, [str(url)], self.config.resources.max_unit_attempts,
-                     lambda url=url, prev=prev: self._judge_shard(str(url), str(prev)),
-                     lambda reason, url=url, prev=prev: self._judge_shard(str(url), str(prev), give_up=reason))
-            for url, prev in zip(batch["url"], batch["previous"])])
+            run_unit(self.store.url, [str(item["url"])], self.config.resources.max_unit_attempts,
+                     lambda item=item: self._judge_shard(item),
+                     lambda reason, item=item: self._judge_shard(item, give_up=reason))
+            for item in (dict(zip(batch, values)) for values in zip(*batch.values()))])
 
-    def _judge_shard(self, url: str, previous: str, give_up: str | None = None) -> pa.Table:
-        """Rate a synthetic shard's rows; `previous`: this shard's earlier judged rows (a re-run after
-        failures), kept as they are, so that only the rows without a rating are sent again."""
+    def _judge_shard(self, item: dict, give_up: str | None = None) -> pa.Table:
+        """Rate a synthetic shard's rows (`item["url"]`). On a re-run after transient failures, `item` names the
+        judged shard's earlier marker: its rated rows and its other failures are kept as they are, and only the
+        rows it lists as retryable are sent again; its engine usage is carried over."""
         started = time.time()
+        url, before = str(item["url"]), json.loads(str(item["before"]) or "{}")
         rows = storage.read_parquet(url, ["task_id", "doc_id", "text"]).to_pylist()
-        judged = storage.read_parquet(previous).to_pylist() if previous else []
-        rated = {r["task_id"] for r in judged}
-        rows = [r for r in rows if r["task_id"] not in rated]
+        judged = storage.read_parquet(storage.join(self.store.url, before["file"])).to_pylist() if before else []
+        errors = []
+        if before:
+            retry = set(before.get("retry_keys") or [])
+            rows = [r for r in rows if r["task_id"] in retry]
+            if before.get("error_file"):
+                errors = [e for e in storage.read_parquet(storage.join(self.config.output_dir, before["error_file"]))
+                          .to_pylist() if e["request_key"] not in retry]
+        kept = len(judged)
         docs = read_documents_of(self.doc_index, {r["doc_id"] for r in rows}) if give_up is None else {}
-        errors, requests, by_key = [], [], {}
-        retryable = len(rows) if give_up is not None else 0
+        requests, by_key, retry_keys = [], {}, []
         for row in rows:
-            if give_up is not None:
+            if give_up is not None:  # its actor died on it: a re-run asks again
                 errors.append(error_row(schema.JUDGE, row["task_id"], row["doc_id"], give_up))
+                retry_keys.append(row["task_id"])
                 continue
             if row["doc_id"] not in docs:
                 errors.append(error_row(schema.JUDGE, row["task_id"], row["doc_id"],
@@ -153,22 +163,31 @@ class JudgeWorker:
                 continue
             requests.append(judge_request(self.template, row, docs[row["doc_id"]], constrained=self.constrained))
             by_key[row["task_id"]] = row
-        usage = Usage()
+        usage = Usage(**{k: int(before.get(k, 0)) for k in USAGE_FIELDS})
         for result in self.engine.generate(requests) if requests else []:
             usage.add(result)
             row = by_key[result.key]
             out, reason = judged_row(row, result, self.engine.model_name, self.prompt_version)
-            retryable += bool(result.error)  # the engine failed (an outage): a re-run asks again
             if out is None:
                 errors.append(error_row(schema.JUDGE, row["task_id"], row["doc_id"], reason or "no rating"))
+                if result.transient:  # an outage, not an answer: a re-run asks again
+                    retry_keys.append(row["task_id"])
             else:
                 judged.append(out)
         name = shard_basename(url)
         mean = (sum(r["judge_score"] for r in judged) / len(judged)) if judged else None
-        return commit_unit(self.store, judged, errors, row_schema=schema.JUDGED, key_column=None, started=started,
-                           usage=usage, stats={"source_shard": name, "mean_judge_score": mean,
-                                               "num_retryable": retryable},
-                           name_keys=[name, self.store.stage])
+        table = commit_unit(self.store, judged, errors, row_schema=schema.JUDGED, key_column=None, started=started,
+                            usage=usage, stats={"source_shard": name, "mean_judge_score": mean,
+                                                "num_retryable": len(retry_keys), "retry_keys": retry_keys},
+                            name_keys=[name, self.store.stage])
+        if not before:
+            return table
+        # what this call did: the rows it rated and the ones still failing of those it asked again
+        row = table.to_pylist()[0]
+        row.update(num_ok=len(judged) - kept, num_failed=len(rows) - (len(judged) - kept))
+        for k in USAGE_FIELDS:
+            row[k] -= int(before.get(k, 0))
+        return manifest_row_table([row])
 
 
 class Judge(Stage):
@@ -187,19 +206,18 @@ class Judge(Stage):
         store = storage.StageStore(ctx.config.output_dir, self.folder(ctx))
         sources = synthetic_shards(ctx.corpus())
         judged = {e.get("source_shard"): e for e in store.manifest_entries()}
-        # a shard is judged unless the engine failed on some of its rows (an outage, a dead actor): then it is
-        # judged again, its rated rows kept and the others sent again. An answer without a rating, or a row
-        # whose document is gone, is not asked again (the judge decodes greedily: the same answer would come).
+        # a shard is judged unless some of its rows failed for a reason that says nothing about them (an outage,
+        # a dead actor): those are sent again, the rest of the shard kept. An answer without a rating, a prompt
+        # the engine refuses, or a row whose document is gone is not asked again (the judge decodes greedily).
         todo = [(url, e, judged.get(e["shard"])) for url, e in sources
                 if e["shard"] not in judged or int(judged[e["shard"]].get("num_retryable", 0))]
         expected = sum(int(e.get("rows", 0)) for _, e in sources)
-        left = sum(int(j["num_failed"]) if j else int(e.get("rows", 0)) for _, e, j in todo)
+        left = sum(int(j["num_retryable"]) if j else int(e.get("rows", 0)) for _, e, j in todo)
         totals = StageTotals(self.name, expected=expected, done_before=expected - left)
         if not todo:
             return StagePlan(totals)
         return StagePlan(totals, units=left, dataset=items([
-            {"url": url, "previous": storage.join(store.url, j["file"]) if j and j.get("rows") else ""}
-            for url, _, j in todo]))
+            {"url": url, "before": json.dumps(j) if j else ""} for url, _, j in todo]))
 
     def apply(self, ctx, plan):
         kwargs = model_actor_kwargs(ctx.judge_config)

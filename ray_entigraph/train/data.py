@@ -41,9 +41,12 @@ def pack_units(ctx: RunContext) -> list[dict]:
     units = []
     if config.train.corpus in ("synthetic", "synthetic+raw"):
         if config.curate.enabled:  # the curated copy (stages/curate.py)
-            for url in ctx.layout.store(ctx.curated_stage()).shard_urls():
-                units.append({"source": schema.SYNTHETIC_SOURCE, "url": url, "fmt": "parquet", "text_field": "text",
-                              "sort_by": "task_id", "internal": True})
+            store = ctx.layout.store(ctx.curated_stage())
+            for entry in store.manifest_entries():
+                if entry.get("rows", 0) > 0:  # named by content too: a shard curated again is packed again
+                    units.append({"source": schema.SYNTHETIC_SOURCE, "url": storage.join(store.url, entry["file"]),
+                                  "fmt": "parquet", "text_field": "text", "sort_by": "task_id", "internal": True,
+                                  "version": str(entry.get("sha256", ""))[:16]})
         else:
             units += _partition_units(ctx, "synthetic", ctx.synthetic_store, ctx.synthetic_identity)
     if config.train.corpus in ("raw", "synthetic+raw"):
@@ -90,7 +93,9 @@ def _partition_units(ctx: RunContext, kind: str, store, identity: str) -> list[d
 def _unit_id(unit: dict) -> str:
     if unit["fmt"] in ("synthetic", "documents", "tails"):
         return unit["url"].replace("/", "-")
-    return shard_basename(unit["url"]) if unit["internal"] else unit["url"]
+    if unit["internal"]:
+        return shard_basename(unit["url"]) + (f"@{unit['version']}" if unit.get("version") else "")
+    return unit["url"]
 
 
 def unit_keys(config: EntiGraphConfig, unit: dict) -> list[str]:

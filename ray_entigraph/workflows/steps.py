@@ -29,12 +29,12 @@ from ray_entigraph.pipeline import synthesize
 from ray_entigraph.train.launch import run_train
 from ray_entigraph.workflows.preflight import preflight
 
-# top-level config sections each kind of step does NOT depend on (resources and prices change how and at what
-# cost a step runs, never what it produces)
+# top-level config sections each kind of step does NOT depend on (resources, prices, storage timeouts and the
+# lease change how and at what cost a step runs, never what it produces)
 _IGNORED = {
-    "synthesize": ("train", "eval", "sweep", "ablation", "resources", "cost"),
-    "train": ("eval", "sweep", "ablation", "resources", "cost"),
-    "eval": ("sweep", "ablation", "resources", "cost"),
+    "synthesize": ("train", "eval", "sweep", "ablation", "resources", "cost", "storage", "lease"),
+    "train": ("eval", "sweep", "ablation", "resources", "cost", "storage", "lease"),
+    "eval": ("sweep", "ablation", "resources", "cost", "storage", "lease"),
 }
 # What a step's summary says it produced: part of its stamp, which the steps after it depend on.
 _PRODUCED = ("rows", "num_failed", "synthetic_tokens_used", "steps")

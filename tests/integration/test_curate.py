@@ -135,8 +135,8 @@ def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local
 
 
 class _JudgeStandIn:
-    """An OpenAI-compatible chat server on loopback that rates every text 4, or answers 503 while `down` (an
-    outage of the judge); it counts the 200 answers per request key (header X-Request-Key)."""
+    """An OpenAI-compatible chat server on loopback that rates every text 4, or answers 503 to the next
+    `failing` requests (an outage of the judge); it counts the 200 answers per request key (X-Request-Key)."""
 
     def __init__(self):
         import collections
@@ -145,12 +145,14 @@ class _JudgeStandIn:
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         stand_in = self
-        self.down, self.answered = True, collections.Counter()
+        self.failing, self.answered, self.lock = 0, collections.Counter(), threading.Lock()
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self):
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                if stand_in.down:
+                with stand_in.lock:
+                    down, stand_in.failing = stand_in.failing > 0, max(stand_in.failing - 1, 0)
+                if down:
                     self.send_response(503)
                     self.send_header("Content-Length", "0")
                     self.end_headers()
@@ -175,9 +177,11 @@ class _JudgeStandIn:
 
 
 def test_a_judge_outage_then_a_rerun_rates_every_row_once(ray_local, tiny_model_dir, small_corpus, tmp_path):
-    """The judge's server answers 503 to everything (max_retries=0): every row is recorded unrated and curation
-    drops it; once the server is back, the next run rates exactly those rows (each asked once), and curation
-    follows the new ratings: 0 rows left unrated, 0 rated twice, against the rows committed."""
+    """The judge's server answers 503 to 2 of 6 requests (max_retries=0): those rows are recorded unrated and
+    curation drops them; the next run asks exactly those rows again (each row is answered once in all), curation
+    follows the new ratings, and packing packs the new curated copy: 0 rows unrated, 0 rated twice."""
+    from ray_entigraph.train.data import pack_units
+
     stand_in = _JudgeStandIn()
     out = tmp_path / "run"
     config = load_config(None, [f"input.path={small_corpus}", f"output_dir={out}", f"model.name={tiny_model_dir}",
@@ -188,22 +192,23 @@ def test_a_judge_outage_then_a_rerun_rates_every_row_once(ray_local, tiny_model_
         synthesize(config, ingest_only=True)
         docs = stores.rows(out, schema.INGEST)
         rows = [_row(f"t{i}", docs[i % 2], ". ".join(docs[i % 2]["text"].split(". ")[i:i + 2]) + ".")
-                for i in range(4)]
+                for i in range(6)]
         synthetic = RunContext.resolve(config).synthetic_store
-        for p, part in enumerate((rows[:2], rows[2:])):
+        for p, part in enumerate((rows[:3], rows[3:])):
             synthetic.part(0).commit(schema.rows_to_table(part, schema.SYNTHETIC), None, keys=[f"shard{p}"],
                                      stats={"num_ok": len(part)})
         expected = {r["task_id"] for r in rows}
         ctx = RunContext.resolve(config)
+        stand_in.failing = 2  # the first shard judged (one shard per call, one actor) loses 2 of its 3 rows
         first = run_stage(Judge(), ctx)
-        assert first.num_ok == 0 and first.num_failed == len(rows)  # the outage: every row unrated
+        assert first.num_ok == 4 and first.num_failed == 2  # the outage: 2 rows unrated
         run_stage(Curate(), ctx)
         curated = storage.StageStore(str(out), ctx.curated_stage())
-        assert not curated.read(schema=schema.CURATED).num_rows  # unrated rows are dropped by min_judge_score
+        assert curated.read(schema=schema.CURATED).num_rows == 4  # unrated rows are dropped by min_judge_score
+        packed_before = {u["url"]: u["version"] for u in pack_units(ctx) if u["fmt"] == "parquet"}
 
-        stand_in.down = False  # the judge is back: the re-run asks exactly the unrated rows
-        second = run_stage(Judge(), ctx)
-        assert second.num_shards == 2
+        second = run_stage(Judge(), ctx)  # the judge is back: the re-run asks exactly the unrated rows
+        assert second.num_ok == 2 and second.num_failed == 0 and second.num_shards == 1
         judged = storage.StageStore(str(out), ctx.judge_stage)
         rated = [r["task_id"] for r in judged.read(schema=schema.JUDGED).to_pylist()]
         assert sorted(rated) == sorted(expected), "a row lost or rated twice"
@@ -212,5 +217,8 @@ def test_a_judge_outage_then_a_rerun_rates_every_row_once(ray_local, tiny_model_
         run_stage(Curate(), ctx)  # the shards curated before the ratings came are curated again
         kept = [r["task_id"] for r in curated.read(schema=schema.CURATED).to_pylist()]
         assert sorted(kept) == sorted(expected)  # rated 4 -> score 0.75 >= 0.5
+        packed_after = {u["url"]: u["version"] for u in pack_units(ctx) if u["fmt"] == "parquet"}
+        changed = [u for u, v in packed_before.items() if packed_after[u] != v]
+        assert len(packed_after) == 2 and len(changed) == 1  # the shard curated again is packed again
     finally:
         stand_in.server.shutdown()
