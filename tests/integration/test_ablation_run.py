@@ -34,15 +34,17 @@ def test_ablation_trains_every_arm_at_equal_tokens_and_steps(ray_local, tiny_mod
     for r in trained:
         assert r["seeds"] == [0, 1] and len(r["accuracy_per_seed"]) == 2
         for name in (r["arm"], f"{r['arm']}-seed1"):  # the run seed's arm keeps its plain name
-            metrics = (out / "ablation" / name / "metrics.jsonl").read_text().splitlines()
+            # each arm's folder names its step count
+            metrics = (out / "ablation" / f"{name}-{r['steps']}steps" / "metrics.jsonl").read_text().splitlines()
             assert json.loads(metrics[-1])["step"] == r["steps"]  # each training really ran that many steps
         assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] and r["delta_vs_base_ci95"] is not None
     # another training seed is another data order: the two seeds' trained weights differ
     import hashlib
 
     digest = lambda d: hashlib.sha256(b"".join(p.read_bytes() for p in sorted(d.glob("*.safetensors")))).hexdigest()  # noqa: E731
-    entigraph = next(r["arm"] for r in trained if r["variant"] == "entigraph")
-    assert digest(out / "ablation" / entigraph / "model") != digest(out / "ablation" / f"{entigraph}-seed1" / "model")
+    entigraph = next(r for r in trained if r["variant"] == "entigraph")
+    folder = lambda name: out / "ablation" / f"{name}-{entigraph['steps']}steps" / "model"  # noqa: E731
+    assert digest(folder(entigraph["arm"])) != digest(folder(f"{entigraph['arm']}-seed1"))
     assert next(r for r in trained if r["variant"] == "grounded")["delta_vs_entigraph_ci95"] is not None
     # the curated arm trained on a curated copy, with scores, beside the untouched synthetic corpus (dedup is
     # tested in test_curate.py)

@@ -81,14 +81,16 @@ def test_killed_at_a_named_moment_then_rerun_is_exactly_once(seed, tmp_path):
 
 
 def test_a_unit_whose_actor_dies_every_time_is_recorded_failed_and_the_rerun_completes(tmp_path):
-    """One synthesis unit SIGKILLs its actor every time it runs (as an out-of-memory kill would): it is tried
-    resources.max_unit_attempts times, then its requests are recorded as failed with the reason, the rest of
-    the run completes, and the next run (without the fault) retries exactly those: 0 lost, 0 duplicated."""
+    """Through `run`: one synthesis unit SIGKILLs its actor every time it runs (as an out-of-memory kill would):
+    it is tried resources.max_unit_attempts times, then its requests are recorded as failed with the reason, the
+    rest of the run completes and the step is "done with 2 failed"; the next `run` (without the fault) runs the
+    step again and retries exactly those: 0 lost, 0 duplicated."""
     from ray_entigraph.stages.base import KILL_UNIT_ENV
 
     out, poisoned = tmp_path / "run", tmp_path / "poisoned"
     env = {**os.environ, "RAY_ADDRESS": "", KILL_UNIT_ENV: f"{schema.SYNTHESIZE}:{poisoned}"}
-    cmd = [*_command(out), "resources.max_unit_attempts=2"]
+    cmd = [sys.executable, "-m", "ray_entigraph", "run", "--until", "synthesize", f"output_dir={out}", *ARGS,
+           "resources.max_unit_attempts=2"]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert first.returncode == 0, first.stderr[-3000:]
     assert poisoned.read_text()  # the fault did fire
@@ -99,10 +101,12 @@ def test_a_unit_whose_actor_dies_every_time_is_recorded_failed_and_the_rerun_com
     assert set(ok) | set(bad) == expected, "a key lost"
     assert len(bad) == 2  # the poisoned unit: one group of plan.tasks_per_group=2 tasks
     assert all("its worker died 2 times" in e["error"] and "max_unit_attempts=2" in e["error"] for e in failed)
-    assert "2 failed" in first.stdout + first.stderr
+    assert "synthesize: done" in first.stdout and "with 2 failed (the next run retries them)" in first.stdout
 
     env.pop(KILL_UNIT_ENV)
     rerun = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "done earlier with 2 failed; running it again to retry them" in rerun.stdout
+    assert "[synthetic] 2/2 requests" in rerun.stdout + rerun.stderr  # only the 2 failed ones were asked
     ids = [r["task_id"] for r in stores.rows(out, schema.SYNTHESIZE)]
     assert len(ids) == len(set(ids)) and set(ids) == expected
