@@ -130,7 +130,7 @@ def test_s3_endpoint_that_stops_answering_fails_within_the_timeouts_then_rerun_c
     out = f"{s3_bucket}/runs/outage"
     env = {**os.environ, "RAY_ADDRESS": "", "AWS_ENDPOINT_URL": proxy.url}
     cmd = _cli(out, small_corpus, tiny_model_dir, "storage.connect_timeout_s=2", "storage.read_timeout_s=2",
-               "storage.max_attempts=2")
+               "storage.max_attempts=2", "plan.max_pairs_per_doc=4", "plan.max_triplets_per_doc=1")
     bound_s = 150  # each request gives up after 2 x 2 s plus backoff; the driver then records the failure
     try:
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**env, "RAY_ENTIGRAPH_TEST_ENDPOINT": proxy.url},
