@@ -160,9 +160,11 @@ def run_unit(where: str, keys: list[str], max_attempts: int, work: Callable[[], 
     """Run one unit of work (`work()` commits it; `where`: the folder it commits to, `keys`: what it holds),
     unless its worker already died on it `max_attempts` times: then `give_up(reason)` records it as failed
     (or raises), without running it."""
+    import ray  # lazy: Ray loads only when a stage runs
+
     unit = storage.shard_name([where, *keys])
     counter = _attempt_counter()
-    attempt = ray_get(counter.begin.remote(unit)) if counter is not None else 1
+    attempt = ray.get(counter.begin.remote(unit)) if counter is not None else 1
     try:
         if attempt > max_attempts:
             return give_up(f"its worker died {attempt - 1} times while running it (out of memory, a crash or a "
@@ -192,12 +194,6 @@ def bounded_task(fn: Callable, what: str) -> Callable:
                         lambda: fn(batch, **kwargs), give_up)
 
     return bounded
-
-
-def ray_get(ref):
-    import ray  # lazy: Ray loads only when a stage runs
-
-    return ray.get(ref)
 
 
 def commit_unit(
