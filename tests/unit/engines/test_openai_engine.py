@@ -659,7 +659,9 @@ def test_batch_api_deadline_fails_every_request_and_keeps_the_record(tmp_path):
         server.close()
     assert elapsed < 6.0
     for res in results:
-        assert res.finish_reason == "error" and "batch-0" in res.error and "in_progress" in res.error
+        assert res.finish_reason == "error" and "batch-0" in res.error
+        # a loaded machine may reach the deadline before the stand-in's first poll moves it past "validating"
+        assert "last status 'in_progress'" in res.error or "last status 'validating'" in res.error
         assert "batch_deadline_s=1s" in res.error and str(record) in res.error and "re-attaches" in res.error
     assert [r.error for r in again] == [None, None] and len(server.uploads) == 1 and server.created == ["batch-0"]
     assert server.answered == Counter(["a", "b"]) and batch_records(tmp_path) == []
