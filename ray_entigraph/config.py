@@ -173,6 +173,10 @@ class EngineConfig(_Section):
         "document's requests."))
     min_prefix_tokens: int = Field(64, ge=1, description=(
         "transformers: reuse a shared prefix only when it is at least this long."))
+    structured_extraction: bool = Field(True, description=(
+        "transformers: decode entity extraction and judge ratings under their JSON schema with xgrammar, when it "
+        "is installed (vLLM's CPU build installs it; without it the engine prompts for JSON and parses leniently). "
+        "vLLM's own setting is engine.vllm.structured_extraction."))
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description="Settings of the vLLM engine.")
     openai: OpenAIConfig = Field(default_factory=OpenAIConfig, description=(
         "Settings of the OpenAI-compatible HTTP engine."))
@@ -199,7 +203,16 @@ class SamplingConfig(_Section):
     temperature: float = Field(0.7, ge=0.0, description="Sampling temperature; 0 is greedy.")
     top_p: float = Field(0.9, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_new_tokens: int = Field(256, ge=1, description="Upper bound on generated tokens per request.")
-    repetition_penalty: float = Field(1.15, ge=1.0, description="Repetition penalty (small models loop without it).")
+    repetition_penalty: float = Field(1.0, ge=1.0, description=(
+        "Multiplicative repetition penalty. The transformers engine applies it to generated tokens only; vLLM and "
+        "HTTP servers count the prompt's tokens too, which pushes the output away from the document's own names "
+        "and numbers, so prefer `frequency_penalty` there."))
+    frequency_penalty: float = Field(0.0, ge=-2.0, le=2.0, description=(
+        "Subtracted from a token's logit once per time it was already generated (generated tokens only, on "
+        "every engine: vLLM, HTTP and transformers). Stops small models looping without penalising the "
+        "document's words in the prompt."))
+    presence_penalty: float = Field(0.0, ge=-2.0, le=2.0, description=(
+        "Subtracted from the logit of every token already generated (generated tokens only, on every engine)."))
 
     def key(self) -> dict[str, Any]:
         return self.model_dump()
@@ -410,9 +423,9 @@ class EvalConfig(_Section):
         "Evaluate at most this many questions (in file order); None: all."))
     batch_size: int = Field(16, ge=1, description=(
         "Sequences per forward pass (options) or per generate call (generative)."))
-    few_shot: int = Field(3, ge=0, le=5, description=(
+    few_shot: int = Field(4, ge=0, le=5, description=(
         "Generative protocol: worked examples in the prompt (from the built-in eval prompt set, never from the "
-        "evaluated questions; the paper: 5)."))
+        "evaluated questions; the paper: 5). With 4 the examples' answers name each of A-D once."))
     max_new_tokens: int = Field(256, ge=8, description=(
         "Generative protocol: token budget for the reasoning and the answer."))
     perplexity_texts: int = Field(64, ge=0, description=(
@@ -442,6 +455,9 @@ class SweepConfig(_Section):
         "Synthetic token budgets to train on (subsets of the synthetic corpus); empty: `num_budgets` log-spaced "
         "budgets up to the whole corpus."))
     num_budgets: int = Field(4, ge=1, description="How many budgets when `budgets` is empty (each half the next).")
+    raw_cpt_steps: int | None = Field(None, ge=1, description=(
+        "Optimizer steps of the Raw CPT baseline (many passes over the documents, which are far shorter than "
+        "any synthetic budget); None: as many steps as the largest EntiGraph budget trains."))
     baselines: list[Literal["raw", "rephrase"]] = Field(default_factory=_default_baselines, description=(
         "Baselines trained and evaluated beside EntiGraph: `raw` (Raw CPT on the documents), `rephrase` (the "
         "WRAP-style rephrase augmenter, synthesized into output_dir/sweep/rephrase)."))
@@ -465,11 +481,19 @@ class AblationConfig(_Section):
         "train.epochs."))
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1, description=(
         "Training seeds: every arm trains once per seed (train.seed); accuracy is averaged over seeds per question "
-        "and the intervals resample questions. The run seed's arms keep their plain names, so adding seeds reuses "
+        "and the intervals resample articles. The run seed's arms keep their plain names, so adding seeds reuses "
         "them."))
     num_budgets: int = Field(1, ge=1, le=4, description=(
-        "Synthetic token budgets per arm: the largest that every arm can fill, then halvings of it (for the "
-        "accuracy-against-tokens plot)."))
+        "Synthetic token budgets per arm: the largest that every arm can fill (or `budget_tokens`), then halvings "
+        "of it (for the accuracy-against-tokens plot)."))
+    budget_tokens: int | None = Field(None, ge=1, description=(
+        "The synthetic token budget of every arm: over-generate (plan.*, synthesis.sampling.max_new_tokens), then "
+        "every arm trains on this many tokens, so a filter that drops rows does not shrink the other arms. An arm "
+        "holding fewer trains on all it has at the same steps, and the report shows its tokens. None: the largest "
+        "budget every arm can fill (the most aggressive filter sets it)."))
+    raw_cpt_steps: int | None = Field(None, ge=1, description=(
+        "Optimizer steps of the `raw-cpt` arm, its own budget (the positive control must be trained enough to "
+        "learn); None: the same steps as the other arms."))
 
     @field_validator("variants")
     @classmethod

@@ -23,13 +23,19 @@ __all__ = ["DEMO_CORPUS", "InputError", "list_input_files", "records_from_file",
 
 _EXTENSIONS = {".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet", ".txt": "text", ".md": "text"}
 DEMO_CORPUS = Path(__file__).resolve().parent / "demo" / "quality_demo.jsonl"
+# the knowledge benchmark's splits (documents and their questions), written by ray_entigraph.demo.knowledge
+KNOWLEDGE_SPLITS = {f"builtin:knowledge-{split}": Path(__file__).resolve().parent / "demo" / f"knowledge_{split}.jsonl"
+                    for split in ("dev", "test")}
 
 
 def resolve_input_path(path: str) -> str:
-    """Built-in inputs: `builtin:demo` (the demo corpus), `builtin:stdlib-docs` (a replay corpus) and
-    `builtin:stdlib-docs-heldout` (held-out general text for the forgetting perplexity)."""
+    """Built-in inputs: `builtin:demo` (the demo corpus), `builtin:knowledge-dev` and `builtin:knowledge-test`
+    (the knowledge benchmark's splits), `builtin:stdlib-docs` (a replay corpus) and `builtin:stdlib-docs-heldout`
+    (held-out general text for the forgetting perplexity)."""
     if path == "builtin:demo":
         return str(DEMO_CORPUS)
+    if path in KNOWLEDGE_SPLITS:
+        return str(KNOWLEDGE_SPLITS[path])
     if path in ("builtin:stdlib-docs", "builtin:stdlib-docs-heldout"):
         return stdlib_docstrings_path(split="train" if path == "builtin:stdlib-docs" else "heldout")
     return path

@@ -49,6 +49,8 @@ def sampling_params(cfg) -> SamplingParams:
         top_p=cfg.top_p,
         max_new_tokens=cfg.max_new_tokens,
         repetition_penalty=cfg.repetition_penalty,
+        frequency_penalty=cfg.frequency_penalty,
+        presence_penalty=cfg.presence_penalty,
     )
 
 

@@ -13,13 +13,16 @@ from typing import Protocol, runtime_checkable
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling of one request. Every field is required: the defaults live in `config.SamplingConfig` alone
-    (build from it with `engines.sampling_params`), so a request never samples with a second set of them."""
+    """Sampling of one request. Every field but the two output penalties (off unless given) is required: the
+    defaults live in `config.SamplingConfig` alone (build from it with `engines.sampling_params`), so a request
+    never samples with a second set of them."""
 
     temperature: float
     top_p: float
     max_new_tokens: int
     repetition_penalty: float
+    frequency_penalty: float = 0.0  # OpenAI semantics: over generated tokens only, on every engine
+    presence_penalty: float = 0.0
 
     def as_dict(self) -> dict:
         return asdict(self)

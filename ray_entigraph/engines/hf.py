@@ -53,6 +53,49 @@ def quiet_progress_bars() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
+def output_penalties(prompt_width: int, repetition: float, frequency: float, presence: float):
+    """Logits processors that penalise only the tokens generated after the first `prompt_width` positions:
+    transformers' repetition penalty (its `prompt_ignore_length`) and OpenAI-style frequency and presence
+    penalties (logit - frequency * count - presence * [count > 0]), as vLLM and HTTP servers apply them."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList, RepetitionPenaltyLogitsProcessor
+
+    class OutputCountPenalty(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            generated = input_ids[:, prompt_width:]
+            if generated.shape[1] == 0:
+                return scores
+            counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+            return scores - frequency * counts - presence * (counts > 0).to(scores.dtype)
+
+    processors = LogitsProcessorList()
+    if repetition != 1.0:
+        processors.append(RepetitionPenaltyLogitsProcessor(repetition, prompt_ignore_length=prompt_width))
+    if frequency or presence:
+        processors.append(OutputCountPenalty())
+    return processors
+
+
+def has_grammar_library() -> bool:
+    """Whether xgrammar (installed with vLLM's CPU build) is there to constrain transformers' decoding."""
+    import importlib.util
+
+    return importlib.util.find_spec("xgrammar") is not None
+
+
+def json_schema_compiler(tokenizer, vocab_size: int):
+    """A function from a JSON schema (as a string) to a fresh logits processor that lets transformers generate
+    only text matching the schema (xgrammar; one processor per `generate` call, grammars compiled once)."""
+    import functools
+
+    import xgrammar as xgr
+    from xgrammar.contrib.hf import LogitsProcessor
+
+    compiler = xgr.GrammarCompiler(xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size))
+    compiled = functools.lru_cache(maxsize=8)(compiler.compile_json_schema)
+    return lambda schema: LogitsProcessor(compiled(schema))
+
+
 def load_causal_lm(path: str, *, dtype: str, device: str):
     """A causal LM from a resolved local path or hub id, in `dtype` (a config name), on `device`, in eval mode."""
     from transformers import AutoModelForCausalLM

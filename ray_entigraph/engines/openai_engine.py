@@ -172,6 +172,10 @@ def build_chat_body(
         "seed": request.seed,
         "stream": False,
     }
+    if s.frequency_penalty:
+        body["frequency_penalty"] = s.frequency_penalty
+    if s.presence_penalty:
+        body["presence_penalty"] = s.presence_penalty
     if send_repetition_penalty:
         body["repetition_penalty"] = s.repetition_penalty
     prefix = request.response_prefix

@@ -14,12 +14,22 @@ masked out, so positions stay exact. A request reports the prefix tokens it did 
 
 from __future__ import annotations
 
+import json
 import logging
 
 from ray_entigraph.config import EngineConfig, EntiGraphConfig, ModelConfig
 from ray_entigraph.engines.base import GenerationRequest, GenerationResult, SamplingParams
 from ray_entigraph.engines.bundled import resolve_model_path
-from ray_entigraph.engines.hf import cache_argument, load_causal_lm, load_tokenizer, pick_device, quiet_progress_bars
+from ray_entigraph.engines.hf import (
+    cache_argument,
+    has_grammar_library,
+    json_schema_compiler,
+    load_causal_lm,
+    load_tokenizer,
+    output_penalties,
+    pick_device,
+    quiet_progress_bars,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +51,12 @@ class TransformersEngine:
         self.tokenizer = _for_batches(load_tokenizer(path))
         self.model = load_causal_lm(path, dtype=model.dtype, device=self.device)
         self._torch = torch
+        self._init_grammar()
+
+    def _init_grammar(self) -> None:
+        self.supports_json_schema = self.engine_config.structured_extraction and has_grammar_library()
+        self._grammar = (json_schema_compiler(self.tokenizer, self.model.config.vocab_size)
+                         if self.supports_json_schema else None)
 
     @classmethod
     def from_config(cls, config: "EntiGraphConfig") -> "TransformersEngine":
@@ -48,7 +64,8 @@ class TransformersEngine:
 
     @classmethod
     def supports_json_schema_for(cls, config: "EntiGraphConfig") -> bool:
-        return False  # transformers has no grammar-constrained decoding here
+        # xgrammar masks the logits of every token the schema does not allow
+        return config.engine.structured_extraction and has_grammar_library()
 
     @classmethod
     def from_loaded(cls, model, tokenizer, *, device: str, max_batch_size: int,
@@ -65,10 +82,11 @@ class TransformersEngine:
         self.tokenizer = _for_batches(tokenizer)
         self.model = model
         self._torch = torch
+        self._init_grammar()
         return self
 
     # -- protocol ---------------------------------------------------------------------------------------
-    supports_json_schema = False
+    supports_json_schema = False  # set per engine: True where xgrammar is installed
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -158,6 +176,12 @@ class TransformersEngine:
         # the result depends on the requests, never on worker order or time.
         torch.manual_seed(sum(req.seed for req, _ in batch) % (2**63))
         do_sample = sampling.temperature > 0
+        # penalties over the generated tokens only: the document in the prompt is what the answer copies
+        processors = output_penalties(len(input_ids[0]), sampling.repetition_penalty, sampling.frequency_penalty,
+                                      sampling.presence_penalty)
+        schema = batch[0][0].json_schema  # one per batch: requests are grouped by it
+        if schema is not None and self._grammar is not None:
+            processors.append(self._grammar(json.dumps(schema, sort_keys=True)))
         with torch.inference_mode():
             generated = self.model.generate(
                 input_ids=torch.tensor(input_ids, device=self.device),
@@ -167,7 +191,7 @@ class TransformersEngine:
                 temperature=sampling.temperature if do_sample else None,
                 top_p=sampling.top_p if do_sample else None,
                 top_k=None,
-                repetition_penalty=sampling.repetition_penalty,
+                logits_processor=processors,
                 pad_token_id=pad,
                 eos_token_id=self.tokenizer.eos_token_id,
                 **extra,
@@ -201,8 +225,12 @@ def _for_batches(tokenizer):
     return tokenizer
 
 
+def _schema_key(req: GenerationRequest) -> str:
+    return json.dumps(req.json_schema, sort_keys=True) if req.json_schema is not None else ""
+
+
 def _sampling_sort_key(s: SamplingParams) -> tuple:
-    return (s.temperature, s.top_p, s.max_new_tokens, s.repetition_penalty)
+    return (s.temperature, s.top_p, s.max_new_tokens, s.repetition_penalty, s.frequency_penalty, s.presence_penalty)
 
 
 def group_requests(requests: list[GenerationRequest]) -> list[list[int]]:
@@ -210,7 +238,7 @@ def group_requests(requests: list[GenerationRequest]) -> list[list[int]]:
     the caller's order. Requests without a prefix key form one group per sampling setting."""
     groups: dict[tuple, list[int]] = {}
     for i, req in enumerate(requests):
-        groups.setdefault((_sampling_sort_key(req.sampling), req.prefix_key or ""), []).append(i)
+        groups.setdefault((_sampling_sort_key(req.sampling), _schema_key(req), req.prefix_key or ""), []).append(i)
     return list(groups.values())
 
 

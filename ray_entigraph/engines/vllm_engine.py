@@ -148,6 +148,8 @@ class VLLMEngine:
             "top_p": s.top_p if s.temperature > 0 else 1.0,
             "max_tokens": s.max_new_tokens,
             "repetition_penalty": s.repetition_penalty,
+            "frequency_penalty": s.frequency_penalty,
+            "presence_penalty": s.presence_penalty,
             "seed": req.seed % (2**31),
         }
         if req.json_schema is not None and self.supports_json_schema:

@@ -36,8 +36,8 @@ def evaluate_model(config_json: str, label: str, path: str, questions: list[Ques
         else:
             picks, raw, scores = _generative(config, model, tokenizer, device, questions)
         result["questions"] = [
-            {"qid": q.qid, "pick": p, "gold": q.gold, "correct": p == q.gold, "difficult": q.difficult,
-             "scores": s, "output": r}
+            {"qid": q.qid, "article_id": q.article_id, "pick": p, "gold": q.gold, "correct": p == q.gold,
+             "difficult": q.difficult, "scores": s, "output": r}
             for q, p, s, r in zip(questions, picks, scores, raw)
         ]
         result["accuracy"] = sum(r["correct"] for r in result["questions"]) / len(questions)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 BASE_LABEL = "base"
-QA_PROMPTS = "eval-cot-v1"  # the generative protocol's few-shot chain-of-thought prompt set
+QA_PROMPTS = "eval-cot-v2"  # the generative protocol's few-shot chain-of-thought prompt set
 
 
 @dataclass

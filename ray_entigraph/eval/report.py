@@ -4,31 +4,67 @@ perplexities, a per-question breakdown, JSON + Markdown + PNG plots. Pure except
 from __future__ import annotations
 
 import io
-import random
 
 CHANCE_NOTE = "chance is 1 / number of options (25% for four options)"
+UNINFORMATIVE = "the comparison between arms is uninformative"
 
 
-def bootstrap_ci(values: list[float], *, n_boot: int = 2000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
-    """Percentile bootstrap interval of the mean of `values` (resampling questions)."""
+def positive_control(delta: float | None, ci95) -> str:
+    """What the positive control (Raw CPT: training on the documents themselves) says about a comparison of
+    arms: it is informative only when Raw CPT beat the base model outside its interval."""
+    if delta is None or not ci95:
+        return f"positive control: no Raw CPT arm was evaluated against the base model, so {UNINFORMATIVE}"
+    shown = f"{100 * delta:+.1f} pts [{100 * ci95[0]:+.1f}, {100 * ci95[1]:+.1f}]"
+    if ci95[0] > 0:
+        return f"positive control passed: Raw CPT beat the base model by {shown}"
+    return (f"positive control failed: Raw CPT did not beat the base model outside its 95% interval ({shown}), "
+            f"so {UNINFORMATIVE}")
+
+
+def bootstrap_ci(values: list[float], clusters: list[str] | None = None, *, n_boot: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval of the mean of `values`, resampling whole clusters (questions about one
+    article succeed or fail together, so resampling questions alone gives intervals that are too narrow).
+    `clusters` names each value's cluster (its article id); None resamples the values one by one. Computed
+    by `scipy.stats.bootstrap` on (per-cluster sum, per-cluster count) pairs with the ratio of totals as the
+    statistic, which is the mean over the resampled clusters' values."""
     if not values:
         return (float("nan"), float("nan"))
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(n_boot))
-    lo = means[int((1 - level) / 2 * n_boot)]
-    hi = means[min(n_boot - 1, int((1 + level) / 2 * n_boot))]
-    return (lo, hi)
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    keys = clusters if clusters is not None else [str(i) for i in range(len(values))]
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for key, v in zip(keys, values):
+        sums[key] = sums.get(key, 0.0) + float(v)
+        counts[key] = counts.get(key, 0) + 1
+    s = np.array([sums[k] for k in sums])
+    n = np.array([counts[k] for k in sums], dtype=float)
+    mean = float(s.sum() / n.sum())
+    if len(s) < 2 or np.all(s / n == s[0] / n[0]):  # nothing to resample
+        return (mean, mean)
+    res = bootstrap((s, n), lambda a, b, axis=-1: a.sum(axis=axis) / b.sum(axis=axis), paired=True,
+                    vectorized=True, n_resamples=n_boot, confidence_level=level, method="percentile",
+                    rng=np.random.default_rng(seed))
+    return (float(res.confidence_interval.low), float(res.confidence_interval.high))
+
+
+def cluster_of(q: dict) -> str:
+    """A per-question result's cluster: its article (results written before articles were recorded: itself)."""
+    return q.get("article_id") or q["qid"]
 
 
 def paired_delta(questions: list[dict], reference: list[dict]) -> tuple[float, tuple[float, float]] | None:
     """Mean change in correctness against a reference model on the same questions (matched by qid), and its
-    bootstrap interval (resampling questions, so the pairing is kept); None when no question is shared."""
+    cluster bootstrap interval (whole articles resampled, each question keeping its pair); None when no
+    question is shared."""
     ref = {q["qid"]: float(q["correct"]) for q in reference}
-    diffs = [float(q["correct"]) - ref[q["qid"]] for q in questions if q["qid"] in ref]
-    if not diffs:
+    shared = [q for q in questions if q["qid"] in ref]
+    if not shared:
         return None
-    return sum(diffs) / len(diffs), bootstrap_ci(diffs)
+    diffs = [float(q["correct"]) - ref[q["qid"]] for q in shared]
+    return sum(diffs) / len(diffs), bootstrap_ci(diffs, [cluster_of(q) for q in shared])
 
 
 def summarize(results: list[dict], base_label: str | None) -> list[dict]:
@@ -38,9 +74,10 @@ def summarize(results: list[dict], base_label: str | None) -> list[dict]:
     rows = []
     for r in results:
         correct = [float(q["correct"]) for q in r["questions"]]
+        clusters = [cluster_of(q) for q in r["questions"]]
         row = {
             "label": r["label"], "model": r["model"], "protocol": r["protocol"], "n": len(correct),
-            "accuracy": r.get("accuracy"), "accuracy_ci95": bootstrap_ci(correct) if correct else None,
+            "accuracy": r.get("accuracy"), "accuracy_ci95": bootstrap_ci(correct, clusters) if correct else None,
             "open_book_accuracy": r.get("open_book_accuracy"),
             "unparsed": sum(q["pick"] == -1 for q in r["questions"]),
             "perplexity_knowledge": (r.get("perplexity_knowledge") or {}).get("perplexity"),
@@ -73,8 +110,9 @@ def markdown(rows: list[dict], results: list[dict], questions: list, meta: dict,
               f"- knowledge perplexity: on {meta.get('knowledge_texts', 0)} source documents; "
               f"forgetting perplexity: on {meta.get('forgetting_texts', 0)} held-out texts "
               f"({meta.get('forgetting_source')})",
-              "- intervals are 95% percentile bootstrap intervals over questions; the change against the base model "
-              "is paired (the same questions resampled)", ""]
+              "- intervals are 95% percentile cluster bootstrap intervals: whole articles are resampled, since "
+              "questions about one article succeed or fail together; the change against the base model is paired "
+              "(each question keeps its pair)", ""]
     lines += ["| model | closed-book accuracy [95% CI] | change vs base [95% CI] | open-book (reference) | "
               "knowledge ppl | forgetting ppl | eval time |", "|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -140,7 +178,7 @@ def accuracy_plot(rows: list[dict], num_options: int = 4) -> bytes | None:
     ax.set_xticks(list(xs), [r["label"] for r in rows], rotation=20, ha="right")
     ax.set_ylabel("closed-book accuracy (%)")
     ax.set_ylim(0, 100)
-    ax.set_title("What the model learned (95% bootstrap CI)")
+    ax.set_title("What the model learned (95% cluster bootstrap CI)")
     ax.legend(loc="upper left", fontsize=8)
     return png_bytes(fig)
 

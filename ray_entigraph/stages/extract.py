@@ -39,6 +39,17 @@ from ray_entigraph.text.identity import derive_seed
 from ray_entigraph.text.parse import EXTRACTION_SCHEMA, ground_entities, heuristic_entities, parse_extraction
 
 
+def entities_from_output(raw: str, document: str, max_entities: int, grounded: bool):
+    """(parsed extraction, number of names dropped as not in the document). Names are grounded first and
+    capped after, so invented names early in the model's list never push out real ones further down."""
+    parsed = parse_extraction(raw)
+    dropped = 0
+    if grounded and parsed.entities:
+        parsed.entities, dropped = ground_entities(parsed.entities, document)
+    parsed.entities = parsed.entities[:max_entities]
+    return parsed, dropped
+
+
 def retry_sampling(base, attempt: int):
     """Attempt 0 uses the configured sampling; retries sample (greedy would repeat the same output)."""
     if attempt == 0 or base.temperature > 0:
@@ -105,9 +116,8 @@ class EntityExtractionWorker:
                     still.append(d)
                     continue
                 raw = prefix + res.text
-                parsed = parse_extraction(raw, cfg.max_entities)
-                if cfg.require_entities_in_document and parsed.entities:
-                    parsed.entities, st["dropped"] = ground_entities(parsed.entities, d["text"])
+                parsed, st["dropped"] = entities_from_output(raw, d["text"], cfg.max_entities,
+                                                             cfg.require_entities_in_document)
                 st["raw"] = raw
                 if len(parsed.entities) >= cfg.min_entities:
                     st["parsed"] = parsed

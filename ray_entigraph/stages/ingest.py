@@ -69,10 +69,10 @@ def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, coun
     chunks = split_document(text, max_tokens, count_tokens)
     rows = []
     for i, chunk in enumerate(chunks):
-        title = base["title"] if len(chunks) == 1 else f"{base['title']} (part {i + 1} of {len(chunks)})"
+        # every chunk keeps the document's own title: prompts bind facts to the title questions use; the part
+        # is in chunk_index / num_chunks
         rows.append({
             **base,
-            "title": title,
             "doc_id": parent_id if len(chunks) == 1 else doc_id_for(chunk),
             "text": chunk,
             "parent_doc_id": parent_id,

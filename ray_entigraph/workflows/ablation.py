@@ -20,7 +20,7 @@ from ray_entigraph.arms import ARMS, REFERENCE_ARM
 from ray_entigraph.config import EntiGraphConfig, derive
 from ray_entigraph.errors import ConfigError
 from ray_entigraph.eval.launch import BASE_LABEL, run_eval
-from ray_entigraph.eval.report import bootstrap_ci, paired_delta
+from ray_entigraph.eval.report import bootstrap_ci, cluster_of, paired_delta, positive_control
 from ray_entigraph.layout import base_model_name, train_url
 from ray_entigraph.lease import leased
 from ray_entigraph.pipeline import synthesize
@@ -49,6 +49,14 @@ def arm_config(config: EntiGraphConfig, variant: str) -> EntiGraphConfig:
     return derive(config, overrides)
 
 
+def common_budget_blocks(config: EntiGraphConfig, available: dict[str, int]) -> int:
+    """The largest budget's blocks: `ablation.budget_tokens` (over-generate, then every arm trains on that many,
+    so a filter does not shrink every arm), else the largest every arm can fill."""
+    if config.ablation.budget_tokens:
+        return max(config.ablation.budget_tokens // config.train.block_len, 1)
+    return min(available.values()) if available else 0
+
+
 def ablation_budgets(common_blocks: int, block_len: int, num_budgets: int) -> list[int]:
     """Token budgets every arm can fill: the largest (whole blocks), then halvings, ascending."""
     blocks = sorted({max(1, common_blocks >> k) for k in range(num_budgets)})
@@ -70,6 +78,7 @@ class AblationSummary:
     plot_url: str | None
     wall_s: float
     arms_plot_url: str | None = None
+    control: str = ""  # what the positive control (Raw CPT against base) says about the comparison of arms
 
     def lines(self) -> list[str]:
         def delta(r, key):
@@ -89,7 +98,7 @@ class AblationSummary:
                        f"{acc:<20} {delta(r, 'delta_vs_base'):<20} {delta(r, 'delta_vs_entigraph'):<20} "
                        f"{r.get('verdict_vs_entigraph', '-'):<16} {ppl(r['perplexity_knowledge']):>8} "
                        f"{ppl(r['perplexity_forgetting']):>12}")
-        return out + [f"report           {self.report_url}"] + [
+        return out + [self.control, f"report           {self.report_url}"] + [
             f"plot             {u}" for u in (self.plot_url, self.arms_plot_url) if u]
 
 
@@ -108,9 +117,10 @@ def plan_runs(config: EntiGraphConfig, arms: dict[str, EntiGraphConfig], common:
     """Every (budget, seed, arm) training of the ablation, each in a folder that names its step count."""
     runs: list[AblationRun] = []
     for budget in ablation_budgets(common, config.train.block_len, config.ablation.num_budgets):
-        steps = equal_steps(config, budget)
         for seed in config.ablation.seeds:
             for variant, arm in arms.items():
+                steps = (config.ablation.raw_cpt_steps if variant == "raw-cpt" and config.ablation.raw_cpt_steps
+                         else equal_steps(config, budget))
                 # the run seed's arms keep plain names (and train.seed unset), so adding seeds reuses them
                 name = f"{variant}-{budget}" + ("" if seed == config.seed else f"-seed{seed}")
                 # the folder names the step count: other epochs train anew, never resume an arm's old checkpoints
@@ -145,11 +155,12 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
         arms[variant] = arm
     init_ray(config)
     available = {v: run_pack(arm).get(schema.SYNTHETIC_SOURCE, 0) for v, arm in arms.items() if ARMS[v].synthetic}
-    common = min(available.values()) if available else 0
+    common = common_budget_blocks(config, available)
+    short = {v: n for v, n in available.items() if n < common}
     log(f"[ablate] synthetic blocks each arm can train on: {available}; budget {common} blocks "
         f"({common * config.train.block_len} tokens), {equal_steps(config, common * config.train.block_len)} steps "
-        "per arm")
-    if not common:
+        "per arm" + (f"; short of the budget, trained on all they hold at the same steps: {short}" if short else ""))
+    if not common or 0 in available.values():
         raise ConfigError(f"ablate: an arm has no synthetic blocks to train on ({available}). Fix: synthesize more "
                          "(plan.*) or loosen the curate thresholds (ablation.min_grounding).")
     runs = plan_runs(config, arms, common)
@@ -185,10 +196,12 @@ def aggregate_arms(questions: dict[str, list[dict]], groups: dict[str, list[str]
     out = {}
     for arm, labels in groups.items():
         per_q: dict[str, list[float]] = {}
+        article: dict[str, str] = {}
         for label in labels:
             for q in questions[label]:
                 per_q.setdefault(q["qid"], []).append(float(q["correct"]))
-        out[arm] = [{"qid": qid, "correct": sum(v) / len(v)} for qid, v in per_q.items()]
+                article[q["qid"]] = cluster_of(q)
+        out[arm] = [{"qid": qid, "article_id": article[qid], "correct": sum(v) / len(v)} for qid, v in per_q.items()]
     return out
 
 
@@ -218,6 +231,7 @@ def ablation_report(config: EntiGraphConfig, report: dict, runs: list[AblationRu
             continue
         variant = rs[0].variant if rs else "base"
         correct = [q["correct"] for q in answers[arm]]
+        articles = [cluster_of(q) for q in answers[arm]]
         vs_base = paired_delta(answers[arm], answers["base"]) if rs else None
         reference = f"{REFERENCE_ARM}-{rs[0].budget}" if rs else None
         vs_ref = (paired_delta(answers[arm], answers[reference])
@@ -228,7 +242,7 @@ def ablation_report(config: EntiGraphConfig, report: dict, runs: list[AblationRu
 
         rows.append({"arm": arm, "variant": variant, "seeds": [r.seed for r in rs],
                      "synthetic_tokens": tokens.get(labels[0], 0), "steps": rs[0].steps if rs else 0,
-                     "accuracy": _mean(correct), "ci95": list(bootstrap_ci(correct)),
+                     "accuracy": _mean(correct), "ci95": list(bootstrap_ci(correct, articles)),
                      "accuracy_per_seed": [by_label[label]["accuracy"] for label in labels],
                      "delta_vs_base": vs_base[0] if vs_base else None,
                      "delta_vs_base_ci95": list(vs_base[1]) if vs_base else None,
@@ -241,9 +255,13 @@ def ablation_report(config: EntiGraphConfig, report: dict, runs: list[AblationRu
     points = [{"arm": r["arm"], "series": r["variant"], "synthetic_tokens": r["synthetic_tokens"],
                "accuracy": r["accuracy"], "ci95": r["ci95"]} for r in rows]
     plot_url = accuracy_vs_tokens_plot(points, None, storage.join(out, "accuracy_vs_tokens.png"),
-                                       title="Ablation: accuracy against synthetic tokens (95% bootstrap CI)")
+                                       title="Ablation: accuracy against synthetic tokens (95% cluster bootstrap CI)")
     arms_url = arms_plot(rows, storage.join(out, "arms.png"))
     report_url = storage.join(out, "ablation.json")
-    storage.write_text(report_url, json.dumps({"rows": rows, "eval_report": storage.join(out, "eval", "report.md"),
+    raw = max((r for r in rows if r["variant"] == "raw-cpt"), key=lambda r: r["synthetic_tokens"], default=None)
+    control = positive_control(raw and raw["delta_vs_base"], raw and raw["delta_vs_base_ci95"])
+    storage.write_text(report_url, json.dumps({"rows": rows, "positive_control": control,
+                                               "eval_report": storage.join(out, "eval", "report.md"),
                                                "plots": [plot_url, arms_url], "wall_s": wall_s}, indent=2))
-    return AblationSummary(rows=rows, report_url=report_url, plot_url=plot_url, wall_s=wall_s, arms_plot_url=arms_url)
+    return AblationSummary(rows=rows, report_url=report_url, plot_url=plot_url, wall_s=wall_s, arms_plot_url=arms_url,
+                           control=control)

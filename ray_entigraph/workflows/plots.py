@@ -35,7 +35,7 @@ def style(series: str) -> tuple[str, str]:
 
 
 def accuracy_vs_tokens_plot(points: list[dict], fitted: dict | None, url: str,
-                            title: str = "Accuracy against synthetic tokens (95% bootstrap CI)") -> str | None:
+                            title: str = "Accuracy against synthetic tokens (95% cluster bootstrap CI)") -> str | None:
     """Accuracy with its interval per point, one series per arm, and the fitted entigraph curve when given;
     written to `url` (None when there are no points)."""
     if not points:
@@ -91,7 +91,7 @@ def arms_plot(rows: list[dict], url: str) -> str | None:
     acc.axvline(100 * rows[0]["accuracy"], color="k", ls="--", lw=0.8, label=f"{rows[0]['arm']}")
     acc.set_yticks(range(len(labels)), labels)
     acc.set_ylim(-1.4, len(labels) - 0.5)  # a free row at the bottom for the legends
-    acc.set_xlabel("closed-book accuracy (%), 95% bootstrap CI")
+    acc.set_xlabel("closed-book accuracy (%), 95% cluster bootstrap CI")
     acc.legend(fontsize=8, loc="lower right", ncol=2)
     docs = [r["perplexity_knowledge"] or 0 for r in ordered]
     held = [r["perplexity_forgetting"] or 0 for r in ordered]

@@ -17,12 +17,14 @@ from ray_entigraph.config import EntiGraphConfig, derive
 from ray_entigraph.errors import ConfigError
 from ray_entigraph.eval.curve import fit, terms_for
 from ray_entigraph.eval.launch import BASE_LABEL, run_eval
+from ray_entigraph.eval.report import positive_control
 from ray_entigraph.layout import base_model_name, train_url
 from ray_entigraph.lease import leased
 from ray_entigraph.pipeline import synthesize
 from ray_entigraph.runtime import init_ray
 from ray_entigraph.train.data import run_pack
 from ray_entigraph.train.launch import run_train
+from ray_entigraph.workflows.ablation import MIN_STREAM_EPOCHS
 from ray_entigraph.workflows.plots import accuracy_vs_tokens_plot
 from ray_entigraph.workflows.preflight import preflight
 from ray_entigraph.workflows.steps import run_step, synthesis_data
@@ -61,6 +63,15 @@ def sweep_budgets(config: EntiGraphConfig, available_blocks: int) -> list[int]:
     return sorted(b * block for b in blocks)
 
 
+def raw_cpt_steps(config: EntiGraphConfig, largest_budget: int) -> int:
+    """Raw CPT's own step budget: `sweep.raw_cpt_steps`, else the steps of the largest EntiGraph budget (train.epochs
+    over it), so the baseline is never cut short by the documents being a short stream."""
+    if config.sweep.raw_cpt_steps:
+        return config.sweep.raw_cpt_steps
+    blocks = max(largest_budget // config.train.block_len, 1)
+    return max(config.train.epochs * blocks // config.train.global_batch_size, 1)
+
+
 @leased("sweep")
 def sweep(config: EntiGraphConfig) -> SweepSummary:
     """EntiGraph at several synthetic token budgets, plus the baselines, trained and evaluated alike."""
@@ -78,8 +89,10 @@ def sweep(config: EntiGraphConfig) -> SweepSummary:
         arms.append((f"entigraph-{budget}", derive(config, [f"train.name=sweep/entigraph-{budget}",
                                                             f"train.max_synthetic_tokens={budget}"])))
     if "raw" in config.sweep.baselines:
-        arms.append(("raw-cpt", derive(config, ["train.name=sweep/raw-cpt", "train.corpus=raw",
-                                                "train.max_synthetic_tokens=null"])))
+        steps = raw_cpt_steps(config, max(sweep_budgets(config, available)))
+        arms.append(("raw-cpt", derive(config, [f"train.name=sweep/raw-cpt-{steps}steps", "train.corpus=raw",
+                                                "train.max_synthetic_tokens=null", f"train.max_steps={steps}",
+                                                f"train.epochs={max(config.train.epochs, MIN_STREAM_EPOCHS)}"])))
     if "rephrase" in config.sweep.baselines:
         rephrase = derive(config, [f"output_dir={storage.join(config.output_dir, 'sweep', 'rephrase')}",
                                    "synthesis.augmenter=rephrase", "synthesis.prompts=rephrase-v1",
@@ -128,8 +141,10 @@ def sweep_report(config: EntiGraphConfig, report: dict, tokens: dict[str, int], 
     out = storage.join(config.output_dir, "sweep")
     plot_url = accuracy_vs_tokens_plot(points, fitted, storage.join(out, "accuracy_vs_tokens.png"))
     report_url = storage.join(out, "sweep.json")
-    storage.write_text(report_url, json.dumps({"points": points, "fit": fitted,
+    raw = rows.get("raw-cpt") or {}
+    control = positive_control(raw.get("delta_vs_base"), raw.get("delta_vs_base_ci95"))
+    storage.write_text(report_url, json.dumps({"points": points, "fit": fitted, "positive_control": control,
                                                "eval_report": storage.join(out, "eval", "report.md"),
                                                "wall_s": wall_s}, indent=2))
     return SweepSummary(points=points, fit=fitted, report_url=report_url, plot_url=plot_url, wall_s=wall_s,
-                        lines_extra=[f"eval report      {storage.join(out, 'eval', 'report.md')}"])
+                        lines_extra=[control, f"eval report      {storage.join(out, 'eval', 'report.md')}"])

@@ -46,3 +46,27 @@ def test_prefix_reuse_is_skipped_for_short_prefixes_and_mixed_documents(tiny_mod
              for r in _requests("x " * 200, 1)]
     results = engine.generate(_requests("y " * 200, 1) + other)  # one request per document: nothing to share
     assert [r.num_cached_tokens for r in results] == [0, 0]
+
+
+def test_a_json_schema_constrains_even_a_random_model_and_prefix_reuse_keeps_it(tiny_model_dir):
+    import json
+
+    from ray_entigraph.text.parse import EXTRACTION_SCHEMA
+
+    engine = TransformersEngine(ModelConfig(name=tiny_model_dir, dtype="float32"),
+                                EngineConfig(device="cpu", max_batch_size=2, min_prefix_tokens=16))
+    assert engine.supports_json_schema
+    reqs = [GenerationRequest(key=f"k{i}", seed=i, prefix_key="doc", json_schema=EXTRACTION_SCHEMA,
+                              messages=[{"role": "user", "content": "Entities of: Mara Vell founded the guild. " * 8
+                                         + f"Answer {i}."}],
+                              sampling=SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=48,
+                                                      repetition_penalty=1.0))
+            for i in range(3)]
+    free = [GenerationRequest(key="free", messages=reqs[0].messages, sampling=reqs[0].sampling)]
+    results = engine.generate(reqs + free)
+    for res in results[:3]:
+        # the random model's text always follows the schema: a complete object, or one cut short by the budget
+        assert res.text.startswith("{") and res.error is None
+        if res.finish_reason == "stop":
+            assert set(json.loads(res.text)) == {"entities", "summary"}
+    assert not results[3].text.lstrip().startswith("{")  # the same model, unconstrained: anything at all

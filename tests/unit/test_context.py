@@ -21,7 +21,7 @@ def test_judge_identity_follows_the_judge_model_and_not_the_filter_threshold():
 
 
 def test_structured_extraction_changes_the_request_key_only_where_it_applies():
-    plain = load_config(None, [])
+    plain = load_config(None, ["engine.structured_extraction=false"])
     vllm = load_config(None, ["engine.kind=vllm"])
     vllm_free = load_config(None, ["engine.kind=vllm", "engine.vllm.structured_extraction=false"])
     assert not constrains_json(plain) and constrains_json(vllm) and not constrains_json(vllm_free)

@@ -13,7 +13,7 @@ def test_builtin_prompt_sets_render():
     assert len(load_prompt_set("rephrase-v1").rephrase) == 3
     for name in builtin_prompt_sets():  # every shipped prompt file parses
         assert load_prompt_set(name).version == name
-    qa = load_prompt_set("eval-cot-v1").qa
+    qa = load_prompt_set("eval-cot-v2").qa
     from ray_entigraph.config import EvalConfig
     from ray_entigraph.eval.generative import parse_answer
 

@@ -23,7 +23,7 @@ def _cfg(*overrides):
 
 
 def test_every_engine_class_says_whether_it_decodes_under_a_json_schema():
-    expected = {"transformers": False, "echo": False, "openai": True, "vllm": True}
+    expected = {"transformers": True, "echo": False, "openai": True, "vllm": True}  # transformers: with xgrammar
     assert set(ENGINES) == set(expected)
     for kind, constrained in expected.items():
         config = _cfg(f"engine.kind={kind}")
@@ -35,6 +35,7 @@ def test_every_engine_class_says_whether_it_decodes_under_a_json_schema():
 
     openai = _cfg("engine.kind=openai", "engine.openai.api_key_env=null")
     assert OpenAIEngine.from_config(openai).supports_json_schema is constrains_json(openai)
+    assert not engine_class("transformers").supports_json_schema_for(_cfg("engine.structured_extraction=false"))
     echo = _cfg("engine.kind=echo")
     assert make_engine(echo).supports_json_schema is constrains_json(echo)
 

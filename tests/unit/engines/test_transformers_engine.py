@@ -53,3 +53,19 @@ def test_group_requests_by_sampling_then_document_in_caller_order():
     reqs = [_req("a1", "A"), _req("b1", "B"), _req("a2", "A"), _req("g", "A", temperature=0.0), _req("b2", "B")]
     groups = [[reqs[i].key for i in g] for g in group_requests(reqs)]
     assert groups == [["a1", "a2"], ["b1", "b2"], ["g"]]
+
+
+def test_penalties_count_generated_tokens_only_never_the_prompt():
+    import torch
+
+    from ray_entigraph.engines.hf import output_penalties
+
+    prompt = [5, 6, 7]  # the document's tokens: copying them must cost nothing
+    ids = torch.tensor([prompt + [8, 8, 9]])
+    scores = torch.ones((1, 12))
+    freq = output_penalties(len(prompt), 1.0, frequency=0.5, presence=0.25)(ids, scores.clone())
+    assert freq[0, 5:8].tolist() == [1.0, 1.0, 1.0]
+    assert freq[0, 8].item() == 1.0 - 0.5 * 2 - 0.25 and freq[0, 9].item() == 1.0 - 0.5 - 0.25
+    rep = output_penalties(len(prompt), 2.0, 0.0, 0.0)(ids, scores.clone())
+    assert rep[0, 5:8].tolist() == [1.0, 1.0, 1.0] and rep[0, 8].item() == 0.5 and rep[0, 9].item() == 0.5
+    assert len(output_penalties(len(prompt), 1.0, 0.0, 0.0)) == 0  # no penalty: no processor at all

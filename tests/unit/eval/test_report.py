@@ -22,3 +22,22 @@ def test_bootstrap_interval_and_paired_change():
     assert "delta_vs_base" not in rows[0]
     assert rows[1]["delta_vs_base"] == pytest.approx(0.5)
     assert rows[1]["delta_vs_base_ci95"][0] > 0.2  # every changed question changed in the same direction
+
+
+def test_cluster_bootstrap_is_wider_when_an_articles_questions_move_together():
+    # 10 articles of 5 questions; each article all right or all wrong: 50 answers carry 10 outcomes' worth
+    values = [1.0 if a < 4 else 0.0 for a in range(10) for _ in range(5)]
+    articles = [f"a{a}" for a in range(10) for _ in range(5)]
+    q_lo, q_hi = bootstrap_ci(values)
+    c_lo, c_hi = bootstrap_ci(values, articles)
+    assert c_lo <= 0.4 <= c_hi and (c_hi - c_lo) > 1.8 * (q_hi - q_lo)
+    assert bootstrap_ci(values, articles) == (c_lo, c_hi)  # seeded
+
+
+def test_paired_change_resamples_articles():
+    from ray_entigraph.eval.report import paired_delta
+
+    base = [{"qid": f"{a}/{i}", "article_id": f"{a}", "correct": False} for a in range(6) for i in range(5)]
+    trained = [{**q, "correct": q["article_id"] in {"0", "1"}} for q in base]  # two articles learned, wholly
+    delta, (lo, hi) = paired_delta(trained, base)
+    assert delta == pytest.approx(1 / 3) and lo == 0.0 and hi > 0.6

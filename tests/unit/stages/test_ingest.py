@@ -12,7 +12,7 @@ def test_long_document_is_chunked_not_truncated():
                                  max_tokens=100, min_chars=1, count_tokens=count)
     assert len(rows) == 3 and all(r["num_tokens"] <= 100 for r in rows)
     assert {r["parent_doc_id"] for r in rows} == {rows[0]["parent_doc_id"]}
-    assert rows[1]["title"] == "Long (part 2 of 3)"
+    assert rows[1]["title"] == "Long" and (rows[1]["chunk_index"], rows[1]["num_chunks"]) == (1, 3)
     assert sum(r["num_tokens"] for r in rows) == count(text)
 
 

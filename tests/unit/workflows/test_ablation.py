@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from ray_entigraph import storage
@@ -14,6 +16,7 @@ from ray_entigraph.workflows.ablation import (
     ablation_report,
     aggregate_arms,
     arm_config,
+    common_budget_blocks,
     equal_steps,
     plan_runs,
     verdict,
@@ -87,15 +90,40 @@ def test_ablation_report_compares_each_arm_with_entigraph_on_the_same_questions(
     lines = summary.lines()
     assert lines[0].startswith("arm") and any(line.startswith("raw-cpt-512") and "helped" in line for line in lines)
     assert lines[-3] == f"report           {summary.report_url}"
+    assert lines[-4].startswith("positive control passed: Raw CPT beat the base model by +100.0 pts")
+
+
+def test_when_raw_cpt_does_not_beat_base_the_report_calls_the_comparison_uninformative():
+    qs = lambda bits: [{"qid": f"a{i // 5}/{i}", "article_id": f"a{i // 5}", "correct": bool(b)}  # noqa: E731
+                       for i, b in enumerate(bits)]
+    # Raw CPT answers 5 more questions than base, all about one article: inside a cluster interval
+    models = {"base": qs([0] * 30), "entigraph-512": qs([1] * 5 + [0] * 25), "raw-cpt-512": qs([1] * 5 + [0] * 25)}
+    summary = [{"label": k, "accuracy": sum(q["correct"] for q in v) / 30, "accuracy_ci95": (0.0, 1.0),
+                "perplexity_knowledge": 3.0, "perplexity_forgetting": 20.0} for k, v in models.items()]
+    report = {"summary": summary, "models": [{"label": k, "questions": v} for k, v in models.items()]}
+    runs = [AblationRun(name, name.rsplit("-", 1)[0], 512, 0, 5) for name in models if name != "base"]
+    result = ablation_report(_cfg("output_dir=memory://ablation-control"), report, runs, {n: 512 for n in models}, 1.0)
+    assert "positive control failed" in result.control
+    assert result.control.endswith("so the comparison between arms is uninformative")
+    assert json.loads(storage.read_text(result.report_url))["positive_control"] == result.control
+
+
+def test_a_fixed_budget_is_not_shrunk_by_a_filter_and_raw_cpt_has_its_own_steps():
+    config = _cfg("ablation.budget_tokens=8192", "ablation.raw_cpt_steps=60", "ablation.epochs=2")
+    assert common_budget_blocks(config, {"entigraph": 80, "grounded": 12}) == 8192 // 256
+    assert common_budget_blocks(_cfg(), {"entigraph": 80, "grounded": 12}) == 12  # the most aggressive filter
+    arms = {v: arm_config(config, v) for v in ("entigraph", "grounded", "raw-cpt")}
+    runs = {r.variant: r for r in plan_runs(config, arms, common_budget_blocks(config, {"entigraph": 80}))}
+    assert runs["entigraph"].steps == runs["grounded"].steps == 2 * 32 // 4
+    assert runs["raw-cpt"].steps == 60 and runs["raw-cpt"].config.train.max_steps == 60
 
 
 def test_ablation_averages_seeds_per_question_and_pairs_arms_on_those_means():
     qs = lambda bits: [{"qid": f"q{i}", "correct": bool(b)} for i, b in enumerate(bits)]  # noqa: E731
     models = {"base": qs([0, 0, 0, 0]), "entigraph-512": qs([1, 1, 0, 0]), "entigraph-512-seed1": qs([1, 0, 0, 0]),
               "dedup-512": qs([1, 1, 1, 0]), "dedup-512-seed1": qs([1, 1, 1, 1])}
-    assert aggregate_arms(models, {"e": ["entigraph-512", "entigraph-512-seed1"]})["e"] == [
-        {"qid": "q0", "correct": 1.0}, {"qid": "q1", "correct": 0.5}, {"qid": "q2", "correct": 0.0},
-        {"qid": "q3", "correct": 0.0}]
+    assert [(q["qid"], q["correct"]) for q in aggregate_arms(models, {"e": ["entigraph-512", "entigraph-512-seed1"]})[
+        "e"]] == [("q0", 1.0), ("q1", 0.5), ("q2", 0.0), ("q3", 0.0)]
     summary = [{"label": k, "accuracy": sum(q["correct"] for q in v) / 4, "accuracy_ci95": (0.0, 1.0),
                 "perplexity_knowledge": 3.0 if "seed1" in k else 5.0, "perplexity_forgetting": 20.0}
                for k, v in models.items()]

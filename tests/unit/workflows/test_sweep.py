@@ -17,6 +17,14 @@ def test_sweep_budgets_halve_down_from_the_corpus_or_are_the_configured_ones():
     assert sweep_budgets(load_config(None, ["sweep.budgets=[900, 100]"]), 40) == [100, 900]
 
 
+def test_raw_cpt_trains_its_own_steps_not_a_few_passes_over_the_documents():
+    from ray_entigraph.workflows.sweep import raw_cpt_steps
+
+    config = load_config("configs/demo.yaml", [])  # block_len 256, global batch 4, train.epochs 2
+    assert raw_cpt_steps(config, 40 * 256) == 2 * 40 // 4
+    assert raw_cpt_steps(load_config("configs/demo.yaml", ["sweep.raw_cpt_steps=90"]), 40 * 256) == 90
+
+
 def test_sweep_report_fits_the_entigraph_points_and_writes_plot_and_json():
     accuracy = {"base": 0.30, "entigraph-320": 0.40, "entigraph-640": 0.47, "entigraph-1280": 0.52,
                 "entigraph-2560": 0.54, "raw-cpt": 0.33, "rephrase": None}
@@ -35,6 +43,8 @@ def test_sweep_report_fits_the_entigraph_points_and_writes_plot_and_json():
     assert written["points"] == summary.points and written["fit"] == summary.fit
     lines = summary.lines()
     assert lines[0].startswith("base") and any(line.startswith("fit ") for line in lines)
+    # no paired change in this made-up report: the control cannot be read, and the summary says so
+    assert any(line.startswith("positive control: no Raw CPT arm") for line in lines)
     assert lines[-1] == f"plot             {summary.plot_url}"
 
 
