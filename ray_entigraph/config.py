@@ -476,6 +476,8 @@ class AblationConfig(_Section):
     temperature: float = Field(1.0, ge=0.0, description=(
         "`temperature` arm: synthesis.sampling.temperature (the paper: 1.0)."))
     freeform_prompts: str = Field("entigraph-freeform-v1", description="`freeform` arm: its prompt set.")
+    focused_prompts: str = Field("entigraph-focused-v1", description="`focused` arm: its prompt set.")
+    qa_prompts: str = Field("entigraph-qa-v1", description="`qa-mix` arm: its prompt set.")
     epochs: int | None = Field(None, ge=1, description=(
         "Passes over the synthetic token budget that set every arm's number of optimizer steps; None uses "
         "train.epochs."))

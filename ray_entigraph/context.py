@@ -101,6 +101,12 @@ class RunContext:
                               "synthesis.prompts to a built-in set.")
         stand_ins = {"extract": EXTRACT_VALUES, "pair": relation_values("Title", "Document.", ["A", "B"]),
                      "triplet": relation_values("Title", "Document.", ["A", "B", "C"])}
+        if p.qa_every:
+            if p.relation_qa is None:
+                raise PromptError(f"Prompt set {name!r} sets qa_every={p.qa_every} but has no relation_qa template. "
+                                  "Fix: add one, or set qa_every: 0.")
+            for entities in (["A", "B"], ["A", "B", "C"]):  # it writes pairs and triplets alike
+                check_renders(name, "relation_qa", p.relation_qa, relation_values("Title", "Document.", entities))
         for kind, values in stand_ins.items():
             template = getattr(p, kind)
             if template is not None:

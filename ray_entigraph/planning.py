@@ -52,8 +52,10 @@ def entigraph_tasks(config: EntiGraphConfig, prompts: PromptSet, row: dict, max_
         max_triplets=config.plan.max_triplets_per_doc,
         max_tasks=max_tasks,
     )
-    for subset in subsets:
+    for i, subset in enumerate(subsets):
         kind = schema.KIND_PAIR if len(subset) == 2 else schema.KIND_TRIPLET
+        if prompts.relation_qa is not None and prompts.qa_every and i % prompts.qa_every == prompts.qa_every - 1:
+            kind = schema.KIND_QA  # the same entities, written as questions and answers
         tasks.append(_task(config, prompts, row["doc_id"], kind, subset))
     return tasks
 

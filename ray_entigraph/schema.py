@@ -18,6 +18,7 @@ STAGES = (INGEST, EXTRACT, SYNTHESIZE)
 KIND_SUMMARY = "summary"
 KIND_PAIR = "pair"
 KIND_TRIPLET = "triplet"
+KIND_QA = "qa"  # a pair or triplet written as questions and answers (a prompt set's relation_qa)
 KIND_REPHRASE_PREFIX = "rephrase:"
 
 DOCUMENTS = pa.schema(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -42,6 +43,14 @@ class PromptSet(BaseModel):
     triplet: ChatTemplate | None = None
     rephrase: dict[str, ChatTemplate] = Field(default_factory=dict)
     qa: ChatTemplate | None = None  # evaluation: few-shot chain-of-thought question answering
+    # Questions and answers about a pair or triplet of entities: every `qa_every`-th relation task of a document
+    # is written with this template instead of pair/triplet (0: never), mixing Q&A text with relation text.
+    relation_qa: ChatTemplate | None = None
+    qa_every: int = Field(0, ge=0)
+    # What {{document}} holds in relation prompts: the whole document, or (`focused`) only the sentences that
+    # mention the task's entities with `context_window` sentences either side (text/focus.py).
+    context: Literal["document", "focused"] = "document"
+    context_window: int = Field(1, ge=0)
     judge: ChatTemplate | None = None  # curate.judge: rate a synthetic text against its document
 
 

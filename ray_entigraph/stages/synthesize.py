@@ -36,6 +36,7 @@ from ray_entigraph.stages.base import (
     units_of_work,
     worker_config,
 )
+from ray_entigraph.text.focus import focused_context
 
 
 def template_for(prompts: PromptSet, kind: str) -> ChatTemplate:
@@ -43,6 +44,8 @@ def template_for(prompts: PromptSet, kind: str) -> ChatTemplate:
         return prompts.pair
     if kind == schema.KIND_TRIPLET and prompts.triplet:
         return prompts.triplet
+    if kind == schema.KIND_QA and prompts.relation_qa:
+        return prompts.relation_qa
     if (kind.startswith(schema.KIND_REPHRASE_PREFIX)
             and kind.removeprefix(schema.KIND_REPHRASE_PREFIX) in prompts.rephrase):
         return prompts.rephrase[kind.removeprefix(schema.KIND_REPHRASE_PREFIX)]
@@ -58,7 +61,10 @@ def relation_request(prompts: PromptSet, group: dict, task: dict, sampling) -> G
     """The engine request of one relation (or rephrase) task of a document's task group. The document is the
     prefix key: its requests share the long document prompt, which engines compute once."""
     template = template_for(prompts, task["kind"])
-    values = prompt_values(group["title"], group["text"], task["entities"])
+    text = group["text"]
+    if prompts.context == "focused" and task["entities"]:  # only the passages about this task's entities
+        text = focused_context(text, list(task["entities"]), prompts.context_window)
+    values = prompt_values(group["title"], text, task["entities"])
     return GenerationRequest(
         key=task["task_id"],
         messages=render_chat(template, values),

@@ -27,7 +27,8 @@ def test_each_split_has_200_questions_with_answers_in_the_documents_and_balanced
         for q in questions:
             assert len(set(q.options)) == 4
             assert q.options[q.gold] in q.article, q.qid  # the answer is in the document...
-            assert not re.search(rf"\b{re.escape(q.options[q.gold])}\b", q.question, re.IGNORECASE)  # ...and not in the question
+            # ...and not in the question
+            assert not re.search(rf"\b{re.escape(q.options[q.gold])}\b", q.question, re.IGNORECASE)
         # reading matters: most questions carry a distractor that also occurs in the document
         in_doc = sum(any(o in q.article for i, o in enumerate(q.options) if i != q.gold) for q in questions)
         assert in_doc > len(questions) / 2

@@ -56,3 +56,19 @@ def test_remainder_goes_to_the_smallest_rank_keys_and_is_deterministic():
     assert extra == sorted(sorted(capacities, key=lambda d: rank_key(0, d))[:37])
     assert _allocate(capacities, 2 * 1000 + 37) == got
     assert _allocate(capacities, 2 * 1000 + 37, seed=1) != got  # another seed, another queue
+
+
+def test_a_qa_prompt_set_writes_every_second_relation_as_questions_and_answers():
+    from ray_entigraph import schema
+    from ray_entigraph.config import load_config
+    from ray_entigraph.planning import document_tasks
+    from ray_entigraph.prompts import load_prompt_set
+
+    config = load_config("configs/demo.yaml", ["plan.max_pairs_per_doc=4", "plan.max_triplets_per_doc=2"])
+    row = {"doc_id": "d", "title": "T", "text": "x", "summary": None, "entities": ["A", "B", "C", "D"]}
+    plain = document_tasks(config, load_prompt_set("entigraph-v1"), row, None)
+    qa = document_tasks(config, load_prompt_set("entigraph-qa-v1"), row, None)
+    assert [t["entities"] for t in qa] == [t["entities"] for t in plain]  # the same entities, the same count
+    assert [t["kind"] for t in qa][1::2] == [schema.KIND_QA] * 3
+    assert all(t["kind"] in (schema.KIND_PAIR, schema.KIND_TRIPLET) for t in qa[0::2])
+    assert not {t["task_id"] for t in qa} & {t["task_id"] for t in plain}  # another prompt set, other requests

@@ -16,3 +16,4 @@ def test_without_grounding_the_cap_keeps_the_model_order():
     raw = '{"summary": "s", "entities": ["Lord Fakeworth", "Mara Vell", "Orrin Hall"]}'
     parsed, dropped = entities_from_output(raw, DOC, max_entities=2, grounded=False)
     assert parsed.entities == ["Lord Fakeworth", "Mara Vell"] and dropped == 0
+

@@ -32,9 +32,12 @@ def test_every_ablation_arm_is_a_valid_config_that_differs_in_its_own_setting():
     config = _cfg()
     arms = {name: arm_config(config, name) for name in ARMS}
     assert set(arms) == {"entigraph", "grounded", "repaired", "dedup", "judged", "freeform", "temperature",
-                         "entigraph+raw", "raw-cpt"}
+                         "focused", "qa-mix", "megadoc", "entigraph+raw", "raw-cpt"}
     for name, arm in arms.items():  # new synthetic rows, own output_dir
-        assert (arm.output_dir != config.output_dir) == (name in ("freeform", "temperature"))
+        assert (arm.output_dir != config.output_dir) == (name in ("freeform", "temperature", "focused", "qa-mix"))
+    assert arms["focused"].synthesis.prompts == "entigraph-focused-v1"
+    assert arms["qa-mix"].synthesis.prompts == "entigraph-qa-v1"
+    assert arms["megadoc"].train.packing == "megadocs" and arms["entigraph"].train.packing == "shuffled"
     assert arms["freeform"].output_dir == storage.join(config.output_dir, "ablation", "freeform")
     assert arms["temperature"].output_dir.endswith(f"temperature-{config.ablation.temperature:g}")
     assert not arms["entigraph"].curate.enabled
