@@ -791,22 +791,24 @@ def config_reference_markdown() -> str:
         "",
     ]
 
-    def section(model: type[BaseModel], prefix: str) -> None:
+    def section(model: type[BaseModel], prefix: str, defaults: BaseModel | None) -> None:
+        """`defaults`: the section as its parent builds it (extraction's sampling is not sampling's defaults)."""
         rows, subs = [], []
         for name, field in model.model_fields.items():
             ann = field.annotation
+            default = (getattr(defaults, name) if defaults is not None
+                       else field.get_default(call_default_factory=True))
             if isinstance(ann, type) and issubclass(ann, BaseModel):
-                subs.append((name, ann))
+                subs.append((name, ann, default))
                 continue
-            default = field.get_default(call_default_factory=True)
             rows.append(f"| `{prefix}{name}` | `{json.dumps(default)}` | {field.description or ''} |")
         if rows:
             lines.extend([f"## `{prefix.rstrip('.') or 'top level'}`", "", "| key | default | meaning |",
                           "|---|---|---|", *rows, ""])
-        for name, sub in subs:
-            section(sub, f"{prefix}{name}.")
+        for name, sub, default in subs:
+            section(sub, f"{prefix}{name}.", default)
 
-    section(EntiGraphConfig, "")
+    section(EntiGraphConfig, "", None)
     return "\n".join(lines)
 
 

@@ -63,6 +63,24 @@ def partition_stats(corpus: Corpus, p: int, items: dict[str, list[tuple[str, ...
     return out
 
 
+def faithfulness_task(batch: dict, *, corpus: Corpus, items: dict | None) -> dict:
+    """Ray Data task over partition ids: each partition's sums as JSON (`run_partition_tasks` runs it)."""
+    import json
+
+    return {"stats": [json.dumps(partition_stats(corpus, int(p), items)) for p in batch["partition"]]}
+
+
+def corpus_faithfulness(corpus: Corpus, questions: list[Question]) -> dict:
+    """The corpus's figures (`combine`), its partitions read on CPU tasks: the driver adds their sums."""
+    import json
+
+    from ray_entigraph.stages.base import run_partition_tasks  # Ray loads only when a corpus is measured
+
+    rows = run_partition_tasks(corpus.num_partitions, faithfulness_task, corpus=corpus,
+                               items=question_probes(questions))
+    return combine([json.loads(r["stats"]) for r in rows])
+
+
 def combine(parts: list[dict]) -> dict:
     """The corpus's figures from its partitions' sums: mean grounding, mean copy rate, loop share, and the
     number of evaluation questions found in any synthetic row."""

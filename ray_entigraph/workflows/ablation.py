@@ -18,8 +18,11 @@ from dataclasses import dataclass
 from ray_entigraph import schema, storage
 from ray_entigraph.arms import ARMS, REFERENCE_ARM
 from ray_entigraph.config import EntiGraphConfig, derive
+from ray_entigraph.context import RunContext
 from ray_entigraph.errors import ConfigError
+from ray_entigraph.eval.faithfulness import corpus_faithfulness
 from ray_entigraph.eval.launch import BASE_LABEL, run_eval
+from ray_entigraph.eval.quality import load_questions, resolve_questions_url
 from ray_entigraph.eval.report import bootstrap_ci, cluster_of, paired_delta, positive_control
 from ray_entigraph.layout import base_model_name, train_url
 from ray_entigraph.lease import leased
@@ -91,13 +94,15 @@ class AblationSummary:
             return "-" if x is None else f"{x:.2f}"
 
         out = [f"{'arm':<24} {'tokens':>7} {'steps':>5} {'seeds':>5}  {'accuracy [95% CI]':<20} {'vs base, pts':<20} "
-               f"{'vs entigraph, pts':<20} {'verdict':<16} {'ppl docs':>8} {'ppl held-out':>12}"]
+               f"{'vs entigraph, pts':<20} {'verdict':<16} {'ppl docs':>8} {'ppl held-out':>12} {'grounding':>9} "
+               f"{'copied':>6}"]
         for r in self.rows:
             acc = f"{100 * r['accuracy']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
             out.append(f"{r['arm']:<24} {r['synthetic_tokens']:>7} {r['steps']:>5} {len(r['seeds']) or '-':>5}  "
                        f"{acc:<20} {delta(r, 'delta_vs_base'):<20} {delta(r, 'delta_vs_entigraph'):<20} "
                        f"{r.get('verdict_vs_entigraph', '-'):<16} {ppl(r['perplexity_knowledge']):>8} "
-                       f"{ppl(r['perplexity_forgetting']):>12}")
+                       f"{ppl(r['perplexity_forgetting']):>12} {ppl(r.get('mean_grounding')):>9} "
+                       f"{ppl(r.get('copy_rate')):>6}")
         return out + [self.control, f"report           {self.report_url}"] + [
             f"plot             {u}" for u in (self.plot_url, self.arms_plot_url) if u]
 
@@ -154,6 +159,7 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
                                            data={**synthesis_data(ctx), "after": main["stamp"]})["stamp"]
         arms[variant] = arm
     init_ray(config)
+    faithfulness = arm_faithfulness(config, arms)
     available = {v: run_pack(arm).get(schema.SYNTHETIC_SOURCE, 0) for v, arm in arms.items() if ARMS[v].synthetic}
     common = common_budget_blocks(config, available)
     short = {v: n for v, n in available.items() if n < common}
@@ -178,7 +184,32 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
     run_step(config, f"ablation/eval-{models_id}", "eval", lambda: run_eval(config, models=models, out_url=eval_out),
              data={"after": stamps})
     report = json.loads(storage.read_text(storage.join(eval_out, "report.json")))
-    return ablation_report(config, report, runs, tokens, time.time() - started)
+    return ablation_report(config, report, runs, tokens, time.time() - started, faithfulness)
+
+
+def arm_faithfulness(config: EntiGraphConfig, arms: dict[str, EntiGraphConfig]) -> dict[str, dict]:
+    """Per arm with synthetic rows of its own (or the main, uncurated ones): mean grounding, copy rate, looping
+    rows and the evaluation questions found in its synthetic text. A curated arm trains on a filtered copy of
+    the main rows, whose figures are not these, so it has none."""
+    url = resolve_questions_url(config.eval.questions, config.input.path)
+    questions = load_questions(url, config.eval.max_questions) if url else []
+    out: dict[str, dict] = {}
+    measured: dict[str, dict] = {}  # arms on the same synthetic rows share one measurement
+    for variant, arm in arms.items():
+        if not ARMS[variant].synthetic or arm.curate.enabled:
+            continue
+        if arm.output_dir not in measured:
+            measured[arm.output_dir] = corpus_faithfulness(RunContext.resolve(arm).corpus(), questions)
+            stats = measured[arm.output_dir]
+            log(f"[ablate] {variant}: {stats['rows']} synthetic rows, mean grounding {_fmt(stats['mean_grounding'])}, "
+                f"copy rate {_fmt(stats['copy_rate'])}, looping {_fmt(stats['loop_share'])}, "
+                f"{stats['contaminated_questions']} of {len(questions)} questions found in the synthetic text")
+        out[variant] = measured[arm.output_dir]
+    return out
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 # ---------------------------------------------------------------------------------------- report and statistics
@@ -205,12 +236,17 @@ def aggregate_arms(questions: dict[str, list[dict]], groups: dict[str, list[str]
     return out
 
 
+def _faithfulness_fields(stats: dict | None) -> dict:
+    keys = ("mean_grounding", "copy_rate", "loop_share", "contaminated_questions")
+    return {k: (stats or {}).get(k) for k in keys}
+
+
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
 
 
 def ablation_report(config: EntiGraphConfig, report: dict, runs: list[AblationRun], tokens: dict[str, int],
-                    wall_s: float) -> AblationSummary:
+                    wall_s: float, faithfulness: dict[str, dict] | None = None) -> AblationSummary:
     """One row per (arm, budget) with its seeds' models together: accuracy and its interval, the paired change
     against the base model and against the EntiGraph arm of its budget with a verdict, perplexities; the plots
     and <output_dir>/ablation/ablation.json, from the evaluation's report.json and the tokens each run trained
@@ -250,7 +286,8 @@ def ablation_report(config: EntiGraphConfig, report: dict, runs: list[AblationRu
                      "delta_vs_entigraph_ci95": list(vs_ref[1]) if vs_ref else None,
                      "verdict_vs_entigraph": verdict(vs_ref[1]) if vs_ref else "-",
                      "perplexity_knowledge": ppl("perplexity_knowledge"),
-                     "perplexity_forgetting": ppl("perplexity_forgetting")})
+                     "perplexity_forgetting": ppl("perplexity_forgetting"),
+                     **_faithfulness_fields((faithfulness or {}).get(variant))})
     out = storage.join(config.output_dir, "ablation")
     points = [{"arm": r["arm"], "series": r["variant"], "synthetic_tokens": r["synthetic_tokens"],
                "accuracy": r["accuracy"], "ci95": r["ci95"]} for r in rows]
