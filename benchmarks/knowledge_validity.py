@@ -22,6 +22,7 @@ def main() -> None:
     ap.add_argument("--model", default="bundled:smollm2-135m-instruct")
     ap.add_argument("--dtype", default="float32")
     ap.add_argument("--splits", nargs="+", default=["dev", "test"])
+    ap.add_argument("--by-kind", action="store_true", help="also print accuracy per question template")
     args = ap.parse_args()
 
     from ray_entigraph.engines.hf import load_model
@@ -46,6 +47,12 @@ def main() -> None:
             row[f"{prefix}lo"], row[f"{prefix}hi"] = round(lo, 4), round(hi, 4)
             joined = [c for c, q in zip(correct, questions) if q.difficult]
             row[f"joined_{name.split('_')[0]}"] = round(sum(joined) / max(len(joined), 1), 4)
+            if args.by_kind:
+                kinds: dict[str, list[float]] = {}
+                for c, q in zip(correct, questions):
+                    kinds.setdefault(" ".join(q.question.split()[:4]), []).append(c)
+                for kind, cs in sorted(kinds.items()):
+                    print(f"  {split} {name} {kind!r}: {sum(cs) / len(cs):.2f} of {len(cs)}")
         row["wall_s"] = round(time.time() - started, 1)
         print("RESULT " + " ".join(f"{k}={v}" for k, v in row.items()), flush=True)
 

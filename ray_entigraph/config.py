@@ -346,6 +346,10 @@ class TrainConfig(_Section):
     def effective_seed(self, run_seed: int) -> int:
         return run_seed if self.seed is None else self.seed
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (None: all epochs).")
+    raw_cpt_control_steps: int | None = Field(None, ge=1, description=(
+        "`run` also trains Raw CPT (the documents alone, the same hyperparameters) for this many steps under "
+        "<output_dir>/control/, and evaluates it beside the trained model as the positive control: the report "
+        "says whether it beat the base model, and whether the trained model did. None: no control."))
     lr: float = Field(5e-6, gt=0, description="Peak learning rate (the paper: 5e-6).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description=(
         "Linear warmup over this share of steps, then cosine decay."))

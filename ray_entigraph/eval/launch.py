@@ -14,7 +14,7 @@ from ray_entigraph.config import EntiGraphConfig, InputConfig
 from ray_entigraph.errors import ConfigError, InputError, StageFailed, root_cause
 from ray_entigraph.eval.evaluate import evaluate_model
 from ray_entigraph.eval.quality import load_questions, resolve_questions_url
-from ray_entigraph.eval.report import accuracy_plot, markdown, perplexity_plot, summarize
+from ray_entigraph.eval.report import accuracy_plot, markdown, perplexity_plot, summarize, verdict_lines
 from ray_entigraph.inputs import list_input_files, records_from_file
 from ray_entigraph.layout import base_model_name, train_url
 from ray_entigraph.prompts import load_prompt_set
@@ -47,6 +47,7 @@ class EvalSummary:
             ob = "" if r.get("open_book_accuracy") is None else f", open-book {100 * r['open_book_accuracy']:.1f}%"
             ppl = (f", ppl knowledge {_f(r['perplexity_knowledge'])} / forgetting {_f(r['perplexity_forgetting'])}")
             out.append(f"{r['label']:<16} closed-book {acc}{ci}{delta}{ob}{ppl}")
+        out += verdict_lines(self.rows)
         out += [f"report           {self.markdown_url}", f"json             {self.report_url}"]
         out += [f"plot             {url}" for url in self.plots.values()]
         return out

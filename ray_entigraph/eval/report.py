@@ -7,6 +7,24 @@ import io
 
 CHANCE_NOTE = "chance is 1 / number of options (25% for four options)"
 UNINFORMATIVE = "the comparison between arms is uninformative"
+RAW_CPT_LABEL = "raw-cpt"  # the positive control's label in `run`'s and `sweep`'s reports
+
+
+def verdict_lines(rows: list[dict]) -> list[str]:
+    """Plain sentences on what beat the base model: the positive control first (a `raw-cpt` row), then
+    whether every other model beat the base model outside its paired 95% interval."""
+    out = []
+    control = next((r for r in rows if r["label"] == RAW_CPT_LABEL), None)
+    if control is not None:
+        out.append(positive_control(control.get("delta_vs_base"), control.get("delta_vs_base_ci95")))
+    for r in rows:
+        if r["label"] == RAW_CPT_LABEL or r.get("delta_vs_base") is None:
+            continue
+        lo, hi = r["delta_vs_base_ci95"]
+        beat = "beat" if lo > 0 else "did not beat"
+        out.append(f"{r['label']} {beat} the base model outside its 95% interval "
+                   f"({100 * r['delta_vs_base']:+.1f} pts [{100 * lo:+.1f}, {100 * hi:+.1f}])")
+    return out
 
 
 def positive_control(delta: float | None, ci95) -> str:
@@ -122,6 +140,7 @@ def markdown(rows: list[dict], results: list[dict], questions: list, meta: dict,
                      f"{_pct(r['open_book_accuracy'])} | {_num(r['perplexity_knowledge'])} | "
                      f"{_num(r['perplexity_forgetting'])} | {r['wall_s']}s |")
     lines.append("")
+    lines += [f"- {v}" for v in verdict_lines(rows)] + [""]
     for name, url in plots.items():
         lines += [f"![{name}]({url.rsplit('/', 1)[-1]})", ""]
     if questions:

@@ -20,10 +20,12 @@ import time
 from collections.abc import Callable
 
 from ray_entigraph import storage
-from ray_entigraph.config import EntiGraphConfig, section_hash
+from ray_entigraph.config import EntiGraphConfig, derive, section_hash
 from ray_entigraph.context import RunContext
 from ray_entigraph.errors import ConfigError
-from ray_entigraph.eval.launch import run_eval
+from ray_entigraph.eval.launch import models_to_evaluate, run_eval
+from ray_entigraph.eval.report import RAW_CPT_LABEL
+from ray_entigraph.layout import train_url
 from ray_entigraph.lease import leased
 from ray_entigraph.pipeline import synthesize
 from ray_entigraph.train.launch import run_train
@@ -117,19 +119,45 @@ def run(config: EntiGraphConfig, until: str | None = None) -> dict[str, dict]:
         raise ConfigError(f"--until {until!r} is not a step. Fix: use one of {', '.join(STEPS)}.")
     ctx, _ = preflight(config, "run")  # every input of the three steps checked; the run resolved once
     ingest_only = config.train.corpus == "raw"
+    control = control_config(config)
+
+    def models() -> list[tuple[str, str]] | None:
+        """What eval reads once training is done: with a control, base, the trained model, the positive control,
+        then eval.models; else eval's own choice."""
+        if control is None:
+            return None
+        chosen = models_to_evaluate(config)
+        return chosen[:2] + [(RAW_CPT_LABEL, train_url(control, "model"))] + chosen[2:]
+
     fns = {
         "synthesize": lambda: synthesize(config, ingest_only=ingest_only, ctx=ctx),
         "train": lambda: run_train(config, ctx=ctx),
-        "eval": lambda: run_eval(config, ctx=ctx),
+        "eval": lambda: run_eval(config, ctx=ctx, models=models()),
     }
     results: dict[str, dict] = {}
-    data = synthesis_data(ctx, ingest_only)
+    data: dict = synthesis_data(ctx, ingest_only)
     for step in STEPS:
         results[step] = run_step(config, step, step, fns[step], data=data)
         data = {"after": results[step]["stamp"]}  # the next step depends on what this one produced
+        if step == "train" and control is not None:
+            # its own context: training reads its corpus (the documents) from ctx.config
+            results["control"] = run_step(control, "train-raw-cpt-control", "train", lambda: run_train(control),
+                                          data={"after": results["synthesize"]["stamp"]})
+            data = {"after": [results["train"]["stamp"], results["control"]["stamp"]]}
         if step == until:
             break
     return results
+
+
+def control_config(config: EntiGraphConfig) -> EntiGraphConfig | None:
+    """The positive control `run` trains beside the configured corpus (train.raw_cpt_control_steps): Raw CPT on
+    the documents alone, with the same hyperparameters, for its own number of steps; None when off."""
+    steps = config.train.raw_cpt_control_steps
+    if steps is None or config.train.corpus == "raw":
+        return None
+    return derive(config, [f"train.name=control/raw-cpt-{steps}steps", "train.corpus=raw", f"train.max_steps={steps}",
+                           f"train.epochs={max(config.train.epochs, 64)}", "train.max_synthetic_tokens=null",
+                           "train.raw_cpt_control_steps=null"])
 
 
 def synthesis_data(ctx: RunContext, ingest_only: bool = False) -> dict:

@@ -41,3 +41,16 @@ def test_paired_change_resamples_articles():
     trained = [{**q, "correct": q["article_id"] in {"0", "1"}} for q in base]  # two articles learned, wholly
     delta, (lo, hi) = paired_delta(trained, base)
     assert delta == pytest.approx(1 / 3) and lo == 0.0 and hi > 0.6
+
+
+def test_verdicts_read_the_control_first_then_say_plainly_whether_each_model_beat_base():
+    from ray_entigraph.eval.report import verdict_lines
+
+    rows = [{"label": "base"},
+            {"label": "trained", "delta_vs_base": 0.05, "delta_vs_base_ci95": (-0.02, 0.12)},
+            {"label": "raw-cpt", "delta_vs_base": 0.2, "delta_vs_base_ci95": (0.1, 0.3)}]
+    lines = verdict_lines(rows)
+    assert lines[0] == "positive control passed: Raw CPT beat the base model by +20.0 pts [+10.0, +30.0]"
+    assert lines[1] == "trained did not beat the base model outside its 95% interval (+5.0 pts [-2.0, +12.0])"
+    rows[2]["delta_vs_base_ci95"] = (-0.05, 0.4)
+    assert verdict_lines(rows)[0].endswith("so the comparison between arms is uninformative")
