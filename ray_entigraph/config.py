@@ -346,10 +346,7 @@ class TrainConfig(_Section):
     def effective_seed(self, run_seed: int) -> int:
         return run_seed if self.seed is None else self.seed
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (None: all epochs).")
-    raw_cpt_control_steps: int | None = Field(None, ge=1, description=(
-        "`run` also trains Raw CPT (the documents alone, the same hyperparameters) for this many steps under "
-        "<output_dir>/control/, and evaluates it beside the trained model as the positive control: the report "
-        "says whether it beat the base model, and whether the trained model did. None: no control."))
+
     lr: float = Field(5e-6, gt=0, description="Peak learning rate (the paper: 5e-6).")
     warmup_ratio: float = Field(0.05, ge=0, lt=1, description=(
         "Linear warmup over this share of steps, then cosine decay."))
@@ -467,6 +464,13 @@ class SweepConfig(_Section):
         "WRAP-style rephrase augmenter, synthesized into output_dir/sweep/rephrase)."))
 
 
+class RunConfig(_Section):
+    raw_cpt_control_steps: int | None = Field(None, ge=1, description=(
+        "`run` also trains Raw CPT (the documents alone, train's other settings) for this many steps under "
+        "<output_dir>/control/, and evaluates it beside the trained model as the positive control: the report "
+        "says whether it beat the base model, and whether the trained model did. None: no control."))
+
+
 class AblationConfig(_Section):
     variants: list[str] = Field(
         default_factory=lambda: ["entigraph", "grounded", "dedup", "freeform", "entigraph+raw", "raw-cpt"],
@@ -580,6 +584,7 @@ class EntiGraphConfig(_Section):
     cost: CostConfig = Field(default_factory=CostConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    run: RunConfig = Field(default_factory=RunConfig, description="Settings of `ray-entigraph run` itself.")
     sweep: SweepConfig = Field(default_factory=SweepConfig)
     ablation: AblationConfig = Field(default_factory=AblationConfig)
     lease: LeaseConfig = Field(default_factory=LeaseConfig)

@@ -34,9 +34,9 @@ from ray_entigraph.workflows.preflight import preflight
 # top-level config sections each kind of step does NOT depend on (resources, prices, storage timeouts and the
 # lease change how and at what cost a step runs, never what it produces)
 _IGNORED = {
-    "synthesize": ("train", "eval", "sweep", "ablation", "resources", "cost", "storage", "lease"),
-    "train": ("eval", "sweep", "ablation", "resources", "cost", "storage", "lease"),
-    "eval": ("sweep", "ablation", "resources", "cost", "storage", "lease"),
+    "synthesize": ("train", "eval", "run", "sweep", "ablation", "resources", "cost", "storage", "lease"),
+    "train": ("eval", "run", "sweep", "ablation", "resources", "cost", "storage", "lease"),
+    "eval": ("run", "sweep", "ablation", "resources", "cost", "storage", "lease"),  # the control: in its data
 }
 # What a step's summary says it produced: part of its stamp, which the steps after it depend on.
 _PRODUCED = ("rows", "num_failed", "synthetic_tokens_used", "steps")
@@ -150,14 +150,14 @@ def run(config: EntiGraphConfig, until: str | None = None) -> dict[str, dict]:
 
 
 def control_config(config: EntiGraphConfig) -> EntiGraphConfig | None:
-    """The positive control `run` trains beside the configured corpus (train.raw_cpt_control_steps): Raw CPT on
+    """The positive control `run` trains beside the configured corpus (run.raw_cpt_control_steps): Raw CPT on
     the documents alone, with the same hyperparameters, for its own number of steps; None when off."""
-    steps = config.train.raw_cpt_control_steps
+    steps = config.run.raw_cpt_control_steps
     if steps is None or config.train.corpus == "raw":
         return None
     return derive(config, [f"train.name=control/raw-cpt-{steps}steps", "train.corpus=raw", f"train.max_steps={steps}",
                            f"train.epochs={max(config.train.epochs, 64)}", "train.max_synthetic_tokens=null",
-                           "train.raw_cpt_control_steps=null"])
+                           "run.raw_cpt_control_steps=null"])
 
 
 def synthesis_data(ctx: RunContext, ingest_only: bool = False) -> dict:

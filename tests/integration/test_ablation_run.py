@@ -53,6 +53,11 @@ def test_ablation_trains_every_arm_at_equal_tokens_and_steps(ray_local, tiny_mod
     for cid in curated:
         rows = storage.StageStore(str(out), f"{schema.CURATE}/{cid}").read(schema=schema.CURATED).to_pylist()
         assert rows and all(0.0 <= r["grounding"] <= 1.0 for r in rows)
+    # the arm on the main synthetic rows is measured (grounding, copy rate, decontamination); a curated copy is not
+    measured = next(r for r in trained if r["variant"] == "entigraph")
+    assert 0.0 <= measured["mean_grounding"] <= 1.0 and measured["contaminated_questions"] >= 0
+    assert next(r for r in trained if r["variant"] == "grounded")["mean_grounding"] is None
+    assert summary.control.startswith("positive control: no Raw CPT arm")  # not among this test's arms
     assert (out / "ablation" / "accuracy_vs_tokens.png").stat().st_size > 5000
     assert (out / "ablation" / "arms.png").stat().st_size > 5000
     assert json.loads((out / "ablation" / "ablation.json").read_text())["rows"] == summary.rows

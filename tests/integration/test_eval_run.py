@@ -152,7 +152,9 @@ def test_run_resumes_after_a_kill_between_steps(tiny_model_dir, tmp_path):
     assert not (out / "_steps" / "eval.json").exists()
     shards = {p: p.stat().st_mtime_ns for p in (out / "synthetic").glob("*/p=*/*.parquet")}
     assert shards
-    rerun = subprocess.run(_run_cli(out, tiny_model_dir), cwd=ROOT, env=env, capture_output=True, text=True,
+    # the re-run adds the positive control (run's own setting: synthesis stays done)
+    control = "run.raw_cpt_control_steps=2"
+    rerun = subprocess.run(_run_cli(out, tiny_model_dir, control), cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=800)
     assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
     assert "[run] synthesize: done earlier" in rerun.stdout and "[run] train: starting" in rerun.stdout
@@ -161,11 +163,14 @@ def test_run_resumes_after_a_kill_between_steps(tiny_model_dir, tmp_path):
                 "train/model/model.safetensors", "eval/report.json", "eval/report.md", "eval/accuracy.png"):
         assert (out / rel).exists(), rel
     labels = [r["label"] for r in json.loads((out / "eval" / "report.json").read_text())["summary"]]
-    assert labels == ["base", "trained"]
+    assert labels == ["base", "trained", "raw-cpt"]
+    control_metrics = (out / "control" / "raw-cpt-2steps" / "metrics.jsonl").read_text().splitlines()
+    assert json.loads(control_metrics[-1])["step"] == 2
+    assert "positive control " in rerun.stdout and "trained " in rerun.stdout and "the base model" in rerun.stdout
     # a third run does nothing again
-    again = subprocess.run(_run_cli(out, tiny_model_dir), cwd=ROOT, env=env, capture_output=True, text=True,
+    again = subprocess.run(_run_cli(out, tiny_model_dir, control), cwd=ROOT, env=env, capture_output=True, text=True,
                            timeout=300)
-    assert again.returncode == 0 and again.stdout.count("done earlier") == 3, again.stdout[-2000:]
+    assert again.returncode == 0 and again.stdout.count("done earlier") == 4, again.stdout[-2000:]
 
 
 def test_sweep_trains_each_budget_and_baseline_and_fits_the_curve(ray_local, tiny_model_dir, tmp_path):

@@ -109,9 +109,9 @@ def test_the_positive_control_of_run_is_raw_cpt_at_its_own_steps_in_its_own_fold
     from ray_entigraph.workflows.steps import control_config
 
     assert control_config(load_config("configs/demo.yaml", [])) is None  # off unless asked for
-    config = load_config("configs/demo.yaml", ["train.raw_cpt_control_steps=40"])
+    config = load_config("configs/demo.yaml", ["run.raw_cpt_control_steps=40"])
     control = control_config(config)
     assert control.train.corpus == "raw" and control.train.max_steps == 40 and control.train.epochs >= 40
     assert control.train.name == "control/raw-cpt-40steps" and control.train.lr == config.train.lr
-    assert control_config(load_config("configs/demo.yaml", ["train.raw_cpt_control_steps=40", "train.corpus=raw"])) \
+    assert control_config(load_config("configs/demo.yaml", ["run.raw_cpt_control_steps=40", "train.corpus=raw"])) \
         is None  # a Raw CPT run is its own control
