@@ -233,6 +233,10 @@ class ExtractConfig(_Section):
     fallback: Literal["none", "heuristic"] = Field("heuristic", description=(
         "After the last failed attempt: `heuristic` takes capitalised phrases from the document (rows marked "
         "entities_source=heuristic); `none` records the document as failed."))
+    source: Literal["model", "heuristic"] = Field("model", description=(
+        "`model`: the generator lists the entities (EntiGraph); `heuristic`: the document's capitalised phrases, "
+        "with no model call, for generators too small to list names as the document writes them (measure the "
+        "parse rate first: the extraction rows' entities_source and parse_how)."))
 
 
 class PlanConfig(_Section):

@@ -68,7 +68,8 @@ def extraction_key(config: EntiGraphConfig, doc_id: str, *, prompt_version: str,
     return request_key(
         doc_id=doc_id, kind=EXTRACT_KIND, entities=(), prompt_version=prompt_version, model=config.model.name,
         sampling={**x.sampling.key(), "max_attempts": x.max_attempts, "fallback": x.fallback,
-                  "max_entities": x.max_entities, **({"json_schema": True} if constrained else {})},
+                  "max_entities": x.max_entities, **({"json_schema": True} if constrained else {}),
+                  **({"source": x.source} if x.source != "model" else {})},
         seed=config.seed,
     )
 
@@ -79,7 +80,8 @@ def extraction_id(config: EntiGraphConfig, *, prompt_version: str, constrained: 
     return _short_hash({"model": config.model.name, "prompts": prompt_version, "seed": config.seed,
                         "sampling": x.sampling.key(), "max_attempts": x.max_attempts, "fallback": x.fallback,
                         "max_entities": x.max_entities, "min_entities": x.min_entities,
-                        "grounded": x.require_entities_in_document, "constrained": constrained})
+                        "grounded": x.require_entities_in_document, "constrained": constrained,
+                        **({"source": x.source} if x.source != "model" else {})})
 
 
 def synthesis_id(config: EntiGraphConfig, *, prompt_version: str, extraction: str | None) -> str:

@@ -64,7 +64,8 @@ class EntityExtractionWorker:
     def __init__(self, config: EntiGraphConfig, prompts: PromptSet, constrained: bool, extraction: str,
                  layout: Layout | None = None):
         self.config = worker_config(config)
-        self.engine = make_engine(self.config)
+        # extract.source=heuristic reads names from the document: no model to load
+        self.engine = make_engine(self.config) if self.config.extract.source == "model" else None
         self.prompts = prompts
         self.constrained = constrained  # the request key says so too (RunContext.extraction_key)
         self.store = (layout or Layout(config.output_dir, num_partitions=config.num_partitions)).entities(extraction)
@@ -90,7 +91,7 @@ class EntityExtractionWorker:
         # With constrained decoding the grammar writes the whole object: no prefill then.
         structured = self.constrained
         prefix = "" if structured else template.response_prefix
-        for attempt in range(cfg.max_attempts):
+        for attempt in range(cfg.max_attempts if self.engine is not None else 0):
             if not pending:
                 break
             requests = [
@@ -105,6 +106,7 @@ class EntityExtractionWorker:
                 )
                 for d in pending
             ]
+            assert self.engine is not None
             results = self.engine.generate(requests)
             still = []
             for d, res in zip(pending, results):
@@ -132,17 +134,19 @@ class EntityExtractionWorker:
             parsed = st["parsed"]
             row = {
                 "request_key": d["request_key"], "doc_id": d["doc_id"], "title": d["title"], "text": d["text"],
-                "num_attempts": st["attempts"], "raw_output": st["raw"], "model": self.engine.model_name,
+                "num_attempts": st["attempts"], "raw_output": st["raw"],
+                "model": self.engine.model_name if self.engine is not None else "heuristic",
                 "prompt_version": self.prompts.version, "num_entities_dropped": st["dropped"],
             }
             if parsed is not None:
                 rows.append({**row, "summary": parsed.summary, "entities": parsed.entities,
                              "entities_source": "model", "parse_how": parsed.how})
                 continue
-            fallback = heuristic_entities(d["text"], cfg.max_entities) if cfg.fallback == "heuristic" else []
+            heuristic = cfg.fallback == "heuristic" or self.engine is None
+            fallback = heuristic_entities(d["text"], cfg.max_entities) if heuristic else []
             if len(fallback) >= cfg.min_entities:
-                rows.append({**row, "summary": st.get("summary"), "entities": fallback,
-                             "entities_source": "heuristic", "parse_how": "failed"})
+                rows.append({**row, "summary": st.get("summary"), "entities": fallback, "entities_source": "heuristic",
+                             "parse_how": "failed" if self.engine is not None else "not asked"})
             else:
                 errors.append(error_row(schema.EXTRACT, d["request_key"], d["doc_id"],
                                         f"extraction failed after {st['attempts']} attempts: {st.get('reason')}"))
