@@ -18,5 +18,6 @@ def test_partitions_combine_into_means_over_rows_and_a_count_of_questions():
              {"rows": 0, "grounding_sum": 0.0, "copy_sum": 0.0, "copy_rows": 0, "loop_rows": 0, "contaminated": {}}]
     out = combine(parts)
     assert out["rows"] == 4 and abs(out["mean_grounding"] - 0.4) < 1e-9 and abs(out["copy_rate"] - 0.2 / 3) < 1e-9
-    assert out["loop_share"] == 0.25 and out["contaminated_questions"] == 2 and out["contaminated"] == {"q1": 3, "q2": 1}
+    assert out["loop_share"] == 0.25 and out["contaminated_questions"] == 2
+    assert out["contaminated"] == {"q1": 3, "q2": 1}
     assert combine([])["mean_grounding"] is None
