@@ -17,6 +17,15 @@ import argparse
 import time
 
 
+def template_of(question: str) -> str:
+    """A question's template: its names (capitalised words after the first) and numbers replaced by X and N."""
+    import re
+
+    words = question.split()
+    out = [words[0]] + [("X" if w[:1].isupper() else "N" if w[:1].isdigit() else w) for w in words[1:]]
+    return re.sub(r"(X )+X", "X", " ".join(out))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="bundled:smollm2-135m-instruct")
@@ -50,7 +59,7 @@ def main() -> None:
             if args.by_kind:
                 kinds: dict[str, list[float]] = {}
                 for c, q in zip(correct, questions):
-                    kinds.setdefault(" ".join(q.question.split()[:4]), []).append(c)
+                    kinds.setdefault(template_of(q.question), []).append(c)
                 for kind, cs in sorted(kinds.items()):
                     print(f"  {split} {name} {kind!r}: {sum(cs) / len(cs):.2f} of {len(cs)}")
         row["wall_s"] = round(time.time() - started, 1)

@@ -280,9 +280,9 @@ def test_synthesis_and_training_on_two_nodes_with_s3(ray_cluster, s3_bucket, tin
     cmd = [str(BIN / SYNTH[0]), *SYNTH[1:], "--config", "configs/demo.yaml",
            *tiny_overrides(tiny_model_dir, small_corpus, out),
            "resources.min_actors=2", "resources.max_actors=2", "resources.num_cpus_per_actor=2",
-           # one task group per unit of work: 20 units (the 2 documents are 4 chunks of <= 256 tokens), enough
+           # one task group per unit of work: 10 units (the first document is 2 chunks of <= 256 tokens), enough
            # for both actors
-           "resources.batch_size=1", "plan.tasks_per_group=1", "engine.torch_threads=1"]
+           "input.max_documents=1", "resources.batch_size=1", "plan.tasks_per_group=1", "engine.torch_threads=1"]
     # The driver runs outside the cluster and connects with ray.init() through RAY_ADDRESS. Ray Data is told to
     # wait until the whole pool is up before handing out work: by default the first actor ready takes the work
     # (measured: in 1 of 2 runs without this, all 20 synthesis units and all extraction ran on the head).
@@ -309,9 +309,10 @@ def test_synthesis_and_training_on_two_nodes_with_s3(ray_cluster, s3_bucket, tin
     # Continued pretraining on the same two nodes: one Ray Train worker per node (2 CPUs each, 3 per node), gloo
     # across them, blocks and checkpoints on S3. Then the same training with one worker SIGKILLed after the
     # first checkpoint: Ray Train restarts the workers from it and the run finishes on the same trajectory.
-    train = [*tiny_overrides(tiny_model_dir, small_corpus, out), "train.corpus=synthetic+raw", "train.block_len=32",
+    train = [*tiny_overrides(tiny_model_dir, small_corpus, out), "input.max_documents=1", "train.corpus=synthetic+raw",
+             "train.block_len=32",
              "train.global_batch_size=2", "train.micro_batch_size=1", "train.num_workers=2",
-             "train.cpus_per_worker=2", "train.torch_threads=1", "train.lr=3e-3", "train.max_steps=8",
+             "train.cpus_per_worker=2", "train.torch_threads=1", "train.lr=3e-3", "train.max_steps=6",
              "train.checkpoint_every=2", "train.max_failures=1"]
     base = [str(BIN / "ray-entigraph"), "train", "--config", "configs/demo.yaml", *train]
     run = subprocess.run([*base, "train.name=twonode"], env=env, cwd=REPO, capture_output=True, text=True,
@@ -320,7 +321,7 @@ def test_synthesis_and_training_on_two_nodes_with_s3(ray_cluster, s3_bucket, tin
     workers = [json.loads(storage.read_text(u)) for u in storage.list_files(f"{out}/twonode/workers", ".json")]
     assert {w["node_id"] for w in workers} == {head, worker}, workers  # one rank on each node
     uninterrupted = read_metrics(f"{out}/twonode")
-    assert [m["step"] for m in uninterrupted] == list(range(1, 9))
+    assert [m["step"] for m in uninterrupted] == list(range(1, 7))
 
     proc = subprocess.Popen([*base, "train.name=killed"], env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -335,7 +336,7 @@ def test_synthesis_and_training_on_two_nodes_with_s3(ray_cluster, s3_bucket, tin
     output, _ = proc.communicate(timeout=420)
     assert proc.returncode == 0, output[-4000:]
     resumed = read_metrics(f"{out}/killed")
-    assert [m["step"] for m in resumed] == list(range(1, 9))
+    assert [m["step"] for m in resumed] == list(range(1, 7))
     for a, b in zip(uninterrupted, resumed):
         assert abs(a["loss"] - b["loss"]) <= 1e-4 * a["loss"], (a["step"], a["loss"], b["loss"])
     restarted = [json.loads(storage.read_text(u)) for u in storage.list_files(f"{out}/killed/workers", ".json")]

@@ -177,10 +177,13 @@ def test_sweep_trains_each_budget_and_baseline_and_fits_the_curve(ray_local, tin
     from ray_entigraph.workflows import sweep
 
     out = tmp_path / "sweep"
-    config = tiny_config(tiny_model_dir, "builtin:demo", out, *SMALL, "sweep.num_budgets=3")
+    # the Rephrase baseline's wiring is in tests/unit/workflows/test_sweep.py, its synthesis in test_pipeline.py
+    config = tiny_config(tiny_model_dir, "builtin:demo", out, *SMALL, "sweep.num_budgets=3", "sweep.baselines=[raw]",
+                         "sweep.raw_cpt_steps=3")
     summary = sweep(config)
     arms = [p["arm"] for p in summary.points]
-    assert arms[0] == "base" and "raw-cpt" in arms and "rephrase" in arms
+    assert arms[0] == "base" and "raw-cpt" in arms and "rephrase" not in arms
+    assert "positive control" in summary.lines()[-4]
     budgets = [p for p in summary.points if p["series"] == "entigraph"]
     assert len(budgets) == 3
     tokens = [p["synthetic_tokens"] for p in budgets]
@@ -191,5 +194,6 @@ def test_sweep_trains_each_budget_and_baseline_and_fits_the_curve(ray_local, tin
     assert summary.fit is not None and len(summary.fit["terms"]) == 1  # 4 curve points: base + 3 budgets
     assert isinstance(summary.fit["rises"], bool) and any(line.startswith("fit ") for line in summary.lines())
     assert (out / "sweep" / "accuracy_vs_tokens.png").stat().st_size > 5000
-    assert (out / "sweep" / "rephrase" / "synthetic").is_dir()
+    raw = json.loads((out / "sweep" / "raw-cpt-3steps" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert raw["step"] == 3  # Raw CPT trained its own step budget
     assert json.loads((out / "sweep" / "sweep.json").read_text())["points"] == summary.points

@@ -81,16 +81,17 @@ def test_a_sweep_with_a_new_budget_trains_only_that_arm_and_evaluates_every_arm_
                         lambda config, ctx=None: calls["synthesize"].append(1) or _Done(rows=40))
     monkeypatch.setattr(sweep_module, "init_ray", lambda config: None)
     monkeypatch.setattr(sweep_module, "run_pack", lambda config: {schema.SYNTHETIC_SOURCE: 10})
+    trained: list = []  # every training's config
     monkeypatch.setattr(sweep_module, "run_train", lambda arm: calls["train"].append(arm.train.max_synthetic_tokens)
-                        or _Done(synthetic_tokens_used=arm.train.max_synthetic_tokens))
+                        or trained.append(arm) or _Done(synthetic_tokens_used=arm.train.max_synthetic_tokens or 0))
     monkeypatch.setattr(sweep_module, "run_eval", fake_eval)
     monkeypatch.setattr(sweep_module, "accuracy_vs_tokens_plot", lambda points, fitted, url: None)
 
-    def sweep(budgets: str):
+    def sweep(budgets: str, baselines: str = "[]"):
         for key in calls:
             calls[key].clear()
         summary = sweep_module.sweep(load_config(None, [f"output_dir={tmp_path}", f"sweep.budgets={budgets}",
-                                                        "sweep.baselines=[]"]))
+                                                        f"sweep.baselines={baselines}", "train.block_len=64"]))
         return summary, capsys.readouterr().out
 
     first, _ = sweep("[128]")
@@ -108,3 +109,15 @@ def test_a_sweep_with_a_new_budget_trains_only_that_arm_and_evaluates_every_arm_
     assert calls == {"synthesize": [], "train": [], "eval": []}
     assert "starting" not in log and log.count("done earlier") == 4  # synthesize, two trainings, the evaluation
     assert third.points == second.points
+
+    # the baselines: Raw CPT at its own steps (the largest budget's), Rephrase synthesized and trained in its own
+    # output_dir; every arm evaluated again in one report
+    trained.clear()
+    _, log = sweep("[128, 256]", "[raw, rephrase]")
+    assert calls["synthesize"] == [1] and calls["train"] == [None, None]
+    raw, rephrase = trained
+    steps = sweep_module.raw_cpt_steps(load_config(None, ["train.block_len=64"]), 256)
+    assert raw.train.corpus == "raw" and raw.train.max_steps == steps and raw.train.epochs >= steps
+    assert raw.train.name.startswith("sweep/raw-cpt-") and raw.output_dir == str(tmp_path)
+    assert rephrase.synthesis.augmenter == "rephrase" and rephrase.output_dir.endswith("sweep/rephrase")
+    assert calls["eval"] == [["base", "entigraph-128", "entigraph-256", "raw-cpt", "rephrase"]]
