@@ -49,8 +49,10 @@ def test_train_loss_falls_exports_and_loads(synthesized, tiny_model_dir):
     lines = _metrics(synthesized)
     assert [m["step"] for m in lines] == list(range(1, 11))
     assert lines == [json.loads(x) for x in storage.read_text(f"{synthesized}/train/metrics.jsonl").splitlines()]
-    first, last = lines[0]["loss"], sum(m["loss"] for m in lines[-3:]) / 3
-    assert last < first - 0.5, (first, last)  # the loss falls
+    # the loss falls: from about ln(vocab) = 10.8 for the random model, by 0.4 to 0.6 in 10 steps on the random
+    # model's own text (measured), so the means of the first and last three steps are compared
+    first, last = sum(m["loss"] for m in lines[:3]) / 3, sum(m["loss"] for m in lines[-3:]) / 3
+    assert last < first - 0.25, (first, last)
     assert all(m["loss_synthetic"] is not None for m in lines) and any(m["loss_replay"] is not None for m in lines)
     mixture = json.loads(storage.read_text(f"{synthesized}/train/mixture.json"))
     stream_len = mixture["epoch_length"]
