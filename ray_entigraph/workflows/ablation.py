@@ -32,13 +32,7 @@ from ray_entigraph.train.data import run_pack
 from ray_entigraph.train.launch import run_train
 from ray_entigraph.workflows.plots import accuracy_vs_tokens_plot, arms_plot
 from ray_entigraph.workflows.preflight import preflight
-from ray_entigraph.workflows.steps import log, run_step, synthesis_data
-
-# Every arm's train.epochs is raised to at least this many passes over its own stream, so that train.max_steps
-# (the equal step count, `equal_steps`), not the end of the stream, stops its training: Raw CPT's stream (the
-# documents alone) is far shorter than a synthetic budget. It suffices while a synthetic budget is at most
-# MIN_STREAM_EPOCHS / ablation.epochs times the documents' blocks (32 times at the paper's 2 epochs).
-MIN_STREAM_EPOCHS = 64
+from ray_entigraph.workflows.steps import MIN_STREAM_EPOCHS, log, run_step, synthesis_data
 
 
 def arm_config(config: EntiGraphConfig, variant: str) -> EntiGraphConfig:

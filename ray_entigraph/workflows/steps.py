@@ -43,6 +43,12 @@ _PRODUCED = ("rows", "num_failed", "synthetic_tokens_used", "steps")
 
 STEPS = ("synthesize", "train", "eval")
 
+# A training with a step budget (an ablation arm, Raw CPT in sweep and run) has its train.epochs raised to at
+# least this many passes over its own stream, so that train.max_steps, not the end of the stream, stops it: Raw
+# CPT's stream (the documents alone) is far shorter than a synthetic budget. It suffices while a synthetic budget
+# is at most MIN_STREAM_EPOCHS / ablation.epochs times the documents' blocks (32 times at the paper's 2 epochs).
+MIN_STREAM_EPOCHS = 64
+
 
 def marker_url(config: EntiGraphConfig, step: str) -> str:
     """Where a finished step's marker lives: <output_dir>/_steps/<step>.json (a `/` in the step name is `-`)."""
@@ -155,9 +161,16 @@ def control_config(config: EntiGraphConfig) -> EntiGraphConfig | None:
     steps = config.run.raw_cpt_control_steps
     if steps is None or config.train.corpus == "raw":
         return None
-    return derive(config, [f"train.name=control/raw-cpt-{steps}steps", "train.corpus=raw", f"train.max_steps={steps}",
-                           f"train.epochs={max(config.train.epochs, 64)}", "train.max_synthetic_tokens=null",
-                           "run.raw_cpt_control_steps=null"])
+    return raw_cpt_config(config, f"control/raw-cpt-{steps}steps", steps)
+
+
+def raw_cpt_config(config: EntiGraphConfig, name: str, steps: int) -> EntiGraphConfig:
+    """Raw CPT (the documents alone, train's other settings) for `steps` optimizer steps in <output_dir>/<name>:
+    the positive control of `run` and `sweep`. Its stream is repeated enough that the steps, not the stream's
+    end, stop it."""
+    return derive(config, [f"train.name={name}", "train.corpus=raw", f"train.max_steps={steps}",
+                           f"train.epochs={max(config.train.epochs, MIN_STREAM_EPOCHS)}",
+                           "train.max_synthetic_tokens=null", "run.raw_cpt_control_steps=null"])
 
 
 def synthesis_data(ctx: RunContext, ingest_only: bool = False) -> dict:

@@ -24,10 +24,9 @@ from ray_entigraph.pipeline import synthesize
 from ray_entigraph.runtime import init_ray
 from ray_entigraph.train.data import run_pack
 from ray_entigraph.train.launch import run_train
-from ray_entigraph.workflows.ablation import MIN_STREAM_EPOCHS
 from ray_entigraph.workflows.plots import accuracy_vs_tokens_plot
 from ray_entigraph.workflows.preflight import preflight
-from ray_entigraph.workflows.steps import run_step, synthesis_data
+from ray_entigraph.workflows.steps import raw_cpt_config, run_step, synthesis_data
 
 
 @dataclass
@@ -90,9 +89,7 @@ def sweep(config: EntiGraphConfig) -> SweepSummary:
                                                             f"train.max_synthetic_tokens={budget}"])))
     if "raw" in config.sweep.baselines:
         steps = raw_cpt_steps(config, max(sweep_budgets(config, available)))
-        arms.append(("raw-cpt", derive(config, [f"train.name=sweep/raw-cpt-{steps}steps", "train.corpus=raw",
-                                                "train.max_synthetic_tokens=null", f"train.max_steps={steps}",
-                                                f"train.epochs={max(config.train.epochs, MIN_STREAM_EPOCHS)}"])))
+        arms.append(("raw-cpt", raw_cpt_config(config, f"sweep/raw-cpt-{steps}steps", steps)))
     if "rephrase" in config.sweep.baselines:
         rephrase = derive(config, [f"output_dir={storage.join(config.output_dir, 'sweep', 'rephrase')}",
                                    "synthesis.augmenter=rephrase", "synthesis.prompts=rephrase-v1",
