@@ -80,7 +80,12 @@ def init_from_env(use_gpu: bool) -> Dist:
 
 
 def shutdown() -> None:
+    """After a run that succeeded on every rank: wait until every rank is here (rank 0 may still be exporting,
+    and no rank should tear down its gloo or NCCL connections while another still uses them), then destroy
+    the group. Not after a failure: a rank that failed mid-collective would make the others wait on it."""
     if dist.is_available() and dist.is_initialized():
+        if dist.get_world_size() > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

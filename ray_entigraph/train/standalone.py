@@ -74,11 +74,9 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.blocks) as f:
         blocks = json.load(f)
     d = dist.init_from_env(config.train.use_gpu)
-    try:
-        run_training(config, blocks, d, FolderCheckpoints(args.checkpoints, d),
-                     local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-    finally:
-        dist.shutdown()
+    run_training(config, blocks, d, FolderCheckpoints(args.checkpoints, d),
+                 local_world=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    dist.shutdown()  # on success only: after a failure, torchrun stops the other ranks
 
 
 if __name__ == "__main__":
