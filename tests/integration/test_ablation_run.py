@@ -21,30 +21,23 @@ def test_ablation_trains_every_arm_at_equal_tokens_and_steps(ray_local, tiny_mod
     # the tiny model writes random tokens: every row would fail a real grounding threshold, so the grounded
     # arm here only checks the wiring (threshold 0); docs/faithfulness.md has the real run
     config = tiny_config(tiny_model_dir, "builtin:demo", out, *SMALL,
-                         "ablation.variants=[entigraph,grounded]", "ablation.min_grounding=0.0",
-                         "ablation.seeds=[0,1]")
+                         "ablation.variants=[entigraph,grounded]", "ablation.min_grounding=0.0")
     summary = ablate(config)
     arms = {r["variant"]: r for r in summary.rows}
-    # two arms x two seeds (Raw CPT trains in the sweep test and test_train.py; two arms keep this test short)
+    # two arms, one seed (Raw CPT trains in the sweep test and test_train.py; more seeds are more runs of the same
+    # code, planned in tests/unit/workflows/test_ablation.py; two arms keep this test short)
     assert set(arms) == {"base", "entigraph", "grounded"}
     trained = [r for r in summary.rows if r["variant"] != "base"]
     assert len({r["steps"] for r in trained}) == 1 and trained[0]["steps"] >= 1  # equal steps
     synthetic = [r["synthetic_tokens"] for r in trained]
     assert len(set(synthetic)) == 1 and synthetic[0] > 0  # equal synthetic tokens
     for r in trained:
-        assert r["seeds"] == [0, 1] and len(r["accuracy_per_seed"]) == 2
-        for name in (r["arm"], f"{r['arm']}-seed1"):  # the run seed's arm keeps its plain name
-            # each arm's folder names its step count
-            metrics = (out / "ablation" / f"{name}-{r['steps']}steps" / "metrics.jsonl").read_text().splitlines()
-            assert json.loads(metrics[-1])["step"] == r["steps"]  # each training really ran that many steps
+        assert r["seeds"] == [0] and len(r["accuracy_per_seed"]) == 1
+        # each arm's folder names its step count
+        metrics = (out / "ablation" / f"{r['arm']}-{r['steps']}steps" / "metrics.jsonl").read_text().splitlines()
+        assert json.loads(metrics[-1])["step"] == r["steps"]  # each training really ran that many steps
+        assert (out / "ablation" / f"{r['arm']}-{r['steps']}steps" / "model" / "model.safetensors").exists()
         assert r["ci95"][0] <= r["accuracy"] <= r["ci95"][1] and r["delta_vs_base_ci95"] is not None
-    # another training seed is another data order: the two seeds' trained weights differ
-    import hashlib
-
-    digest = lambda d: hashlib.sha256(b"".join(p.read_bytes() for p in sorted(d.glob("*.safetensors")))).hexdigest()  # noqa: E731
-    entigraph = next(r for r in trained if r["variant"] == "entigraph")
-    folder = lambda name: out / "ablation" / f"{name}-{entigraph['steps']}steps" / "model"  # noqa: E731
-    assert digest(folder(entigraph["arm"])) != digest(folder(f"{entigraph['arm']}-seed1"))
     assert next(r for r in trained if r["variant"] == "grounded")["delta_vs_entigraph_ci95"] is not None
     # the curated arm trained on a curated copy, with scores, beside the untouched synthetic corpus (dedup is
     # tested in test_curate.py)

@@ -307,24 +307,16 @@ def test_synthesis_and_training_on_two_nodes_with_s3(ray_cluster, s3_bucket, tin
           f"synthetic shards {per_node}")
 
     # Continued pretraining on the same two nodes: one Ray Train worker per node (2 CPUs each, 3 per node), gloo
-    # across them, blocks and checkpoints on S3. Then the same training with one worker SIGKILLed after the
-    # first checkpoint: Ray Train restarts the workers from it and the run finishes on the same trajectory.
+    # across them, blocks and checkpoints on S3, one worker SIGKILLed after the first checkpoint: Ray Train
+    # restarts the workers, they resume from the checkpoint and the run finishes all its steps. (That a resume
+    # continues the uninterrupted trajectory is shown in test_train.py and test_train_parallel.py.)
     train = [*tiny_overrides(tiny_model_dir, small_corpus, out), "input.max_documents=1", "train.corpus=synthetic+raw",
              "train.block_len=32",
              "train.global_batch_size=2", "train.micro_batch_size=1", "train.num_workers=2",
              "train.cpus_per_worker=2", "train.torch_threads=1", "train.lr=3e-3", "train.max_steps=6",
              "train.checkpoint_every=2", "train.max_failures=1"]
-    base = [str(BIN / "ray-entigraph"), "train", "--config", "configs/demo.yaml", *train]
-    run = subprocess.run([*base, "train.name=twonode"], env=env, cwd=REPO, capture_output=True, text=True,
-                         timeout=420)
-    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    workers = [json.loads(storage.read_text(u)) for u in storage.list_files(f"{out}/twonode/workers", ".json")]
-    assert {w["node_id"] for w in workers} == {head, worker}, workers  # one rank on each node
-    uninterrupted = read_metrics(f"{out}/twonode")
-    assert [m["step"] for m in uninterrupted] == list(range(1, 7))
-
-    proc = subprocess.Popen([*base, "train.name=killed"], env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    cmd = [str(BIN / "ray-entigraph"), "train", "--config", "configs/demo.yaml", *train, "train.name=killed"]
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     fs, ckpts = storage.filesystem(f"{out}/killed/ray/train")
     deadline, killed = time.time() + 300, None
     while killed is None:
@@ -337,10 +329,10 @@ def test_synthesis_and_training_on_two_nodes_with_s3(ray_cluster, s3_bucket, tin
     assert proc.returncode == 0, output[-4000:]
     resumed = read_metrics(f"{out}/killed")
     assert [m["step"] for m in resumed] == list(range(1, 7))
-    for a, b in zip(uninterrupted, resumed):
-        assert abs(a["loss"] - b["loss"]) <= 1e-4 * a["loss"], (a["step"], a["loss"], b["loss"])
     restarted = [json.loads(storage.read_text(u)) for u in storage.list_files(f"{out}/killed/workers", ".json")]
     assert killed not in {w["pid"] for w in restarted}  # the workers now running were started after the kill
+    assert {w["node_id"] for w in restarted} == {head, worker}, restarted  # one rank on each node
+    assert storage.exists(f"{out}/killed/model/model.safetensors")
     print(f"two-node training and a killed worker: {time.time() - started:.1f}s in all")
 
 

@@ -1,7 +1,8 @@
-"""A run killed (driver and workers, SIGKILL) at named moments, chosen by seed: in the middle of writing a
-shard, between a shard's data and its marker, and in the middle of sealing partitions. The same command then
-finishes the run with 0 lost and 0 duplicated keys, against an expected set computed apart from the planner
-(every committed entities row through the plain task generator and the reference budget allocation)."""
+"""A run killed (driver and workers, SIGKILL) at named moments: in the middle of writing a shard, between a
+shard's data and its marker, and in the middle of sealing partitions, one after the other on one folder. The
+same command then finishes the run with 0 lost and 0 duplicated keys, against an expected set computed apart
+from the planner (every committed entities row through the plain task generator and the reference budget
+allocation)."""
 
 from __future__ import annotations
 
@@ -59,15 +60,18 @@ def _expected(out: Path) -> set[str]:
     return {t["task_id"] for e in ents for t in entigraph_tasks(config, prompts, e, alloc[e["doc_id"]])}
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_killed_at_a_named_moment_then_rerun_is_exactly_once(seed, tmp_path):
-    moment = MOMENTS[seed % len(MOMENTS)]
-    nth = random.Random(seed).randint(2, 4)  # which occurrence of the moment, by seed
-    out, counter = tmp_path / "run", tmp_path / "reached"
-    env = {**os.environ, "RAY_ADDRESS": "", storage.FAULT_ENV: f"{moment}:{nth}:{counter}"}
-    assert _killed_at(out, env, tmp_path / "reached.kill") == -signal.SIGKILL
+def test_killed_at_each_named_moment_in_turn_then_rerun_is_exactly_once(tmp_path):
+    """One output folder, killed three times in a row, each run at another moment (the n-th time it is
+    reached, n drawn per moment): every rerun resumes what the killed runs left, and the last one finishes
+    with every planned key committed exactly once."""
+    out = tmp_path / "run"
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    rng = random.Random(0)
+    for moment in MOMENTS:
+        counter = tmp_path / f"reached-{moment}"
+        fault = {storage.FAULT_ENV: f"{moment}:{rng.randint(2, 4)}:{counter}"}
+        assert _killed_at(out, {**env, **fault}, Path(f"{counter}.kill")) == -signal.SIGKILL, moment
 
-    env.pop(storage.FAULT_ENV)
     rerun = subprocess.run(_command(out), cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     rows = stores.rows(out, schema.SYNTHESIZE)

@@ -150,3 +150,22 @@ def test_other_epochs_train_each_arm_in_a_new_folder_never_resuming_old_checkpoi
     for old, new in zip(before, after):
         assert new.steps != old.steps and new.config.train.max_steps == new.steps
         assert new.config.train.name != old.config.train.name and new.config.train.name.endswith(f"-{new.steps}steps")
+
+
+def test_each_training_seed_is_its_own_run_with_its_own_data_order():
+    """Seeds multiply the runs: the run seed's arm keeps its plain name and train.seed unset, another seed gets
+    its own name, folder and train.seed, and so another data order (the mixture is a seeded shuffle)."""
+    from ray_entigraph.train.mix import plan_mixture
+
+    config = _cfg("ablation.variants=[entigraph,grounded]", "ablation.seeds=[0,1]")
+    arms = {name: arm_config(config, name) for name in config.ablation.variants}
+    runs = plan_runs(config, arms, 36)
+    assert [(r.variant, r.seed) for r in runs] == [("entigraph", 0), ("grounded", 0), ("entigraph", 1),
+                                                   ("grounded", 1)]
+    assert len({r.config.train.name for r in runs}) == 4
+    plain, seeded = runs[0], runs[2]
+    assert "seed" not in plain.name and plain.config.train.seed is None
+    assert seeded.name.endswith("-seed1") and seeded.config.train.seed == 1
+    seeds = [r.config.train.effective_seed(r.config.seed) for r in (plain, seeded)]
+    orders = [plan_mixture(200, {"r": 50}, {"r": 1.0}, share=0.1, mode="replace", seed=s) for s in seeds]
+    assert seeds[0] != seeds[1] and orders[0] != orders[1]
