@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 
-from ray_entigraph.demo.knowledge import QUESTIONS_PER_DOC, SPLITS, generate, serialise, split_path
+from ray_entigraph.demo.knowledge import JOINED_PER_DOC, QUESTIONS_PER_DOC, SPLITS, generate, serialise, split_path
 from ray_entigraph.eval.quality import load_questions
 
 
@@ -23,7 +23,7 @@ def test_each_split_has_200_questions_with_answers_in_the_documents_and_balanced
         assert len(questions) >= 200 and len({q.article_id for q in questions}) * QUESTIONS_PER_DOC == len(questions)
         assert Counter(q.gold for q in questions) == Counter({i: len(questions) // 4 for i in range(4)})
         joined = [q for q in questions if q.difficult]
-        assert len(joined) == len(questions) // 3  # two per document join two facts
+        assert len(joined) == len(questions) * JOINED_PER_DOC // QUESTIONS_PER_DOC  # three per document join two facts
         for q in questions:
             assert len(set(q.options)) == 4
             assert q.options[q.gold] in q.article, q.qid  # the answer is in the document...
