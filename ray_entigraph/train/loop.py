@@ -87,8 +87,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
 def record_worker(config: EntiGraphConfig, d: dist.Dist, node_id: str = "", **extra) -> None:
     """Where this rank runs (`<train folder>/workers/rank-<r>.json`: host, Ray node, pid, device), written at
-    the start and, with what it read and its memory, at the end; rewritten when the workers restart: which
-    nodes a training used is on storage, not only in Ray's logs."""
+    the start and, with the step it resumed from, what it read and its memory, at the end; rewritten when the
+    workers restart: which nodes a training used is on storage, not only in Ray's logs."""
     import socket
 
     storage.write_text(train_url(config, "workers", f"rank-{d.rank:05d}.json"), json.dumps({
@@ -201,6 +201,9 @@ def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, check
     with checkpoints.latest() as ckpt_dir:
         if ckpt_dir:
             start_step = _restore(ckpt_dir, model, optimizer, scheduler)
+    if start_step and d.rank == 0:
+        print(f"[train] resumed from the step-{start_step} checkpoint: steps {start_step + 1} to {steps} left",
+              flush=True)
     metrics = MetricsLog(train_url(config), enabled=d.rank == 0)
     trackers = Trackers(config, enabled=d.rank == 0)
     ddp_bf16 = tc.use_gpu and tc.dtype == "bfloat16" and tc.strategy != "fsdp"
@@ -261,7 +264,8 @@ def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, check
 
     metrics.finish(steps)
     trackers.close()
-    record_worker(config, d, node_id, finished=True, block_bytes_read=sum(r.bytes_read for r in readers.values()),
+    record_worker(config, d, node_id, finished=True, resumed_from_step=start_step,
+                  block_bytes_read=sum(r.bytes_read for r in readers.values()),
                   rss_anon_start_mb=rss_start, rss_anon_end_mb=rss_anon_mb())
     state = dist.full_state_dict(model)  # collective under FSDP: every rank takes part
     if d.rank == 0:
