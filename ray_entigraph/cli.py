@@ -17,8 +17,9 @@ EntiGraph synthetic continued pretraining on Ray.
 Turns a small corpus into a large synthetic one (entities -> pair/triplet relation texts) with Ray Data
 over model actors, on a laptop or a GPU cluster; only the config differs.
 
-Every command takes  --config FILE  plus any number of  key.sub=value  overrides, e.g.
-  ray-entigraph synthesize --config configs/demo.yaml output_dir=/tmp/run plan.max_triplets_per_doc=4
+Every command takes  --config FILE_OR_PRESET  (default: the demo preset) plus any number of  key.sub=value
+overrides, e.g.
+  ray-entigraph synthesize --config demo output_dir=/tmp/run plan.max_triplets_per_doc=4
 """
 
 EPILOG = """\
@@ -31,13 +32,19 @@ examples:
   ray-entigraph ablate --config configs/demo.yaml output_dir=runs/ablation
   ray-entigraph synthesize --config configs/demo.yaml engine.kind=vllm engine.vllm.enforce_eager=true
   ray-entigraph status runs/demo --json
+  ray-entigraph export runs/demo --to exports/demo [--push-to-hub ORG/NAME]
 
 On a cluster: ray job submit --working-dir . -- ray-entigraph run --config ... output_dir=s3://bucket/run
 """
 
 
+DEFAULT_PRESET = "demo"  # never the built-in (paper-scale) defaults: a preset sized for the machine at hand
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", metavar="FILE", help="YAML config (default: built-in defaults)")
+    p.add_argument("--config", "-c", metavar="FILE",
+                   help="a YAML file or a preset installed with the package (demo, demo-gpu, knowledge, "
+                   "paper-llama3-8b); default: the demo preset")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, applied after the file")
 
 
@@ -105,6 +112,21 @@ def build_parser() -> argparse.ArgumentParser:
                        "Resumable like run.")
     _add_config_args(p)
 
+    p = sub.add_parser("export", help="the current corpus as Parquet with a dataset card (and the model with a "
+                       "model card); optionally pushed to the Hugging Face Hub",
+                       description="Write <to>/dataset (Parquet of the run's current rows, each with a grounding "
+                       "score, and a README.md dataset card that `datasets` reads) and, when the run trained a "
+                       "model, <to>/model (the model and a README.md model card with the evaluation table). "
+                       "--push-to-hub uploads exactly <to>/dataset; --push-model-to-hub uploads <to>/model.")
+    p.add_argument("output_dir", help="the run's output_dir")
+    p.add_argument("--to", required=True, metavar="DIR_OR_URL", help="where to write the export")
+    p.add_argument("--stage", choices=["synthetic", "curated"],
+                   help="which corpus (default: curated when the run curates, else synthetic)")
+    p.add_argument("--push-to-hub", metavar="ORG/NAME", help="upload <to>/dataset to this Hub dataset repository")
+    p.add_argument("--push-model-to-hub", metavar="ORG/NAME", help="upload <to>/model to this Hub model repository")
+    p.add_argument("--private", action="store_true", help="create the Hub repositories as private")
+    p.add_argument("--no-model", action="store_true", help="export the corpus only")
+
     p = sub.add_parser("status", help="print a run's state from its output directory (no cluster needed)",
                        description="Per stage: shards, requests done and failed, tokens; read from storage alone.")
     p.add_argument("output_dir", help="the run's output_dir")
@@ -116,7 +138,7 @@ def _load(args):
     from ray_entigraph import storage
     from ray_entigraph.config import load_config  # lazy: --help stays fast (pydantic models are built on import)
 
-    config = load_config(args.config, args.overrides)
+    config = load_config(args.config or DEFAULT_PRESET, args.overrides)
     storage.configure(config.storage.settings())  # before the first object-store request of this command
     return config
 
@@ -131,7 +153,8 @@ def cmd_validate(args) -> int:
         print(f"warning: {warning}", file=sys.stderr)
     if args.print:
         print(config.to_yaml(), end="")
-    print(f"config ok: {len(files)} input file(s), output_dir={config.output_dir}", file=sys.stderr)
+    print(f"config ok ({args.config or DEFAULT_PRESET}): {len(files)} input file(s), output_dir={config.output_dir}",
+          file=sys.stderr)
     return 0
 
 
@@ -207,6 +230,16 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from ray_entigraph.publish import export  # lazy: --help stays fast
+
+    started = time.time()
+    summary = export(args.output_dir, args.to, stage=args.stage, push_to_hub=args.push_to_hub,
+                     push_model_to_hub=args.push_model_to_hub, private=args.private, include_model=not args.no_model)
+    _print_done("export", summary.lines(), f"{time.time() - started:.1f}s")
+    return 0
+
+
 def cmd_status(args) -> int:
     from ray_entigraph.ledger import read_run_state  # lazy: --help stays fast (pulls in storage: pyarrow, fsspec)
 
@@ -237,7 +270,8 @@ def cmd_status(args) -> int:
 
 
 COMMANDS = {"validate": cmd_validate, "synthesize": cmd_synthesize, "train": cmd_train, "eval": cmd_eval,
-            "run": cmd_run, "sweep": cmd_sweep, "ablate": cmd_ablate, "status": cmd_status}
+            "run": cmd_run, "sweep": cmd_sweep, "ablate": cmd_ablate, "export": cmd_export,
+            "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:

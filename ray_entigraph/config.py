@@ -715,20 +715,70 @@ def _format_validation_error(err: ValidationError) -> str:
     return "Invalid configuration:\n" + "\n".join(lines)
 
 
+PRESETS_DIR = Path(__file__).parent / "presets"  # installed with the package: `--config demo` from any folder
+EXTENDS_KEY = "extends"
+
+
+def presets() -> list[str]:
+    """The names of the presets installed with the package (`--config <name>`)."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def resolve_config_path(path: str | Path, relative_to: Path | None = None) -> Path:
+    """A config file's path: an existing file (relative to `relative_to` when given, for `extends:`), else a
+    preset installed with the package (`demo`, `demo.yaml` or `configs/demo.yaml`)."""
+    p = Path(path).expanduser()
+    candidates = [relative_to / p] if relative_to is not None and not p.is_absolute() else []
+    candidates.append(p)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    preset = PRESETS_DIR / (p.stem + ".yaml")
+    if not p.is_absolute() and p.suffix in ("", ".yaml", ".yml") and preset.is_file():
+        return preset
+    raise ConfigError(f"Config file {str(path)!r} does not exist. Fix: pass an existing YAML file or a preset "
+                      f"installed with the package ({', '.join(presets())}).")
+
+
+def read_config_file(path: str | Path, relative_to: Path | None = None, _seen: tuple[Path, ...] = ()) -> dict:
+    """A config file's mapping with its `extends:` chain applied: the file's keys merged over the preset or
+    file it extends (a path relative to the extending file, or a preset name)."""
+    p = resolve_config_path(path, relative_to).resolve()
+    if p in _seen:
+        chain = " -> ".join(str(s) for s in (*_seen, p))
+        raise ConfigError(f"Config file {str(p)!r} extends itself ({chain}). Fix: remove the cycle of `extends:`.")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"Config file {str(p)!r} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {str(p)!r} must hold a mapping of keys, not {type(data).__name__}.")
+    parent = data.pop(EXTENDS_KEY, None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"Config file {str(p)!r}: `extends:` must name one preset or YAML file, "
+                          f"not {parent!r}.")
+    return _merge(read_config_file(parent, p.parent, (*_seen, p)), data)
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> EntiGraphConfig:
-    """Load a YAML config (or the defaults), apply dotted overrides, and validate."""
-    data: dict = {}
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"Config file {str(p)!r} does not exist. "
-                              "Fix: pass an existing YAML file, e.g. configs/demo.yaml.")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"Config file {str(p)!r} is not valid YAML: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"Config file {str(p)!r} must hold a mapping of keys, not {type(data).__name__}.")
+    """Load a YAML config (a file, or a preset installed with the package, with its `extends:` chain) or the
+    built-in defaults, apply dotted overrides, and validate."""
+    return config_from_dict(read_config_file(path) if path is not None else {}, overrides)
+
+
+def as_config(config: "EntiGraphConfig | str | Path | None", overrides: list[str] | None = None) -> EntiGraphConfig:
+    """A config given as an `EntiGraphConfig`, a preset name, a YAML path or None (the built-in defaults), with
+    dotted overrides applied on top: what every step of the Python API accepts."""
+    if isinstance(config, EntiGraphConfig):
+        return config_from_dict(config.model_dump(mode="json"), overrides) if overrides else config
+    return load_config(config, overrides)
+
+
+def config_from_dict(data: dict, overrides: list[str] | None = None) -> EntiGraphConfig:
+    """A config from a mapping (a parsed YAML file, a run's saved config, `config.model_dump()`) and dotted
+    overrides, validated like `load_config`."""
     data = _merge(data, parse_overrides(overrides or []))
     try:
         config = EntiGraphConfig.model_validate(data)

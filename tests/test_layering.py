@@ -13,8 +13,10 @@ Floors, lowest first (docs/architecture.md draws the same picture):
   8 pipeline, estimate                        the stage order; the dry run
   9 train/, eval/                             continued pretraining; evaluation (never each other)
  10 workflows/                                run, sweep, ablate
- 11 cli, ray_entigraph                       the command line and the package root
- 12 __main__                                  `python -m ray_entigraph`
+ 11 api                                       the Python API: the steps as functions, the corpus as a dataset
+ 12 publish                                   export: Parquet, cards, the Hub
+ 13 cli, ray_entigraph                       the command line and the package root
+ 14 __main__                                  `python -m ray_entigraph`
 """
 
 from __future__ import annotations
@@ -37,7 +39,9 @@ FLOORS = {
     "pipeline": 8, "estimate": 8,
     "train": 9, "eval": 9,
     "workflows": 10,
-    "cli": 11, "": 11, "__main__": 12,
+    "api": 11,
+    "publish": 12,
+    "cli": 13, "": 13, "__main__": 14,
 }
 
 

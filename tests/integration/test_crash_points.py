@@ -25,6 +25,7 @@ from tests import stores
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[2]
+DEFAULTS = str(ROOT / "tests" / "fixtures" / "builtin-defaults.yaml")  # the CLI's own default is the demo preset
 MOMENTS = ("mid-shard-write", "between-data-and-marker", "mid-seal")
 ARGS = ["input.path=builtin:demo", "engine.kind=echo", "num_partitions=4", "extract.max_attempts=1",
         "extract.fallback=heuristic", "plan.max_pairs_per_doc=4", "plan.max_triplets_per_doc=1",
@@ -32,7 +33,8 @@ ARGS = ["input.path=builtin:demo", "engine.kind=echo", "num_partitions=4", "extr
 
 
 def _command(out: Path) -> list[str]:
-    return [sys.executable, "-m", "ray_entigraph", "synthesize", f"output_dir={out}", *ARGS]
+    return [sys.executable, "-m", "ray_entigraph", "synthesize", "--config", DEFAULTS,
+            f"output_dir={out}", *ARGS]
 
 
 def _killed_at(out: Path, env: dict, kill_file: Path) -> int:
@@ -93,8 +95,8 @@ def test_a_unit_whose_actor_dies_every_time_is_recorded_failed_and_the_rerun_com
 
     out, poisoned = tmp_path / "run", tmp_path / "poisoned"
     env = {**os.environ, "RAY_ADDRESS": "", KILL_UNIT_ENV: f"{schema.SYNTHESIZE}:{poisoned}"}
-    cmd = [sys.executable, "-m", "ray_entigraph", "run", "--until", "synthesize", f"output_dir={out}", *ARGS,
-           "resources.max_unit_attempts=2"]
+    cmd = [sys.executable, "-m", "ray_entigraph", "run", "--until", "synthesize", "--config", DEFAULTS,
+           f"output_dir={out}", *ARGS, "resources.max_unit_attempts=2"]
     first = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=400)
     assert first.returncode == 0, first.stderr[-3000:]
     assert poisoned.read_text()  # the fault did fire

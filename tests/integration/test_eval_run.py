@@ -20,6 +20,7 @@ from .test_pipeline import tiny_config
 
 pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).resolve().parents[2]
+DEFAULTS = str(ROOT / "tests" / "fixtures" / "builtin-defaults.yaml")  # the CLI's own default is the demo preset
 SMALL = ["input.max_documents=2", "synthesis.sampling.max_new_tokens=40", "train.block_len=64",
          "train.global_batch_size=2", "train.micro_batch_size=1", "train.num_workers=1", "train.epochs=1",
          "train.lr=1e-3", "train.checkpoint_every=2", "eval.perplexity_texts=4", "eval.perplexity_window=128",
@@ -126,7 +127,8 @@ def test_generative_protocol_runs_through_the_engine(ray_local, tiny_model_dir, 
 
 
 def _run_cli(out, model_dir, *extra):
-    return [sys.executable, "-m", "ray_entigraph", "run", f"output_dir={out}", f"model.name={model_dir}",
+    return [sys.executable, "-m", "ray_entigraph", "run", "--config", DEFAULTS,
+            f"output_dir={out}", f"model.name={model_dir}",
             "model.dtype=float32", "ingest.max_document_tokens=256", "extract.max_attempts=1",
             "extract.sampling.max_new_tokens=12", "plan.max_pairs_per_doc=3", "plan.max_triplets_per_doc=1",
             "plan.tasks_per_group=2", "resources.batch_size=2", "engine.max_batch_size=4", *SMALL, *extra]

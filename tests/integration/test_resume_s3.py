@@ -24,6 +24,7 @@ from .test_pipeline import _expected_task_ids, tiny_config
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[2]
+DEFAULTS = str(ROOT / "tests" / "fixtures" / "builtin-defaults.yaml")  # the CLI's own default is the demo preset
 
 
 def _committed_rows(out: str, stage: str) -> list[dict]:
@@ -72,7 +73,8 @@ def test_every_stage_through_s3(ray_local, tiny_model_dir, small_corpus, s3_buck
 
 
 def _cli(out, corpus, model_dir, *extra):
-    return [sys.executable, "-m", "ray_entigraph", "synthesize", f"input.path={corpus}", f"output_dir={out}",
+    return [sys.executable, "-m", "ray_entigraph", "synthesize", "--config", DEFAULTS,
+            f"input.path={corpus}", f"output_dir={out}",
             f"model.name={model_dir}", "model.dtype=float32", "ingest.max_document_tokens=256",
             "extract.max_attempts=1",
             "extract.sampling.max_new_tokens=12", "synthesis.sampling.max_new_tokens=24", "plan.max_pairs_per_doc=10",

@@ -20,6 +20,7 @@ from .test_pipeline import tiny_config
 
 pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).resolve().parents[2]
+DEFAULTS = str(ROOT / "tests" / "fixtures" / "builtin-defaults.yaml")  # the CLI's own default is the demo preset
 TRAIN = ["train.block_len=64", "train.global_batch_size=4", "train.micro_batch_size=1", "train.num_workers=2",
          "train.lr=3e-3", "train.warmup_ratio=0.1", "train.checkpoint_every=3", "train.max_steps=10", "train.epochs=3",
          "train.replay_share=0.25", "train.replay=[{name: stdlib, path: 'builtin:stdlib-docs'}]",
@@ -90,7 +91,8 @@ def test_fsdp2_on_ray_train_matches_ddp(synthesized, tiny_model_dir):
 
 
 def _cli(out, model_dir, *extra):
-    return [sys.executable, "-m", "ray_entigraph", "train", f"output_dir={out}", f"model.name={model_dir}",
+    return [sys.executable, "-m", "ray_entigraph", "train", "--config", DEFAULTS,
+            f"output_dir={out}", f"model.name={model_dir}",
             "input.max_documents=3", "ingest.max_document_tokens=256", "synthesis.sampling.max_new_tokens=48",
             "plan.max_pairs_per_doc=3", "plan.max_triplets_per_doc=1", "extract.max_attempts=1",
             "extract.sampling.max_new_tokens=12", "plan.tasks_per_group=2", "resources.batch_size=2",

@@ -107,14 +107,36 @@ def test_missing_local_model_path_is_named_before_workers_start(tmp_path):
     assert load_config(None, ["model.name=HuggingFaceTB/SmolLM2-135M"]).model.name == "HuggingFaceTB/SmolLM2-135M"
 
 
-def test_gpu_cluster_config_differs_from_the_laptop_demo_only_in_engine_and_resources():
+def test_gpu_preset_extends_the_demo_and_changes_only_engine_resources_and_output_dir():
     import yaml
 
-    root = Path(__file__).resolve().parents[2] / "configs"
-    laptop, cluster = (yaml.safe_load((root / name).read_text()) for name in ("demo.yaml", "demo-gpu.yaml"))
-    differing = {key for key in set(laptop) | set(cluster) if laptop.get(key) != cluster.get(key)}
-    assert differing == {"engine", "resources", "output_dir"}
-    assert cluster["engine"]["kind"] == "vllm" and cluster["resources"]["num_gpus_per_actor"] == 1
+    from ray_entigraph.config import PRESETS_DIR
+
+    cluster = yaml.safe_load((PRESETS_DIR / "demo-gpu.yaml").read_text())
+    assert cluster["extends"] == "demo" and set(cluster) == {"extends", "engine", "resources", "output_dir"}
+    laptop, gpu = load_config("demo"), load_config("demo-gpu")
+    assert gpu.engine.kind == "vllm" and gpu.resources.num_gpus_per_actor == 1
+    assert gpu.synthesis == laptop.synthesis and gpu.train == laptop.train and gpu.plan == laptop.plan
+
+
+def test_presets_load_by_name_from_any_folder_and_extends_chains_merge(tmp_path, monkeypatch):
+    from ray_entigraph.config import presets
+
+    monkeypatch.chdir(tmp_path)  # outside the repository: no configs/ folder here
+    assert {"demo", "demo-gpu", "knowledge", "paper-llama3-8b"} <= set(presets())
+    for name in ("demo", "demo.yaml", "configs/demo.yaml"):
+        assert load_config(name).output_dir == str(tmp_path / "runs" / "demo")
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "base.yaml").write_text("extends: demo\nplan:\n  max_pairs_per_doc: 3\n")
+    (tmp_path / "mine" / "child.yaml").write_text("extends: base.yaml\nplan:\n  max_triplets_per_doc: 0\n")
+    child = load_config(tmp_path / "mine" / "child.yaml", ["seed=7"])
+    assert (child.plan.max_pairs_per_doc, child.plan.max_triplets_per_doc, child.seed) == (3, 0, 7)
+    assert child.input.path == "builtin:demo" and child.train == load_config("demo").train  # the rest from demo
+    (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_config(tmp_path / "loop.yaml")
+    with pytest.raises(ConfigError, match="does not exist.*preset.*demo"):
+        load_config("no-such-preset")
 
 
 def test_tensor_parallel_needs_as_many_gpus_per_actor():
