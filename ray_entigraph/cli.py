@@ -128,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-model", action="store_true", help="export the corpus only")
 
     p = sub.add_parser("status", help="print a run's state from its output directory (no cluster needed)",
-                       description="Per stage: shards, requests done and failed, tokens; read from storage alone.")
+                       description="Per step (synthesize, train, eval): done, done with failures, running, stale "
+                       "(its process is gone), failed or not started, with training's step k of N, loss and ETA "
+                       "and evaluation's models done; per synthesis stage: shards, requests done and failed, "
+                       "tokens. Read from storage alone; exit status 2 for a folder that holds no run.")
     p.add_argument("output_dir", help="the run's output_dir")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -241,15 +244,21 @@ def cmd_export(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from ray_entigraph.ledger import read_run_state  # lazy: --help stays fast (pulls in storage: pyarrow, fsspec)
+    from ray_entigraph.status import run_status, step_lines  # lazy: --help stays fast
 
-    state = read_run_state(args.output_dir)
+    state = run_status(args.output_dir)
     if args.json:
         print(json.dumps(state, indent=2, sort_keys=True, default=str))
         return 0
+    lease = state["lease"]
+    who = ""
+    if lease:
+        who = (f" ({lease.get('command')} on {lease.get('host')} pid {lease.get('pid')}, last heartbeat "
+               f"{lease['heartbeat_age_s']:.0f}s ago{'' if lease['alive'] else ': gone'})")
+    print(f"run {args.output_dir}: {state['state']}{who}")
+    for line in step_lines(state):
+        print(line)
     run = state["run"]
-    print(f"run {args.output_dir}: {run.get('state', 'unknown')}"
-          + (f" (stage {run['stage']})" if run.get("stage") else ""))
     if run.get("error"):
         print(f"  error: {run['error']}")
     print(f"  {'stage':<10} {'shards':>6} {'ok':>8} {'failed':>7} {'prompt tok':>11} {'cached':>7}"

@@ -196,6 +196,17 @@ class Lease:
                 held.release()
 
 
+def holder(output_dir: str, ttl_s: float = 300.0) -> dict | None:
+    """Who holds the lease on output_dir now, for `status`: the lease record with `alive` (its heartbeat is
+    younger than ttl_s and, on this machine, its process exists) and `heartbeat_age_s`; None when no lease."""
+    try:
+        record = json.loads(storage.read_text(Layout(output_dir).lease_url))
+    except FileNotFoundError:
+        return None
+    age = time.time() - float(record.get("heartbeat_at", 0))
+    return {**record, "heartbeat_age_s": round(age, 1), "alive": age < ttl_s and not _dead_here(record)}
+
+
 def lease_for(config, command: str) -> Lease:
     """The lease a command takes on config.output_dir (config.lease: ttl and heartbeat)."""
     return Lease(config.output_dir, command, ttl_s=config.lease.ttl_s, heartbeat_s=config.lease.heartbeat_s)

@@ -135,7 +135,7 @@ def write_run_state(output_dir: str, run: dict) -> None:
     storage.write_text(Layout(output_dir).run_state_url, json.dumps(run, indent=2, sort_keys=True, default=str))
 
 
-def _fmt_duration(seconds: float) -> str:
+def format_duration(seconds: float) -> str:
     seconds = int(max(seconds, 0))
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
@@ -180,7 +180,7 @@ class Progress:
         tok_s = self.generated / elapsed if elapsed > 0 else 0.0
         print(
             f"[{self.stage}] {self.done}/{self.total} {self.unit} ({pct:.0f}%), {self.failed} failed, "
-            f"{tok_s:.0f} generated tok/s, elapsed {_fmt_duration(elapsed)}, ETA {_fmt_duration(eta)}",
+            f"{tok_s:.0f} generated tok/s, elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}",
             file=self.stream,
             flush=True,
         )

@@ -29,6 +29,9 @@ BASE_LABEL = "base"
 QA_PROMPTS = "eval-cot-v2"  # the generative protocol's few-shot chain-of-thought prompt set
 
 
+PROGRESS_FILE = "progress.json"  # the models to evaluate and those done: what `status` shows of a running eval
+
+
 @dataclass
 class EvalSummary:
     rows: list[dict]
@@ -110,6 +113,12 @@ def _texts(cfg: InputConfig, limit: int, files: list[tuple[str, str]] | None = N
     return texts[:limit]
 
 
+def _progress(out_url: str, models: list[tuple[str, str]], done: list[str], started: float) -> None:
+    """eval/progress.json: the models to evaluate and those done (`status` reads it)."""
+    storage.write_text(storage.join(out_url, PROGRESS_FILE), json.dumps(
+        {"models": [m for m, _ in models], "done": done, "started_at": started, "updated_at": time.time()}))
+
+
 def run_eval(config: EntiGraphConfig, models: list[tuple[str, str]] | None = None, out_url: str | None = None,
              ctx: RunContext | None = None) -> EvalSummary:
     """Evaluate every model on the run's questions and texts; `ctx`: the run's context when already resolved."""
@@ -132,6 +141,7 @@ def run_eval(config: EntiGraphConfig, models: list[tuple[str, str]] | None = Non
           f"{len(forgetting)} held-out texts for perplexity", flush=True)
 
     init_ray(config)
+    _progress(out_url, models, [], started)
     remote = ray.remote(evaluate_model).options(num_cpus=ec.num_cpus, num_gpus=ec.num_gpus, max_retries=1)
     args = (ray.put(questions), ray.put(knowledge), ray.put(forgetting))
     pending, results = {}, {}
@@ -148,6 +158,7 @@ def run_eval(config: EntiGraphConfig, models: list[tuple[str, str]] | None = Non
         except Exception as exc:  # noqa: BLE001 - one model failing names the model and the cause
             raise StageFailed(f"Evaluating model {label!r} failed: {root_cause(exc)}") from exc
         r = results[label]
+        _progress(out_url, models, list(results), started)
         acc = "-" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f}%"
         print(f"[eval] {label}: closed-book {acc} in {r['wall_s']}s ({len(results)}/{len(models)} models, "
               f"{time.time() - started:.0f}s elapsed)", flush=True)

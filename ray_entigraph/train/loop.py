@@ -27,21 +27,17 @@ from ray_entigraph.engines.bundled import resolve_model_path
 from ray_entigraph.engines.hf import load_tokenizer
 from ray_entigraph.errors import ConfigError
 from ray_entigraph.layout import base_model_name, train_url
+from ray_entigraph.ledger import format_duration
 from ray_entigraph.train import dist
 from ray_entigraph.train.data import BlockReader
 from ray_entigraph.train.metrics import MetricsLog
 from ray_entigraph.train.mix import SYNTHETIC, MixSpec, stream_item, synthetic_subset
-from ray_entigraph.train.schedule import accumulation_steps, decay_groups, warmup_cosine
+from ray_entigraph.train.schedule import accumulation_steps, decay_groups, total_steps, warmup_cosine
 from ray_entigraph.train.trackers import Trackers
 
 STATE_DIR = "state"  # model and optimizer, sharded (torch.distributed.checkpoint)
 TRAIN_STATE = "train_state.pt"  # step, scheduler, RNG: tensors and plain values, loaded with weights_only=True
 OLD_STATE_FILE = "training_state.pt"  # checkpoints of versions before sharded checkpoints
-
-
-def total_steps(config: EntiGraphConfig, epoch_length: int) -> int:
-    steps = config.train.epochs * epoch_length // config.train.global_batch_size
-    return min(steps, config.train.max_steps) if config.train.max_steps else steps
 
 
 class Checkpoints(Protocol):
@@ -211,6 +207,7 @@ def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, check
 
     model.train()
     rss_start = rss_anon_mb()
+    pace: list[float] = []  # seconds per step, for the ETA
     for step in range(start_step, steps):
         t0 = time.time()
         mine = rank_items(step)
@@ -251,12 +248,15 @@ def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, check
         if tc.use_gpu:  # model FLOPs utilisation: 6 N FLOPs per trained token over the GPUs' peak
             line["mfu"] = 6 * num_params * line["tokens_per_s"] / (d.world * tc.peak_tflops_per_gpu * 1e12)
         metrics.append(line)
+        pace.append(elapsed)
         trackers.log(line)
         if (step + 1) % tc.log_every == 0 or step + 1 == steps:
             metrics.flush()
             if d.rank == 0:
+                recent = pace[-10:]  # the pace of the last steps: the first steps' warm-up does not skew the ETA
+                eta = format_duration((steps - step - 1) * sum(recent) / len(recent))
                 print(f"[train] step {step + 1}/{steps} loss {line['loss']:.4f} lr {line['lr']:.2e} "
-                      f"{line['tokens_per_s']:.0f} tok/s", flush=True)
+                      f"{line['tokens_per_s']:.0f} tok/s, ETA {eta}", flush=True)
         if (step + 1) % tc.checkpoint_every == 0 or step + 1 == steps:
             metrics.flush()  # a resumed run starts after this step: its lines must be on storage
             trackers.flush()

@@ -7,6 +7,13 @@ import math
 from ray_entigraph.errors import ConfigError
 
 
+def total_steps(config, epoch_length: int) -> int:
+    """The optimizer steps a training takes: its epochs over an epoch of `epoch_length` blocks, capped by
+    train.max_steps (`config` is an EntiGraphConfig)."""
+    steps = config.train.epochs * epoch_length // config.train.global_batch_size
+    return min(steps, config.train.max_steps) if config.train.max_steps else steps
+
+
 def warmup_cosine(step: int, *, total_steps: int, warmup_steps: int, min_ratio: float = 0.0) -> float:
     """LR multiplier: linear warmup reaching 1 at step `warmup_steps` (step 0 gets 1/(warmup_steps+1)),
     then cosine decay to `min_ratio` at the last step."""

@@ -203,12 +203,12 @@ def test_error_fraction_fails_the_stage_with_reason(ray_local, tiny_model_dir, s
     assert read_run_state(str(out))["run"]["state"] == "failed"
 
 
-def test_cli_status(tmp_path):
+def test_cli_status_of_a_folder_without_a_run_is_an_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "ray_entigraph", "status", str(tmp_path), "--json"],
                           capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0
-    state = json.loads(proc.stdout)
-    assert state["stages"]["documents"]["num_ok"] == 0
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().endswith("holds no run (neither _layout.json nor config.yaml). Fix: pass the "
+                                        "output_dir of a run.")
 
 
 def test_rerun_retries_failed_requests_only(ray_local, tiny_model_dir, small_corpus, tmp_path):

@@ -15,6 +15,7 @@ import pytest
 
 from ray_entigraph import storage
 from ray_entigraph.pipeline import synthesize
+from ray_entigraph.status import run_status
 
 from .test_pipeline import tiny_config
 
@@ -127,6 +128,11 @@ def test_killed_after_checkpoint_resumes_same_trajectory(synthesized, tiny_model
         if killed_at < 10:
             break
     assert killed_at < 10, "the run finished before every kill"
+    status = run_status(str(out))  # from storage alone: the killed command's lease names a process that is gone
+    assert status["state"] == "stale" and not status["lease"]["alive"]
+    assert status["steps"]["synthesize"]["state"] == "done" and status["steps"]["eval"]["state"] == "not started"
+    train = status["steps"]["train"]
+    assert (train["state"], train["step"], train["total_steps"]) == ("stale", killed_at, 10) and train["eta_s"] > 0
     rerun = subprocess.run(_cli(out, tiny_model_dir, "train.strategy=fsdp"), cwd=ROOT, env=env, capture_output=True,
                            text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
