@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -33,6 +34,7 @@ examples:
   ray-entigraph synthesize --config configs/demo.yaml engine.kind=vllm engine.vllm.enforce_eager=true
   ray-entigraph status runs/demo --json
   ray-entigraph export runs/demo --to exports/demo [--push-to-hub ORG/NAME]
+  ray-entigraph view runs/demo                                  # runs/demo/view.html
 
 On a cluster: ray job submit --working-dir . -- ray-entigraph run --config ... output_dir=s3://bucket/run
 """
@@ -41,7 +43,14 @@ On a cluster: ray job submit --working-dir . -- ray-entigraph run --config ... o
 DEFAULT_PRESET = "demo"  # never the built-in (paper-scale) defaults: a preset sized for the machine at hand
 
 
+def _add_verbosity(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more log output: -v INFO, -vv DEBUG (reaches every Ray worker of the run)")
+    p.add_argument("-q", "--quiet", action="store_true", help="errors only")
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
+    _add_verbosity(p)
     p.add_argument("--config", "-c", metavar="FILE",
                    help="a YAML file or a preset installed with the package (demo, demo-gpu, knowledge, "
                    "paper-llama3-8b); default: the demo preset")
@@ -53,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ray-entigraph", description=DESCRIPTION, epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--log-level", default="WARNING", help="Python log level (default WARNING)")
+    parser.add_argument("--log-level", default="WARNING",
+                        help="Python log level (default WARNING); -v / -q after the command do the same")
     parser.add_argument("--traceback", action="store_true",
                         help="show the full traceback of a user error too (other errors always show theirs)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -118,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "score, and a README.md dataset card that `datasets` reads) and, when the run trained a "
                        "model, <to>/model (the model and a README.md model card with the evaluation table). "
                        "--push-to-hub uploads exactly <to>/dataset; --push-model-to-hub uploads <to>/model.")
+    _add_verbosity(p)
     p.add_argument("output_dir", help="the run's output_dir")
     p.add_argument("--to", required=True, metavar="DIR_OR_URL", help="where to write the export")
     p.add_argument("--stage", choices=["synthetic", "curated"],
@@ -127,11 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the Hub repositories as private")
     p.add_argument("--no-model", action="store_true", help="export the corpus only")
 
+    p = sub.add_parser("view", help="a self-contained HTML report of a run: entity graphs, texts with unsupported "
+                       "words marked, counts and plots",
+                       description="Write one HTML file (no server, no network) showing, per document, its entity "
+                       "graph (entities as nodes, each generated relation text as an edge), the texts with the "
+                       "words their document does not support marked, and the run's counts and plots. A large "
+                       "run is sampled (--max-documents, seeded), and the page says how.")
+    _add_verbosity(p)
+    p.add_argument("output_dir", help="the run's output_dir")
+    p.add_argument("--to", metavar="FILE_OR_URL", help="where to write it (default: <output_dir>/view.html)")
+    p.add_argument("--max-documents", type=int, default=12, metavar="N", help="documents shown (default 12)")
+
     p = sub.add_parser("status", help="print a run's state from its output directory (no cluster needed)",
                        description="Per step (synthesize, train, eval): done, done with failures, running, stale "
                        "(its process is gone), failed or not started, with training's step k of N, loss and ETA "
                        "and evaluation's models done; per synthesis stage: shards, requests done and failed, "
                        "tokens. Read from storage alone; exit status 2 for a folder that holds no run.")
+    _add_verbosity(p)
     p.add_argument("output_dir", help="the run's output_dir")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
@@ -243,6 +266,18 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_view(args) -> int:
+    from ray_entigraph.view import build_view  # lazy: --help stays fast
+
+    started = time.time()
+    shown = build_view(args.output_dir, args.to, max_documents=args.max_documents)
+    _print_done("view", [f"report           {shown['url']}",
+                         f"shown            {shown['documents_shown']} of {shown['documents']} documents, "
+                         f"{shown['entities_shown']} entities, {shown['relation_texts_shown']} relation texts"],
+                f"{time.time() - started:.1f}s")
+    return 0
+
+
 def cmd_status(args) -> int:
     from ray_entigraph.status import run_status, step_lines  # lazy: --help stays fast
 
@@ -279,13 +314,21 @@ def cmd_status(args) -> int:
 
 
 COMMANDS = {"validate": cmd_validate, "synthesize": cmd_synthesize, "train": cmd_train, "eval": cmd_eval,
-            "run": cmd_run, "sweep": cmd_sweep, "ablate": cmd_ablate, "export": cmd_export,
+            "run": cmd_run, "sweep": cmd_sweep, "ablate": cmd_ablate, "export": cmd_export, "view": cmd_view,
             "status": cmd_status}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    level = args.log_level.upper()
+    if getattr(args, "quiet", False):
+        level = "ERROR"
+    elif getattr(args, "verbose", 0):
+        level = "DEBUG" if args.verbose > 1 else "INFO"
+    from ray_entigraph.runtime import LOG_LEVEL_ENV  # lazy: --help (which exits above) stays fast
+
+    os.environ[LOG_LEVEL_ENV] = level  # init_ray hands it to every worker of the run
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
     except EntiGraphError as exc:  # a user error: one line with its fix; anything else keeps its traceback

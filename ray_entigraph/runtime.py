@@ -10,6 +10,16 @@ from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.layout import Layout
 
+LOG_LEVEL_ENV = "RAY_ENTIGRAPH_LOG_LEVEL"  # the CLI's -v / -q / --log-level, for the driver and every worker
+# Libraries inside the actors draw progress bars and advisories of their own (weights loading, vLLM's
+# "Processed prompts"): in `ray job logs` they are noise between our progress lines, so they are off there.
+QUIET_LIBRARIES = {"HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_VERBOSITY": "error",
+                   "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1", "TQDM_DISABLE": "1"}
+
+
+def log_level() -> str:
+    return os.environ.get(LOG_LEVEL_ENV, "WARNING").upper()
+
 
 def init_ray(config: EntiGraphConfig) -> None:
     import ray  # lazy: `import ray_entigraph` and the CLI's help work without starting Ray
@@ -19,9 +29,12 @@ def init_ray(config: EntiGraphConfig) -> None:
     env_vars = storage.configure(config.storage.settings())
     if not ray.is_initialized():
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-        # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise a local instance starts.
+        level = log_level()
+        # RAY_ADDRESS (set by `ray job submit`) connects to the cluster; otherwise a local instance starts. The
+        # log level reaches every task and actor of the job through Ray's logging config.
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True, logging_level=logging.WARNING,
-                 runtime_env={"env_vars": env_vars})
+                 logging_config=ray.LoggingConfig(encoding="TEXT", log_level=level),
+                 runtime_env={"env_vars": {**QUIET_LIBRARIES, LOG_LEVEL_ENV: level, **env_vars}})
     from ray.data import DataContext
 
     ctx = DataContext.get_current()

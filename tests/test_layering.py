@@ -14,7 +14,7 @@ Floors, lowest first (docs/architecture.md draws the same picture):
   9 train/, eval/                             continued pretraining; evaluation (never each other)
  10 workflows/                                run, sweep, ablate
  11 api                                       the Python API: the steps as functions, the corpus as a dataset
- 12 publish, status                           export: Parquet, cards, the Hub; every step's state
+ 12 publish, status, view                     export: Parquet, cards, the Hub; every step's state; the HTML report
  13 cli, ray_entigraph                       the command line and the package root
  14 __main__                                  `python -m ray_entigraph`
 """
@@ -40,7 +40,7 @@ FLOORS = {
     "train": 9, "eval": 9,
     "workflows": 10,
     "api": 11,
-    "publish": 12, "status": 12,
+    "publish": 12, "status": 12, "view": 12,
     "cli": 13, "": 13, "__main__": 14,
 }
 

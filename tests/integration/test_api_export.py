@@ -63,6 +63,21 @@ def test_example_script_opens_and_exports_only_the_current_configs_rows(ray_loca
         assert field in card
     assert not (exported / "model").exists()  # the run trained no model
 
+    # the HTML report: every sampled document's entities as nodes and relation texts as edges, in the page's data
+    from ray_entigraph.view import build_view
+
+    shown = build_view(str(out), str(tmp_path / "view.html"), max_documents=3)
+    page = (tmp_path / "view.html").read_text()
+    data = json.loads(page.split('<script id="data" type="application/json">')[1].split("</script>")[0])
+    assert shown["documents"] == 4 and len(data["documents"]) == 3 and "3 of 4 documents" in data["sampling"]
+    entities = {r["doc_id"]: r["entities"] for r in ents.to_pylist()}
+    relations = [r for r in ds.to_list() if r["kind"] in ("pair", "triplet", "qa")]
+    for doc in data["documents"]:
+        assert doc["entities"][:len(entities[doc["doc_id"]])] == list(entities[doc["doc_id"]])
+        mine = sorted(r["text"] for r in relations if r["doc_id"] == doc["doc_id"])
+        assert sorted(t["text"] for t in doc["texts"]) == mine and mine
+    assert shown["relation_texts_shown"] == sum(len(d["texts"]) for d in data["documents"])
+
     # the push uploads the folder as written (the Hub cannot be reached from here: a recorder stands in for it)
     hub = HubRecorder()
     pushed = eg.export(str(out), str(tmp_path / "pushed"), push_to_hub="org/kestavel", hub_api=hub)

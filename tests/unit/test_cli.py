@@ -104,3 +104,12 @@ def test_cli_validate_names_the_missing_key():
                            "engine.openai.api_key_env=EG_TEST_KEY"],
                           capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode != 0 and "EG_TEST_KEY" in proc.stderr and "Fix:" in proc.stderr
+
+
+def test_verbosity_flags_after_the_command_set_the_level_every_worker_gets(monkeypatch, tmp_path):
+    from ray_entigraph.runtime import LOG_LEVEL_ENV, log_level
+
+    for flags, level in (([], "WARNING"), (["-v"], "INFO"), (["-vv"], "DEBUG"), (["-q"], "ERROR")):
+        monkeypatch.delenv(LOG_LEVEL_ENV, raising=False)
+        assert main(["validate", *flags, "--config", "demo", f"output_dir={tmp_path}"]) == 0
+        assert log_level() == level
