@@ -186,10 +186,10 @@ D.documents.forEach((doc, di) => {
     + doc.entities.length + ' entities, ' + doc.texts.length + ' relation texts'
     + (mean === null ? '' : ', mean grounding ' + mean.toFixed(2)) + '</div>';
   const row = document.createElement('div'); row.className = 'row'; s.appendChild(row);
-  const W = 420, H = 420, R = 165, svg = el('svg', {width: W, height: H, viewBox: '0 0 ' + W + ' ' + H}, row);
-  const pos = {}; const n = Math.max(doc.entities.length, 1);
+  const W = 480, H = 400, RX = 105, RY = 165, svg = el('svg', {width: W, height: H, viewBox: '0 0 ' + W + ' ' + H}, row);
+  const pos = {}; const n = Math.max(doc.entities.length, 1);  // an ellipse leaves room for labels at the sides
   doc.entities.forEach((e, i) => { const a = 2 * Math.PI * i / n - Math.PI / 2;
-    pos[e] = [W / 2 + R * Math.cos(a), H / 2 + R * Math.sin(a)]; });
+    pos[e] = [W / 2 + RX * Math.cos(a), H / 2 + RY * Math.sin(a)]; });
   const edges = el('g', {}, svg), nodes = el('g', {}, svg);
   doc.texts.forEach((t, ti) => {
     const g = el('g', {class: 'edge ' + t.kind, 'data-text': ti}, edges);
@@ -204,7 +204,7 @@ D.documents.forEach((doc, di) => {
   doc.entities.forEach(e => { const [x, y] = pos[e], g = el('g', {class: 'node'}, nodes);
     el('circle', {cx: x, cy: y, r: 6}, g); const left = x < W / 2;
     const t = el('text', {x: x + (left ? -9 : 9), y: y + 4, 'text-anchor': left ? 'end' : 'start'}, g);
-    t.textContent = e.length > 28 ? e.slice(0, 27) + '…' : e; el('title', {}, g).textContent = e; });
+    t.textContent = e.length > 20 ? e.slice(0, 19) + '…' : e; el('title', {}, g).textContent = e; });
   const texts = document.createElement('div'); texts.className = 'texts'; row.appendChild(texts);
   doc.texts.forEach((t, ti) => { const d = document.createElement('div'); d.className = 'text';
     d.id = 't' + di + '-' + ti;
