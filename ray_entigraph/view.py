@@ -186,7 +186,8 @@ D.documents.forEach((doc, di) => {
     + doc.entities.length + ' entities, ' + doc.texts.length + ' relation texts'
     + (mean === null ? '' : ', mean grounding ' + mean.toFixed(2)) + '</div>';
   const row = document.createElement('div'); row.className = 'row'; s.appendChild(row);
-  const W = 480, H = 400, RX = 105, RY = 165, svg = el('svg', {width: W, height: H, viewBox: '0 0 ' + W + ' ' + H}, row);
+  const W = 480, H = 400, RX = 105, RY = 165;
+  const svg = el('svg', {width: W, height: H, viewBox: '0 0 ' + W + ' ' + H}, row);
   const pos = {}; const n = Math.max(doc.entities.length, 1);  // an ellipse leaves room for labels at the sides
   doc.entities.forEach((e, i) => { const a = 2 * Math.PI * i / n - Math.PI / 2;
     pos[e] = [W / 2 + RX * Math.cos(a), H / 2 + RY * Math.sin(a)]; });

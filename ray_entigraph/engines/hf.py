@@ -46,6 +46,15 @@ def load_tokenizer(model_name: str, cache_dir: str | None = None):
     return AutoTokenizer.from_pretrained(resolve_model_path(model_name, cache_dir))
 
 
+def render_prompt(tokenizer, messages: list[dict]) -> str:
+    """The prompt text for chat messages: the tokenizer's chat template, or, for a model without one (a base
+    model such as Llama 3 8B), the messages as plain few-shot text: each message's content in order, separated
+    by blank lines, ending where the next answer starts, after the tokenizer's BOS token where it has one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return (getattr(tokenizer, "bos_token", None) or "") + "\n\n".join(m["content"].strip() for m in messages) + "\n"
+
+
 def quiet_progress_bars() -> None:
     """No download or weight-loading progress bars: in actor and task logs they are a flood of lines."""
     import transformers

@@ -29,6 +29,7 @@ from ray_entigraph.engines.hf import (
     output_penalties,
     pick_device,
     quiet_progress_bars,
+    render_prompt,
 )
 
 logger = logging.getLogger(__name__)
@@ -102,7 +103,7 @@ class TransformersEngine:
 
     # -- internals --------------------------------------------------------------------------------------
     def _render(self, request: GenerationRequest) -> str:
-        prompt = self.tokenizer.apply_chat_template(request.messages, tokenize=False, add_generation_prompt=True)
+        prompt = render_prompt(self.tokenizer, request.messages)
         return prompt + request.response_prefix
 
     def _generate_group(self, group: list[GenerationRequest]) -> list[GenerationResult]:

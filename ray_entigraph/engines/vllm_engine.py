@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from ray_entigraph.engines.base import GenerationRequest, GenerationResult
 from ray_entigraph.engines.bundled import resolve_model_path
+from ray_entigraph.engines.hf import render_prompt
 from ray_entigraph.errors import EngineError
 
 if TYPE_CHECKING:
@@ -134,7 +135,7 @@ class VLLMEngine:
 
     # -- internals --------------------------------------------------------------------------------------
     def _prompt_ids(self, req: GenerationRequest) -> list[int]:
-        text = self.tokenizer.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+        text = render_prompt(self.tokenizer, req.messages)
         if req.json_schema is None or not self.supports_json_schema:
             text += req.response_prefix
         return self.tokenizer.encode(text, add_special_tokens=False)

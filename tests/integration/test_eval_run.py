@@ -110,11 +110,23 @@ def test_eval_bundled_model_reports_and_plots(ray_local, tmp_path):
 
 
 def test_generative_protocol_runs_through_the_engine(ray_local, tiny_model_dir, tmp_path):
-    """The chain-of-thought protocol on a tiny random model: the text is kept, unparsable answers count as
-    wrong and are visible as unparsed."""
+    """The chain-of-thought protocol on a tiny random model whose tokenizer has no chat template (as a base
+    model's has none): the few-shot prompt is rendered as plain text, the text is kept, unparsable answers count
+    as wrong and are visible as unparsed."""
+    import shutil
+
     from ray_entigraph.eval.launch import run_eval
 
-    config = tiny_config(tiny_model_dir, "builtin:demo", tmp_path, "eval.protocol=generative", "eval.max_questions=3",
+    base = tmp_path / "base-model"
+    shutil.copytree(tiny_model_dir, base)
+    (base / "chat_template.jinja").unlink(missing_ok=True)
+    tok_config = json.loads((base / "tokenizer_config.json").read_text())
+    tok_config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    from transformers import AutoTokenizer
+
+    assert not AutoTokenizer.from_pretrained(base).chat_template
+    config = tiny_config(str(base), "builtin:demo", tmp_path, "eval.protocol=generative", "eval.max_questions=3",
                          "eval.max_new_tokens=16", "eval.perplexity_texts=0", "eval.open_book_reference=false")
     summary = run_eval(config)
     (row,) = summary.rows

@@ -69,3 +69,18 @@ def test_penalties_count_generated_tokens_only_never_the_prompt():
     rep = output_penalties(len(prompt), 2.0, 0.0, 0.0)(ids, scores.clone())
     assert rep[0, 5:8].tolist() == [1.0, 1.0, 1.0] and rep[0, 8].item() == 0.5 and rep[0, 9].item() == 0.5
     assert len(output_penalties(len(prompt), 1.0, 0.0, 0.0)) == 0  # no penalty: no processor at all
+
+
+def test_a_tokenizer_without_a_chat_template_gets_plain_few_shot_text():
+    from ray_entigraph.engines.hf import render_prompt
+
+    class BaseTokenizer:  # a base model's tokenizer: no chat template
+        chat_template = None
+        bos_token = "<s>"
+
+    messages = [{"role": "system", "content": "Answer the question."},
+                {"role": "user", "content": "Question: 1+1?\nA. 2\nB. 3"},
+                {"role": "assistant", "content": "Answer: A"},
+                {"role": "user", "content": "Question: 2+2?\nA. 5\nB. 4"}]
+    assert render_prompt(BaseTokenizer(), messages) == (
+        "<s>Answer the question.\n\nQuestion: 1+1?\nA. 2\nB. 3\n\nAnswer: A\n\nQuestion: 2+2?\nA. 5\nB. 4\n")
