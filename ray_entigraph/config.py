@@ -100,7 +100,17 @@ class OpenAIConfig(_Section):
         "Send the API key to a plain-HTTP `base_url` that is not on this machine (a server inside a private "
         "network); off, such a config is refused, since the key would cross the network unencrypted."))
     served_model: str | None = Field(None, description="Model name the server knows; None: model.name.")
-    max_concurrency: int = Field(16, ge=1, description="Requests in flight at once per actor.")
+    max_concurrency: int = Field(16, ge=1, description=(
+        "Requests in flight at once per actor (at most: halved on a 429 and grown back by one per as many "
+        "successes, unless adaptive_concurrency is off)."))
+    adaptive_concurrency: bool = Field(True, description=(
+        "Halve the requests in flight of an actor on a 429, then grow them back toward max_concurrency."))
+    requests_per_minute: float | None = Field(None, gt=0, description=(
+        "Requests per minute for the whole run, shared by every actor through one Ray actor (the endpoint's "
+        "limit); lowered further when the server's x-ratelimit-* headers report a lower limit. None: no limit."))
+    tokens_per_minute: float | None = Field(None, gt=0, description=(
+        "Tokens per minute for the whole run (each request counts its prompt tokens plus max_new_tokens), shared "
+        "like requests_per_minute. None: no limit."))
     request_timeout_s: float = Field(300.0, gt=0, description="Timeout of one HTTP request (connect + response).")
     max_retries: int = Field(8, ge=0, description=(
         "Retries per request on 429, 5xx, timeouts and dropped connections (exponential backoff with full jitter, "

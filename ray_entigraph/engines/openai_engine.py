@@ -47,6 +47,7 @@ from ray_entigraph import storage
 from ray_entigraph.config import LOOPBACK_HOSTS
 from ray_entigraph.engines.base import GenerationRequest, GenerationResult
 from ray_entigraph.engines.hf import load_tokenizer
+from ray_entigraph.engines.ratelimit import AdaptiveConcurrency, gate_for
 from ray_entigraph.errors import EngineError
 
 if TYPE_CHECKING:
@@ -374,6 +375,9 @@ class OpenAIEngine:
         self._custom_headers()  # every variable named by headers_from_env is set, or the engine does not start
         # httpx logs every request at INFO: one line per request floods actor logs. Quiet it unless the
         # user configured that logger.
+        self._gate = None  # the shared rate limit (engines/ratelimit.py), found on first use
+        self._gate_resolved = False
+        self._sleep = asyncio.sleep  # injectable: the rate-limit tests run on a clock of their own
         httpx_logger = logging.getLogger("httpx")
         if httpx_logger.level == logging.NOTSET:
             httpx_logger.setLevel(logging.WARNING)
@@ -398,10 +402,12 @@ class OpenAIEngine:
         state = dict(self.__dict__)
         state["_api_key"] = None
         state["_tokenizer"], state["_tokenizer_loaded"] = None, False
+        state["_gate"], state["_gate_resolved"], state["_sleep"] = None, False, None
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
+        self._sleep = asyncio.sleep
         if self.openai.api_key_env:
             self._api_key = os.environ.get(self.openai.api_key_env) or None
 
@@ -484,33 +490,57 @@ class OpenAIEngine:
                                send_repetition_penalty=o.send_repetition_penalty, extra_body=o.extra_body)
 
     # -- HTTP with retries ------------------------------------------------------------------------------
+    def gate(self):
+        """The shared rate limit of this endpoint (None without requests_per_minute or tokens_per_minute)."""
+        if not self._gate_resolved:
+            o = self.openai
+            self._gate = gate_for(self.base_url, self.model_name, o.requests_per_minute, o.tokens_per_minute)
+            self._gate_resolved = True
+        return self._gate
+
     async def _call(self, client: httpx.AsyncClient, method: str, path: str, *, semaphore=None,
-                    headers: dict | None = None, what: str | None = None, **kwargs) -> _Reply:
-        """One HTTP call, retried on transient failures. Never raises for an HTTP or transport error."""
+                    headers: dict | None = None, what: str | None = None, tokens: int = 0, **kwargs) -> _Reply:
+        """One HTTP call, retried on transient failures. Never raises for an HTTP or transport error. With a
+        rate limit, each try first waits for its start time in the shared schedule (`tokens` it counts)."""
         import httpx
 
         o = self.openai
         url = self.base_url + path
         what = what or path
         error = "no try made"
+        gate = self.gate() if path == CHAT_PATH else None
+        adaptive = semaphore if isinstance(semaphore, AdaptiveConcurrency) else None
         for attempt in range(o.max_retries + 1):
             retry_after = None
             try:
                 async with semaphore or contextlib.nullcontext():
+                    if gate is not None:
+                        wait = await gate.reserve(tokens)
+                        if wait > 0:
+                            await self._sleep(wait)
                     response = await asyncio.wait_for(
                         client.request(method, url, headers=headers, **kwargs), o.request_timeout_s)
+                    if gate is not None:
+                        gate.observe(response.headers)
             except retryable_errors() as exc:
                 error = self._redact(describe_exception(exc))
             except httpx.HTTPError as exc:
                 return _Reply(None, attempt, self._redact(f"{what}: {describe_exception(exc)}"))
             else:
                 if response.is_success:
+                    if adaptive is not None:
+                        adaptive.succeeded()
                     return _Reply(response, attempt)
                 error = self._redact(status_error_reason(response.status_code, _payload_of(response),
                                                          api_key_env=o.api_key_env, what=what))
                 if not is_retryable_status(response.status_code):
                     return _Reply(None, attempt, error, response.status_code)
                 retry_after = parse_retry_after(response.headers)
+                if response.status_code == 429:
+                    if adaptive is not None:
+                        adaptive.rate_limited()
+                    if gate is not None:  # every actor holds off, not only this one
+                        gate.hold(retry_after if retry_after is not None else o.backoff_base_s)
             if attempt == o.max_retries:
                 break
             delay = backoff_delay(attempt, o.backoff_base_s, o.backoff_max_s, self._rng, retry_after)
@@ -523,7 +553,9 @@ class OpenAIEngine:
 
     # -- live requests ----------------------------------------------------------------------------------
     async def _generate_live(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
-        semaphore = asyncio.Semaphore(self.openai.max_concurrency)
+        o = self.openai
+        semaphore = AdaptiveConcurrency(o.max_concurrency) if o.adaptive_concurrency else asyncio.Semaphore(
+            o.max_concurrency)
         async with self._client() as client:
             results = await asyncio.gather(*(self._complete(client, semaphore, r) for r in requests))
         num_retries = sum(r.num_retries for r in results)
@@ -536,7 +568,7 @@ class OpenAIEngine:
         try:
             headers = {REQUEST_KEY_HEADER: request.key} if request.key.isascii() and request.key.isprintable() else None
             reply = await self._call(client, "POST", CHAT_PATH, semaphore=semaphore, headers=headers,
-                                     json=self._body(request))
+                                     json=self._body(request), tokens=self._request_tokens(request))
             if reply.response is None:
                 result = GenerationResult.failed(request.key, reply.error or "unknown error")
                 result.transient = reply.status is None and (reply.error or "").startswith("gave up")
@@ -550,6 +582,14 @@ class OpenAIEngine:
         if result.error:
             result.error = self._redact(result.error)
         return result
+
+    def _request_tokens(self, request: GenerationRequest) -> int:
+        """What a request counts against tokens_per_minute: its prompt (by the tokenizer where there is one)
+        plus max_new_tokens. Zero without a token limit (no tokenizer is loaded for nothing)."""
+        if not self.openai.tokens_per_minute:
+            return 0
+        prompt = "\n".join(str(m.get("content", "")) for m in request.messages) + request.response_prefix
+        return self.count_tokens(prompt) + request.sampling.max_new_tokens
 
     # -- batch API --------------------------------------------------------------------------------------
     async def _generate_batch_api(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
