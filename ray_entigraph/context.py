@@ -21,6 +21,7 @@ from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.corpus import Corpus, document_index
 from ray_entigraph.engines import constrains_json
+from ray_entigraph.engines.hf import document_tokenizer_name
 from ray_entigraph.errors import PromptError
 from ray_entigraph.inputs import list_input_files
 from ray_entigraph.layout import (
@@ -135,7 +136,7 @@ class RunContext:
         mtime or ETag) and the settings that turn it into documents, and names its ingest marker."""
         if self._file_ids is None:
             c = self.config
-            reading = {"ingest": c.ingest.model_dump(mode="json"), "tokenizer": c.model.name,
+            reading = {"ingest": c.ingest.model_dump(mode="json"), "tokenizer": document_tokenizer_name(c),
                        "fields": [c.input.text_field, c.input.title_field, c.input.format]}
             self._file_ids = []
             for url, fmt in self.input_files:

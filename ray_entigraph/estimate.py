@@ -6,7 +6,7 @@ from __future__ import annotations
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import RunContext
 from ray_entigraph.corpus import read_entities
-from ray_entigraph.engines.hf import load_tokenizer
+from ray_entigraph.engines.hf import document_tokenizer_name, load_tokenizer
 from ray_entigraph.inputs import records_from_file
 from ray_entigraph.partitions import partition_of
 from ray_entigraph.prompts import render_chat
@@ -23,7 +23,7 @@ def dry_run(config: EntiGraphConfig, assume_entities: int = DEFAULT_ASSUMED_ENTI
     output where there is one, else `assume_entities` per document."""
     ctx = RunContext.resolve(config)
     files = ctx.input_files
-    tok = load_tokenizer(config.model.name, config.model.cache_dir)
+    tok = load_tokenizer(document_tokenizer_name(config), config.model.cache_dir)
     count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
     doc_tokens: dict[str, int] = {}
     num_rejected = 0

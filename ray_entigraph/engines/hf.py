@@ -46,6 +46,15 @@ def load_tokenizer(model_name: str, cache_dir: str | None = None):
     return AutoTokenizer.from_pretrained(resolve_model_path(model_name, cache_dir))
 
 
+def document_tokenizer_name(config) -> str:
+    """The tokenizer that counts and chunks the documents (`config` is an EntiGraphConfig): the hosted
+    engine's `engine.openai.tokenizer` when one is named (an API model has no Hugging Face tokenizer), else
+    model.name."""
+    if config.engine.kind == "openai" and config.engine.openai.tokenizer:
+        return config.engine.openai.tokenizer
+    return config.model.name
+
+
 def render_prompt(tokenizer, messages: list[dict]) -> str:
     """The prompt text for chat messages: the tokenizer's chat template, or, for a model without one (a base
     model such as Llama 3 8B), the messages as plain few-shot text: each message's content in order, separated

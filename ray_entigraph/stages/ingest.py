@@ -20,7 +20,7 @@ from typing import Any
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.corpus import seal_documents
-from ray_entigraph.engines.hf import load_tokenizer
+from ray_entigraph.engines.hf import document_tokenizer_name, load_tokenizer
 from ray_entigraph.errors import InputError
 from ray_entigraph.inputs import records_from_file
 from ray_entigraph.layout import Layout
@@ -89,7 +89,7 @@ class IngestWorker:
 
     def __init__(self, config: EntiGraphConfig, layout: Layout | None = None):
         self.config = config
-        self.tokenizer = load_tokenizer(config.model.name, config.model.cache_dir)
+        self.tokenizer = load_tokenizer(document_tokenizer_name(config), config.model.cache_dir)
         layout = layout or Layout(config.output_dir, num_partitions=config.num_partitions)
         self.store, self.files_url = layout.documents, layout.files_url
 

@@ -123,7 +123,8 @@ def test_presets_load_by_name_from_any_folder_and_extends_chains_merge(tmp_path,
     from ray_entigraph.config import presets
 
     monkeypatch.chdir(tmp_path)  # outside the repository: no configs/ folder here
-    assert {"demo", "demo-gpu", "knowledge", "paper-llama3-8b"} <= set(presets())
+    assert {"demo", "demo-gpu", "knowledge", "paper-llama3-8b", "hosted-api"} <= set(presets())
+    assert load_config("hosted-api").engine.openai.requests_per_minute == 500
     for name in ("demo", "demo.yaml", "configs/demo.yaml"):
         assert load_config(name).output_dir == str(tmp_path / "runs" / "demo")
     (tmp_path / "mine").mkdir()
