@@ -108,3 +108,16 @@ def test_load_corpus_and_export_name_a_folder_without_a_run(tmp_path):
         eg.load_corpus(str(tmp_path))
     with pytest.raises(EntiGraphError, match="holds no run"):
         eg.export(str(tmp_path), str(tmp_path / "x"))
+
+
+def test_every_engine_actor_finds_the_one_rate_limiter_of_its_endpoint(ray_local):
+    """`gate_for` inside Ray: two gates of the same endpoint reach one named actor, so their reservations share
+    one schedule (60 requests a minute: one start per second between them)."""
+    import asyncio
+
+    from ray_entigraph.engines.ratelimit import RayGate, gate_for
+
+    first, second = (gate_for("http://api.example/v1", "m", 60, None) for _ in range(2))
+    assert isinstance(first, RayGate) and isinstance(second, RayGate)
+    waits = [asyncio.run(g.reserve(0)) for g in (first, second, first)]
+    assert waits[0] == 0.0 and 0.5 < waits[1] <= 1.0 and 1.5 < waits[2] <= 2.0, waits
