@@ -52,8 +52,8 @@ def _add_verbosity(p: argparse.ArgumentParser) -> None:
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     _add_verbosity(p)
     p.add_argument("--config", "-c", metavar="FILE",
-                   help="a YAML file or a preset installed with the package (demo, demo-gpu, knowledge, "
-                   "paper-llama3-8b); default: the demo preset")
+                   help="a YAML file or a preset installed with the package (demo, demo-gpu, hosted-api, "
+                   "knowledge, paper-llama3-8b); default: the demo preset")
     p.add_argument("overrides", nargs="*", metavar="key.sub=value", help="config overrides, applied after the file")
 
 
