@@ -87,6 +87,22 @@ def _stats(config: EntiGraphConfig, stage: str, totals: dict, prompts) -> dict:
             "mean_grounding": g, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
+def fingerprint(corpus, curated=None) -> str:
+    """A short hash of what the export holds: the identity and the committed shards it reads. It names the
+    data files and the card's `data_files` pattern, so that `datasets`, which caches a local folder by its
+    name and that pattern, never serves an earlier export's rows for a new one."""
+    import hashlib
+
+    if curated is not None:
+        shards = [e.get("sha256") or e["file"] for e in curated.manifest_entries()]
+        blob = [corpus.synthetic_identity, "curated", curated.url.rsplit("/", 1)[-1], shards]
+    else:
+        blob = [corpus.synthetic_identity, corpus.doc_threshold,
+                [[e["file"] for e in corpus.synthetic.entries(p, corpus.synthetic_identity)]
+                 for p in range(corpus.num_partitions)]]
+    return hashlib.sha256(json.dumps(blob, default=str).encode()).hexdigest()[:12]
+
+
 def _size_category(n: int) -> str:
     for limit, name in ((1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"),
                         (1_000_000, "100K<n<1M"), (10_000_000, "1M<n<10M")):
@@ -102,8 +118,8 @@ def dataset_card(stats: dict, repo_id: str | None = None) -> str:
 
     header = {"tags": ["synthetic", "entigraph", "ray-entigraph", "continued-pretraining"],
               "size_categories": [_size_category(stats["num_rows"])],
-              "configs": [{"config_name": "default", "data_files": [{"split": "train",
-                                                                      "path": "data/train-*.parquet"}]}]}
+              "configs": [{"config_name": "default", "data_files": [
+                  {"split": "train", "path": f"data/train-{stats['fingerprint']}-*.parquet"}]}]}
     g = "-" if stats["mean_grounding"] is None else f"{stats['mean_grounding']:.3f}"
     kinds = ", ".join(f"{k}: {v:,}" for k, v in stats["rows_by_kind"].items()) or "-"
     s = stats["sampling"]
@@ -210,8 +226,9 @@ def export(output_dir: str, to: str, *, stage: str | None = None, push_to_hub: s
     stage = stage or ("curated" if config.curate.enabled else "synthetic")
     if stage not in ("synthetic", "curated"):
         raise ConfigError(f"export stage={stage!r}: only 'synthetic' and 'curated' are exported. Fix: use one.")
-    corpus, _ = api.corpus_reader(config)
+    corpus, curated = api.corpus_reader(config)
     dataset_dir = storage.join(to, "dataset")
+    tag = fingerprint(corpus, curated if stage == "curated" else None)
     totals = {"rows": 0, "documents": set(), "kinds": {}, "generated_tokens": 0, "grounding_sum": 0.0,
               "grounding_rows": 0}
     files = []
@@ -220,7 +237,7 @@ def export(output_dir: str, to: str, *, stage: str | None = None, push_to_hub: s
             table = _with_grounding(table.select(COLUMNS), corpus, p)
         else:  # a curated shard: scored by `curate`
             table = table.select([*COLUMNS, "grounding"])
-        name = f"data/train-p{i if p is None else p:05d}.parquet"
+        name = f"data/train-{tag}-p{i if p is None else p:05d}.parquet"
         storage.write_bytes(storage.join(dataset_dir, name), storage.table_to_parquet_bytes(table))
         files.append(name)
         cols = table.select(["doc_id", "kind", "num_generated_tokens", "grounding"]).to_pydict()
@@ -235,7 +252,7 @@ def export(output_dir: str, to: str, *, stage: str | None = None, push_to_hub: s
     if not files:
         raise EntiGraphError(f"{output_dir!r} holds no committed {stage} rows for its current config. Fix: run "
                              "`ray-entigraph synthesize` on it first.")
-    stats = _stats(config, stage, totals, corpus.prompts)
+    stats = {**_stats(config, stage, totals, corpus.prompts), "fingerprint": tag}
     storage.write_text(storage.join(dataset_dir, "README.md"), dataset_card(stats, push_to_hub))
 
     model_dir = None

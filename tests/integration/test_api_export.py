@@ -31,6 +31,9 @@ def test_example_script_opens_and_exports_only_the_current_configs_rows(ray_loca
     eg.synthesize("demo", [f"output_dir={out}", *ARGS, "synthesis.sampling.temperature=0.3"])
     old = {r["task_id"] for r in stores.rows(out, schema.SYNTHESIZE)}
     (old_identity,) = stores.identities(out, schema.SYNTHESIZE)
+    # exported and opened with `datasets` (which caches a local folder by its name and its card's data_files)
+    eg.export(str(out), str(tmp_path / "old"))
+    assert len(datasets.load_dataset(str(tmp_path / "old" / "dataset"), split="train")) == len(old)
 
     monkeypatch.setattr(sys, "argv", ["python_api.py", str(out), str(exported), *ARGS])
     runpy.run_path(str(ROOT / "examples" / "python_api.py"), run_name="__main__")
@@ -50,13 +53,14 @@ def test_example_script_opens_and_exports_only_the_current_configs_rows(ray_loca
     assert {r["task_id"] for r in on_ray} == current
 
     loaded = datasets.load_dataset(str(exported / "dataset"), split="train")
-    assert sorted(loaded["task_id"]) == sorted(current)
+    assert sorted(loaded["task_id"]) == sorted(current)  # not the older export's rows from the cache
     assert set(loaded.column_names) >= {"text", "doc_id", "title", "kind", "entities", "grounding"}
     assert all(0.0 <= g <= 1.0 for g in loaded["grounding"])
     card = (exported / "dataset" / "README.md").read_text()
     header = yaml.safe_load(card.split("---")[1])
-    assert header["configs"][0]["data_files"][0]["path"] == "data/train-*.parquet"
+
     meta = json.loads((exported / "export.json").read_text())
+    assert header["configs"][0]["data_files"][0]["path"] == f"data/train-{meta['fingerprint']}-*.parquet"
     assert meta["num_rows"] == len(current) and meta["num_documents"] == 4 and meta["prompt_version"]
     for field in (meta["generator_model"], meta["prompt_version"], f"{meta['num_rows']:,}",
                   f"{meta['generated_tokens']:,}", f"{meta['mean_grounding']:.3f}", "temperature 0.7"):

@@ -10,7 +10,7 @@ STATS = {"ray_entigraph_version": "0.1.0", "generator_model": "bundled:smollm2-1
          "augmenter": "entigraph", "prompt_version": "entigraph-v1@abc", "seed": 0, "curate": False,
          "sampling": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 160, "repetition_penalty": 1.15},
          "input": "builtin:demo", "num_rows": 1234, "num_documents": 6, "rows_by_kind": {"pair": 1000, "triplet": 234},
-         "generated_tokens": 98765, "mean_grounding": 0.4321}
+         "generated_tokens": 98765, "mean_grounding": 0.4321, "fingerprint": "0123abcd4567"}
 
 
 def test_model_card_holds_the_evaluation_table_with_intervals():
