@@ -191,8 +191,9 @@ class ScriptedServer:
     Every count (attempts, answers, requests in flight) is updated before the answer is written: once the
     client has an answer, the counts include it."""
 
-    def __init__(self, scripts: dict[str, list[tuple]] | None = None):
+    def __init__(self, scripts: dict[str, list[tuple]] | None = None, clock=None):
         self.scripts = {k: list(v) for k, v in (scripts or {}).items()}
+        self.clock, self.arrivals = clock, []  # with a clock: the time each request arrived (rate-limit tests)
         self.attempts: Counter = Counter()
         self.answered: Counter = Counter()  # successful (200) answers per key
         self.auth_headers: list[str | None] = []
@@ -218,6 +219,8 @@ class ScriptedServer:
                 key = self.headers.get("X-Request-Key")
                 with server.lock:
                     server.attempts[key] += 1
+                    if server.clock is not None:
+                        server.arrivals.append(server.clock())
                     server.auth_headers.append(self.headers.get("Authorization"))
                     server.gateway_headers.append(self.headers.get("X-Gateway-Token"))
                     server.bodies.append(body)

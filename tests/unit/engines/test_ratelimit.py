@@ -1,18 +1,18 @@
 """Shared rate limits on an injected clock: the schedule's arithmetic, the server's headers, and two engines
-holding one requests-per-minute budget against a local server that counts the requests it receives."""
+holding one requests-per-minute budget against a local server that records when each request arrives."""
 
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ray_entigraph.config import OpenAIConfig
 from ray_entigraph.engines.base import GenerationRequest, SamplingParams
 from ray_entigraph.engines.openai_engine import OpenAIEngine
 from ray_entigraph.engines.ratelimit import AdaptiveConcurrency, LocalGate, RateSchedule, gate_for, parse_reset
+
+from .test_openai_engine import ScriptedServer
 
 
 class Clock:
@@ -55,44 +55,9 @@ def test_server_headers_lower_the_rate_and_an_empty_window_holds_everyone():
     assert isinstance(gate_for("http://x/v1", "m", 60, None), LocalGate)  # outside Ray: this process's schedule
 
 
-class CountingServer:
-    """Answers every chat completion at once and records the (virtual) time each one arrived."""
-
-    def __init__(self, clock: Clock):
-        self.arrivals: list[float] = []
-        lock = threading.Lock()
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with lock:
-                    server.arrivals.append(clock.now())
-                data = json.dumps({"choices": [{"message": {"content": "ok"}, "finish_reason": "stop"}],
-                                   "usage": {"prompt_tokens": 5, "completion_tokens": 1}}).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
-
-    def requests_per_minute(self) -> float:
-        times = sorted(self.arrivals)
-        return 60 * (len(times) - 1) / (times[-1] - times[0])
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
+def requests_per_minute(arrivals: list[float]) -> float:
+    times = sorted(arrivals)
+    return 60 * (len(times) - 1) / (times[-1] - times[0])
 
 
 def _two_engines_send(url: str, clock: Clock, gate, per_engine: int) -> None:
@@ -123,14 +88,14 @@ def _two_engines_send(url: str, clock: Clock, gate, per_engine: int) -> None:
 
 def test_two_engines_hold_a_shared_requests_per_minute_within_ten_percent():
     clock = Clock(scale=30.0)  # one virtual minute is two wall seconds
-    server = CountingServer(clock)
+    server = ScriptedServer(clock=clock.now)  # answers at once, and records when each request arrived
     try:
         _two_engines_send(server.url, clock, LocalGate(RateSchedule(60, None, clock=clock.now)), per_engine=30)
-        limited = server.requests_per_minute()
+        limited = requests_per_minute(server.arrivals)
         assert len(server.arrivals) == 60 and abs(limited - 60) <= 6, limited
         server.arrivals.clear()  # the control: the same two engines with no limit go far faster
         _two_engines_send(server.url, clock, None, per_engine=30)
-        assert server.requests_per_minute() > 2 * 60  # (here: several hundred a virtual minute)
+        assert requests_per_minute(server.arrivals) > 2 * 60  # (here: several hundred a virtual minute)
     finally:
         server.close()
 
