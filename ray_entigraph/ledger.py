@@ -161,8 +161,9 @@ def stage_record(totals: StageTotals, started: float, finished: float | None) ->
 class Progress:
     """A progress line per committed unit of work: done/total, tokens/s and an ETA (to stderr)."""
 
-    def __init__(self, stage: str, total: int, unit: str = "requests", stream=None):
+    def __init__(self, stage: str, total: int, unit: str = "requests", stream=None, tokens: bool = True):
         self.stage, self.total, self.unit = stage, max(total, 0), unit
+        self.tokens = tokens  # False: a count of whole pieces (the arms of `sweep` and `ablate`), no token rate
         self.done = 0
         self.failed = 0
         self.generated = 0
@@ -178,9 +179,10 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 and self.total > self.done else 0.0
         pct = 100.0 * self.done / self.total if self.total else 100.0
         tok_s = self.generated / elapsed if elapsed > 0 else 0.0
+        rate = f"{tok_s:.0f} generated tok/s, " if self.tokens else ""
         print(
             f"[{self.stage}] {self.done}/{self.total} {self.unit} ({pct:.0f}%), {self.failed} failed, "
-            f"{tok_s:.0f} generated tok/s, elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}",
+            f"{rate}elapsed {format_duration(elapsed)}, ETA {format_duration(eta)}",
             file=self.stream,
             flush=True,
         )

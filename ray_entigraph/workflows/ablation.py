@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ from ray_entigraph.eval.quality import load_questions, resolve_questions_url
 from ray_entigraph.eval.report import bootstrap_ci, cluster_of, paired_delta, positive_control
 from ray_entigraph.layout import base_model_name, train_url
 from ray_entigraph.lease import leased
+from ray_entigraph.ledger import Progress
 from ray_entigraph.pipeline import synthesize
 from ray_entigraph.runtime import init_ray
 from ray_entigraph.train.data import run_pack
@@ -165,10 +167,12 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
                          "(plan.*) or loosen the curate thresholds (ablation.min_grounding).")
     runs = plan_runs(config, arms, common)
     tokens, stamps = {}, []
+    progress = Progress("ablate", len(runs), unit="arms trained", stream=sys.stdout, tokens=False)
     for run in runs:
         arm = run.config
         step = f"ablation/train-{run.name}" if arm.output_dir == config.output_dir else f"ablation-train-{run.name}"
         trained = run_step(arm, step, "train", lambda arm=arm: run_train(arm), data={"after": arm_stamps[run.variant]})
+        progress.update(1, 0, 0)
         tokens[run.name] = trained["synthetic_tokens_used"]
         stamps.append(trained["stamp"])
     models = [(BASE_LABEL, base_model_name(config))] + [(run.name, train_url(run.config, "model")) for run in runs]

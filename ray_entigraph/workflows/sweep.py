@@ -9,6 +9,7 @@ synthesis path.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from ray_entigraph.eval.launch import BASE_LABEL, run_eval
 from ray_entigraph.eval.report import positive_control
 from ray_entigraph.layout import base_model_name, train_url
 from ray_entigraph.lease import leased
+from ray_entigraph.ledger import Progress
 from ray_entigraph.pipeline import synthesize
 from ray_entigraph.runtime import init_ray
 from ray_entigraph.train.data import run_pack
@@ -98,11 +100,13 @@ def sweep(config: EntiGraphConfig) -> SweepSummary:
                              data=synthesis_data(ctx))
         arms.append(("rephrase", rephrase))
     tokens, stamps = {}, []
+    progress = Progress("sweep", len(arms), unit="arms trained", stream=sys.stdout, tokens=False)
     for name, arm in arms:
         # arms on the main output_dir keep their markers apart by name; the rephrase arm has its own output_dir
         step = f"sweep/train-{name}" if arm.output_dir == config.output_dir else "train"
         after = rephrased["stamp"] if name == "rephrase" else synth["stamp"]
         trained = run_step(arm, step, "train", lambda arm=arm: run_train(arm), data={"after": after})
+        progress.update(1, 0, 0)
         tokens[name] = trained["synthetic_tokens_used"]
         stamps.append(trained["stamp"])
     models = [(BASE_LABEL, base_model_name(config))]
