@@ -170,6 +170,13 @@ class Progress:
         self.started = time.time()
         self.stream = stream or sys.stderr
 
+    def start(self, done_before: int = 0) -> None:
+        """The line printed before any work commits: what is to do, so that a stage whose actors are still
+        loading their model does not look stuck."""
+        earlier = f" ({done_before} done earlier)" if done_before else ""
+        print(f"[{self.stage}] {self.total} {self.unit} to do{earlier}: starting (the first progress line follows "
+              "the first commit)", file=self.stream, flush=True)
+
     def update(self, num_ok: int, num_failed: int, num_generated_tokens: int) -> None:
         self.done += num_ok + num_failed
         self.failed += num_failed

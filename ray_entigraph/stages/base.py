@@ -443,6 +443,7 @@ def run_stage(stage: Stage, ctx: "RunContext", on_start=lambda totals: None) -> 
         return stage.finish(ctx, plan.totals, plan)
     start_attempt_counter()
     progress = ledger.Progress(stage.name, plan.units, unit=plan.unit)
+    progress.start(plan.totals.done_before)
     totals = plan.totals
     for row in stage.apply(ctx, plan).iter_rows():
         totals.add(row)

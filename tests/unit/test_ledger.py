@@ -104,6 +104,9 @@ def test_progress_line_shows_counts_rate_and_eta(monkeypatch):
     progress.update(30, 0, 0)
     assert stream.getvalue().splitlines()[-1] == (
         "[synthetic] 40/40 requests (100%), 1 failed, 0 generated tok/s, elapsed 2h00m, ETA 0s")
+    progress.start(5)
+    assert stream.getvalue().splitlines()[-1] == (
+        "[synthetic] 40 requests to do (5 done earlier): starting (the first progress line follows the first commit)")
     arms = Progress("ablate", 3, unit="arms trained", stream=stream, tokens=False)  # sweep and ablate: no token rate
     clock[0] += 600
     arms.update(1, 0, 0)
