@@ -188,6 +188,10 @@ def load_corpus(output_dir: str | None = None, stage: str = "synthetic", *, form
         table = table.select(columns)
     if format == "arrow":
         return table
+    if format == "ray":  # the curated copy: its shards are not partitioned, read here and handed to Ray Data
+        import ray
+
+        return ray.data.from_arrow(table)
     import datasets
 
     return datasets.Dataset(table)
