@@ -11,7 +11,7 @@ The Python API (api.py), importable from the package:
 Importing the package is cheap: the API, Ray, torch, transformers and vLLM are imported lazily, on first use.
 """
 
-__version__ = "0.1.0"
+from ray_entigraph.version import __version__
 
 _API = ("load_config", "synthesize", "train", "evaluate", "run", "sweep", "ablate", "load_corpus", "run_config",
         "export")

@@ -36,6 +36,7 @@ from ray_entigraph.config import CurateConfig, EntiGraphConfig
 from ray_entigraph.errors import LayoutVersionError
 from ray_entigraph.partitions import PartitionedStore
 from ray_entigraph.text.identity import request_key
+from ray_entigraph.version import __version__
 
 # The storage layout this version reads and writes. 2: 128-bit doc and request ids, shard names and request
 # keys of layout 1 (60-bit) do not match any more; input-file identity in documents markers; synthesis
@@ -164,8 +165,6 @@ class Layout:
                                                                 "num_partitions": self.num_partitions}))
             return
         if found != LAYOUT_VERSION:
-            from ray_entigraph import __version__
-
             raise LayoutVersionError(
                 f"output_dir {self.output_dir!r} has storage layout version {found}; ray_entigraph {__version__} "
                 f"reads and writes layout {LAYOUT_VERSION} ({LAYOUT_FILE}). Fix: set output_dir to a new folder "

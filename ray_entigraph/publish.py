@@ -18,9 +18,10 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from ray_entigraph import __version__, storage
+from ray_entigraph import storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.errors import ConfigError, EntiGraphError
+from ray_entigraph.version import __version__
 
 # The columns of the exported synthetic corpus, in order ("grounding" is computed at export).
 COLUMNS = ["text", "doc_id", "title", "kind", "entities", "task_id", "model", "prompt_version", "sampling_json",

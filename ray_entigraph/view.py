@@ -17,8 +17,9 @@ import hashlib
 import html
 import json
 
-from ray_entigraph import __version__, storage
+from ray_entigraph import storage
 from ray_entigraph.errors import EntiGraphError
+from ray_entigraph.version import __version__
 
 RELATION_KINDS = ("pair", "triplet", "qa")
 

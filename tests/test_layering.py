@@ -2,7 +2,7 @@
 its own room, no module imports another module's private names, and there is no import cycle.
 
 Floors, lowest first (docs/architecture.md draws the same picture):
-  0 errors
+  0 errors, version
   1 schema, storage, text/, arms              pure logic and the one filesystem module
   2 config, prompts/, demo/, partitions       typed config, prompt sets, built-in corpora; partitioned stores
   3 layout, inputs, planning                  where things live; reading the user's input; the task plan
@@ -27,7 +27,7 @@ import pathlib
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "ray_entigraph"
 
 FLOORS = {
-    "errors": 0,
+    "errors": 0, "version": 0,
     "schema": 1, "storage": 1, "text": 1, "arms": 1,
     "config": 2, "prompts": 2,
     "demo": 2, "partitions": 2,
