@@ -9,8 +9,8 @@ until then. Nothing bursts past the configured rate, and a freed slot is never l
 - The schedule tightens itself from the server's `x-ratelimit-*` headers: a lower limit than configured is
   followed (with a 5% margin), and `remaining-requests: 0` (or `remaining-tokens: 0`) holds every request
   until the window resets. A 429 holds them for its Retry-After.
-- One schedule per run and endpoint lives in a Ray actor (`RateLimiter`, named after the endpoint and model,
-  found or created by every engine actor); outside Ray, a process-local schedule.
+- One schedule per run and endpoint lives in a Ray actor (a `RateSchedule`, named after the endpoint and
+  model, found or created by every engine actor); outside Ray, a process-local schedule.
 - `AdaptiveConcurrency` bounds the requests in flight per engine: halved on a 429, raised by one after as
   many successes as the current bound, never above `max_concurrency`.
 
@@ -63,7 +63,6 @@ class RateSchedule:
         self.next_request = self.next_token = self.held_until = float("-inf")
         self.server_rpm: float | None = None
         self.server_tpm: float | None = None
-        self.reserved = 0
 
     def _limit(self, configured: float | None, server: float | None) -> float | None:
         limits = [x for x in (configured, server * MARGIN if server else None) if x]
@@ -77,7 +76,6 @@ class RateSchedule:
             self.next_request = start + 60.0 / rpm
         if tpm and tokens:
             self.next_token = max(self.next_token, start) + tokens * 60.0 / tpm
-        self.reserved += 1
         return start - now
 
     def observe(self, headers: Mapping[str, str]) -> None:
@@ -115,24 +113,8 @@ class LocalGate:
             self.schedule.hold(seconds)
 
 
-class RateLimiter:
-    """The Ray actor that holds a run's schedule for one endpoint (see `gate_for`)."""
-
-    def __init__(self, requests_per_minute: float | None, tokens_per_minute: float | None):
-        self.schedule = RateSchedule(requests_per_minute, tokens_per_minute)
-
-    def reserve(self, tokens: int) -> float:
-        return self.schedule.reserve(tokens)
-
-    def observe(self, headers: dict) -> None:
-        self.schedule.observe(headers)
-
-    def hold(self, seconds: float) -> None:
-        self.schedule.hold(seconds)
-
-
 class RayGate:
-    """Every engine actor's handle on the one `RateLimiter` actor of its endpoint."""
+    """Every engine actor's handle on the one schedule actor of its endpoint (a `RateSchedule` in Ray)."""
 
     def __init__(self, handle):
         self.handle = handle
@@ -160,7 +142,7 @@ def gate_for(base_url: str, model: str, requests_per_minute: float | None, token
 
     if not ray.is_initialized():
         return LocalGate(RateSchedule(requests_per_minute, tokens_per_minute))
-    actor = ray.remote(num_cpus=0, max_restarts=-1)(RateLimiter)
+    actor = ray.remote(num_cpus=0, max_restarts=-1)(RateSchedule)
     handle = actor.options(name=limiter_name(base_url, model), get_if_exists=True).remote(
         requests_per_minute, tokens_per_minute)
     return RayGate(handle)
