@@ -139,15 +139,16 @@ def _stage_schema(stage: str):
 
 
 def iter_tables(output_dir: str | None = None, stage: str = "synthetic", *, config: EntiGraphConfig | None = None,
-                columns: list[str] | None = None):
+                columns: list[str] | None = None, reader=None):
     """Yield (partition, Arrow table) with the current rows of a stage, one partition at a time (partition is
-    None for the curated copy's shards): the reader behind `load_corpus` and `export`."""
+    None for the curated copy's shards): the reader behind `load_corpus` and `export`. `reader`: the
+    (corpus, curated) pair of `corpus_reader`, when the caller resolved it already."""
     from ray_entigraph import schema, storage
 
     if stage not in CORPUS_STAGES:
         raise ConfigError(f"stage={stage!r} is not a corpus stage. Fix: use one of {', '.join(CORPUS_STAGES)}.")
     config = config or run_config(output_dir)
-    corpus, curated = corpus_reader(config)
+    corpus, curated = reader or corpus_reader(config)
     full = _stage_schema(stage)
     out_schema = full if columns is None else schema.pa.schema([full.field(c) for c in columns])
     if stage == "curated":

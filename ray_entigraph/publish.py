@@ -207,10 +207,6 @@ documents), perplexity on the documents (what it learned) and on held-out text (
 """
 
 
-def _local_dir(url: str) -> bool:
-    return storage.is_local(url)
-
-
 def export(output_dir: str, to: str, *, stage: str | None = None, push_to_hub: str | None = None,
            push_model_to_hub: str | None = None, private: bool = False, include_model: bool = True,
            token: str | None = None, hub_api=None) -> ExportSummary:
@@ -220,7 +216,7 @@ def export(output_dir: str, to: str, *, stage: str | None = None, push_to_hub: s
     from ray_entigraph import api
     from ray_entigraph.layout import Layout, base_model_name, train_url
 
-    if (push_to_hub or push_model_to_hub) and not _local_dir(to):
+    if (push_to_hub or push_model_to_hub) and not storage.is_local(to):
         raise ConfigError(f"--push-to-hub uploads a local folder, and --to {to!r} is not one. Fix: export to a "
                           "local folder to push it.")
     config = api.run_config(output_dir)
@@ -233,7 +229,7 @@ def export(output_dir: str, to: str, *, stage: str | None = None, push_to_hub: s
     totals = {"rows": 0, "documents": set(), "kinds": {}, "generated_tokens": 0, "grounding_sum": 0.0,
               "grounding_rows": 0}
     files = []
-    for i, (p, table) in enumerate(api.iter_tables(stage=stage, config=config)):
+    for i, (p, table) in enumerate(api.iter_tables(stage=stage, config=config, reader=(corpus, curated))):
         if p is not None:  # a partition of the synthetic stage: scored against its documents here
             table = _with_grounding(table.select(COLUMNS), corpus, p)
         else:  # a curated shard: scored by `curate`
