@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ray_entigraph.config import EntiGraphConfig, as_config, config_from_dict
+from ray_entigraph.config import EntiGraphConfig, as_config
 from ray_entigraph.config import load_config as _load_config
 from ray_entigraph.errors import ConfigError, EntiGraphError
 
@@ -93,16 +93,15 @@ def ablate(config: EntiGraphConfig | str | Path = "demo", overrides: list[str] |
 
 def run_config(output_dir: str) -> EntiGraphConfig:
     """The resolved config a run folder holds (<output_dir>/config.yaml, written by every command)."""
-    import yaml
-
     from ray_entigraph import storage
     from ray_entigraph.layout import Layout
 
-    url = Layout(output_dir).config_url
-    if not storage.exists(url):
-        raise EntiGraphError(f"{output_dir!r} holds no run: {url} does not exist. Fix: pass the output_dir of a "
-                             "run (`ray-entigraph synthesize` writes it), or a config with load_corpus(config=...).")
-    config = config_from_dict(yaml.safe_load(storage.read_text(url)) or {})
+    layout = Layout(output_dir)
+    config = layout.saved_config()
+    if config is None:
+        raise EntiGraphError(f"{output_dir!r} holds no run: {layout.config_url} does not exist. Fix: pass the "
+                             "output_dir of a run (`ray-entigraph synthesize` writes it), or a config with "
+                             "load_corpus(config=...).")
     storage.configure(config.storage.settings())
     return config
 

@@ -180,6 +180,15 @@ class Layout:
     def config_url(self) -> str:
         return self.url(CONFIG_FILE)
 
+    def saved_config(self) -> EntiGraphConfig | None:
+        """The resolved config the run saved here (config.yaml), or None when there is none; a config this
+        version cannot read raises pydantic's ValidationError."""
+        import yaml
+
+        if not storage.exists(self.config_url):
+            return None
+        return EntiGraphConfig.model_validate(yaml.safe_load(storage.read_text(self.config_url)) or {})
+
     @property
     def run_state_url(self) -> str:
         return self.url(RUN_STATE_FILE)

@@ -9,8 +9,6 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-import yaml
-
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import RunContext
@@ -123,10 +121,8 @@ def _settings_folders(config: EntiGraphConfig | None) -> dict[str, str]:
 
 def _run_config(layout: Layout):
     """The run's own resolved config (its prices), if it has one this version can read."""
-    if not storage.exists(layout.config_url):
-        return None
     try:
-        return EntiGraphConfig.model_validate(yaml.safe_load(storage.read_text(layout.config_url)))
+        return layout.saved_config()
     except Exception:  # noqa: BLE001 - a config from another version: show less rather than fail status
         return None
 
