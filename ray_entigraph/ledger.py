@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -155,9 +156,12 @@ def stage_record(totals: StageTotals, started: float, finished: float | None) ->
 
 
 class Progress:
-    """A progress line per committed unit of work: done/total, tokens/s and an ETA (to stderr)."""
+    """Progress with an ETA per committed unit of work (done/total, tokens/s): on a terminal a bar redrawn in
+    place (tqdm); elsewhere (`ray job logs`, a file, a pipe) a line per update, at most one every
+    `min_interval_s` seconds apart from the first and the last. RAY_ENTIGRAPH_PROGRESS=lines forces lines."""
 
-    def __init__(self, stage: str, total: int, unit: str = "requests", stream=None, tokens: bool = True):
+    def __init__(self, stage: str, total: int, unit: str = "requests", stream=None, tokens: bool = True,
+                 min_interval_s: float = 10.0, bar: bool | None = None):
         self.stage, self.total, self.unit = stage, max(total, 0), unit
         self.tokens = tokens  # False: a count of whole pieces (the arms of `sweep` and `ablate`), no token rate
         self.done = 0
@@ -165,23 +169,55 @@ class Progress:
         self.generated = 0
         self.started = time.time()
         self.stream = stream or sys.stderr
+        self.min_interval_s = min_interval_s
+        self.printed_at: float | None = None
+        if bar is None:
+            bar = (os.environ.get("RAY_ENTIGRAPH_PROGRESS", "auto") != "lines"
+                   and bool(getattr(self.stream, "isatty", lambda: False)()))
+        self.bar = None
+        if bar:
+            from tqdm import tqdm  # lazy: only a terminal draws a bar
+
+            self.bar = tqdm(total=self.total, desc=f"[{stage}]", unit=f" {unit}", file=self.stream,
+                            dynamic_ncols=True, mininterval=0.5, leave=True)
 
     def start(self, done_before: int = 0) -> None:
         """The line printed before any work commits: what is to do, so that a stage whose actors are still
         loading their model does not look stuck."""
         earlier = f" ({done_before} done earlier)" if done_before else ""
-        print(f"[{self.stage}] {self.total} {self.unit} to do{earlier}: starting (the first progress line follows "
-              "the first commit)", file=self.stream, flush=True)
+        line = (f"[{self.stage}] {self.total} {self.unit} to do{earlier}: starting (the first progress line "
+                "follows the first commit)")
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def close(self) -> None:
+        """The bar's last redraw (a stage that ends short of its total: failures, a stop)."""
+        if self.bar is not None:
+            self.bar.close()
 
     def update(self, num_ok: int, num_failed: int, num_generated_tokens: int) -> None:
         self.done += num_ok + num_failed
         self.failed += num_failed
         self.generated += num_generated_tokens
-        elapsed = time.time() - self.started
+        now = time.time()
+        elapsed = now - self.started
+        tok_s = self.generated / elapsed if elapsed > 0 else 0.0
+        if self.bar is not None:
+            postfix = {"failed": self.failed, **({"tok/s": f"{tok_s:.0f}"} if self.tokens else {})}
+            self.bar.set_postfix(postfix, refresh=False)
+            self.bar.update(num_ok + num_failed)
+            if self.done >= self.total:
+                self.bar.close()
+            return
+        last = self.done >= self.total
+        if self.printed_at is not None and not last and now - self.printed_at < self.min_interval_s:
+            return  # throttled: a million small commits do not print a million lines
+        self.printed_at = now
         rate = self.done / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.done) / rate if rate > 0 and self.total > self.done else 0.0
         pct = 100.0 * self.done / self.total if self.total else 100.0
-        tok_s = self.generated / elapsed if elapsed > 0 else 0.0
         rate = f"{tok_s:.0f} generated tok/s, " if self.tokens else ""
         print(
             f"[{self.stage}] {self.done}/{self.total} {self.unit} ({pct:.0f}%), {self.failed} failed, "

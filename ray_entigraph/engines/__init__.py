@@ -10,6 +10,7 @@ schema.
 from __future__ import annotations
 
 import importlib
+import logging
 from typing import TYPE_CHECKING, Protocol
 
 from ray_entigraph.engines.base import Engine, GenerationRequest, GenerationResult, SamplingParams
@@ -17,6 +18,8 @@ from ray_entigraph.errors import ConfigError, EngineError
 
 if TYPE_CHECKING:
     from ray_entigraph.config import EntiGraphConfig
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ENGINES", "Engine", "EngineClass", "GenerationRequest", "GenerationResult", "SamplingParams",
            "constrains_json", "engine_class", "make_engine", "preflight", "sampling_params"]
@@ -96,4 +99,11 @@ def preflight(config: "EntiGraphConfig") -> list[str]:
 
 def make_engine(config: "EntiGraphConfig") -> Engine:
     """The engine named by `engine.kind`, built from the config's model and engine sections."""
-    return engine_class(config.engine.kind).from_config(config)
+    import os
+    import time
+
+    started = time.time()
+    engine = engine_class(config.engine.kind).from_config(config)
+    logger.info("%s engine ready for %s in %.1fs (pid %d)", config.engine.kind, config.model.name,
+                time.time() - started, os.getpid())
+    return engine

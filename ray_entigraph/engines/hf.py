@@ -122,28 +122,35 @@ def load_causal_lm(path: str, *, dtype: str, device: str):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype(dtype)).to(device).eval()
 
 
+def local_model_dir(path: str, cache_dir: str | None = None) -> str:
+    """A path `from_pretrained` and `vllm.LLM` open for a Hugging Face id, a local folder, `bundled:...`, or an
+    exported model on object storage (downloaded to a temporary folder first)."""
+    import tempfile
+
+    from ray_entigraph import storage  # lazy: pyarrow, fsspec; importing this module costs nothing
+    from ray_entigraph.engines.bundled import resolve_model_path  # lazy: pulls in storage (pyarrow, fsspec)
+
+    local = resolve_model_path(path, cache_dir)
+    if "://" in local and not local.startswith("file://"):
+        tmp = tempfile.mkdtemp(prefix="ray-entigraph-model-")
+        storage.get_dir(local, tmp)
+        local = tmp
+    return local.removeprefix("file://")
+
+
 def load_model(path: str, *, dtype: str, device: str, cache_dir: str | None = None, torch_threads: int | None = None):
     """(model, tokenizer, device) for a Hugging Face id, a local folder, `bundled:...`, or an exported model
     on object storage (downloaded to a temporary folder first). `dtype="auto"` is float32 on CPU (bf16
     matmuls are slow on many CPUs) and bfloat16 elsewhere; on CPU torch uses `torch_threads` or every core."""
     import os
-    import tempfile
 
     import torch
-
-    from ray_entigraph import storage  # lazy: pyarrow, fsspec; importing this module costs nothing
-    from ray_entigraph.engines.bundled import resolve_model_path  # lazy: pulls in storage (pyarrow, fsspec)
 
     quiet_progress_bars()
     device = pick_device(device)
     if device == "cpu":
         torch.set_num_threads(torch_threads or os.cpu_count() or 1)
-    local = resolve_model_path(path, cache_dir)
-    if "://" in local and not local.startswith("file://"):
-        tmp = tempfile.mkdtemp(prefix="ray-entigraph-eval-")
-        storage.get_dir(local, tmp)
-        local = tmp
-    local = local.removeprefix("file://")
+    local = local_model_dir(path, cache_dir)
     if dtype == "auto":
         dtype = "float32" if device == "cpu" else "bfloat16"
     tokenizer = load_tokenizer(local)

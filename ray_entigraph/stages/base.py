@@ -445,12 +445,15 @@ def run_stage(stage: Stage, ctx: "RunContext", on_start=lambda totals: None) -> 
     progress = ledger.Progress(stage.name, plan.units, unit=plan.unit)
     progress.start(plan.totals.done_before)
     totals = plan.totals
-    for row in stage.apply(ctx, plan).iter_rows():
-        totals.add(row)
-        if plan.per_row_units is None:
-            progress.update(row["num_ok"], row["num_failed"], row["num_generated_tokens"])
-        else:
-            progress.update(plan.per_row_units, 0, row["num_generated_tokens"])
+    try:
+        for row in stage.apply(ctx, plan).iter_rows():
+            totals.add(row)
+            if plan.per_row_units is None:
+                progress.update(row["num_ok"], row["num_failed"], row["num_generated_tokens"])
+            else:
+                progress.update(plan.per_row_units, 0, row["num_generated_tokens"])
+    finally:
+        progress.close()
     return stage.finish(ctx, totals, plan)
 
 

@@ -167,7 +167,8 @@ def ablate(config: EntiGraphConfig) -> AblationSummary:
                          "(plan.*) or loosen the curate thresholds (ablation.min_grounding).")
     runs = plan_runs(config, arms, common)
     tokens, stamps = {}, []
-    progress = Progress("ablate", len(runs), unit="arms trained", stream=sys.stdout, tokens=False)
+    progress = Progress("ablate", len(runs), unit="arms trained", stream=sys.stdout, tokens=False,
+                        min_interval_s=0, bar=False)  # a line per arm, between the arms' training logs
     for run in runs:
         arm = run.config
         step = f"ablation/train-{run.name}" if arm.output_dir == config.output_dir else f"ablation-train-{run.name}"

@@ -100,7 +100,8 @@ def sweep(config: EntiGraphConfig) -> SweepSummary:
                              data=synthesis_data(ctx))
         arms.append(("rephrase", rephrase))
     tokens, stamps = {}, []
-    progress = Progress("sweep", len(arms), unit="arms trained", stream=sys.stdout, tokens=False)
+    progress = Progress("sweep", len(arms), unit="arms trained", stream=sys.stdout, tokens=False,
+                        min_interval_s=0, bar=False)  # a line per arm, between the arms' training logs
     for name, arm in arms:
         # arms on the main output_dir keep their markers apart by name; the rephrase arm has its own output_dir
         step = f"sweep/train-{name}" if arm.output_dir == config.output_dir else "train"

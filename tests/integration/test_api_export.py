@@ -115,13 +115,45 @@ def test_load_corpus_and_export_name_a_folder_without_a_run(tmp_path):
 
 
 def test_every_engine_actor_finds_the_one_rate_limiter_of_its_endpoint(ray_local):
-    """`gate_for` inside Ray: two gates of the same endpoint reach one named actor, so their reservations share
-    one schedule (60 requests a minute: one start per second between them)."""
-    import asyncio
+    """Two engine actors (real Ray actors, as a synthesis pool's) send 30 requests each to a local server that
+    records when each arrives; with engine.openai.requests_per_minute=60 they find the one named schedule actor
+    of their endpoint and hold 60 a minute between them within 10%. Time is virtual (one minute is four wall
+    seconds) and shared: the schedule actor, both engines and the server read one injected clock."""
+    import ray
 
-    from ray_entigraph.engines.ratelimit import RayGate, gate_for
+    from ray_entigraph.config import OpenAIConfig
+    from ray_entigraph.engines.ratelimit import RateSchedule, limiter_name
+    from tests.unit.engines.test_openai_engine import ScriptedServer
+    from tests.unit.engines.test_ratelimit import Clock, requests_per_minute
 
-    first, second = (gate_for("http://api.example/v1", "m", 60, None) for _ in range(2))
-    assert isinstance(first, RayGate) and isinstance(second, RayGate)
-    waits = [asyncio.run(g.reserve(0)) for g in (first, second, first)]
-    assert waits[0] == 0.0 and 0.5 < waits[1] <= 1.0 and 1.5 < waits[2] <= 2.0, waits
+    clock = Clock(scale=15.0)  # time.monotonic is one clock for every process on this machine
+    server = ScriptedServer(clock=clock.now)
+
+    @ray.remote(num_cpus=0)
+    class Sender:
+        def __init__(self, url: str, clock: Clock):
+            from ray_entigraph.engines.openai_engine import OpenAIEngine
+
+            self.engine = OpenAIEngine(OpenAIConfig(base_url=url, api_key_env=None, max_concurrency=4,
+                                                    requests_per_minute=60), "m")
+            self.engine._sleep = clock.sleep
+
+        def send(self, name: str, n: int) -> int:
+            from ray_entigraph.engines.base import GenerationRequest, SamplingParams
+
+            sampling = SamplingParams(temperature=0.0, top_p=1.0, max_new_tokens=4, repetition_penalty=1.0)
+            results = self.engine.generate([GenerationRequest(key=f"{name}{i}", sampling=sampling, messages=[
+                {"role": "user", "content": "hi"}]) for i in range(n)])
+            return sum(r.error is None for r in results)
+
+    try:
+        # the endpoint's schedule, on the shared clock; the engines find it by name (get_if_exists)
+        schedule = ray.remote(num_cpus=0)(RateSchedule).options(name=limiter_name(server.url, "m")).remote(
+            60, None, clock=clock.now)
+        senders = [Sender.remote(server.url, clock) for _ in range(2)]
+        assert ray.get([s.send.remote(name, 30) for s, name in zip(senders, "ab")], timeout=120) == [30, 30]
+        limited = requests_per_minute(server.arrivals)
+        assert len(server.arrivals) == 60 and abs(limited - 60) <= 6, limited
+        ray.kill(schedule)
+    finally:
+        server.close()

@@ -18,7 +18,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 def test_cli_synthesize_with_bundled_model(tmp_path, small_corpus):
     out = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "ray_entigraph", "synthesize", "--config", "configs/demo.yaml",
+        sys.executable, "-m", "ray_entigraph", "synthesize", "-v", "--config", "configs/demo.yaml",
         f"input.path={small_corpus}", f"output_dir={out}", "plan.max_pairs_per_doc=3", "plan.max_triplets_per_doc=1",
         "synthesis.sampling.max_new_tokens=64", "extract.max_attempts=1",
     ]
@@ -29,6 +29,9 @@ def test_cli_synthesize_with_bundled_model(tmp_path, small_corpus):
     assert "ray-entigraph synthesize: done" in proc.stdout
     assert "model output parsed for" in proc.stdout and f"{out}/synthetic" in proc.stdout
     assert "ETA" in proc.stderr  # progress lines
+    # -v after the subcommand reaches the model actor: its INFO line (not shown at the default WARNING level)
+    # comes back through Ray's log forwarding
+    assert "transformers engine ready for bundled:smollm2-135m-instruct" in proc.stdout + proc.stderr, proc.stderr[-3000:]
 
     rows = stores.rows(out, schema.SYNTHESIZE)
     relations = [r for r in rows if r["kind"] in ("pair", "triplet")]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import os
 
 import pyarrow.parquet as pq
 import pytest
@@ -98,3 +99,37 @@ def test_vllm_engine_records_an_overlong_request_as_failed(tmp_path):
     engine.close()
     assert texts[0] == texts[1]
     assert len(set(texts[1:])) > 1
+
+
+def test_generative_protocol_on_vllm_for_a_model_without_a_chat_template(tmp_path, monkeypatch):
+    """eval.protocol=generative with engine.kind=vllm generates on vLLM (the transformers engine is not built),
+    for a model whose tokenizer has no chat template (a base model's has none): plain few-shot text."""
+    import json
+
+    from ray_entigraph.engines.bundled import resolve_model_path
+    from ray_entigraph.engines.transformers_engine import TransformersEngine
+    from ray_entigraph.eval.evaluate import evaluate_model
+    from ray_entigraph.eval.quality import load_questions, resolve_questions_url
+
+    bundled = resolve_model_path("bundled:smollm2-135m-instruct", None)
+    base = tmp_path / "base-model"
+    base.mkdir()
+    for f in os.listdir(bundled):  # the weights linked, the tokenizer's chat template removed
+        if f not in ("tokenizer_config.json", "chat_template.jinja"):
+            os.symlink(os.path.join(bundled, f), base / f)
+    tok_config = json.loads(open(os.path.join(bundled, "tokenizer_config.json")).read())
+    tok_config.pop("chat_template", None)
+    (base / "tokenizer_config.json").write_text(json.dumps(tok_config))
+
+    def no_transformers(*args, **kwargs):
+        raise AssertionError("the generative protocol ran on transformers, not on the configured vLLM engine")
+
+    monkeypatch.setattr(TransformersEngine, "from_loaded", no_transformers)
+    config = vllm_config("builtin:demo", tmp_path / "out", f"model.name={base}", "eval.protocol=generative",
+                         "eval.max_new_tokens=48", "eval.few_shot=2")
+    questions = load_questions(resolve_questions_url("auto", "builtin:demo"), 4)
+    result = evaluate_model(config.model_dump_json(), "base", str(base), questions, [], [], open_book=False)
+    assert result["protocol"] == "generative" and len(result["questions"]) == 4
+    for q in result["questions"]:
+        assert q["output"].strip() and not q["output"].startswith("<error"), q["output"]
+        assert q["pick"] in (-1, 0, 1, 2, 3) and q["correct"] == (q["pick"] == q["gold"])

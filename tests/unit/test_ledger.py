@@ -111,3 +111,32 @@ def test_progress_line_shows_counts_rate_and_eta(monkeypatch):
     clock[0] += 600
     arms.update(1, 0, 0)
     assert stream.getvalue().splitlines()[-1] == "[ablate] 1/3 arms trained (33%), 0 failed, elapsed 10m00s, ETA 20m00s"
+
+
+def test_progress_lines_are_throttled_and_a_terminal_gets_a_redrawn_bar(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(ledger, "time", SimpleNamespace(time=lambda: clock[0]))
+    monkeypatch.delenv("RAY_ENTIGRAPH_PROGRESS", raising=False)
+    stream = io.StringIO()
+    lines = Progress("synthetic", 100, stream=stream, min_interval_s=10)
+    for _ in range(100):  # a commit a second: a line every 10 s, and the last one
+        clock[0] += 1
+        lines.update(1, 0, 10)
+    printed = stream.getvalue().splitlines()
+    assert [line.split()[1] for line in printed] == ["1/100", *[f"{n}/100" for n in range(11, 100, 10)], "100/100"]
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Terminal()
+    bar = Progress("synthetic", 4, stream=tty)
+    for _ in range(4):
+        bar.update(1, 0, 10)
+    drawn = tty.getvalue()
+    assert "\r" in drawn and "4/4" in drawn and "requests" in drawn  # one line redrawn in place, with tqdm's ETA
+    assert "\n[synthetic] " not in drawn.rstrip("\n").split("\r")[-1]
+    monkeypatch.setenv("RAY_ENTIGRAPH_PROGRESS", "lines")  # forced lines on a terminal
+    forced = Terminal()
+    Progress("synthetic", 1, stream=forced).update(1, 0, 0)
+    assert forced.getvalue().startswith("[synthetic] 1/1 requests (100%)") and "\r" not in forced.getvalue()
