@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from ray_entigraph import schema
+from ray_entigraph.config import load_config
 from ray_entigraph.prompts import load_prompt_set, render
 from tests import stores
 
@@ -36,7 +37,7 @@ def test_cli_synthesize_with_bundled_model(tmp_path, small_corpus):
     rows = stores.rows(out, schema.SYNTHESIZE)
     relations = [r for r in rows if r["kind"] in ("pair", "triplet")]
     assert len(relations) == 2 * (3 + 1)
-    prompts = load_prompt_set("entigraph-v1")
+    prompts = load_prompt_set(load_config("demo").synthesis.prompts)  # the demo preset's prompt set
     mentions_other = 0
     for r in relations:
         assert r["model"] == "bundled:smollm2-135m-instruct" and r["num_generated_tokens"] > 0

@@ -38,7 +38,7 @@ SYNTH = ("ray-entigraph", "synthesize")
 # small training and evaluation for the job: one CPU worker, a few steps, a few questions
 RUN_SMALL = ["train.block_len=64", "train.global_batch_size=2", "train.micro_batch_size=1", "train.num_workers=1",
              "train.epochs=1", "train.checkpoint_every=2", "eval.max_questions=4", "eval.perplexity_texts=2",
-             "eval.perplexity_window=128"]
+             "eval.perplexity_window=128", "run.raw_cpt_control_steps=null"]
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
