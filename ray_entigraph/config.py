@@ -48,6 +48,13 @@ class IngestConfig(_Section):
         "records its parent."))
     min_document_chars: int = Field(20, ge=1, description=(
         "Documents shorter than this are recorded as errors (`too short`) and not synthesized from."))
+    bytes_per_task: int = Field(128 * 2**20, ge=1, description=(
+        "A JSON Lines or Parquet file larger than this is read by several ingest tasks, each a byte range of it "
+        "(the lines, or the row groups, that start in the range), so that no task reads a large file whole."))
+    max_actors: int = Field(8, ge=1, description=(
+        "Ingest runs on CPU actors of its own (never on the model pool: no GPU is held to read and tokenize): "
+        "at most this many."))
+    num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs each ingest actor reserves.")
 
 
 class ModelConfig(_Section):

@@ -23,7 +23,7 @@ from ray_entigraph.corpus import Corpus, document_index
 from ray_entigraph.engines import constrains_json
 from ray_entigraph.engines.hf import document_tokenizer_name
 from ray_entigraph.errors import PromptError
-from ray_entigraph.inputs import list_input_files
+from ray_entigraph.inputs import list_input_files, splittable
 from ray_entigraph.layout import (
     Layout,
     curation_id,
@@ -69,6 +69,7 @@ class RunContext:
     constrained_judge: bool
     _documents: dict[str, str] | None = field(default=None, repr=False)
     _file_ids: list[tuple[str, str, str]] | None = field(default=None, repr=False)
+    _file_sizes: dict[str, int] = field(default_factory=dict, repr=False)
 
     @classmethod
     def resolve(cls, config: EntiGraphConfig, *, list_inputs: bool = True) -> "RunContext":
@@ -136,13 +137,34 @@ class RunContext:
         mtime or ETag) and the settings that turn it into documents, and names its ingest marker."""
         if self._file_ids is None:
             c = self.config
-            reading = {"ingest": c.ingest.model_dump(mode="json"), "tokenizer": document_tokenizer_name(c),
+            # what turns a file into documents (where ingest runs is not part of it)
+            ingest = c.ingest.model_dump(mode="json", exclude={"max_actors", "num_cpus_per_actor"})
+            reading = {"ingest": ingest, "tokenizer": document_tokenizer_name(c),
                        "fields": [c.input.text_field, c.input.title_field, c.input.format]}
             self._file_ids = []
+            self._file_sizes = {}
             for url, fmt in self.input_files:
-                blob = json.dumps({"file": storage.file_identity(url), "reading": reading}, sort_keys=True)
-                self._file_ids.append((url, fmt, "f" + hashlib.sha256(blob.encode()).hexdigest()[:32]))
+                identity = storage.file_identity(url)
+                blob = json.dumps({"file": identity, "reading": reading}, sort_keys=True)
+                fid = "f" + hashlib.sha256(blob.encode()).hexdigest()[:32]
+                self._file_ids.append((url, fmt, fid))
+                self._file_sizes[fid] = int(identity[1] or 0)
         return self._file_ids
+
+    def ingest_units(self) -> list[dict]:
+        """The units of ingest work: one per input file, or for a JSON Lines or Parquet file larger than
+        ingest.bytes_per_task one per byte range of it (`piece` i of `pieces`, bytes [start, end)); `marker`
+        names the unit's commit marker under documents/_files/."""
+        units = []
+        per_task = self.config.ingest.bytes_per_task
+        for url, fmt, fid in self.file_ids():
+            size = self._file_sizes[fid]
+            pieces = -(-size // per_task) if splittable(url, fmt) and size > per_task else 1
+            for i in range(pieces):
+                units.append({"path": url, "format": fmt, "file_id": fid, "piece": i, "pieces": pieces,
+                              "start": size * i // pieces, "end": size * (i + 1) // pieces,
+                              "marker": fid if pieces == 1 else f"{fid}.{i}-of-{pieces}"})
+        return units
 
     @property
     def documents_identity(self) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import RunContext
 from ray_entigraph.corpus import read_entities
-from ray_entigraph.engines.hf import document_tokenizer_name, load_tokenizer
+from ray_entigraph.engines.hf import document_tokenizer_name, load_tokenizer, token_offsets
 from ray_entigraph.inputs import records_from_file
 from ray_entigraph.partitions import partition_of
 from ray_entigraph.prompts import render_chat
@@ -25,12 +25,14 @@ def dry_run(config: EntiGraphConfig, assume_entities: int = DEFAULT_ASSUMED_ENTI
     files = ctx.input_files
     tok = load_tokenizer(document_tokenizer_name(config), config.model.cache_dir)
     count = lambda text: len(tok(text, add_special_tokens=False)["input_ids"])  # noqa: E731
+    offsets = token_offsets(tok)
     doc_tokens: dict[str, int] = {}
     num_rejected = 0
     for url, fmt in files:
         for record in records_from_file(url, fmt, config.input):
             for row in documents_from_record(record, max_tokens=config.ingest.max_document_tokens,
-                                             min_chars=config.ingest.min_document_chars, count_tokens=count):
+                                             min_chars=config.ingest.min_document_chars, count_tokens=count,
+                                             token_offsets=offsets):
                 if row.get("error"):
                     num_rejected += 1
                 elif config.input.max_documents is None or len(doc_tokens) < config.input.max_documents:

@@ -129,6 +129,74 @@ def records_from_file(url: str, fmt: str, cfg: InputConfig) -> list[dict]:
     return out or [{"source": url, "error": f"empty file: {name} has no JSON records."}]
 
 
+SPLITTABLE = ("jsonl", "parquet")  # formats whose files are read in byte ranges (ingest.bytes_per_task)
+
+
+def splittable(url: str, fmt: str) -> bool:
+    """Whether a file can be read in byte ranges: JSON Lines (not a .json array) and Parquet."""
+    return fmt in SPLITTABLE and not (fmt == "jsonl" and Path(url).suffix.lower() == ".json")
+
+
+def records_from_range(url: str, fmt: str, cfg: InputConfig, start: int, end: int) -> list[dict]:
+    """The records of one byte range [start, end) of a large file, so that many tasks share it and none reads
+    it whole: for JSON Lines the lines that start in the range (the line across `start` belongs to the range
+    before), for Parquet the row groups whose first byte is in it (their column chunks read alone). Every
+    record and line of the file falls in exactly one of the ranges that tile it."""
+    name = Path(url).name
+    fs, path = storage.filesystem(url)
+    if fmt == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            with fs.open(path, "rb") as f:
+                pf = pq.ParquetFile(f)
+                groups = [i for i in range(pf.metadata.num_row_groups) if start <= _group_start(pf.metadata, i) < end]
+                rows = pf.read_row_groups(groups).to_pylist() if groups else []
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+            return [{"source": f"{url} bytes {start}-{end}", "error": f"not a readable Parquet file: {name} "
+                     f"({problem}). Fix: re-export the file, or remove it from input.path."}]
+        return [_record_from_mapping(r, url, f"row group {groups[0]}+ row {i}", cfg) for i, r in enumerate(rows)]
+    out = []
+    with fs.open(path, "rb") as f:
+        if start > 0:
+            f.seek(start - 1)
+            f.readline()  # the rest of the line that holds byte start-1: the range before reads it
+        pos = f.tell()
+        while pos < end:
+            line = f.readline()
+            if not line:
+                break
+            where, at = f"line at byte {pos}", pos
+            pos += len(line)
+            try:
+                text = line.decode("utf-8").removesuffix("\n").removesuffix("\r")
+            except UnicodeDecodeError as exc:
+                out.append({"source": f"{url}@{at}", "error": f"not valid UTF-8: {name} has byte "
+                            f"0x{line[exc.start]:02x} at offset {at + exc.start}. Fix: re-encode the file as UTF-8."})
+                continue
+            if not text.strip():
+                continue
+            try:
+                obj = json.loads(text)
+            except json.JSONDecodeError as exc:
+                out.append({"source": f"{url}@{at}", "error": f"invalid JSON on the {where} of {name}: {exc.msg}"})
+                continue
+            if not isinstance(obj, dict):
+                out.append({"source": f"{url}@{at}", "error": f"the {where} of {name} is not a JSON object"})
+                continue
+            out.append(_record_from_mapping(obj, url, where, cfg))
+    return out
+
+
+def _group_start(metadata, i: int) -> int:
+    """The first byte of row group i: its first column chunk's dictionary page, else its first data page."""
+    col = metadata.row_group(i).column(0)
+    offsets = [o for o in (col.dictionary_page_offset, col.data_page_offset) if o is not None and o > 0]
+    return min(offsets) if offsets else 4
+
+
 def json_lines(text: str) -> list[str]:
     """The lines of a JSON Lines text. Only \\n ends a line (\\r\\n too): U+2028, U+2029 and U+0085 may
     occur inside a JSON string, where `str.splitlines` would cut a valid record in two."""

@@ -46,6 +46,21 @@ def load_tokenizer(model_name: str, cache_dir: str | None = None):
     return AutoTokenizer.from_pretrained(resolve_model_path(model_name, cache_dir))
 
 
+def token_offsets(tokenizer):
+    """text -> each token's (start, end) characters: a fast tokenizer's offsets; for a slow tokenizer (none),
+    the text's words (`text/chunk.py` checks every chunk's real count)."""
+    from ray_entigraph.text.chunk import word_offsets
+
+    if not getattr(tokenizer, "is_fast", False):
+        return word_offsets
+
+    def offsets(text: str) -> list[tuple[int, int]]:
+        return [tuple(o) for o in tokenizer(text, add_special_tokens=False,
+                                            return_offsets_mapping=True)["offset_mapping"]]
+
+    return offsets
+
+
 def document_tokenizer_name(config) -> str:
     """The tokenizer that counts and chunks the documents (`config` is an EntiGraphConfig): the hosted
     engine's `engine.openai.tokenizer` when one is named (an API model has no Hugging Face tokenizer), else

@@ -4,10 +4,12 @@ Reading the files is `inputs.py`'s; here every record becomes documents rows. Ev
 (an empty file, bytes that are not UTF-8, a bad JSON line, a corrupt Parquet file, a document too short)
 becomes a row with `error` set, so it is counted and visible, never silently dropped. A title over
 MAX_TITLE_TOKENS is cut to it, the full title kept in the row's metadata_json (`full_title`). One input file
-is one unit of work: it commits one shard per partition its documents fall in, each marker naming the file's
-identity (url, size, version), and then the file's own marker `documents/_files/<file id>.json`. A file
-already ingested under the same identity is not read again; an edited file has another identity, and
-sealing keeps only the current files' shards, so its new documents replace the old ones.
+is one unit of work, or for a JSON Lines or Parquet file over ingest.bytes_per_task each byte range of it
+(`RunContext.ingest_units`): a unit commits one shard per partition its documents fall in, each marker naming
+the file's identity (url, size, version), and then its own marker `documents/_files/<file id>[.<i>-of-<n>].json`.
+A unit already ingested under the same identity is not read again; an edited file has another identity, and
+sealing keeps only the current files' shards, so its new documents replace the old ones. Ingest runs on CPU
+actors of its own (`cpu_actor_kwargs`), never on the model pool.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.corpus import seal_documents
-from ray_entigraph.engines.hf import document_tokenizer_name, load_tokenizer
+from ray_entigraph.engines.hf import document_tokenizer_name, load_tokenizer, token_offsets
 from ray_entigraph.errors import InputError
-from ray_entigraph.inputs import records_from_file
+from ray_entigraph.inputs import records_from_file, records_from_range
 from ray_entigraph.layout import Layout
 from ray_entigraph.ledger import StageTotals
 from ray_entigraph.stages.base import (
@@ -31,13 +33,12 @@ from ray_entigraph.stages.base import (
     commit_partitioned,
     error_row,
     items,
-    model_actor_kwargs,
     run_partition_tasks,
     run_unit,
     shard_identity,
     totals_from_summary,
 )
-from ray_entigraph.text.chunk import head_within, split_document
+from ray_entigraph.text.chunk import head_within, split_document, word_offsets
 from ray_entigraph.text.identity import doc_id_for, neutralise_special_tokens, normalise_text
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ log = logging.getLogger(__name__)
 MAX_TITLE_TOKENS = 64
 
 
-def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, count_tokens) -> list[dict]:
+def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, count_tokens,
+                          token_offsets=word_offsets) -> list[dict]:
     """Normalise, identify and chunk one record into documents rows."""
     if record.get("error"):
         err_id = doc_id_for("error:" + record["source"])
@@ -66,7 +68,7 @@ def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, coun
     if len(text) < min_chars:
         return [{**base, "doc_id": parent_id, "text": text,
                  "error": f"too short: {len(text)} characters < ingest.min_document_chars ({min_chars})"}]
-    chunks = split_document(text, max_tokens, count_tokens)
+    chunks = split_document(text, max_tokens, token_offsets, count_tokens)
     rows = []
     for i, chunk in enumerate(chunks):
         # every chunk keeps the document's own title: prompts bind facts to the title questions use; the part
@@ -83,40 +85,61 @@ def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, coun
     return rows
 
 
+def cpu_actor_kwargs(config: EntiGraphConfig) -> dict[str, Any]:
+    """`map_batches` keyword arguments for ingest: CPU actors of its own (a tokenizer each, no GPU, no
+    accelerator type), one unit of work per call, so that reading and tokenizing never hold a model actor."""
+    from ray.data import ActorPoolStrategy  # lazy: Ray loads only when a stage runs
+
+    ic = config.ingest
+    return {"compute": ActorPoolStrategy(min_size=1, max_size=ic.max_actors), "num_cpus": ic.num_cpus_per_actor,
+            "num_gpus": 0, "batch_size": 1, "batch_format": "pyarrow", "zero_copy_batch": True}
+
+
 class IngestWorker:
-    """Ray Data callable: one input file -> its documents, one committed shard per partition they fall in,
-    then the file's marker."""
+    """Ray Data callable: one unit (an input file, or a byte range of a large one) -> its documents, one
+    committed shard per partition they fall in, then the unit's marker."""
 
     def __init__(self, config: EntiGraphConfig, layout: Layout | None = None):
         self.config = config
         self.tokenizer = load_tokenizer(document_tokenizer_name(config), config.model.cache_dir)
+        self.token_offsets = token_offsets(self.tokenizer)
         layout = layout or Layout(config.output_dir, num_partitions=config.num_partitions)
         self.store, self.files_url = layout.documents, layout.files_url
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def __call__(self, batch):
-        (url,), (fmt,), (file_id,) = (batch.column(c).to_pylist() for c in ("path", "format", "file_id"))
-        return run_unit(self.store.url, [file_id], self.config.resources.max_unit_attempts,
-                        lambda: self._ingest(url, fmt, file_id), lambda reason: self._give_up(url, file_id, reason))
 
-    def _give_up(self, url: str, file_id: str, reason: str):
-        """The file recorded as failed (no file marker: the next run tries it again)."""
-        return commit_partitioned(self.store, [], [error_row(schema.INGEST, file_id, None, f"{url}: {reason}")],
+    def __call__(self, batch):
+        (unit,) = batch.to_pylist()
+        keys = [unit["marker"]]
+        return run_unit(self.store.url, keys, self.config.resources.max_unit_attempts,
+                        lambda: self._ingest(unit), lambda reason: self._give_up(unit, reason))
+
+    def _give_up(self, unit: dict, reason: str):
+        """The unit recorded as failed (no marker: the next run tries it again)."""
+        url, file_id = unit["path"], unit["file_id"]
+        return commit_partitioned(self.store, [], [error_row(schema.INGEST, unit["marker"], None, f"{url}: {reason}")],
                                   row_schema=schema.DOCUMENTS, key_column="doc_id", started=time.time(),
                                   stats={**shard_identity(self.config, None), "source": url, "source_id": file_id},
-                                  name_keys=[file_id])
+                                  name_keys=[unit["marker"]])
 
-    def _ingest(self, url: str, fmt: str, file_id: str):
+    def _records(self, unit: dict) -> list[dict]:
+        if unit["pieces"] == 1:
+            return records_from_file(unit["path"], unit["format"], self.config.input)
+        return records_from_range(unit["path"], unit["format"], self.config.input, unit["start"], unit["end"])
+
+    def _ingest(self, unit: dict):
+        url, file_id = unit["path"], unit["file_id"]
         started = time.time()
         rows = []
-        for record in records_from_file(url, fmt, self.config.input):
+        for record in self._records(unit):
             rows.extend(documents_from_record(
                 record,
                 max_tokens=self.config.ingest.max_document_tokens,
                 min_chars=self.config.ingest.min_document_chars,
                 count_tokens=self.count_tokens,
+                token_offsets=self.token_offsets,
             ))
         seen: set[str] = set()
         unique = []
@@ -130,13 +153,15 @@ class IngestWorker:
         summary = commit_partitioned(
             self.store, ok, errors, row_schema=schema.DOCUMENTS, key_column="doc_id", started=started,
             stats={**shard_identity(self.config, None), "source": url, "source_id": file_id},
-            name_keys=[file_id],  # two files with the same content still get shards of their own
+            name_keys=[unit["marker"]],  # two files with the same content still get shards of their own
         )
-        # the file's marker last: a file is ingested once all of its partitions' shards are committed
+        # the unit's marker last: a file (or a byte range of it) is ingested once all of its partitions' shards
+        # are committed
         if self.store.fence is not None:
             self.store.fence.check()
-        storage.write_text(self.files_url(f"{file_id}.json"), json.dumps(
-            {"source": url, "source_id": file_id, "num_ok": len(ok), "num_failed": len(errors)}))
+        storage.write_text(self.files_url(f"{unit['marker']}.json"), json.dumps(
+            {"source": url, "source_id": file_id, "piece": unit["piece"], "pieces": unit["pieces"],
+             "num_ok": len(ok), "num_failed": len(errors)}))
         return summary
 
 
@@ -156,15 +181,16 @@ class Ingest(Stage):
                              unit="files", worker_args={"complete": True})
         done = {storage.filesystem(u)[1].rsplit("/", 1)[-1].removesuffix(".json")
                 for u in storage.list_files(ctx.layout.files_url(), ".json")}
-        todo = [{"path": url, "format": fmt, "file_id": fid} for url, fmt, fid in files if fid not in done]
-        totals = StageTotals(self.name, expected=len(files), done_before=len(files) - len(todo))
-        return StagePlan(totals=totals, dataset=items(todo) if todo else None, units=len(todo), unit="files",
+        units = ctx.ingest_units()
+        todo = [u for u in units if u["marker"] not in done]
+        unit = "files" if len(units) == len(files) else "file pieces"
+        totals = StageTotals(self.name, expected=len(units), done_before=len(units) - len(todo))
+        return StagePlan(totals=totals, dataset=items(todo) if todo else None, units=len(todo), unit=unit,
                          per_row_units=1)
 
     def apply(self, ctx, plan):
-        kwargs = model_actor_kwargs(ctx.config)
-        kwargs["batch_size"] = 1  # one input file per call: deterministic shard contents
-        return plan.dataset.map_batches(IngestWorker, fn_constructor_args=(ctx.config, ctx.layout), **kwargs)
+        return plan.dataset.map_batches(IngestWorker, fn_constructor_args=(ctx.config, ctx.layout),
+                                        **cpu_actor_kwargs(ctx.config))
 
     def finish(self, ctx, totals: StageTotals, plan: StagePlan | None = None) -> StageTotals:
         """Seal every partition with the current files' shards, apply input.max_documents, and count."""

@@ -87,15 +87,17 @@ def sweep(config: EntiGraphConfig) -> SweepSummary:
     available = run_pack(config).get(schema.SYNTHETIC_SOURCE, 0)
     arms: list[tuple[str, EntiGraphConfig]] = []
     for budget in sweep_budgets(config, available):
+        # epochs over each budget set its steps (a preset's train.max_steps would give every budget the same)
         arms.append((f"entigraph-{budget}", derive(config, [f"train.name=sweep/entigraph-{budget}",
-                                                            f"train.max_synthetic_tokens={budget}"])))
+                                                            f"train.max_synthetic_tokens={budget}",
+                                                            "train.max_steps=null"])))
     if "raw" in config.sweep.baselines:
         steps = raw_cpt_steps(config, max(sweep_budgets(config, available)))
         arms.append(("raw-cpt", raw_cpt_config(config, f"sweep/raw-cpt-{steps}steps", steps)))
     if "rephrase" in config.sweep.baselines:
         rephrase = derive(config, [f"output_dir={storage.join(config.output_dir, 'sweep', 'rephrase')}",
                                    "synthesis.augmenter=rephrase", "synthesis.prompts=rephrase-v1",
-                                   "train.max_synthetic_tokens=null"])
+                                   "train.max_synthetic_tokens=null", "train.max_steps=null"])
         rephrased = run_step(rephrase, "synthesize", "synthesize", lambda: synthesize(rephrase),
                              data=synthesis_data(ctx))
         arms.append(("rephrase", rephrase))

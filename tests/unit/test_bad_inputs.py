@@ -61,13 +61,14 @@ def _dry_run(capsys, *overrides: str) -> dict:
 
 
 def _ingest(*overrides: str) -> tuple[list[dict], list[dict]]:
-    """The ingest stage's worker over every input file, as Ray Data calls it (one file per call), without Ray:
+    """The ingest stage's worker over every unit (a file or a byte range of it), as Ray Data calls it (one unit
+    per call), without Ray:
     (committed documents rows, error rows)."""
     config = load_config(None, list(overrides))
     ctx = RunContext.resolve(config)
     worker = IngestWorker(config, ctx.layout)
-    for url, fmt, file_id in ctx.file_ids():
-        worker(pa.table({"path": [url], "format": [fmt], "file_id": [file_id]}))
+    for unit in ctx.ingest_units():
+        worker(pa.Table.from_pylist([unit]))
     out = Path(config.output_dir)
 
     def rows(folder: Path) -> list[dict]:
@@ -241,3 +242,18 @@ def test_a_very_long_title_is_cut_and_kept_in_metadata(capsys, caplog, tmp_path)
     assert title.startswith(row["title"].removesuffix("…"))
     assert json.loads(row["metadata_json"])["full_title"] == title  # recorded in the row, not lost
     assert any("full_title" in r.getMessage() for r in caplog.records)
+
+
+def test_a_large_file_is_ingested_in_byte_ranges_with_the_same_documents(tmp_path):
+    lines = [json.dumps({"title": f"Doc {i}", "text": f"{TEXT} Number {i}."}) for i in range(40)] + ["{bad"]
+    path = tmp_path / "docs.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    whole, whole_errors = _ingest(f"input.path={path}", f"output_dir={tmp_path}/whole")
+    per_task = path.stat().st_size // 5
+    pieces, piece_errors = _ingest(f"input.path={path}", f"output_dir={tmp_path}/pieces",
+                                   f"ingest.bytes_per_task={per_task}")
+    n = -(-path.stat().st_size // per_task)
+    markers = sorted(p.name for p in (tmp_path / "pieces" / "documents" / "_files").glob("*.json"))
+    assert n >= 5 and len(markers) == n and all(f"-of-{n}" in m for m in markers)  # n units of one file
+    assert sorted(r["doc_id"] for r in pieces) == sorted(r["doc_id"] for r in whole) and len(whole) == 40
+    assert len(piece_errors) == len(whole_errors) == 1

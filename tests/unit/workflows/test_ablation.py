@@ -65,7 +65,7 @@ def test_budgets_are_whole_blocks_every_arm_can_fill():
 
 
 def test_equal_steps_follow_epochs_over_the_budget():
-    config = _cfg("ablation.epochs=null")  # block_len 256, global batch 4, train.epochs 2
+    config = _cfg("ablation.epochs=null", "train.epochs=2")  # block_len 256, global batch 4
     assert equal_steps(config, 36 * 256) == 2 * 36 // 4
     assert equal_steps(config, 10) == 1
     assert equal_steps(derive(config, ["ablation.epochs=4"]), 36 * 256) == 4 * 36 // 4

@@ -108,8 +108,8 @@ def test_the_positive_control_of_run_is_raw_cpt_at_its_own_steps_in_its_own_fold
     from ray_entigraph.config import load_config
     from ray_entigraph.workflows.steps import control_config
 
-    assert control_config(load_config("configs/demo.yaml", [])) is None  # off unless asked for
-    config = load_config("configs/demo.yaml", ["run.raw_cpt_control_steps=40"])
+    assert control_config(load_config("configs/demo.yaml", ["run.raw_cpt_control_steps=null"])) is None  # off
+    config = load_config("configs/demo.yaml", [])  # the demo asks for a 40-step control
     control = control_config(config)
     assert control.train.corpus == "raw" and control.train.max_steps == 40 and control.train.epochs >= 40
     assert control.train.name == "control/raw-cpt-40steps" and control.train.lr == config.train.lr

@@ -20,7 +20,7 @@ def test_sweep_budgets_halve_down_from_the_corpus_or_are_the_configured_ones():
 def test_raw_cpt_trains_its_own_steps_not_a_few_passes_over_the_documents():
     from ray_entigraph.workflows.sweep import raw_cpt_steps
 
-    config = load_config("configs/demo.yaml", [])  # block_len 256, global batch 4, train.epochs 2
+    config = load_config("configs/demo.yaml", ["train.epochs=2"])  # block_len 256, global batch 4
     assert raw_cpt_steps(config, 40 * 256) == 2 * 40 // 4
     assert raw_cpt_steps(load_config("configs/demo.yaml", ["sweep.raw_cpt_steps=90"]), 40 * 256) == 90
 
