@@ -17,7 +17,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from ray_entigraph.arms import ARMS, arms_reference
 from ray_entigraph.errors import ConfigError
@@ -586,6 +586,9 @@ class StorageConfig(_Section):
 
 
 class EntiGraphConfig(_Section):
+    # set by `derive`: the output_dir of the run this config is an arm of (a sweep or ablation arm, run's
+    # positive control); such an arm in its run's own folder does not replace the run's config.yaml
+    _arm_of: str | None = PrivateAttr(default=None)
     output_dir: str = Field("runs/demo", description=(
         "Where every stage writes: a local path, s3://bucket/prefix, or any fsspec URL (S3 endpoint and credentials "
         "come from the standard AWS variables). The resolved config is saved here."))
@@ -824,7 +827,15 @@ def derive(config: EntiGraphConfig, overrides: list[str]) -> EntiGraphConfig:
         derived = EntiGraphConfig.model_validate(_merge(config.model_dump(mode="json"), parse_overrides(overrides)))
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err)) from None
-    return absolutize_local_paths(derived)
+    derived = absolutize_local_paths(derived)
+    derived._arm_of = config._arm_of or config.output_dir
+    return derived
+
+
+def is_arm_in_its_run_folder(config: EntiGraphConfig) -> bool:
+    """Whether `config` is a `derive`d arm that writes into its run's own output_dir (whose config.yaml stays
+    the run's: `status`, `view`, `export` and `load_corpus` read it)."""
+    return config._arm_of is not None and config._arm_of.rstrip("/") == config.output_dir.rstrip("/")
 
 
 def section_hash(config: EntiGraphConfig, exclude: tuple[str, ...]) -> str:

@@ -7,7 +7,7 @@ import logging
 import os
 
 from ray_entigraph import storage
-from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.config import EntiGraphConfig, is_arm_in_its_run_folder
 from ray_entigraph.layout import Layout
 
 LOG_LEVEL_ENV = "RAY_ENTIGRAPH_LOG_LEVEL"  # the CLI's -v / -q / --log-level, for the driver and every worker
@@ -46,4 +46,6 @@ def save_resolved_config(config: EntiGraphConfig) -> None:
     """The resolved config next to the run's outputs (`status` and later runs read it), in a folder of this
     layout version (a new folder is stamped with it first)."""
     Layout(config.output_dir, num_partitions=config.num_partitions).check_version(create=True)
+    if is_arm_in_its_run_folder(config):
+        return  # an arm (run's control, a sweep or ablation arm) in the run's folder: config.yaml stays the run's
     storage.write_text(Layout(config.output_dir).config_url, config.to_yaml())

@@ -329,6 +329,16 @@ def model_actor_kwargs(config: EntiGraphConfig) -> dict[str, Any]:
     return kwargs
 
 
+def cpu_actor_kwargs(pool) -> dict[str, Any]:
+    """`map_batches` keyword arguments for CPU work done by actors of its own (ingest's tokenizers, heuristic
+    extraction): no GPU and no accelerator type, so that reading and tokenizing never hold a model actor; one
+    unit of work per call. `pool`: a section with `max_actors` and `num_cpus_per_actor` (config.ingest)."""
+    from ray.data import ActorPoolStrategy  # lazy: Ray loads only when a stage runs
+
+    return {"compute": ActorPoolStrategy(min_size=1, max_size=pool.max_actors), "num_cpus": pool.num_cpus_per_actor,
+            "num_gpus": 0, "batch_size": 1, "batch_format": "pyarrow", "zero_copy_batch": True}
+
+
 def read_shards(urls: list[str], include_paths: bool = False):
     import ray.data  # lazy: Ray loads only when a stage runs
 

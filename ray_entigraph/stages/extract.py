@@ -24,6 +24,7 @@ from ray_entigraph.stages.base import (
     Usage,
     bounded_task,
     commit_partitioned,
+    cpu_actor_kwargs,
     current_totals,
     error_row,
     model_actor_kwargs,
@@ -184,7 +185,9 @@ class Extract(Stage):
         return units_of_work(plan.dataset, ctx.config).map_batches(
             EntityExtractionWorker,
             fn_constructor_args=(ctx.config, ctx.prompts, ctx.constrained_extraction, ctx.extraction_id, ctx.layout),
-            **model_actor_kwargs(ctx.config))
+            # extract.source=heuristic loads no model: CPU actors, never the model pool
+            **(cpu_actor_kwargs(ctx.config.ingest) | {"batch_size": ctx.config.resources.batch_size}
+               if ctx.config.extract.source == "heuristic" else model_actor_kwargs(ctx.config)))
 
     def finish(self, ctx, totals: StageTotals, plan: StagePlan | None = None) -> StageTotals:
         if plan is not None and plan.worker_args.get("complete"):

@@ -31,6 +31,7 @@ from ray_entigraph.stages.base import (
     Stage,
     StagePlan,
     commit_partitioned,
+    cpu_actor_kwargs,
     error_row,
     items,
     run_partition_tasks,
@@ -83,16 +84,6 @@ def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, coun
             "num_tokens": count_tokens(chunk),
         })
     return rows
-
-
-def cpu_actor_kwargs(config: EntiGraphConfig) -> dict[str, Any]:
-    """`map_batches` keyword arguments for ingest: CPU actors of its own (a tokenizer each, no GPU, no
-    accelerator type), one unit of work per call, so that reading and tokenizing never hold a model actor."""
-    from ray.data import ActorPoolStrategy  # lazy: Ray loads only when a stage runs
-
-    ic = config.ingest
-    return {"compute": ActorPoolStrategy(min_size=1, max_size=ic.max_actors), "num_cpus": ic.num_cpus_per_actor,
-            "num_gpus": 0, "batch_size": 1, "batch_format": "pyarrow", "zero_copy_batch": True}
 
 
 class IngestWorker:
@@ -190,7 +181,7 @@ class Ingest(Stage):
 
     def apply(self, ctx, plan):
         return plan.dataset.map_batches(IngestWorker, fn_constructor_args=(ctx.config, ctx.layout),
-                                        **cpu_actor_kwargs(ctx.config))
+                                        **cpu_actor_kwargs(ctx.config.ingest))
 
     def finish(self, ctx, totals: StageTotals, plan: StagePlan | None = None) -> StageTotals:
         """Seal every partition with the current files' shards, apply input.max_documents, and count."""

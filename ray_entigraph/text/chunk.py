@@ -60,8 +60,8 @@ def _best_cut(text: str, start: int, limit: int) -> int:
     mid = start + (limit - start) // 2
     for pattern in _BOUNDARIES:
         last = None
-        for last in pattern.finditer(text, mid, limit):
-            pass
+        for match in pattern.finditer(text, mid, limit):
+            last = match
         pos = None if last is None else last.start() if pattern is _BOUNDARIES[0] else last.end()
         if pos is not None and pos > start:
             return pos

@@ -115,3 +115,22 @@ def test_the_positive_control_of_run_is_raw_cpt_at_its_own_steps_in_its_own_fold
     assert control.train.name == "control/raw-cpt-40steps" and control.train.lr == config.train.lr
     assert control_config(load_config("configs/demo.yaml", ["run.raw_cpt_control_steps=40", "train.corpus=raw"])) \
         is None  # a Raw CPT run is its own control
+
+
+def test_an_arm_in_its_run_folder_leaves_the_run_config_alone(tmp_path):
+    """run's positive control (and every sweep or ablation arm) writes into the run's output_dir: the run's
+    config.yaml, which status, view, export and load_corpus read, stays the run's own."""
+    from ray_entigraph.config import derive, load_config
+    from ray_entigraph.runtime import save_resolved_config
+    from ray_entigraph.workflows.steps import control_config
+
+    config = load_config("configs/demo.yaml", [f"output_dir={tmp_path}/run"])
+    save_resolved_config(config)
+    saved = (tmp_path / "run" / "config.yaml").read_text()
+    control = control_config(config)
+    save_resolved_config(control)
+    save_resolved_config(derive(control, ["train.lr=1e-5"]))  # an arm of an arm is still the run's arm
+    assert (tmp_path / "run" / "config.yaml").read_text() == saved
+    elsewhere = derive(config, [f"output_dir={tmp_path}/rephrase"])  # an arm in a folder of its own saves there
+    save_resolved_config(elsewhere)
+    assert (tmp_path / "rephrase" / "config.yaml").exists()
