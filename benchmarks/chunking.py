@@ -4,7 +4,7 @@ Before: the greedy packing this project used until this benchmark was added (par
 then words; every candidate chunk re-tokenized as it grows), reproduced below. After: `text/chunk.py`
 (tokenize once, cut by offsets at the best boundary). Both on the same generated texts: web-like English
 (paragraphs of 1 to 12 sentences, some lines of links and a long base64-like run), one paragraph with no
-blank line, and CJK text with no spaces. Per text and method: the characters handed to the tokenizer over
+blank line, the same with no sentence ends or line breaks, and CJK text with no spaces. Per text and method: the characters handed to the tokenizer over
 the text's length (read amplification), wall seconds, chunks, the largest chunk in tokens against the limit.
 
     .venv/bin/python benchmarks/chunking.py [--chars 200000] [--max-tokens 512]
@@ -47,6 +47,11 @@ def web_text(rng: random.Random, chars: int) -> str:
 
 def one_paragraph(rng: random.Random, chars: int) -> str:
     return web_text(rng, chars).replace("\n\n", " ").replace("\n", " ")
+
+
+def no_sentences(rng: random.Random, chars: int) -> str:
+    """Scraped text with no sentence ends and no line breaks (lists, tag clouds): only spaces to cut at."""
+    return re.sub(r"[.!?\n]", " ", web_text(rng, chars))
 
 
 def cjk_text(rng: random.Random, chars: int) -> str:
@@ -132,6 +137,7 @@ def main() -> None:
 
     rng = random.Random(0)
     texts = {"web": web_text(rng, args.chars), "one-paragraph": one_paragraph(rng, args.chars),
+             "no-sentences": no_sentences(rng, args.chars),
              "cjk": cjk_text(rng, args.chars // 4)}
     for kind, text in texts.items():
         for method in ("before", "after"):
