@@ -4,8 +4,9 @@ Before: the greedy packing this project used until this benchmark was added (par
 then words; every candidate chunk re-tokenized as it grows), reproduced below. After: `text/chunk.py`
 (tokenize once, cut by offsets at the best boundary). Both on the same generated texts: web-like English
 (paragraphs of 1 to 12 sentences, some lines of links and a long base64-like run), one paragraph with no
-blank line, the same with no sentence ends or line breaks, and CJK text with no spaces. Per text and method: the characters handed to the tokenizer over
-the text's length (read amplification), wall seconds, chunks, the largest chunk in tokens against the limit.
+blank line, the same with no sentence ends or line breaks, and CJK text with no spaces. Per text and method:
+the characters handed to the tokenizer over the text's length (read amplification), wall seconds, chunks, the
+largest chunk in tokens against the limit.
 
     .venv/bin/python benchmarks/chunking.py [--chars 200000] [--max-tokens 512]
 

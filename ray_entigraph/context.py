@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
-from ray_entigraph.corpus import Corpus, document_index
+from ray_entigraph.corpus import Corpus
 from ray_entigraph.engines import constrains_json
 from ray_entigraph.engines.hf import document_tokenizer_name
 from ray_entigraph.errors import PromptError
@@ -67,7 +67,6 @@ class RunContext:
     judge_prompts: PromptSet | None  # curate.judge_prompts, when the judge runs
     constrained_extraction: bool  # extraction decodes under a JSON schema (part of its request key)
     constrained_judge: bool
-    _documents: dict[str, str] | None = field(default=None, repr=False)
     _file_ids: list[tuple[str, str, str]] | None = field(default=None, repr=False)
     _file_sizes: dict[str, int] = field(default_factory=dict, repr=False)
 
@@ -226,17 +225,6 @@ class RunContext:
         return Layout.curated_stage(curation_id(self.config.curate, self.synthetic_identity))
 
     # -- documents ----------------------------------------------------------------------------------------
-
-    def documents(self) -> dict[str, str]:
-        """doc_id -> the documents shard to read it from, for the current documents. O(documents) on the
-        driver: only curate and the judge use it (they move onto partitions next); every other stage reads
-        documents partition by partition on the workers (corpus.py)."""
-        if self._documents is None:
-            self._documents = document_index(self.corpus())
-        return self._documents
-
-    def refresh_documents(self) -> None:
-        self._documents = None
 
     def corpus(self):
         """The picklable description of the current corpus that workers read partitions with (corpus.py)."""

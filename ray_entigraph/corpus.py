@@ -275,25 +275,13 @@ def seal_synthetic(batch: dict, *, corpus: Corpus) -> dict:
 # -- the driver's few whole-corpus reads -----------------------------------------------------------------
 
 
-def document_index(corpus: Corpus) -> dict[str, str]:
-    """doc_id -> documents shard URL for every current document: O(documents), for curate and the judge
-    only (they move onto partitions in a later version)."""
-    index: dict[str, str] = {}
-    for p in range(corpus.num_partitions):
-        for url in corpus.documents.shard_urls(p, corpus.documents_identity):
-            for doc_id in storage.read_parquet(url, ["doc_id"]).column("doc_id").to_pylist():
-                if corpus.doc_threshold is None or doc_id <= corpus.doc_threshold:
-                    index.setdefault(doc_id, url)
-    return index
-
-
 def synthetic_shards(corpus: Corpus) -> list[tuple[str, dict]]:
-    """(url, commit entry) of every shard of the current synthesis identity, read from the P partition
-    manifests: O(shards) names on the driver, for curate and the judge, which work shard by shard."""
+    """(url, commit entry with its `partition`) of every shard of the current synthesis identity, read from the
+    P partition manifests: O(shards) names on the driver, for curate and the judge."""
     out = []
     for p in range(corpus.num_partitions):
         part = corpus.synthetic.part(p)
-        out += [(storage.join(part.url, e["file"]), e) for e in corpus.synthetic.entries(p, corpus.synthetic_identity)
-                if e.get("rows", 0) > 0]
+        out += [(storage.join(part.url, e["file"]), {**e, "partition": p})
+                for e in corpus.synthetic.entries(p, corpus.synthetic_identity) if e.get("rows", 0) > 0]
     return out
 

@@ -4,7 +4,9 @@ Every synthetic row gets a grounding score (`text/grounding.py`: the share of it
 content words that its source document contains, per sentence and overall). Then, as configured
 (`curate.*`): sentences below a threshold are removed (repair), rows below a threshold are dropped, and
 near-duplicate rows are dropped (`text/dedup.py`: MinHash signatures and LSH band keys computed in parallel
-per shard, candidate pairs found by a Ray Data groupby on band keys, the few pairs clustered on the driver).
+per partition, candidate pairs found by a Ray Data groupby on band keys, the few pairs clustered on the
+driver). Each task takes one partition: it reads that partition's documents once (a synthetic row's document
+is in the row's own partition), then curates each of the partition's synthetic shards.
 
 The output is a derived dataset, `output_dir/curated/<curation id>/`, one shard per synthetic shard,
 committed with the same protocol as every stage; every dropped row is recorded with its reason in
@@ -14,6 +16,7 @@ curate settings and the synthetic shards it reads, so other settings or a grown 
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 
@@ -21,12 +24,11 @@ import pyarrow as pa
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import CurateConfig, EntiGraphConfig
-from ray_entigraph.corpus import synthetic_shards
+from ray_entigraph.corpus import Corpus, read_documents, synthetic_shards
 from ray_entigraph.layout import Layout, shard_basename
 from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import PromptSet, render
 from ray_entigraph.stages.base import Stage, StagePlan, bounded_task, commit_unit, error_row, items
-from ray_entigraph.stages.judge import judge_scores
 from ray_entigraph.stages.synthesize import prompt_values, template_for
 from ray_entigraph.text.dedup import SIGNATURE_DTYPE, band_keys, bucket_pairs, duplicates_to_drop, lsh_params, signature
 from ray_entigraph.text.grounding import DocumentIndex, drop_unsupported_sentences, score_text
@@ -78,41 +80,53 @@ def curate_row(row: dict, index, cfg: CurateConfig, prefix: str,
 
 @dataclass(frozen=True)
 class CurateJob:
-    """What a curate task needs, built once on the driver and shipped with each task."""
+    """What a curate task needs, built once on the driver and shipped with each task: nothing that grows with
+    the corpus (documents are read partition by partition on the workers, `corpus`)."""
 
     config: EntiGraphConfig
     prompts: PromptSet
-    doc_index: dict[str, str]
-    judge_stage: str | None  # judged/<id> when curate.judge
+    corpus: Corpus  # reads a partition's current documents
     stage: str  # curated/<id>
     layout: Layout  # where to commit (with the run's lease fence)
 
 
-def _load_shard(url: str, job: CurateJob):
-    """The shard's rows and a grounding index per document they come from."""
-    rows = storage.read_parquet(url).to_pylist()
-    wanted = {r["doc_id"] for r in rows}
-    indexes = {}
-    for doc_url in sorted({job.doc_index[d] for d in wanted if d in job.doc_index}):
-        for doc in storage.read_parquet(doc_url, ["doc_id", "title", "text"]).to_pylist():
-            if doc["doc_id"] in wanted:
-                # the title counts as the document's: relation texts name it by design
-                indexes[doc["doc_id"]] = DocumentIndex.from_text(doc["text"], title=doc["title"] or "")
-    return rows, indexes
+def partition_units(sources: list[tuple[str, dict]], judged: dict[str, list[str]] | None = None) -> list[dict]:
+    """The units of a curate pass: one per partition, naming its synthetic shards and, with the judge, each
+    shard's judged files (read once by the driver's plan, so no task lists the judge's markers)."""
+    by_partition: dict[int, list[dict]] = {}
+    for url, entry in sources:
+        by_partition.setdefault(int(entry["partition"]), []).append(
+            {"url": url, "judged": (judged or {}).get(entry["shard"], [])})
+    return [{"partition": p, "shards": json.dumps(shards)} for p, shards in sorted(by_partition.items())]
 
 
-def _judge_scores(url: str, job: CurateJob) -> dict[str, float]:
-    if not job.judge_stage:
-        return {}
-    return judge_scores(storage.StageStore(job.config.output_dir, job.judge_stage), shard_basename(url))
+def _shard_scores(judged_files: list[str]) -> dict[str, float]:
+    scores: dict[str, float] = {}
+    for url in judged_files:
+        table = storage.read_parquet(url, ["task_id", "judge_score"])
+        scores.update(zip(table.column("task_id").to_pylist(), table.column("judge_score").to_pylist()))
+    return scores
 
 
-def _curated_rows(url: str, job: CurateJob, scores: dict[str, float] | None = None):
+class _PartitionDocuments:
+    """A partition's current documents, read once per task and indexed for grounding as rows ask for them."""
+
+    def __init__(self, corpus: Corpus, partition: int):
+        self.docs = {d["doc_id"]: d for d in read_documents(corpus, partition, ["doc_id", "title", "text"])}
+        self.indexes: dict[str, DocumentIndex] = {}
+
+    def index(self, doc_id: str) -> DocumentIndex | None:
+        if doc_id not in self.indexes and doc_id in self.docs:
+            doc = self.docs[doc_id]
+            # the title counts as the document's: relation texts name it by design
+            self.indexes[doc_id] = DocumentIndex.from_text(doc["text"], title=doc["title"] or "")
+        return self.indexes.get(doc_id)
+
+
+def _curated_rows(url: str, job: CurateJob, docs: _PartitionDocuments, scores: dict[str, float]):
     """Yield (row, curated row or None, drop category, drop reason) for every row of a synthetic shard."""
-    rows, indexes = _load_shard(url, job)
-    scores = _judge_scores(url, job) if scores is None else scores
-    for row in rows:
-        index = indexes.get(row["doc_id"])
+    for row in storage.read_parquet(url).to_pylist():
+        index = docs.index(row["doc_id"])
         if index is None:
             yield row, None, "document", "source document not found among the current input's documents"
             continue
@@ -121,21 +135,24 @@ def _curated_rows(url: str, job: CurateJob, scores: dict[str, float] | None = No
 
 
 def signatures_batch(batch: dict, *, job: CurateJob) -> dict:
-    """Pass 1 (dedup): one row per (LSH band key, kept synthetic row), with the row's MinHash signature."""
+    """Pass 1 (dedup), one partition per call: one row per (LSH band key, kept synthetic row), with the row's
+    MinHash signature."""
     cfg = job.config.curate
     bands, rows_per_band = lsh_params(cfg.dedup_threshold, cfg.num_perm,
                                       false_positive_weight=LSH_FALSE_POSITIVE_WEIGHT,
                                       false_negative_weight=LSH_FALSE_NEGATIVE_WEIGHT)
     out: dict[str, list] = {"band": [], "task_id": [], "signature": []}
-    for url in batch["url"]:
-        for _, row, _, _ in _curated_rows(str(url), job):
-            if row is None:
-                continue
-            sig = signature(row["text"], num_perm=cfg.num_perm, ngram=cfg.ngram)
-            for key in band_keys(sig, bands=bands, rows=rows_per_band):
-                out["band"].append(key)
-                out["task_id"].append(row["task_id"])
-                out["signature"].append(sig.tobytes())
+    for p, shards in zip(batch["partition"], batch["shards"]):
+        docs = _PartitionDocuments(job.corpus, int(p))
+        for shard in json.loads(str(shards)):
+            for _, row, _, _ in _curated_rows(shard["url"], job, docs, _shard_scores(shard["judged"])):
+                if row is None:
+                    continue
+                sig = signature(row["text"], num_perm=cfg.num_perm, ngram=cfg.ngram)
+                for key in band_keys(sig, bands=bands, rows=rows_per_band):
+                    out["band"].append(key)
+                    out["task_id"].append(row["task_id"])
+                    out["signature"].append(sig.tobytes())
     return out
 
 
@@ -152,31 +169,34 @@ def candidate_pairs(group: pa.Table) -> pa.Table:
 
 
 def commit_batch(batch: dict, *, job: CurateJob, duplicates: dict[str, str]) -> pa.Table:
-    """Pass 2: curate one synthetic shard, drop the duplicates, commit the curated shard and its drop log."""
+    """Pass 2, one partition per call: its documents read once, then each of its synthetic shards curated,
+    its duplicates dropped, and committed as a curated shard with its drop log."""
     store = job.layout.store(job.stage)
     tables = []
-    for url in batch["url"]:
-        started = time.time()
-        kept, dropped = [], []
-        reasons = dict.fromkeys(DROP_CATEGORIES, 0)
-        scores = _judge_scores(str(url), job)
-        for row, out, category, reason in _curated_rows(str(url), job, scores):
-            if out is not None and row["task_id"] in duplicates:
-                category, reason, out = "duplicate", f"near-duplicate of {duplicates[row['task_id']]}", None
-            if out is None:
-                dropped.append(error_row(schema.CURATE, row["task_id"], row["doc_id"], reason))
-                reasons[category] += 1
-            else:
-                kept.append(out)
-        name = shard_basename(str(url))
-        stats = {"source_shard": name, "num_dropped": len(dropped), "judge_rated": len(scores),
-                 **{f"num_dropped_{k}": v for k, v in reasons.items()},
-                 "num_sentences_dropped": sum(r["num_sentences_dropped"] for r in kept),
-                 "mean_grounding": (sum(r["grounding"] for r in kept) / len(kept)) if kept else None}
-        # drops are not failures: they go to the errors table, but num_failed stays 0
-        table = commit_unit(store, kept, [], row_schema=schema.CURATED, key_column=None, started=started,
-                            stats=stats, name_keys=[name, job.stage], drops=dropped)
-        tables.append(table)
+    for p, shards in zip(batch["partition"], batch["shards"]):
+        docs = _PartitionDocuments(job.corpus, int(p))
+        for shard in json.loads(str(shards)):
+            url = shard["url"]
+            started = time.time()
+            kept, dropped = [], []
+            reasons = dict.fromkeys(DROP_CATEGORIES, 0)
+            scores = _shard_scores(shard["judged"])
+            for row, out, category, reason in _curated_rows(url, job, docs, scores):
+                if out is not None and row["task_id"] in duplicates:
+                    category, reason, out = "duplicate", f"near-duplicate of {duplicates[row['task_id']]}", None
+                if out is None:
+                    dropped.append(error_row(schema.CURATE, row["task_id"], row["doc_id"], reason))
+                    reasons[category] += 1
+                else:
+                    kept.append(out)
+            name = shard_basename(url)
+            stats = {"source_shard": name, "num_dropped": len(dropped), "judge_rated": len(scores),
+                     **{f"num_dropped_{k}": v for k, v in reasons.items()},
+                     "num_sentences_dropped": sum(r["num_sentences_dropped"] for r in kept),
+                     "mean_grounding": (sum(r["grounding"] for r in kept) / len(kept)) if kept else None}
+            # drops are not failures: they go to the errors table, but num_failed stays 0
+            tables.append(commit_unit(store, kept, [], row_schema=schema.CURATED, key_column=None, started=started,
+                                      stats=stats, name_keys=[name, job.stage], drops=dropped))
     return pa.concat_tables(tables)
 
 
@@ -195,28 +215,33 @@ class Curate(Stage):
 
     def plan(self, ctx) -> StagePlan:
         stage = self.folder(ctx)
-        sources = [url for url, _ in synthetic_shards(ctx.corpus())]
+        sources = synthetic_shards(ctx.corpus())
+        judged = None  # with the judge: each synthetic shard's judged files, from one read of its markers
         rated = None  # a shard curated before the judge rated more of its rows (a re-run after an outage) is redone
         if ctx.config.curate.judge:
-            rated = {e.get("source_shard"): int(e.get("num_ok", 0))
-                     for e in storage.StageStore(ctx.config.output_dir, ctx.judge_stage).manifest_entries()}
+            judge_store = storage.StageStore(ctx.config.output_dir, ctx.judge_stage)
+            judged, rated = {}, {}
+            for e in judge_store.manifest_entries():
+                shard = e.get("source_shard")
+                rated[shard] = int(e.get("num_ok", 0))
+                if e.get("rows"):
+                    judged.setdefault(shard, []).append(storage.join(judge_store.url, e["file"]))
         done = {e.get("source_shard") for e in storage.StageStore(ctx.config.output_dir, stage).manifest_entries()
                 if rated is None or int(e.get("judge_rated", -1)) == rated.get(e.get("source_shard"), 0)}
-        todo = [u for u in sources if shard_basename(u) not in done]
+        todo = [(u, e) for u, e in sources if shard_basename(u) not in done]
         totals = StageTotals(stage, expected=len(sources), done_before=len(sources) - len(todo))
         if not todo:
             return StagePlan(totals)
-        job = CurateJob(ctx.config, ctx.prompts, ctx.documents(),
-                        ctx.judge_stage if ctx.config.curate.judge else None, stage, ctx.layout)
-        return StagePlan(totals, dataset=items([{"url": u} for u in todo]), units=len(todo), unit="shards",
-                         per_row_units=1, worker_args={"job": job, "sources": sources})
+        job = CurateJob(ctx.config, ctx.prompts, ctx.corpus(), stage, ctx.layout)
+        return StagePlan(totals, dataset=items(partition_units(todo, judged)), units=len(todo), unit="shards",
+                         per_row_units=1, worker_args={"job": job, "sources": partition_units(sources, judged)})
 
     def apply(self, ctx, plan):
         job, sources = plan.worker_args["job"], plan.worker_args["sources"]
         duplicates: dict[str, str] = {}
         if ctx.config.curate.dedup:
-            # every shard's signatures (dedup is corpus-wide), bucketed by LSH band key
-            bands = items([{"url": u} for u in sources]).map_batches(
+            # every partition's signatures (dedup is corpus-wide), bucketed by LSH band key
+            bands = items(sources).map_batches(
                 bounded_task(signatures_batch, "curation (signatures)"), fn_kwargs={"job": job}, batch_size=1,
                 num_cpus=1)
             pairs = bands.groupby("band").map_groups(candidate_pairs, batch_format="pyarrow")

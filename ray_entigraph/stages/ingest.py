@@ -187,7 +187,6 @@ class Ingest(Stage):
         """Seal every partition with the current files' shards, apply input.max_documents, and count."""
         complete = plan is not None and plan.worker_args.get("complete")
         summary = (ctx.layout.documents.summary() or {}) if complete else self._seal(ctx)
-        ctx.refresh_documents()
         totals = totals_from_summary(self.name, summary)
         totals.num_ok = int(summary.get("stats", {}).get("num_documents", 0))
         totals.expected = totals.num_ok + totals.num_failed

@@ -24,7 +24,7 @@ import pyarrow as pa
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import JUDGE_SAMPLING_FIELDS
-from ray_entigraph.corpus import synthetic_shards
+from ray_entigraph.corpus import Corpus, read_documents, synthetic_shards
 from ray_entigraph.engines import GenerationRequest, GenerationResult, SamplingParams, make_engine
 from ray_entigraph.layout import Layout, shard_basename
 from ray_entigraph.ledger import StageTotals
@@ -93,24 +93,14 @@ def judged_row(row: dict, result: GenerationResult, model: str, prompt_version: 
             "num_generated_tokens": result.num_generated_tokens}, None
 
 
-def judge_scores(store: storage.StageStore, synthetic_shard: str) -> dict[str, float]:
-    """task_id -> judge score of one synthetic shard's rows (rows the judge could not rate are absent)."""
-    scores: dict[str, float] = {}
-    for entry in store.manifest_entries():
-        if entry.get("source_shard") == synthetic_shard and entry.get("rows"):
-            table = storage.read_parquet(storage.join(store.url, entry["file"]), ["task_id", "judge_score"])
-            scores.update(zip(table.column("task_id").to_pylist(), table.column("judge_score").to_pylist()))
-    return scores
-
-
-def read_documents_of(doc_index: dict[str, str], doc_ids: set[str]) -> dict[str, dict]:
-    """doc_id -> document row, for the given documents, each read from the shard the index names."""
-    docs = {}
-    for url in sorted({doc_index[d] for d in doc_ids if d in doc_index}):
-        for doc in storage.read_parquet(url, ["doc_id", "title", "text"]).to_pylist():
-            if doc["doc_id"] in doc_ids:
-                docs[doc["doc_id"]] = doc
-    return docs
+def partition_documents(corpus: Corpus, partition: int, cache: dict) -> dict[str, dict]:
+    """doc_id -> document row of one partition's current documents, read once per partition (`cache` holds the
+    last partition read: the judge's units come in partition order)."""
+    if cache.get("partition") != partition:
+        cache.clear()
+        cache["partition"] = partition
+        cache["docs"] = {d["doc_id"]: d for d in read_documents(corpus, partition, ["doc_id", "title", "text"])}
+    return cache["docs"]
 
 
 # -- Ray Data callable ---------------------------------------------------------------------------------
@@ -120,11 +110,11 @@ class JudgeWorker:
     """Ray Data callable on an actor pool: synthetic shard URLs -> one committed judged shard each."""
 
     def __init__(self, config: EntiGraphConfig, template: ChatTemplate, prompt_version: str, constrained: bool,
-                 stage: str, doc_index: dict[str, str], layout: Layout | None = None):
+                 stage: str, corpus: Corpus, layout: Layout | None = None):
         self.config = worker_config(config)  # the judge's config (context.judge_config)
         self.template, self.prompt_version, self.constrained = template, prompt_version, constrained
         self.engine = make_engine(self.config)
-        self.doc_index = doc_index
+        self.corpus, self._documents = corpus, {}  # documents read per partition, the last one kept
         self.store = (layout or Layout(config.output_dir)).store(stage)
 
     def __call__(self, batch: dict):
@@ -150,7 +140,7 @@ class JudgeWorker:
                 errors = [e for e in storage.read_parquet(storage.join(self.config.output_dir, before["error_file"]))
                           .to_pylist() if e["request_key"] not in retry]
         kept = len(judged)
-        docs = read_documents_of(self.doc_index, {r["doc_id"] for r in rows}) if give_up is None else {}
+        docs = partition_documents(self.corpus, int(item["partition"]), self._documents) if give_up is None else {}
         requests, by_key, retry_keys = [], {}, []
         for row in rows:
             if give_up is not None:  # its actor died on it: a re-run asks again
@@ -216,12 +206,12 @@ class Judge(Stage):
         totals = StageTotals(self.name, expected=expected, done_before=expected - left)
         if not todo:
             return StagePlan(totals)
-        return StagePlan(totals, units=left, dataset=items([
-            {"url": url, "before": json.dumps(j) if j else ""} for url, _, j in todo]))
+        return StagePlan(totals, units=left, dataset=items([  # in partition order: an actor reads each partition once
+            {"url": url, "partition": e["partition"], "before": json.dumps(j) if j else ""} for url, e, j in todo]))
 
     def apply(self, ctx, plan):
         kwargs = model_actor_kwargs(ctx.judge_config)
         kwargs.update(batch_size=1, batch_format="numpy")  # one synthetic shard per call = one judged shard
         args = (ctx.judge_config, ctx.judge_template(), ctx.judge_prompts.version, ctx.constrained_judge,
-                self.folder(ctx), ctx.documents(), ctx.layout)
+                self.folder(ctx), ctx.corpus(), ctx.layout)
         return plan.dataset.map_batches(JudgeWorker, fn_constructor_args=args, **kwargs)

@@ -21,6 +21,19 @@ from tests import stores
 pytestmark = pytest.mark.timeout(600)
 
 
+def _commit(config, rows: list[dict], key: str) -> None:
+    """Commit synthetic rows as synthesis does: each in its document's partition (one shard per partition)."""
+    from ray_entigraph.partitions import partition_of
+
+    store = RunContext.resolve(config).synthetic_store  # the current synthesis identity's folder
+    by_partition: dict[int, list[dict]] = {}
+    for row in rows:
+        by_partition.setdefault(partition_of(row["doc_id"], store.num_partitions), []).append(row)
+    for p, part in sorted(by_partition.items()):
+        store.part(p).commit(schema.rows_to_table(part, schema.SYNTHETIC), None, keys=[f"{key}-p{p}"],
+                             stats={"num_ok": len(part)})
+
+
 def _row(task_id, doc, text, kind="pair"):
     return {"task_id": task_id, "doc_id": doc["doc_id"], "title": doc["title"], "kind": kind,
             "entities": ["Harbour", "Guild"], "text": text, "model": "m", "prompt_version": "entigraph-v1",
@@ -45,9 +58,8 @@ def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_m
     near_dup = copied[::-1].replace(" eht ", " a ", 1)[::-1]  # one word changed near the end
     assert near_dup != copied
     rows_b = [_row("t4-near-duplicate", d0, near_dup)]
-    syn = RunContext.resolve(config).synthetic_store.part(0)  # the current synthesis identity's folder
     for i, rows in enumerate((rows_a, rows_b)):
-        syn.commit(schema.rows_to_table(rows, schema.SYNTHETIC), None, keys=[f"shard{i}"], stats={"num_ok": len(rows)})
+        _commit(config, rows, f"shard{i}")
     raw_before = {f: hashlib.sha256(open(f, "rb").read()).hexdigest()
                   for f in glob.glob(f"{out}/synthetic/*/p=*/*.parquet")}
 
@@ -73,7 +85,7 @@ def test_curate_scores_filters_dedups_and_keeps_the_raw_output(ray_local, tiny_m
 
     # a re-run has nothing to do; training reads the curated copy
     again = run_stage(Curate(), ctx)
-    assert again.done_before == again.expected == 2 and again.num_shards == 0
+    assert again.done_before == again.expected == 3 and again.num_shards == 0  # 3 shards: 2 in d0's partition
     from ray_entigraph.train.data import pack_units
 
     units = [u for u in pack_units(ctx) if u["source"] == schema.SYNTHETIC_SOURCE]
@@ -100,9 +112,8 @@ def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local
     rows = [_row("t1-copied", d0, ". ".join(d0["text"].split(". ")[:3]) + "."),
             _row("t2-invented", d0, "Zorbanek Vellitrax founded the Quoridan Empire in 2317 with 4,096 soldiers."),
             _row("t3-other-doc", d1, ". ".join(d1["text"].split(". ")[:2]) + "."),
-            _row("t4-orphan", {"doc_id": "no-such-document", "title": "x"}, "Text whose document is gone.")]
-    RunContext.resolve(config).synthetic_store.part(0).commit(schema.rows_to_table(rows, schema.SYNTHETIC), None,
-                                                              keys=["shard0"], stats={"num_ok": len(rows)})
+            _row("t4-orphan", {"doc_id": "0" * 32, "title": "x"}, "Text whose document is gone.")]  # no such doc
+    _commit(config, rows, "shard0")
     ctx = RunContext.resolve(config)
     totals = run_stage(Judge(), ctx)
     judged = storage.StageStore(str(out), ctx.judge_stage)
@@ -193,10 +204,8 @@ def test_a_judge_outage_then_a_rerun_rates_every_row_once(ray_local, tiny_model_
         docs = stores.rows(out, schema.INGEST)
         rows = [_row(f"t{i}", docs[i % 2], ". ".join(docs[i % 2]["text"].split(". ")[i:i + 2]) + ".")
                 for i in range(6)]
-        synthetic = RunContext.resolve(config).synthetic_store
-        for p, part in enumerate((rows[:3], rows[3:])):
-            synthetic.part(0).commit(schema.rows_to_table(part, schema.SYNTHETIC), None, keys=[f"shard{p}"],
-                                     stats={"num_ok": len(part)})
+        for d in (0, 1):  # one shard per document, 3 rows each, in the document's partition
+            _commit(config, rows[d::2], f"doc{d}")
         expected = {r["task_id"] for r in rows}
         ctx = RunContext.resolve(config)
         stand_in.failing = 2  # the first shard judged (one shard per call, one actor) loses 2 of its 3 rows
