@@ -51,6 +51,10 @@ class IngestConfig(_Section):
     bytes_per_task: int = Field(128 * 2**20, ge=1, description=(
         "A JSON Lines or Parquet file larger than this is read by several ingest tasks, each a byte range of it "
         "(the lines, or the row groups, that start in the range), so that no task reads a large file whole."))
+    files_per_task: int = Field(32, ge=1, description=(
+        "Small input files are read together, about this many per task (groups cut where a hash of the file's "
+        "URL says so, so that a new file changes only its own group), and never more bytes than "
+        "bytes_per_task: a million small files are not a million tasks."))
     max_actors: int = Field(8, ge=1, description=(
         "Ingest runs on CPU actors of its own (never on the model pool: no GPU is held to read and tokenize): "
         "at most this many."))

@@ -153,18 +153,41 @@ class RunContext:
         return self._file_ids
 
     def ingest_units(self) -> list[dict]:
-        """The units of ingest work: one per input file, or for a JSON Lines or Parquet file larger than
-        ingest.bytes_per_task one per byte range of it (`piece` i of `pieces`, bytes [start, end)); `marker`
-        names the unit's commit marker under documents/_files/."""
-        units = []
-        per_task = self.config.ingest.bytes_per_task
+        """The units of ingest work, each {"marker", "members"}: a JSON Lines or Parquet file larger than
+        ingest.bytes_per_task is one unit per byte range of it (member `piece` i of `pieces`, bytes [start,
+        end)); smaller files are grouped, about ingest.files_per_task per unit, never over bytes_per_task. A
+        group ends after a file whose URL hash says so, so adding a file regroups only its neighbours.
+        `marker` names the unit's commit marker under documents/_files/: the file id for a lone whole file."""
+        per_task, group_size = self.config.ingest.bytes_per_task, self.config.ingest.files_per_task
+        units: list[dict] = []
+        group: list[dict] = []
+        group_bytes = 0
+
+        def close() -> None:
+            nonlocal group, group_bytes
+            if group:
+                marker = group[0]["file_id"] if len(group) == 1 else "g" + hashlib.sha256(
+                    ",".join(m["file_id"] for m in group).encode()).hexdigest()[:32]
+                units.append({"marker": marker, "members": group})
+            group, group_bytes = [], 0
+
         for url, fmt, fid in self.file_ids():
             size = self._file_sizes[fid]
-            pieces = -(-size // per_task) if splittable(url, fmt) and size > per_task else 1
-            for i in range(pieces):
-                units.append({"path": url, "format": fmt, "file_id": fid, "piece": i, "pieces": pieces,
-                              "start": size * i // pieces, "end": size * (i + 1) // pieces,
-                              "marker": fid if pieces == 1 else f"{fid}.{i}-of-{pieces}"})
+            if splittable(url, fmt) and size > per_task:
+                pieces = -(-size // per_task)
+                units += [{"marker": f"{fid}.{i}-of-{pieces}", "members": [
+                    {"path": url, "format": fmt, "file_id": fid, "piece": i, "pieces": pieces,
+                     "start": size * i // pieces, "end": size * (i + 1) // pieces}]} for i in range(pieces)]
+                continue
+            if group and group_bytes + size > per_task:
+                close()
+            group.append({"path": url, "format": fmt, "file_id": fid, "piece": 0, "pieces": 1, "start": 0,
+                          "end": size})
+            group_bytes += size
+            if (int(hashlib.sha256(url.encode()).hexdigest()[:8], 16) % group_size == group_size - 1
+                    or len(group) >= 4 * group_size):
+                close()
+        close()
         return units
 
     @property

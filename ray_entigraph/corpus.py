@@ -233,7 +233,8 @@ def seal_documents(batch: dict, *, corpus: Corpus, current_files: Any) -> dict:
     out = []
     for p in batch["partition"]:
         p = int(p)
-        sealed = corpus.documents.seal(p, corpus.documents_identity, keep=lambda e: e.get("source_id") in files)
+        sealed = corpus.documents.seal(p, corpus.documents_identity, keep=lambda e: all(
+            s in files for s in e.get("source_ids") or [e.get("source_id")]))  # every file of its unit current
         docs = read_documents(replace(corpus, doc_threshold=None), p, ["doc_id", "num_tokens"])
         smallest = [d["doc_id"] for d in docs[:cap]] if cap else []
         out.append(json.dumps({**sealed, "stats": {"num_documents": len(docs),

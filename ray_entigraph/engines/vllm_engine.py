@@ -33,9 +33,12 @@ def vllm_missing_message() -> str:
             "install` does this); or set engine.kind=transformers.")
 
 
-def engine_kwargs(model: "ModelConfig", vllm_config: "VLLMConfig", seed: int, model_path: str) -> dict[str, Any]:
+def engine_kwargs(model: "ModelConfig", vllm_config: "VLLMConfig", seed: int, model_path: str,
+                  cpu: bool = False) -> dict[str, Any]:
     """Keyword arguments for `vllm.LLM` from the config sections and the run seed (pure: unit-tested without
-    vLLM)."""
+    vLLM). `cpu`: vLLM's CPU build, whose scheduler must not split a prefill across steps: it cannot rewind a
+    seeded request's random generator after a partial prefill ("CPU Generator does not use offset") and the
+    engine dies, so chunked prefill is off there unless engine_args set it."""
     vc = vllm_config
     kwargs: dict[str, Any] = {
         "model": model_path,
@@ -56,6 +59,8 @@ def engine_kwargs(model: "ModelConfig", vllm_config: "VLLMConfig", seed: int, mo
         # Inside a Ray actor that holds its GPUs, ranks are local processes; vLLM's Ray executor would try to
         # place workers of its own in the actor's cluster.
         kwargs["distributed_executor_backend"] = "mp"
+    if cpu:
+        kwargs["enable_chunked_prefill"] = False
     kwargs.update(vc.engine_args)
     return kwargs
 
@@ -75,7 +80,9 @@ class VLLMEngine:
         import vllm  # lazy: vLLM loads in the actor only (the driver may lack it)
 
         path = resolve_model_path(model.name, model.cache_dir)
-        kwargs = engine_kwargs(model, vllm_config, seed, path)
+        import torch
+
+        kwargs = engine_kwargs(model, vllm_config, seed, path, cpu=not torch.cuda.is_available())
         logger.info("starting vLLM %s on %s (tensor_parallel_size=%d)", vllm.__version__, model.name,
                     vllm_config.tensor_parallel_size)
         self.llm = vllm.LLM(**kwargs)

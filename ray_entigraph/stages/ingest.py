@@ -3,13 +3,14 @@
 Reading the files is `inputs.py`'s; here every record becomes documents rows. Every problem with an input
 (an empty file, bytes that are not UTF-8, a bad JSON line, a corrupt Parquet file, a document too short)
 becomes a row with `error` set, so it is counted and visible, never silently dropped. A title over
-MAX_TITLE_TOKENS is cut to it, the full title kept in the row's metadata_json (`full_title`). One input file
-is one unit of work, or for a JSON Lines or Parquet file over ingest.bytes_per_task each byte range of it
-(`RunContext.ingest_units`): a unit commits one shard per partition its documents fall in, each marker naming
-the file's identity (url, size, version), and then its own marker `documents/_files/<file id>[.<i>-of-<n>].json`.
-A unit already ingested under the same identity is not read again; an edited file has another identity, and
-sealing keeps only the current files' shards, so its new documents replace the old ones. Ingest runs on CPU
-actors of its own (`cpu_actor_kwargs`), never on the model pool.
+MAX_TITLE_TOKENS is cut to it, the full title kept in the row's metadata_json (`full_title`). The inputs are
+read in units (`RunContext.ingest_units`): small files grouped, about ingest.files_per_task per unit, and a
+JSON Lines or Parquet file over ingest.bytes_per_task one unit per byte range of it. A unit commits one shard
+per partition its documents fall in, each marker naming its files' ids (`source_ids`: url, size, version and
+reading settings hashed), and then its own marker `documents/_files/<marker>.json`. A unit already ingested
+under the same identity is not read again; an edited file has another identity, and sealing keeps only the
+shards whose files are all current, so its unit is read again and its new documents replace the old ones.
+Ingest runs on CPU actors of its own (`cpu_actor_kwargs`), never on the model pool.
 """
 
 from __future__ import annotations
@@ -87,8 +88,8 @@ def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, coun
 
 
 class IngestWorker:
-    """Ray Data callable: one unit (an input file, or a byte range of a large one) -> its documents, one
-    committed shard per partition they fall in, then the unit's marker."""
+    """Ray Data callable: one unit (a group of small input files, or a byte range of a large one) -> its
+    documents, one committed shard per partition they fall in, then the unit's marker."""
 
     def __init__(self, config: EntiGraphConfig, layout: Layout | None = None):
         self.config = config
@@ -103,35 +104,44 @@ class IngestWorker:
 
     def __call__(self, batch):
         (unit,) = batch.to_pylist()
-        keys = [unit["marker"]]
-        return run_unit(self.store.url, keys, self.config.resources.max_unit_attempts,
+        unit = {"marker": unit["marker"], "members": json.loads(unit["members"])}
+        return run_unit(self.store.url, [unit["marker"]], self.config.resources.max_unit_attempts,
                         lambda: self._ingest(unit), lambda reason: self._give_up(unit, reason))
+
+    def _stats(self, members: list[dict]) -> dict:
+        """A shard's source: its file, or the first of its group; `source_ids` every file's id (sealing keeps
+        the shard only while all of them are current input files)."""
+        first = members[0]["path"]
+        source = first if len(members) == 1 else f"{first} and {len(members) - 1} more files"
+        ids = sorted({m["file_id"] for m in members})
+        return {**shard_identity(self.config, None), "source": source, "source_id": ids[0], "source_ids": ids}
 
     def _give_up(self, unit: dict, reason: str):
         """The unit recorded as failed (no marker: the next run tries it again)."""
-        url, file_id = unit["path"], unit["file_id"]
-        return commit_partitioned(self.store, [], [error_row(schema.INGEST, unit["marker"], None, f"{url}: {reason}")],
-                                  row_schema=schema.DOCUMENTS, key_column="doc_id", started=time.time(),
-                                  stats={**shard_identity(self.config, None), "source": url, "source_id": file_id},
-                                  name_keys=[unit["marker"]])
+        members = unit["members"]
+        where = members[0]["path"] if len(members) == 1 else f"{len(members)} files from {members[0]['path']}"
+        failed = error_row(schema.INGEST, unit["marker"], None, f"{where}: {reason}")
+        return commit_partitioned(self.store, [], [failed], row_schema=schema.DOCUMENTS, key_column="doc_id",
+                                  started=time.time(), stats=self._stats(members), name_keys=[unit["marker"]])
 
-    def _records(self, unit: dict) -> list[dict]:
-        if unit["pieces"] == 1:
-            return records_from_file(unit["path"], unit["format"], self.config.input)
-        return records_from_range(unit["path"], unit["format"], self.config.input, unit["start"], unit["end"])
+    def _records(self, member: dict) -> list[dict]:
+        if member["pieces"] == 1:
+            return records_from_file(member["path"], member["format"], self.config.input)
+        return records_from_range(member["path"], member["format"], self.config.input, member["start"],
+                                  member["end"])
 
     def _ingest(self, unit: dict):
-        url, file_id = unit["path"], unit["file_id"]
         started = time.time()
         rows = []
-        for record in self._records(unit):
-            rows.extend(documents_from_record(
-                record,
-                max_tokens=self.config.ingest.max_document_tokens,
-                min_chars=self.config.ingest.min_document_chars,
-                count_tokens=self.count_tokens,
-                token_offsets=self.token_offsets,
-            ))
+        for member in unit["members"]:
+            for record in self._records(member):
+                rows.extend(documents_from_record(
+                    record,
+                    max_tokens=self.config.ingest.max_document_tokens,
+                    min_chars=self.config.ingest.min_document_chars,
+                    count_tokens=self.count_tokens,
+                    token_offsets=self.token_offsets,
+                ))
         seen: set[str] = set()
         unique = []
         for r in rows:  # the first row of each doc_id
@@ -143,15 +153,15 @@ class IngestWorker:
                   for r in unique if r.get("error")]
         summary = commit_partitioned(
             self.store, ok, errors, row_schema=schema.DOCUMENTS, key_column="doc_id", started=started,
-            stats={**shard_identity(self.config, None), "source": url, "source_id": file_id},
+            stats=self._stats(unit["members"]),
             name_keys=[unit["marker"]],  # two files with the same content still get shards of their own
         )
-        # the unit's marker last: a file (or a byte range of it) is ingested once all of its partitions' shards
-        # are committed
+        # the unit's marker last: its files (or a byte range of one) are ingested once all of its partitions'
+        # shards are committed
         if self.store.fence is not None:
             self.store.fence.check()
         storage.write_text(self.files_url(f"{unit['marker']}.json"), json.dumps(
-            {"source": url, "source_id": file_id, "piece": unit["piece"], "pieces": unit["pieces"],
+            {"members": [{k: m[k] for k in ("path", "file_id", "piece", "pieces")} for m in unit["members"]],
              "num_ok": len(ok), "num_failed": len(errors)}))
         return summary
 
@@ -173,8 +183,10 @@ class Ingest(Stage):
         done = {storage.filesystem(u)[1].rsplit("/", 1)[-1].removesuffix(".json")
                 for u in storage.list_files(ctx.layout.files_url(), ".json")}
         units = ctx.ingest_units()
-        todo = [u for u in units if u["marker"] not in done]
-        unit = "files" if len(units) == len(files) else "file pieces"
+        # done: its marker, or (a group) every member's own marker, as ingested one file per unit before
+        todo = [{"marker": u["marker"], "members": json.dumps(u["members"])} for u in units
+                if u["marker"] not in done and not all(m["file_id"] in done and m["pieces"] == 1 for m in u["members"])]
+        unit = "files" if len(units) == len(files) else "ingest units (file groups and pieces)"
         totals = StageTotals(self.name, expected=len(units), done_before=len(units) - len(todo))
         return StagePlan(totals=totals, dataset=items(todo) if todo else None, units=len(todo), unit=unit,
                          per_row_units=1)

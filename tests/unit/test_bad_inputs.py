@@ -68,7 +68,7 @@ def _ingest(*overrides: str) -> tuple[list[dict], list[dict]]:
     ctx = RunContext.resolve(config)
     worker = IngestWorker(config, ctx.layout)
     for unit in ctx.ingest_units():
-        worker(pa.Table.from_pylist([unit]))
+        worker(pa.Table.from_pylist([{"marker": unit["marker"], "members": json.dumps(unit["members"])}]))
     out = Path(config.output_dir)
 
     def rows(folder: Path) -> list[dict]:
@@ -257,3 +257,24 @@ def test_a_large_file_is_ingested_in_byte_ranges_with_the_same_documents(tmp_pat
     assert n >= 5 and len(markers) == n and all(f"-of-{n}" in m for m in markers)  # n units of one file
     assert sorted(r["doc_id"] for r in pieces) == sorted(r["doc_id"] for r in whole) and len(whole) == 40
     assert len(piece_errors) == len(whole_errors) == 1
+
+
+def test_small_files_are_read_in_groups_and_an_edited_file_regroups_only_its_own(tmp_path):
+    from ray_entigraph.context import RunContext
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(30):
+        (folder / f"d{i:02d}.md").write_text(f"{TEXT} Document number {i}.")
+    args = [f"input.path={folder}", f"output_dir={tmp_path}/run", "ingest.files_per_task=4"]
+    units = RunContext.resolve(load_config(None, args)).ingest_units()
+    members = [m["path"] for u in units for m in u["members"]]
+    assert len(units) < 30 and sorted(members) == sorted(str(p) for p in folder.iterdir())  # each file once
+    documents, errors = _ingest(*args)
+    assert len(documents) == 30 and errors == []
+
+    (folder / "d07.md").write_text(f"{TEXT} Document number 7, edited.")  # another identity: its group changes
+    before = {u["marker"] for u in units}
+    after = RunContext.resolve(load_config(None, args)).ingest_units()
+    changed = [u for u in after if u["marker"] not in before]
+    assert len(changed) == 1 and any(m["path"].endswith("d07.md") for m in changed[0]["members"])

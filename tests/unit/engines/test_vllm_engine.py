@@ -17,3 +17,11 @@ def test_vllm_engine_kwargs_pass_config_through():
     tp = load_config(None, ["engine.kind=vllm", "engine.vllm.tensor_parallel_size=4", "resources.num_gpus_per_actor=4"])
     kw = engine_kwargs(tp.model, tp.engine.vllm, tp.seed, "/models/m")
     assert kw["tensor_parallel_size"] == 4 and kw["distributed_executor_backend"] == "mp"
+    assert "enable_chunked_prefill" not in kw  # on GPUs vLLM keeps its default
+
+
+def test_the_cpu_build_never_splits_a_prefill_unless_told_to():
+    cfg = load_config(None, ["engine.kind=vllm"])
+    assert engine_kwargs(cfg.model, cfg.engine.vllm, 0, "/m", cpu=True)["enable_chunked_prefill"] is False
+    told = load_config(None, ["engine.kind=vllm", "engine.vllm.engine_args.enable_chunked_prefill=true"])
+    assert engine_kwargs(told.model, told.engine.vllm, 0, "/m", cpu=True)["enable_chunked_prefill"] is True
