@@ -113,20 +113,23 @@ def records_from_file(url: str, fmt: str, cfg: InputConfig) -> list[dict]:
         return [{"source": url, "title": Path(url).stem, "text": decoded, "metadata": {}}]
     if Path(url).suffix.lower() == ".json" and decoded.lstrip().startswith("["):
         return _records_from_array(decoded, url, name, cfg)
-    out = []
-    for lineno, line in enumerate(json_lines(decoded), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            out.append({"source": f"{url}:{lineno}", "error": f"invalid JSON on line {lineno} of {name}: {exc.msg}"})
-            continue
-        if not isinstance(obj, dict):
-            out.append({"source": f"{url}:{lineno}", "error": f"line {lineno} of {name} is not a JSON object"})
-            continue
-        out.append(_record_from_mapping(obj, url, f"line {lineno}", cfg))
+    out = [record for lineno, line in enumerate(json_lines(decoded), 1)
+           if (record := _record_from_line(line, url, f"{url}:{lineno}", f"line {lineno}", cfg)) is not None]
     return out or [{"source": url, "error": f"empty file: {name} has no JSON records."}]
+
+
+def _record_from_line(line: str, url: str, source: str, where: str, cfg: InputConfig) -> dict | None:
+    """One JSON Lines line as a record, an error record naming `where` it is, or None for a blank line."""
+    if not line.strip():
+        return None
+    name = Path(url).name
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return {"source": source, "error": f"invalid JSON on {where} of {name}: {exc.msg}"}
+    if not isinstance(obj, dict):
+        return {"source": source, "error": f"{where} of {name} is not a JSON object"}
+    return _record_from_mapping(obj, url, where, cfg)
 
 
 SPLITTABLE = ("jsonl", "parquet")  # formats whose files are read in byte ranges (ingest.bytes_per_task)
@@ -176,17 +179,9 @@ def records_from_range(url: str, fmt: str, cfg: InputConfig, start: int, end: in
                 out.append({"source": f"{url}@{at}", "error": f"not valid UTF-8: {name} has byte "
                             f"0x{line[exc.start]:02x} at offset {at + exc.start}. Fix: re-encode the file as UTF-8."})
                 continue
-            if not text.strip():
-                continue
-            try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as exc:
-                out.append({"source": f"{url}@{at}", "error": f"invalid JSON on the {where} of {name}: {exc.msg}"})
-                continue
-            if not isinstance(obj, dict):
-                out.append({"source": f"{url}@{at}", "error": f"the {where} of {name} is not a JSON object"})
-                continue
-            out.append(_record_from_mapping(obj, url, where, cfg))
+            record = _record_from_line(text, url, f"{url}@{at}", where, cfg)
+            if record is not None:
+                out.append(record)
     return out
 
 
