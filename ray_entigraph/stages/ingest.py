@@ -101,7 +101,6 @@ class IngestWorker:
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-
     def __call__(self, batch):
         (unit,) = batch.to_pylist()
         unit = {"marker": unit["marker"], "members": json.loads(unit["members"])}

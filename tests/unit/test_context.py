@@ -27,3 +27,16 @@ def test_structured_extraction_changes_the_request_key_only_where_it_applies():
     assert not constrains_json(plain) and constrains_json(vllm) and not constrains_json(vllm_free)
     assert _ctx(plain).extraction_key("d") == _ctx(vllm_free).extraction_key("d")  # same request on either engine
     assert _ctx(plain).extraction_key("d") != _ctx(vllm).extraction_key("d")  # a constrained request is another one
+
+
+def test_how_ingest_work_is_cut_up_is_not_part_of_a_files_identity(tmp_path):
+    from ray_entigraph.config import load_config
+    from ray_entigraph.context import RunContext
+
+    (tmp_path / "a.md").write_text("A document long enough to be one.")
+    base = [f"input.path={tmp_path / 'a.md'}", f"output_dir={tmp_path}/run"]
+    ids = RunContext.resolve(load_config(None, base)).file_ids()
+    for setting in ("ingest.bytes_per_task=1", "ingest.files_per_task=2", "ingest.max_actors=2",
+                    "ingest.num_cpus_per_actor=0.5"):
+        assert RunContext.resolve(load_config(None, [*base, setting])).file_ids() == ids, setting
+    assert RunContext.resolve(load_config(None, [*base, "ingest.max_document_tokens=64"])).file_ids() != ids
