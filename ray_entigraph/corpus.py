@@ -80,6 +80,12 @@ def read_documents(corpus: Corpus, p: int, columns: list[str] | None = None) -> 
     return [seen[d] for d in sorted(seen)]
 
 
+def documents_by_id(corpus: Corpus, p: int) -> dict[str, dict]:
+    """doc_id -> (doc_id, title, text) of partition p's current documents: what grounding, the judge and the
+    export's card read beside a partition's synthetic rows."""
+    return {d["doc_id"]: d for d in read_documents(corpus, p, ["doc_id", "title", "text"])}
+
+
 def committed_keys(store: PartitionedStore, p: int, column: str) -> set[str]:
     """Every key committed in partition p of a stage (its markers, sealed or not): the anti-join's right side."""
     part = store.part(p)

@@ -57,11 +57,11 @@ def _with_grounding(table, corpus, p: int):
     and words found in its source document (text/grounding.py, as `curate` scores them)."""
     import pyarrow as pa
 
-    from ray_entigraph.corpus import read_documents
+    from ray_entigraph.corpus import documents_by_id
     from ray_entigraph.stages.curate import forced_prefix
     from ray_entigraph.text.grounding import DocumentIndex, score_text
 
-    docs = {d["doc_id"]: d for d in read_documents(corpus, p, ["doc_id", "title", "text"])}
+    docs = documents_by_id(corpus, p)
     indexes: dict[str, DocumentIndex] = {}
     scores = []
     for row in table.select(["doc_id", "title", "kind", "entities", "text"]).to_pylist():

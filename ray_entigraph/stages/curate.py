@@ -24,7 +24,7 @@ import pyarrow as pa
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import CurateConfig, EntiGraphConfig
-from ray_entigraph.corpus import Corpus, read_documents, synthetic_shards
+from ray_entigraph.corpus import Corpus, documents_by_id, synthetic_shards
 from ray_entigraph.layout import Layout, shard_basename
 from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import PromptSet, render
@@ -112,7 +112,7 @@ class _PartitionDocuments:
     """A partition's current documents, read once per task and indexed for grounding as rows ask for them."""
 
     def __init__(self, corpus: Corpus, partition: int):
-        self.docs = {d["doc_id"]: d for d in read_documents(corpus, partition, ["doc_id", "title", "text"])}
+        self.docs = documents_by_id(corpus, partition)
         self.indexes: dict[str, DocumentIndex] = {}
 
     def index(self, doc_id: str) -> DocumentIndex | None:

@@ -24,7 +24,7 @@ import pyarrow as pa
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import JUDGE_SAMPLING_FIELDS
-from ray_entigraph.corpus import Corpus, read_documents, synthetic_shards
+from ray_entigraph.corpus import Corpus, documents_by_id, synthetic_shards
 from ray_entigraph.engines import GenerationRequest, GenerationResult, SamplingParams, make_engine
 from ray_entigraph.layout import Layout, shard_basename
 from ray_entigraph.ledger import StageTotals
@@ -99,7 +99,7 @@ def partition_documents(corpus: Corpus, partition: int, cache: dict) -> dict[str
     if cache.get("partition") != partition:
         cache.clear()
         cache["partition"] = partition
-        cache["docs"] = {d["doc_id"]: d for d in read_documents(corpus, partition, ["doc_id", "title", "text"])}
+        cache["docs"] = documents_by_id(corpus, partition)
     return cache["docs"]
 
 
