@@ -23,8 +23,10 @@ Docs = Iterable[dict] | Callable[[], Iterable[dict]]
 
 
 def write_run(config: EntiGraphConfig, docs: Docs, entities_for: Callable[[dict], list[str]], *,
-              synthetic: bool = False, chunk: int = 20_000, workers: int = 1) -> RunContext:
+              synthetic: bool | Callable[[dict, dict], str] = False, chunk: int = 20_000,
+              workers: int = 1) -> RunContext:
     """`docs`: documents rows (doc_id, title, text, num_tokens at least). Returns the run's context.
+    `synthetic`: True writes a stub text per synthetic row; a function (document row, task) -> text writes its.
     `workers` > 1: that many forked processes each write and seal a share of the partitions (each walks the
     whole `docs` iterable and keeps its own partitions'); the summaries are written here from their seal rows."""
     ctx = RunContext.resolve(config)
@@ -97,8 +99,9 @@ def _write_partitions(config: EntiGraphConfig, docs: Iterable[dict], entities_fo
             out = []
             for row in planning:
                 for t in document_tasks(config, ctx.prompts, row, None):
+                    text = synthetic(row, t) if callable(synthetic) else t["text"] or row["text"]
                     out.append({"task_id": t["task_id"], "doc_id": row["doc_id"], "title": row["title"],
-                                "kind": t["kind"], "entities": t["entities"], "text": t["text"] or row["text"],
+                                "kind": t["kind"], "entities": t["entities"], "text": text,
                                 "model": config.model.name, "prompt_version": ctx.prompts.version, "seed": t["seed"],
                                 "sampling_json": "{}", "finish_reason": "stop", "num_prompt_tokens": 0,
                                 "num_cached_tokens": 0, "num_generated_tokens": 0})

@@ -55,10 +55,6 @@ class IngestConfig(_Section):
         "Small input files are read together, about this many per task (groups cut where a hash of the file's "
         "URL says so, so that a new file changes only its own group), and never more bytes than "
         "bytes_per_task: a million small files are not a million tasks."))
-    max_actors: int = Field(8, ge=1, description=(
-        "Ingest runs on CPU actors of its own (never on the model pool: no GPU is held to read and tokenize): "
-        "at most this many."))
-    num_cpus_per_actor: float = Field(1.0, gt=0, description="CPUs each ingest actor reserves.")
 
 
 class ModelConfig(_Section):
@@ -203,7 +199,16 @@ class EngineConfig(_Section):
         "Settings of the OpenAI-compatible HTTP engine."))
 
 
+class CpuPoolConfig(_Section):
+    max_workers: int = Field(8, ge=1, description="Most workers (actors or tasks) of this kind at once.")
+    num_cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each worker reserves (no GPU, ever).")
+
+
 class ResourcesConfig(_Section):
+    """The model stages' pool at the top (extract, synthesize, judge: the GPU actors), the CPU stages' and
+    packing's pools below it, each with its own bounds, so that CPU work never holds a model actor and the
+    autoscaler sees each kind's demand apart."""
+
     min_actors: int = Field(1, ge=1, description="Smallest model actor pool per stage.")
     max_actors: int = Field(1, ge=1, description="Largest model actor pool per stage (the autoscaler grows toward it).")
     num_cpus_per_actor: float = Field(1.0, gt=0, description=(
@@ -218,6 +223,10 @@ class ResourcesConfig(_Section):
         "rest of the run goes on and the next run retries them (packing, which cannot skip a unit, stops the run "
         "instead). A CPU task (planning, sealing, curation) whose worker dies 3 times on the same input stops its "
         "stage."))
+    cpu: CpuPoolConfig = Field(default_factory=CpuPoolConfig, description=(
+        "CPU stages: ingest (reading, tokenizing, chunking), heuristic extraction, curation and dedup."))
+    pack: CpuPoolConfig = Field(default_factory=lambda: CpuPoolConfig(max_workers=4), description=(
+        "Packing training blocks (tokenizing the corpus for training)."))
 
 
 class SamplingConfig(_Section):
@@ -294,10 +303,11 @@ class CurateConfig(_Section):
     min_chars: int = Field(40, ge=0, description=(
         "A row shorter than this after repair is dropped (nothing left to learn from)."))
     dedup: bool = Field(False, description=(
-        "Drop near-duplicate rows across the corpus (MinHash over word shingles, LSH buckets); the row with the "
-        "smallest task_id of each cluster is kept."))
+        "Drop near-duplicate rows across the corpus (MinHash over word shingles, LSH buckets); the first row of "
+        "each cluster in the committed order (partition, shard, row) is kept."))
     dedup_threshold: float = Field(0.8, gt=0.0, le=1.0, description=(
-        "Estimated Jaccard similarity of word shingles at or above which two rows are near-duplicates."))
+        "Estimated Jaccard similarity of word shingles at or above which two rows are near-duplicates (checked "
+        "within a partition; across partitions the LSH bands are tuned to it)."))
     num_perm: int = Field(128, ge=16, le=1024, description="MinHash permutations per row.")
     ngram: int = Field(5, ge=1, le=20, description="Words per shingle.")
     judge: bool = Field(False, description=(

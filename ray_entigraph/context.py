@@ -139,8 +139,7 @@ class RunContext:
             # what turns a file into documents: not how the work is cut up or where it runs (a file read in other
             # byte ranges gives the same documents; their shards share the file's id, and readers keep each
             # document once), so a run folder keeps its identities when those settings change
-            ingest = c.ingest.model_dump(mode="json", exclude={"bytes_per_task", "files_per_task", "max_actors",
-                                                               "num_cpus_per_actor"})
+            ingest = c.ingest.model_dump(mode="json", exclude={"bytes_per_task", "files_per_task"})
             reading = {"ingest": ingest, "tokenizer": document_tokenizer_name(c),
                        "fields": [c.input.text_field, c.input.title_field, c.input.format]}
             self._file_ids = []

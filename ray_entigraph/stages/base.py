@@ -329,14 +329,25 @@ def model_actor_kwargs(config: EntiGraphConfig) -> dict[str, Any]:
     return kwargs
 
 
-def cpu_actor_kwargs(pool) -> dict[str, Any]:
+def cpu_actor_kwargs(config: EntiGraphConfig, batch_size: int = 1) -> dict[str, Any]:
     """`map_batches` keyword arguments for CPU work done by actors of its own (ingest's tokenizers, heuristic
-    extraction): no GPU and no accelerator type, so that reading and tokenizing never hold a model actor; one
-    unit of work per call. `pool`: a section with `max_actors` and `num_cpus_per_actor` (config.ingest)."""
+    extraction): the CPU pool (`resources.cpu`), no GPU and no accelerator type, so that reading and
+    tokenizing never hold a model actor."""
     from ray.data import ActorPoolStrategy  # lazy: Ray loads only when a stage runs
 
-    return {"compute": ActorPoolStrategy(min_size=1, max_size=pool.max_actors), "num_cpus": pool.num_cpus_per_actor,
-            "num_gpus": 0, "batch_size": 1, "batch_format": "pyarrow", "zero_copy_batch": True}
+    pool = config.resources.cpu
+    return {"compute": ActorPoolStrategy(min_size=1, max_size=pool.max_workers), "num_cpus": pool.num_cpus_per_worker,
+            "num_gpus": 0, "batch_size": batch_size, "batch_format": "pyarrow", "zero_copy_batch": True}
+
+
+def cpu_task_kwargs(config: EntiGraphConfig, units: int) -> dict[str, Any]:
+    """`map_batches` keyword arguments for CPU tasks (curation, dedup) in the CPU pool (`resources.cpu`):
+    at most `resources.cpu.max_workers` at once, and never more than the `units` there are."""
+    from ray.data import TaskPoolStrategy  # lazy: Ray loads only when a stage runs
+
+    pool = config.resources.cpu
+    size = max(1, min(pool.max_workers, units))
+    return {"compute": TaskPoolStrategy(size=size), "num_cpus": pool.num_cpus_per_worker}
 
 
 def read_shards(urls: list[str], include_paths: bool = False):

@@ -17,6 +17,7 @@ curate settings and the synthetic shards it reads, so other settings or a grown 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 
@@ -28,14 +29,36 @@ from ray_entigraph.corpus import Corpus, documents_by_id, synthetic_shards
 from ray_entigraph.layout import Layout, shard_basename
 from ray_entigraph.ledger import StageTotals
 from ray_entigraph.prompts import PromptSet, render
-from ray_entigraph.stages.base import Stage, StagePlan, bounded_task, commit_unit, error_row, items
+from ray_entigraph.stages.base import (
+    TASK_MAX_RETRIES,
+    Stage,
+    StagePlan,
+    bounded_task,
+    commit_unit,
+    cpu_task_kwargs,
+    error_row,
+    items,
+)
 from ray_entigraph.stages.synthesize import prompt_values, template_for
-from ray_entigraph.text.dedup import SIGNATURE_DTYPE, band_keys, bucket_pairs, duplicates_to_drop, lsh_params, signature
+from ray_entigraph.text.dedup import (
+    ID_PARTITION_SHIFT,
+    SIGNATURE_DTYPE,
+    band_hashes,
+    components,
+    lsh_params,
+    row_id,
+    row_id_parts,
+    signature,
+    star_edges,
+    verified_star_edges,
+)
 from ray_entigraph.text.grounding import DocumentIndex, drop_unsupported_sentences, score_text
 
 DROP_CATEGORIES = ("grounding", "judge", "duplicate", "short", "document")
 # Dedup's LSH bands weigh a missed pair (a duplicate kept) above an extra candidate (one comparison more).
+logger = logging.getLogger(__name__)
 LSH_FALSE_POSITIVE_WEIGHT, LSH_FALSE_NEGATIVE_WEIGHT = 0.2, 0.8
+DEDUP_ROWS_PER_BLOCK = 2**20  # (band, id) rows per block of dedup's shuffle
 
 # -- pure pieces ---------------------------------------------------------------------------------------
 
@@ -90,14 +113,18 @@ class CurateJob:
     layout: Layout  # where to commit (with the run's lease fence)
 
 
-def partition_units(sources: list[tuple[str, dict]], judged: dict[str, list[str]] | None = None) -> list[dict]:
+def partition_units(sources: list[tuple[str, dict]], judged: dict[str, list[str]] | None = None,
+                    only: set[str] | None = None) -> list[dict]:
     """The units of a curate pass: one per partition, naming its synthetic shards and, with the judge, each
-    shard's judged files (read once by the driver's plan, so no task lists the judge's markers)."""
+    shard's judged files (read once by the driver's plan, so no task lists the judge's markers). Each shard
+    keeps its ordinal among all of its partition's shards (dedup's row ids) when `only` (URLs) picks some."""
     by_partition: dict[int, list[dict]] = {}
     for url, entry in sources:
-        by_partition.setdefault(int(entry["partition"]), []).append(
-            {"url": url, "judged": (judged or {}).get(entry["shard"], [])})
-    return [{"partition": p, "shards": json.dumps(shards)} for p, shards in sorted(by_partition.items())]
+        shards = by_partition.setdefault(int(entry["partition"]), [])
+        shards.append({"url": url, "judged": (judged or {}).get(entry["shard"], []), "ordinal": len(shards)})
+    units = [{"partition": p, "shards": json.dumps([s for s in shards if only is None or s["url"] in only])}
+             for p, shards in sorted(by_partition.items())]
+    return [u for u in units if u["shards"] != "[]"]
 
 
 def _shard_scores(judged_files: list[str]) -> dict[str, float]:
@@ -134,56 +161,128 @@ def _curated_rows(url: str, job: CurateJob, docs: _PartitionDocuments, scores: d
                                scores.get(row["task_id"]))
 
 
-def signatures_batch(batch: dict, *, job: CurateJob) -> dict:
-    """Pass 1 (dedup), one partition per call: one row per (LSH band key, kept synthetic row), with the row's
-    MinHash signature."""
+def dedup_folder(job: CurateJob) -> str:
+    """Dedup's working files, beside the curated shards (never listed as shards: those are read by marker)."""
+    return storage.join(job.layout.store(job.stage).url, "_dedup")
+
+
+def _partition_file(folder: str, kind: str, partition: int) -> str:
+    return storage.join(folder, kind, f"p={partition:05d}.parquet")
+
+
+def dedup_keys_batch(batch: dict, *, job: CurateJob) -> dict:
+    """Dedup pass 1, one partition per call. The rows that survive curation get MinHash signatures; the
+    partition's own near-duplicates (rows of one document live in one partition) are found here, their
+    candidates checked against the threshold, and written as the partition's local removal file (always
+    written, so a re-run never reads an older one). Out go 16 bytes per band of each remaining row: its
+    64-bit LSH key and its integer row id, for the corpus-wide shuffle (no signatures, no strings)."""
+    import numpy as np
+
     cfg = job.config.curate
-    bands, rows_per_band = lsh_params(cfg.dedup_threshold, cfg.num_perm,
-                                      false_positive_weight=LSH_FALSE_POSITIVE_WEIGHT,
-                                      false_negative_weight=LSH_FALSE_NEGATIVE_WEIGHT)
-    out: dict[str, list] = {"band": [], "task_id": [], "signature": []}
+    bands, rows_per_band = dedup_bands(cfg)
+    keys_out, ids_out = [], []
     for p, shards in zip(batch["partition"], batch["shards"]):
-        docs = _PartitionDocuments(job.corpus, int(p))
+        p = int(p)
+        docs = _PartitionDocuments(job.corpus, p)
+        ids, sigs, task_ids = [], [], {}
         for shard in json.loads(str(shards)):
-            for _, row, _, _ in _curated_rows(shard["url"], job, docs, _shard_scores(shard["judged"])):
-                if row is None:
+            scores = _shard_scores(shard["judged"])
+            for i, (row, out, _, _) in enumerate(_curated_rows(shard["url"], job, docs, scores)):
+                if out is None:
                     continue
-                sig = signature(row["text"], num_perm=cfg.num_perm, ngram=cfg.ngram)
-                for key in band_keys(sig, bands=bands, rows=rows_per_band):
-                    out["band"].append(key)
-                    out["task_id"].append(row["task_id"])
-                    out["signature"].append(sig.tobytes())
+                id_ = row_id(p, int(shard["ordinal"]), i)
+                ids.append(id_)
+                task_ids[id_] = row["task_id"]
+                sigs.append(signature(out["text"], num_perm=cfg.num_perm, ngram=cfg.ngram))
+        ids_arr = np.asarray(ids, dtype=np.int64)
+        sig_arr = np.stack(sigs) if sigs else np.empty((0, cfg.num_perm), SIGNATURE_DTYPE)
+        a, b, _ = verified_star_edges(ids_arr, sig_arr, bands=bands, rows=rows_per_band, threshold=cfg.dedup_threshold)
+        members, roots = components(a, b)
+        dropped = members != roots
+        storage.write_bytes(_partition_file(dedup_folder(job), "local", p), storage.table_to_parquet_bytes(pa.table({
+            "id": pa.array(members[dropped], pa.int64()),
+            "kept": pa.array([task_ids[int(r)] for r in roots[dropped]], pa.string())})))
+        survivors = ~np.isin(ids_arr, members[dropped])
+        keys = band_hashes(sig_arr[survivors], bands=bands, rows=rows_per_band)
+        keys_out.append(keys.reshape(-1))
+        ids_out.append(np.repeat(ids_arr[survivors], bands))
+    return {"band": np.concatenate(keys_out) if keys_out else np.empty(0, np.uint64),
+            "id": np.concatenate(ids_out) if ids_out else np.empty(0, np.int64)}
+
+
+def cross_partition_edges(batch: dict) -> dict:
+    """Dedup pass 1b, one hash-partitioned block of (band, id) rows: every row of a bucket shares its block.
+    Star edges to each bucket's smallest id, between rows of different partitions (a partition's own pairs
+    were checked in pass 1)."""
+
+    a, b = star_edges(batch["band"], batch["id"])
+    other = (a >> ID_PARTITION_SHIFT) != (b >> ID_PARTITION_SHIFT)
+    return {"a": a[other], "b": b[other]}
+
+
+def resolve_duplicates(folder: str, sources: list[dict], *edge_tables: pa.Table) -> dict:
+    """Dedup pass 1c, one task: the connected components of the cross-partition edges (scipy), every member
+    but the smallest id of its component dropped, written as one removal file per partition that has drops,
+    each naming the task id of the row kept (read from the kept rows' shards). Returns the partitions with
+    drops and counts: nothing that grows with the corpus reaches the driver."""
+    import numpy as np
+
+    a = np.concatenate([t.column("a").to_numpy() for t in edge_tables] or [np.empty(0, np.int64)])
+    b = np.concatenate([t.column("b").to_numpy() for t in edge_tables] or [np.empty(0, np.int64)])
+    members, roots = components(a, b)
+    dropped = members != roots
+    members, roots = members[dropped], roots[dropped]
+    shard_urls = {(int(u["partition"]), int(s["ordinal"])): s["url"]
+                  for u in sources for s in json.loads(str(u["shards"]))}
+    names: dict[int, str] = {}
+    by_shard: dict[tuple[int, int], list[int]] = {}
+    for r in np.unique(roots).tolist():
+        p, ordinal, row = row_id_parts(r)
+        by_shard.setdefault((p, ordinal), []).append(r)
+    for (p, ordinal), wanted in by_shard.items():
+        task_ids = storage.read_parquet(shard_urls[(p, ordinal)], ["task_id"]).column("task_id").to_pylist()
+        names.update({r: task_ids[row_id_parts(r)[2]] for r in wanted})
+    partitions = members >> ID_PARTITION_SHIFT
+    written = []
+    for p in np.unique(partitions).tolist():
+        here = partitions == p
+        storage.write_bytes(_partition_file(folder, "global", p), storage.table_to_parquet_bytes(pa.table({
+            "id": pa.array(members[here], pa.int64()),
+            "kept": pa.array([names[int(r)] for r in roots[here]], pa.string())})))
+        written.append(p)
+    return {"partitions": written, "edges": int(len(a)), "dropped": int(len(members))}
+
+
+def _removals(folder: str, partition: int, global_partitions: set[int]) -> dict[int, str]:
+    """row id -> the task id of the row kept in its place, for one partition: its own near-duplicates and
+    the corpus-wide ones."""
+    out: dict[int, str] = {}
+    for kind in ("local", "global") if partition in global_partitions else ("local",):
+        table = storage.read_parquet(_partition_file(folder, kind, partition))  # pass 1 wrote every local one
+        out.update(zip(table.column("id").to_pylist(), table.column("kept").to_pylist()))
     return out
 
 
-def candidate_pairs(group: pa.Table) -> pa.Table:
-    """Pass 1, per LSH bucket: every pair of rows sharing the band key, with their estimated Jaccard."""
-    import numpy as np
-
-    ids = group.column("task_id").to_pylist()
-    sigs = [np.frombuffer(b, dtype=SIGNATURE_DTYPE) for b in group.column("signature").to_pylist()]
-    pairs = [(min(x, y), max(x, y), s) for x, y, s in bucket_pairs(ids, sigs) if x != y]
-    a, b, sim = ([p[i] for p in pairs] for i in range(3))
-    return pa.table({"a": pa.array(a, pa.string()), "b": pa.array(b, pa.string()),
-                     "similarity": pa.array(sim, pa.float64())})
-
-
-def commit_batch(batch: dict, *, job: CurateJob, duplicates: dict[str, str]) -> pa.Table:
+def commit_batch(batch: dict, *, job: CurateJob, dedup: dict | None = None) -> pa.Table:
     """Pass 2, one partition per call: its documents read once, then each of its synthetic shards curated,
-    its duplicates dropped, and committed as a curated shard with its drop log."""
+    its near-duplicates dropped (dedup's removal files for the partition), and committed as a curated shard
+    with its drop log."""
     store = job.layout.store(job.stage)
     tables = []
     for p, shards in zip(batch["partition"], batch["shards"]):
-        docs = _PartitionDocuments(job.corpus, int(p))
+        p = int(p)
+        docs = _PartitionDocuments(job.corpus, p)
+        duplicates = _removals(dedup_folder(job), p, set(dedup["partitions"])) if dedup is not None else {}
         for shard in json.loads(str(shards)):
             url = shard["url"]
             started = time.time()
             kept, dropped = [], []
             reasons = dict.fromkeys(DROP_CATEGORIES, 0)
             scores = _shard_scores(shard["judged"])
-            for row, out, category, reason in _curated_rows(url, job, docs, scores):
-                if out is not None and row["task_id"] in duplicates:
-                    category, reason, out = "duplicate", f"near-duplicate of {duplicates[row['task_id']]}", None
+            for i, (row, out, category, reason) in enumerate(_curated_rows(url, job, docs, scores)):
+                original = duplicates.get(row_id(p, int(shard["ordinal"]), i)) if out is not None else None
+                if original is not None:
+                    category, reason, out = "duplicate", f"near-duplicate of {original}", None
                 if out is None:
                     dropped.append(error_row(schema.CURATE, row["task_id"], row["doc_id"], reason))
                     reasons[category] += 1
@@ -198,6 +297,16 @@ def commit_batch(batch: dict, *, job: CurateJob, duplicates: dict[str, str]) -> 
             tables.append(commit_unit(store, kept, [], row_schema=schema.CURATED, key_column=None, started=started,
                                       stats=stats, name_keys=[name, job.stage], drops=dropped))
     return pa.concat_tables(tables)
+
+
+def dedup_bands(cfg: CurateConfig) -> tuple[int, int]:
+    return lsh_params(cfg.dedup_threshold, cfg.num_perm, false_positive_weight=LSH_FALSE_POSITIVE_WEIGHT,
+                      false_negative_weight=LSH_FALSE_NEGATIVE_WEIGHT)
+
+
+def shuffle_blocks(num_rows: int, bands: int) -> int:
+    """Blocks of dedup's hash shuffle: about a million (band, id) rows (16 MB) each."""
+    return max(1, min(4096, -(-num_rows * bands // DEDUP_ROWS_PER_BLOCK)))
 
 
 class Curate(Stage):
@@ -233,19 +342,36 @@ class Curate(Stage):
         if not todo:
             return StagePlan(totals)
         job = CurateJob(ctx.config, ctx.prompts, ctx.corpus(), stage, ctx.layout)
-        return StagePlan(totals, dataset=items(partition_units(todo, judged)), units=len(todo), unit="shards",
-                         per_row_units=1, worker_args={"job": job, "sources": partition_units(sources, judged)})
+        units = partition_units(sources, judged, only={u for u, _ in todo})
+        return StagePlan(totals, dataset=items(units), units=len(todo), unit="shards", per_row_units=1,
+                         worker_args={"job": job, "sources": partition_units(sources, judged), "tasks": len(units),
+                                      "rows": sum(int(e.get("rows", 0)) for _, e in sources)})
 
     def apply(self, ctx, plan):
+        import ray
+
         job, sources = plan.worker_args["job"], plan.worker_args["sources"]
-        duplicates: dict[str, str] = {}
-        if ctx.config.curate.dedup:
-            # every partition's signatures (dedup is corpus-wide), bucketed by LSH band key
-            bands = items(sources).map_batches(
-                bounded_task(signatures_batch, "curation (signatures)"), fn_kwargs={"job": job}, batch_size=1,
-                num_cpus=1)
-            pairs = bands.groupby("band").map_groups(candidate_pairs, batch_format="pyarrow")
-            duplicates = duplicates_to_drop(((r["a"], r["b"], r["similarity"]) for r in pairs.iter_rows()),
-                                            ctx.config.curate.dedup_threshold)
+        config = ctx.config
+        dedup = None
+        if config.curate.dedup:
+            # pass 1: each partition's own near-duplicates, and 16 bytes per band of every other row
+            keys = items(sources).map_batches(bounded_task(dedup_keys_batch, "curation (dedup keys)"),
+                                              fn_kwargs={"job": job}, batch_size=1, batch_format="numpy",
+                                              **cpu_task_kwargs(config, len(sources))).materialize()
+            shuffled = {"band_rows": keys.count(), "shuffle_bytes": keys.size_bytes()}  # block metadata only
+            # every row of an LSH bucket in one block (a hash shuffle of the keys), star edges across partitions
+            blocks = shuffle_blocks(plan.worker_args["rows"], dedup_bands(config.curate)[0])
+            edges = keys.repartition(blocks, keys=["band"]).map_batches(
+                cross_partition_edges, batch_size=None, batch_format="numpy",
+                **cpu_task_kwargs(config, blocks)).materialize()
+            # their components in one task, which writes the removal files: only counts come back
+            dedup = ray.get(ray.remote(resolve_duplicates).options(
+                num_cpus=config.resources.cpu.num_cpus_per_worker, max_retries=TASK_MAX_RETRIES).remote(
+                dedup_folder(job), sources, *edges.to_arrow_refs()))
+            storage.write_text(storage.join(dedup_folder(job), "summary.json"), json.dumps({**dedup, **shuffled}))
+            logger.info("dedup: %d (band, id) rows shuffled (%d bytes), %d cross-partition edges, %d rows dropped "
+                        "across partitions", shuffled["band_rows"], shuffled["shuffle_bytes"], dedup["edges"],
+                        dedup["dropped"])
         return plan.dataset.map_batches(bounded_task(commit_batch, "curation"),
-                                        fn_kwargs={"job": job, "duplicates": duplicates}, batch_size=1, num_cpus=1)
+                                        fn_kwargs={"job": job, "dedup": dedup}, batch_size=1,
+                                        **cpu_task_kwargs(config, plan.worker_args["tasks"]))

@@ -186,7 +186,7 @@ class Extract(Stage):
             EntityExtractionWorker,
             fn_constructor_args=(ctx.config, ctx.prompts, ctx.constrained_extraction, ctx.extraction_id, ctx.layout),
             # extract.source=heuristic loads no model: CPU actors, never the model pool
-            **(cpu_actor_kwargs(ctx.config.ingest) | {"batch_size": ctx.config.resources.batch_size}
+            **(cpu_actor_kwargs(ctx.config, ctx.config.resources.batch_size)
                if ctx.config.extract.source == "heuristic" else model_actor_kwargs(ctx.config)))
 
     def finish(self, ctx, totals: StageTotals, plan: StagePlan | None = None) -> StageTotals:

@@ -192,7 +192,7 @@ class Ingest(Stage):
 
     def apply(self, ctx, plan):
         return plan.dataset.map_batches(IngestWorker, fn_constructor_args=(ctx.config, ctx.layout),
-                                        **cpu_actor_kwargs(ctx.config.ingest))
+                                        **cpu_actor_kwargs(ctx.config))
 
     def finish(self, ctx, totals: StageTotals, plan: StagePlan | None = None) -> StageTotals:
         """Seal every partition with the current files' shards, apply input.max_documents, and count."""

@@ -37,10 +37,9 @@ their representatives do not depend on the order of rows or pairs.
 from __future__ import annotations
 
 import functools
-import hashlib
 import re
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -108,25 +107,6 @@ def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
     return float(np.count_nonzero(a == b)) / a.size
 
 
-def band_keys(sig: np.ndarray, *, bands: int, rows: int) -> list[str]:
-    """One LSH key per band, `"{band index}:{digest of the band's values}"`; texts sharing a key are candidates.
-
-    The band index is part of the key, so equal values in different bands never collide. Values past
-    `bands * rows` are unused.
-    """
-    values = np.asarray(sig)
-    if bands < 1 or rows < 1 or bands * rows > values.size:
-        raise ValueError(
-            f"bands * rows must be between 1 and the signature length {values.size}, got bands={bands}, "
-            f"rows={rows}; take them from lsh_params(threshold, num_perm) with the signature's num_perm"
-        )
-    data = np.ascontiguousarray(values[: bands * rows], dtype=values.dtype.newbyteorder("<"))
-    return [
-        f"{i}:{hashlib.blake2b(data[i * rows : (i + 1) * rows].tobytes(), digest_size=8).hexdigest()}"
-        for i in range(bands)
-    ]
-
-
 def candidate_probability(similarity: float, *, bands: int, rows: int) -> float:
     """The S-curve: the probability that two texts of this Jaccard share at least one band key."""
     return 1.0 - (1.0 - similarity**rows) ** bands
@@ -173,71 +153,109 @@ def lsh_params(
     return int(params[best, 0]), int(params[best, 1])
 
 
-def bucket_pairs(ids: Sequence[str], sigs: Sequence[np.ndarray]) -> list[tuple[str, str, float]]:
-    """The candidate pairs of one LSH bucket, `(smaller id, larger id, estimated Jaccard)`.
+ID_PARTITION_SHIFT, ID_SHARD_SHIFT = 40, 20
+_ID_FIELD = (1 << ID_SHARD_SHIFT) - 1
+MAX_PARTITION = (1 << (63 - ID_PARTITION_SHIFT)) - 1
 
-    Members with identical signatures (exact duplicates, mostly) are paired only with the smallest id among
-    them, at 1.0, and only that id is compared with the rest: the clusters are those of all pairs, but a
-    bucket of k identical texts costs k pairs instead of k^2 / 2. Repeated ids are ignored.
+
+def row_id(partition: int, shard: int, row: int) -> int:
+    """A synthetic row's integer id for dedup: its partition, its shard's ordinal in the partition, its row in
+    the shard (8 bytes, where a task id is 32 characters). Ordinals come from the committed layout, so every
+    pass over the corpus gives a row the same id."""
+    if not (0 <= partition <= MAX_PARTITION and 0 <= shard <= _ID_FIELD and 0 <= row <= _ID_FIELD):
+        raise ValueError(f"row id out of range: partition {partition} (max {MAX_PARTITION}), shard {shard} and row "
+                         f"{row} (max {_ID_FIELD} each); a synthetic shard of over a million rows is not expected")
+    return (partition << ID_PARTITION_SHIFT) | (shard << ID_SHARD_SHIFT) | row
+
+
+def row_id_parts(id_: int) -> tuple[int, int, int]:
+    """(partition, shard ordinal, row) of a `row_id`."""
+    id_ = int(id_)
+    return id_ >> ID_PARTITION_SHIFT, (id_ >> ID_SHARD_SHIFT) & _ID_FIELD, id_ & _ID_FIELD
+
+
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """A bijective 64-bit finaliser (SplitMix64's): every input bit reaches every output bit."""
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint64(30))
+        x = x * np.uint64(0xBF58476D1CE4E5B9)
+        x = x ^ (x >> np.uint64(27))
+        x = x * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def band_hashes(sigs: np.ndarray, *, bands: int, rows: int) -> np.ndarray:
+    """One 64-bit LSH key per band for every signature: a (n, bands) uint64 array from (n, num_perm)
+    signatures (one 1-D signature gives one row). Rows sharing a key in some band are candidates.
+
+    The band index is hashed in, so equal values in different bands never collide; values past `bands * rows`
+    are unused. Plain uint64 arithmetic, so the keys are the same in every process and on every machine.
     """
-    if len(ids) != len(sigs):
-        raise ValueError(f"ids and sigs must have equal length, got {len(ids)} and {len(sigs)}")
-    groups: dict[bytes, list[str]] = {}
-    first_sig: dict[bytes, np.ndarray] = {}
-    for id_, sig in zip(ids, sigs):
-        digest = np.asarray(sig).tobytes()
-        groups.setdefault(digest, []).append(id_)
-        first_sig.setdefault(digest, sig)
-    pairs: list[tuple[str, str, float]] = []
-    heads: list[tuple[str, np.ndarray]] = []
-    for digest, members in groups.items():
-        head, *rest = sorted(set(members))
-        pairs.extend((head, other, 1.0) for other in rest)
-        heads.append((head, first_sig[digest]))
-    heads.sort(key=lambda h: h[0])
-    for i, (id_a, sig_a) in enumerate(heads):
-        for id_b, sig_b in heads[i + 1 :]:
-            if id_a != id_b:  # one id with two different signatures: not a pair with itself
-                pairs.append((id_a, id_b, estimated_jaccard(sig_a, sig_b)))
-    return pairs
+    values = np.atleast_2d(np.asarray(sigs))
+    if bands < 1 or rows < 1 or bands * rows > values.shape[1]:
+        raise ValueError(
+            f"bands * rows must be between 1 and the signature length {values.shape[1]}, got bands={bands}, "
+            f"rows={rows}; take them from lsh_params(threshold, num_perm) with the signature's num_perm"
+        )
+    grid = values[:, : bands * rows].astype(np.uint64).reshape(len(values), bands, rows)
+    keys = _mix64(np.broadcast_to(np.arange(1, bands + 1, dtype=np.uint64), grid.shape[:2]).copy())
+    for j in range(rows):
+        keys = _mix64(keys ^ grid[:, :, j])
+    return keys
 
 
-def clusters(candidate_pairs: Iterable[tuple[str, str]]) -> dict[str, str]:
-    """Union-find over the pairs: every id that occurs in a pair, mapped to the smallest id of its cluster.
-
-    The root of a set is always its smallest member (a union makes the smaller root the parent), so the
-    result does not depend on the order of the pairs or of the ids within a pair.
-    """
-    parent: dict[str, str] = {}
-
-    def find(x: str) -> str:
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:  # path compression
-            parent[x], x = root, parent[x]
-        return root
-
-    for a, b in candidate_pairs:
-        parent.setdefault(a, a)
-        parent.setdefault(b, b)
-        root_a, root_b = find(a), find(b)
-        if root_a != root_b:
-            low, high = sorted((root_a, root_b))
-            parent[high] = low
-    return {x: find(x) for x in sorted(parent)}
+def star_edges(keys: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The candidate edges of the rows sharing LSH keys: every member of a bucket linked to the bucket's
+    smallest id (a star, not every pair: a bucket of k rows costs k edges and one sort, even a hot bucket of
+    every copy of one text). `keys` and `ids` are parallel 1-D arrays (one entry per row and band); the
+    components of the stars are those of all pairs."""
+    keys, ids = np.asarray(keys, dtype=np.uint64), np.asarray(ids, dtype=np.int64)
+    if keys.shape != ids.shape or keys.ndim != 1:
+        raise ValueError(f"keys and ids must be parallel 1-D arrays, got shapes {keys.shape} and {ids.shape}")
+    if not len(keys):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    order = np.lexsort((ids, keys))
+    keys, ids = keys[order], ids[order]
+    first = np.r_[True, keys[1:] != keys[:-1]]
+    heads = ids[np.maximum.accumulate(np.where(first, np.arange(len(ids)), 0))]
+    member = ~first & (ids != heads)
+    return heads[member], ids[member]
 
 
-def duplicates_to_drop(
-    candidate_pairs_with_similarity: Iterable[tuple[str, str, float]], threshold: float
-) -> dict[str, str]:
-    """`{dropped id: kept id}`: pairs at or above `threshold` are clustered and all but the smallest id dropped.
+def verified_star_edges(ids: np.ndarray, sigs: np.ndarray, *, bands: int, rows: int,
+                        threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Within one set of rows (a partition's): the star edges whose two signatures agree on at least
+    `threshold` of their positions (estimated Jaccard), as (smaller id, larger id, similarity). Rows of one
+    document share a heading and a forced opening, so their candidates are checked, not trusted."""
+    ids, sigs = np.asarray(ids, dtype=np.int64), np.atleast_2d(np.asarray(sigs))
+    if not len(ids):
+        return np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0)
+    keys = band_hashes(sigs, bands=bands, rows=rows)
+    a, b = star_edges(keys.reshape(-1), np.repeat(ids, keys.shape[1]))
+    if not len(a):
+        return a, b, np.empty(0)
+    pairs = np.unique(np.stack([a, b], axis=1), axis=0)
+    position = {int(i): k for k, i in enumerate(ids)}
+    ia = np.fromiter((position[int(x)] for x in pairs[:, 0]), np.int64, len(pairs))
+    ib = np.fromiter((position[int(x)] for x in pairs[:, 1]), np.int64, len(pairs))
+    similarity = (sigs[ia] == sigs[ib]).mean(axis=1)
+    keep = similarity >= threshold
+    return pairs[keep, 0], pairs[keep, 1], similarity[keep]
 
-    Clustering is transitive: if a~b and b~c pass the threshold, c is dropped in favour of a even when a and
-    c alone would not pass (a chain of small edits). A pair listed more than once (it shared several bands)
-    counts once.
-    """
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {threshold}")
-    kept = clusters((a, b) for a, b, similarity in candidate_pairs_with_similarity if similarity >= threshold)
-    return {x: representative for x, representative in kept.items() if x != representative}
+
+def components(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Connected components of the edges (a[i], b[i]) (scipy's, linear in the edges): every id that occurs
+    in an edge, sorted, and the smallest id of its component. The result does not depend on the order of the
+    edges or of the ids within an edge."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    if not len(a):
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    nodes = np.unique(np.concatenate([a, b]))
+    ia, ib = np.searchsorted(nodes, a), np.searchsorted(nodes, b)
+    graph = coo_matrix((np.ones(len(a), np.int8), (ia, ib)), shape=(len(nodes), len(nodes)))
+    _, labels = connected_components(graph, directed=False)
+    _, first = np.unique(labels, return_index=True)  # nodes are sorted: a label's first node is its smallest
+    return nodes, nodes[first][labels]

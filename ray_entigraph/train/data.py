@@ -228,7 +228,8 @@ def run_pack(config: EntiGraphConfig, ctx: RunContext | None = None) -> dict[str
             continue
         ds = ray.data.from_items(wave).map_batches(
             PackWorker, fn_constructor_args=(config, ctx.layout, ctx.corpus()), batch_size=1, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(config.resources.max_actors, 1)), num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.resources.pack.max_workers),
+            num_cpus=config.resources.pack.num_cpus_per_worker, num_gpus=0,
         )
         for _ in ds.iter_rows():
             pass

@@ -36,7 +36,7 @@ def test_how_ingest_work_is_cut_up_is_not_part_of_a_files_identity(tmp_path):
     (tmp_path / "a.md").write_text("A document long enough to be one.")
     base = [f"input.path={tmp_path / 'a.md'}", f"output_dir={tmp_path}/run"]
     ids = RunContext.resolve(load_config(None, base)).file_ids()
-    for setting in ("ingest.bytes_per_task=1", "ingest.files_per_task=2", "ingest.max_actors=2",
-                    "ingest.num_cpus_per_actor=0.5"):
+    for setting in ("ingest.bytes_per_task=1", "ingest.files_per_task=2", "resources.cpu.max_workers=2",
+                    "resources.cpu.num_cpus_per_worker=0.5"):
         assert RunContext.resolve(load_config(None, [*base, setting])).file_ids() == ids, setting
     assert RunContext.resolve(load_config(None, [*base, "ingest.max_document_tokens=64"])).file_ids() != ids

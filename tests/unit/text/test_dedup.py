@@ -16,18 +16,22 @@ import pytest
 
 from ray_entigraph.text.dedup import (
     SIGNATURE_DTYPE,
-    band_keys,
-    bucket_pairs,
+    band_hashes,
     candidate_probability,
-    clusters,
-    duplicates_to_drop,
+    components,
     estimated_jaccard,
     lsh_params,
+    row_id,
+    row_id_parts,
     shingles,
     signature,
+    star_edges,
+    verified_star_edges,
 )
 
 REPO = Path(__file__).resolve().parents[3]
+# band_hashes of the golden signature below at (2 bands x 3 rows): a change here changes every LSH key
+GOLDEN_BANDS = [12672411400619253982, 6318386359568234272]
 
 WORDS = (
     "amber basin cedar delta ember falcon garnet harbor island juniper kettle lantern meadow nickel orchard "
@@ -65,15 +69,15 @@ def jaccard(a: str, b: str) -> float:
 
 
 def find_duplicates(texts: dict[str, str], threshold: float) -> dict[str, str]:
-    """The pipeline's flow with plain dicts: signatures -> band keys -> buckets -> pairs -> clusters."""
+    """The pipeline's flow within one partition, ids in the order of the names: signatures -> band keys ->
+    star edges checked against the threshold -> components -> {dropped: kept}."""
     bands, rows = lsh_params(threshold, 128)
-    sigs = {id_: signature(text) for id_, text in texts.items()}
-    buckets: dict[str, list[str]] = defaultdict(list)
-    for id_, sig in sigs.items():
-        for key in band_keys(sig, bands=bands, rows=rows):
-            buckets[key].append(id_)
-    pairs = [pair for ids in buckets.values() if len(ids) > 1 for pair in bucket_pairs(ids, [sigs[i] for i in ids])]
-    return duplicates_to_drop(pairs, threshold)
+    names = sorted(texts)
+    ids = np.arange(len(names), dtype=np.int64)
+    sigs = np.stack([signature(texts[n]) for n in names])
+    a, b, _ = verified_star_edges(ids, sigs, bands=bands, rows=rows, threshold=threshold)
+    members, roots = components(a, b)
+    return {names[m]: names[r] for m, r in zip(members, roots) if m != r}
 
 
 def test_planted_near_duplicates_are_found_and_nothing_else():
@@ -122,8 +126,8 @@ def test_distinct_texts_sharing_a_long_heading_are_kept():
 def test_signatures_are_deterministic_across_processes():
     text = 'Kestavel\'s salt roads: the "ferry guilds" trade north, and the caravans follow them.'
     code = (
-        "import json; from ray_entigraph.text.dedup import signature, band_keys; "
-        f"s = signature({text!r}); print(json.dumps([s.tolist(), band_keys(s, bands=9, rows=13)]))"
+        "import json; from ray_entigraph.text.dedup import signature, band_hashes; "
+        f"s = signature({text!r}); print(json.dumps([s.tolist(), band_hashes(s, bands=9, rows=13)[0].tolist()]))"
     )
     # Another hash seed in the child: a str hash() anywhere in the path would give other values.
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(REPO)}
@@ -134,14 +138,14 @@ def test_signatures_are_deterministic_across_processes():
     here = signature(text)
     assert here.dtype == SIGNATURE_DTYPE and here.shape == (128,)
     assert values == here.tolist()
-    assert keys == band_keys(here, bands=9, rows=13)
+    assert keys == band_hashes(here, bands=9, rows=13)[0].tolist()
 
 
 def test_signature_golden_values():
     # Pins datasketch's permutations, scheme and hash function: a change here changes every signature.
     sig = signature("Hello, world! This is a test of the thing.")
     assert sig[:4].tolist() == [6676008083323431906, 1110549454826987255, 616393961833226788, 1275342857445324286]
-    assert band_keys(sig, bands=2, rows=3) == ["0:07305957b429433c", "1:40c119afdef7c174"]
+    assert band_hashes(sig, bands=2, rows=3)[0].tolist() == GOLDEN_BANDS
 
 
 def test_shingles_normalise_and_cover_short_texts():
@@ -181,38 +185,51 @@ def test_lsh_params_separate_the_threshold():
     assert candidate_probability(0.8, bands=recall_first[0], rows=recall_first[1]) > \
         candidate_probability(0.8, bands=bands, rows=rows)
     with pytest.raises(ValueError, match="lsh_params"):
-        band_keys(signature("x"), bands=bands, rows=rows + 20)
+        band_hashes(signature("x"), bands=bands, rows=rows + 20)
 
 
-def test_band_keys_agree_per_band():
+def test_band_hashes_agree_per_band():
     sig = signature(paragraph(random.Random(3), 100))
     changed = sig.copy()
     changed[20] += 1  # inside band 1 of (8 bands x 16 rows)
-    keys, keys_changed = band_keys(sig, bands=8, rows=16), band_keys(changed, bands=8, rows=16)
+    keys, keys_changed = band_hashes(sig, bands=8, rows=16)[0], band_hashes(changed, bands=8, rows=16)[0]
 
-    assert len(keys) == 8 and len(set(keys)) == 8
-    assert [k == c for k, c in zip(keys, keys_changed)] == [True, False] + [True] * 6
-    assert band_keys(sig.astype(">u8"), bands=8, rows=16) == keys  # byte order does not matter
+    assert keys.dtype == np.uint64 and len(set(keys.tolist())) == 8
+    assert (keys == keys_changed).tolist() == [True, False] + [True] * 6
+    assert band_hashes(sig.astype(">u8"), bands=8, rows=16)[0].tolist() == keys.tolist()  # byte order does not matter
+    same_values = np.tile(sig[:16], 8)  # every band holds the same values: the band index still tells them apart
+    assert len(set(band_hashes(same_values, bands=8, rows=16)[0].tolist())) == 8
+    both = band_hashes(np.stack([sig, changed]), bands=8, rows=16)
+    assert both.shape == (2, 8) and both[1].tolist() == keys_changed.tolist()
 
 
-def test_clusters_are_transitive_with_the_smallest_id_as_representative():
-    assert clusters([("b", "a"), ("c", "b")]) == {"a": "a", "b": "a", "c": "a"}
+def test_row_ids_round_trip_and_refuse_overflow():
+    assert row_id_parts(row_id(3, 7, 11)) == (3, 7, 11)
+    assert row_id(0, 0, 1) < row_id(0, 1, 0) < row_id(1, 0, 0)  # partition, then shard, then row order
+    with pytest.raises(ValueError, match="out of range"):
+        row_id(0, 0, 2**20)
+
+
+def test_components_are_transitive_with_the_smallest_id_as_representative():
+    members, roots = components(np.array([2, 3]), np.array([1, 2]))
+    assert dict(zip(members.tolist(), roots.tolist())) == {1: 1, 2: 1, 3: 1}
     # the smallest id joins last, through the far end of a chain
-    assert clusters([("d", "e"), ("b", "c"), ("c", "e"), ("e", "a"), ("x", "y")]) == {
-        "a": "a", "b": "a", "c": "a", "d": "a", "e": "a", "x": "x", "y": "x"}
+    members, roots = components(np.array([4, 2, 3, 5, 24]), np.array([5, 3, 5, 1, 25]))
+    assert dict(zip(members.tolist(), roots.tolist())) == {1: 1, 2: 1, 3: 1, 4: 1, 5: 1, 24: 24, 25: 24}
+    assert [x.tolist() for x in components(np.array([], np.int64), np.array([], np.int64))] == [[], []]
 
 
-def test_clusters_are_order_independent_and_match_connected_components():
+def test_components_are_order_independent_and_match_a_search():
     rng = random.Random(4)
-    ids = [f"t{rng.randrange(10**6):06d}" for _ in range(60)]
+    ids = [rng.randrange(10**12) for _ in range(60)]
     pairs = [(rng.choice(ids), rng.choice(ids)) for _ in range(45)]
 
     # reference: connected components by search, representative = min of the component
-    graph: dict[str, set[str]] = defaultdict(set)
+    graph: dict[int, set[int]] = defaultdict(set)
     for a, b in pairs:
         graph[a].add(b)
         graph[b].add(a)
-    expected: dict[str, str] = {}
+    expected: dict[int, int] = {}
     for start in graph:
         if start not in expected:
             component, stack = {start}, [start]
@@ -222,30 +239,32 @@ def test_clusters_are_order_independent_and_match_connected_components():
                     stack.append(nxt)
             expected.update({x: min(component) for x in component})
 
-    assert clusters(pairs) == expected
-    for _ in range(20):
+    for _ in range(10):
         shuffled = [(b, a) if rng.random() < 0.5 else (a, b) for a, b in rng.sample(pairs, len(pairs))]
-        result = clusters(shuffled)
-        assert result == expected and list(result) == sorted(expected)
+        members, roots = components(np.array([p[0] for p in shuffled]), np.array([p[1] for p in shuffled]))
+        assert dict(zip(members.tolist(), roots.tolist())) == expected and members.tolist() == sorted(expected)
 
 
-def test_duplicates_to_drop_filters_by_similarity_then_clusters():
-    pairs = [("a", "b", 0.9), ("b", "c", 0.85), ("a", "c", 0.5), ("d", "e", 0.79), ("e", "f", 0.8), ("e", "f", 0.8)]
-    assert duplicates_to_drop(pairs, 0.8) == {"b": "a", "c": "a", "f": "e"}
-    assert duplicates_to_drop(pairs, 0.95) == {}
+def test_star_edges_link_each_bucket_to_its_smallest_id_in_linear_size():
+    keys = np.array([7, 9, 7, 7, 9, 5, 7], dtype=np.uint64)
+    ids = np.array([30, 2, 10, 20, 1, 99, 10], dtype=np.int64)  # id 10 twice in one bucket: no self edge
+    a, b = star_edges(keys, ids)
+    assert sorted(zip(a.tolist(), b.tolist())) == [(1, 2), (10, 20), (10, 30)]
+    # a hot bucket: every copy of one text shares every band; k rows give k - 1 edges, not k^2 / 2
+    hot = 10_000
+    a, b = star_edges(np.zeros(hot, np.uint64), np.arange(hot, 0, -1, dtype=np.int64))
+    assert len(a) == hot - 1 and set(a.tolist()) == {1}
 
 
-def test_bucket_pairs_collapse_identical_signatures_without_changing_clusters():
+def test_verified_star_edges_keep_only_pairs_at_the_threshold():
     rng = random.Random(5)
     base = paragraph(rng, 120)
-    texts = {"k3": base, "k1": base, "k2": base, "k5": replace_words(rng, base, 60, 1), "k4": paragraph(rng, 120)}
-    ids = list(texts)
-    sigs = [signature(texts[i]) for i in ids]
-
-    pairs = bucket_pairs(ids, sigs)
-    all_pairs = [(a, b, estimated_jaccard(sa, sb)) for (a, sa), (b, sb) in itertools.combinations(zip(ids, sigs), 2)]
-
-    assert ("k1", "k2", 1.0) in pairs and ("k1", "k3", 1.0) in pairs and not any(p[:2] == ("k2", "k3") for p in pairs)
-    assert all(a < b for a, b, _ in pairs)
-    assert len(pairs) == 2 + 3  # two stars into k1, then k1 / k4 / k5 pairwise
-    assert duplicates_to_drop(pairs, 0.8) == duplicates_to_drop(all_pairs, 0.8) == {"k2": "k1", "k3": "k1", "k5": "k1"}
+    texts = [base, base, replace_words(rng, base, 60, 1), paragraph(rng, 120), base[: len(base) // 2]]
+    sigs = np.stack([signature(t) for t in texts])
+    bands, rows = lsh_params(0.8, 128)
+    a, b, sim = verified_star_edges(np.arange(5, dtype=np.int64), sigs, bands=bands, rows=rows, threshold=0.8)
+    edges = dict(zip(zip(a.tolist(), b.tolist()), sim.tolist()))
+    assert set(edges) == {(0, 1), (0, 2)} and edges[(0, 1)] == 1.0 and edges[(0, 2)] >= 0.8
+    # at a lower threshold the half-text (Jaccard about 0.5) joins through its shared bands
+    a, b, _ = verified_star_edges(np.arange(5, dtype=np.int64), sigs, bands=16, rows=2, threshold=0.3)
+    assert (0, 4) in set(zip(a.tolist(), b.tolist())) and 3 not in set(a.tolist()) | set(b.tolist())
