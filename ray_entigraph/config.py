@@ -217,6 +217,11 @@ class ResourcesConfig(_Section):
     accelerator_type: str | None = Field(None, description="Ray accelerator type for model actors, e.g. `H100`.")
     batch_size: int = Field(8, ge=1, description=(
         "Rows (documents or task groups) handed to a model actor per call; one call commits one shard."))
+    units_in_flight_per_actor: int = Field(1, ge=1, le=16, description=(
+        "Units of work (calls, each committed on its own) a model actor runs at once on its one engine: a new "
+        "unit's requests join the running batch (vLLM) or the next one (other engines), so the engine does not "
+        "idle while a batch drains or the next unit is handed over. 2 to 4 on GPUs. An actor that dies charges an "
+        "attempt to every unit it was running (resources.max_unit_attempts)."))
     max_unit_attempts: int = Field(3, ge=1, le=100, description=(
         "Attempts of one unit of work (one model-actor call) whose actor dies while running it (out of memory, a "
         "segfault, a killed process); after that the unit's requests are recorded as failed with the reason, the "

@@ -106,4 +106,8 @@ def make_engine(config: "EntiGraphConfig") -> Engine:
     engine = engine_class(config.engine.kind).from_config(config)
     logger.info("%s engine ready for %s in %.1fs (pid %d)", config.engine.kind, config.model.name,
                 time.time() - started, os.getpid())
+    if config.resources.units_in_flight_per_actor > 1:  # the actor's concurrent calls share the engine
+        from ray_entigraph.engines.shared import SharedEngine
+
+        return SharedEngine(engine)
     return engine

@@ -90,6 +90,7 @@ class VLLMEngine:
         self.model_name = model.name
         self.supports_json_schema = vllm_config.structured_extraction
         self.tokenizer = self.llm.get_tokenizer()
+        self._streaming: dict[str, GenerationRequest] = {}  # stream id -> request, while in the engine
 
     @classmethod
     def from_config(cls, config: "EntiGraphConfig") -> "VLLMEngine":
@@ -117,20 +118,10 @@ class VLLMEngine:
     def generate(self, requests: list[GenerationRequest]) -> list[GenerationResult]:
         out: list[GenerationResult | None] = [None] * len(requests)
         runnable, prompts, params = [], [], []
-        max_model_len = self.model_config.max_model_len
         for i, req in enumerate(requests):
-            try:
-                ids = self._prompt_ids(req)
-            except Exception as exc:  # noqa: BLE001 - a bad request (template error) fails alone
-                out[i] = GenerationResult.failed(req.key, f"prompt rendering failed: {type(exc).__name__}: {exc}")
-                continue
-            if len(ids) + req.sampling.max_new_tokens > max_model_len:
-                out[i] = GenerationResult.failed(
-                    req.key,
-                    f"prompt too long: {len(ids)} prompt + {req.sampling.max_new_tokens} new tokens > "
-                    f"model.max_model_len {max_model_len}",
-                    num_prompt_tokens=len(ids),
-                )
+            ids, refusal = self._prepare(req)
+            if refusal is not None:
+                out[i] = refusal
                 continue
             runnable.append(i)
             prompts.append({"prompt_token_ids": ids})
@@ -140,7 +131,58 @@ class VLLMEngine:
                 out[i] = res
         return out  # type: ignore[return-value]
 
+    # -- streaming (engines/shared.py: several units of work in flight on one engine) ----------------------
+    def start(self, requests: list[GenerationRequest], ids: list[int]) -> list[tuple[int, GenerationResult]]:
+        """Add requests to the running engine under the caller's ids; returns (index, result) of the ones
+        refused before they reached it (a bad prompt, too long, rejected by vLLM), the rest come from `step`."""
+        refused = []
+        for i, (req, rid) in enumerate(zip(requests, ids)):
+            prompt_ids, refusal = self._prepare(req)
+            if refusal is None:
+                try:
+                    self.llm.llm_engine.add_request(str(rid), {"prompt_token_ids": prompt_ids}, self._sampling(req))
+                    self._streaming[str(rid)] = req
+                    continue
+                except Exception as exc:  # noqa: BLE001 - one bad request fails alone
+                    refusal = GenerationResult.failed(req.key, f"{type(exc).__name__}: {exc}")
+            refused.append((i, refusal))
+        return refused
+
+    def step(self) -> list[tuple[int, GenerationResult]]:
+        """One engine step; (id, result) of every request that finished in it."""
+        done = []
+        for output in self.llm.llm_engine.step():
+            if output.finished and output.request_id in self._streaming:
+                req = self._streaming.pop(output.request_id)
+                done.append((int(output.request_id), _to_result(req, output, self.supports_json_schema)))
+        return done
+
+    def abort(self, ids: list[int]) -> None:
+        names = [str(i) for i in ids]
+        for name in names:
+            self._streaming.pop(name, None)
+        try:
+            self.llm.llm_engine.abort_request(names)
+        except Exception as exc:  # noqa: BLE001 - an engine that failed may not abort either
+            logger.warning("vLLM abort failed: %s", exc)
+
     # -- internals --------------------------------------------------------------------------------------
+    def _prepare(self, req: GenerationRequest) -> tuple[list[int], GenerationResult | None]:
+        """The request's prompt token ids, or why it cannot run (a template error, too long)."""
+        max_model_len = self.model_config.max_model_len
+        try:
+            ids = self._prompt_ids(req)
+        except Exception as exc:  # noqa: BLE001 - a bad request (template error) fails alone
+            return [], GenerationResult.failed(req.key, f"prompt rendering failed: {type(exc).__name__}: {exc}")
+        if len(ids) + req.sampling.max_new_tokens > max_model_len:
+            return ids, GenerationResult.failed(
+                req.key,
+                f"prompt too long: {len(ids)} prompt + {req.sampling.max_new_tokens} new tokens > "
+                f"model.max_model_len {max_model_len}",
+                num_prompt_tokens=len(ids),
+            )
+        return ids, None
+
     def _prompt_ids(self, req: GenerationRequest) -> list[int]:
         text = render_prompt(self.tokenizer, req.messages)
         if req.json_schema is None or not self.supports_json_schema:
@@ -149,6 +191,7 @@ class VLLMEngine:
 
     def _sampling(self, req: GenerationRequest):
         from vllm import SamplingParams  # lazy: vLLM loads in the actor only
+        from vllm.sampling_params import RequestOutputKind
 
         s = req.sampling
         kwargs: dict[str, Any] = {
@@ -159,6 +202,7 @@ class VLLMEngine:
             "frequency_penalty": s.frequency_penalty,
             "presence_penalty": s.presence_penalty,
             "seed": req.seed % (2**31),
+            "output_kind": RequestOutputKind.FINAL_ONLY,  # only a request's final output (as LLM.generate asks)
         }
         if req.json_schema is not None and self.supports_json_schema:
             from vllm.sampling_params import StructuredOutputsParams  # lazy: vLLM loads in the actor only

@@ -311,8 +311,11 @@ def model_actor_kwargs(config: EntiGraphConfig) -> dict[str, Any]:
     from ray.data import ActorPoolStrategy  # lazy: Ray loads only when a stage runs
 
     res = config.resources
+    in_flight = res.units_in_flight_per_actor  # calls run at once on one actor, sharing its engine (make_engine)
     kwargs: dict[str, Any] = {
-        "compute": ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors),
+        "compute": ActorPoolStrategy(min_size=res.min_actors, max_size=res.max_actors,
+                                     max_concurrent_calls_per_actor=in_flight,
+                                     enable_true_multi_threading=in_flight > 1),
         "num_cpus": res.num_cpus_per_actor,
         "batch_size": res.batch_size,
         "batch_format": "pyarrow",

@@ -3,9 +3,9 @@
 Every synthetic row gets a grounding score (`text/grounding.py`: the share of its entities, numbers and
 content words that its source document contains, per sentence and overall). Then, as configured
 (`curate.*`): sentences below a threshold are removed (repair), rows below a threshold are dropped, and
-near-duplicate rows are dropped (`text/dedup.py`: MinHash signatures and LSH band keys computed in parallel
-per partition, candidate pairs found by a Ray Data groupby on band keys, the few pairs clustered on the
-driver). Each task takes one partition: it reads that partition's documents once (a synthetic row's document
+near-duplicate rows are dropped (`text/dedup.py`: a partition's own near-duplicates found and checked in
+its task; across partitions a hash shuffle of 16 bytes per band and row, star edges per bucket, their
+components in one task; removal files per partition, only counts on the driver). Each task takes one partition: it reads that partition's documents once (a synthetic row's document
 is in the row's own partition), then curates each of the partition's synthetic shards.
 
 The output is a derived dataset, `output_dir/curated/<curation id>/`, one shard per synthetic shard,

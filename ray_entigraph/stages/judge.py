@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 
 import pyarrow as pa
@@ -96,11 +97,11 @@ def judged_row(row: dict, result: GenerationResult, model: str, prompt_version: 
 def partition_documents(corpus: Corpus, partition: int, cache: dict) -> dict[str, dict]:
     """doc_id -> document row of one partition's current documents, read once per partition (`cache` holds the
     last partition read: the judge's units come in partition order)."""
-    if cache.get("partition") != partition:
-        cache.clear()
-        cache["partition"] = partition
-        cache["docs"] = documents_by_id(corpus, partition)
-    return cache["docs"]
+    with cache.setdefault("lock", threading.Lock()):  # an actor may run several units at once
+        if cache.get("partition") != partition:
+            cache["docs"] = documents_by_id(corpus, partition)
+            cache["partition"] = partition
+        return cache["docs"]
 
 
 # -- Ray Data callable ---------------------------------------------------------------------------------

@@ -7,31 +7,26 @@ per-position agreement estimates that similarity; LSH cuts the signature into `b
 values, and two texts become candidates only if some band is identical, which is likely above the
 threshold and unlikely well below it (`lsh_params`).
 
-How a Ray Data pipeline runs it (`stages/curate.py`):
+How the curate stage runs it (`stages/curate.py`), with nothing gathered on the driver:
 
-1. Driver: `bands, rows = lsh_params(threshold, num_perm)`, once.
-2. `map_batches`, distributed over blocks: for each row `sig = signature(text)` and
-   `band_keys(sig, bands=bands, rows=rows)`; emit one row per band, `(band_key, id, sig.tobytes())`
-   (a flat map; decode with `np.frombuffer(b, dtype=SIGNATURE_DTYPE)`).
-3. `groupby("band_key").map_groups(...)`: every group is one LSH bucket. Buckets of one row (almost all of
-   them) emit nothing; a larger bucket emits `bucket_pairs(ids, sigs)`, its candidate pairs with their
-   estimated Jaccard, so the signatures travel with the band rows and no second lookup is needed.
-4. Driver (or one final task): `duplicates_to_drop(pairs, threshold)` over the collected pairs, a union-find
-   over the few pairs there are, giving `{dropped id: kept id}`; the kept id is the smallest of its cluster.
-5. A second pass over the corpus drops the rows whose id is in that (small, broadcast) dict.
+1. One task per partition: `signature` of every row, then `verified_star_edges` over the partition's rows
+   (candidates from shared band keys, each checked against the threshold on the signatures: the rows of one
+   document share a heading, so their candidates are checked, not trusted), then `components`; the partition's
+   other rows emit one `(band key, row id)` pair per band from `band_hashes`: 16 bytes, no signature, no
+   string (`row_id` packs partition, shard ordinal and row into an int64).
+2. A hash shuffle on the band key puts each bucket in one block; `star_edges` links its members to its
+   smallest id (k members cost k edges and a sort, however hot the bucket).
+3. One task: `components` (scipy's connected components) of the cross-partition edges; every member but the
+   smallest id of its component is dropped.
 
-Why this scales and streams: step 2 looks at one row at a time, so blocks flow through with bounded memory
-and no worker ever holds the corpus. Pairs are formed only inside buckets, never across the corpus, so the
-work is proportional to the number of rows times bands plus the (few) candidate pairs, not to N^2. Step 3
-is a hash-partitioned shuffle (Ray Data spills it to the object store and disk), and each `map_groups`
-call holds only one bucket. The shuffle carries about `bands * (key + id + num_perm * 8 bytes)` per row,
-~10 KiB at the defaults (9 bands, 128 permutations). The driver sees only candidate pairs: with
-`lsh_params`' choice, two unrelated texts (Jaccard near 0) practically never share a bucket.
+Why this scales: steps 1 and 2 look at one partition or one block at a time; pairs are formed only inside
+buckets, never across the corpus; the shuffle carries `bands * 16` bytes per row (192 at 12 bands); only
+edges reach step 3, and they are few: two unrelated texts (Jaccard near 0) practically never share a band.
 
 Determinism: shingles are hashed with datasketch's SHA1-based hash (never Python's salted `hash()`), the
-permutations come from a fixed seed, and band keys are BLAKE2b digests of little-endian bytes, so the same
-text gives the same signature and keys in every process, on every machine, in every run. Clusters and
-their representatives do not depend on the order of rows or pairs.
+permutations come from a fixed seed, and band keys are uint64 arithmetic on the values, so the same text
+gives the same signature and keys in every process, on every machine, in every run. Components and their
+representatives do not depend on the order of rows or edges.
 """
 
 from __future__ import annotations

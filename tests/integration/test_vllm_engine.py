@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import importlib.util
 import os
+import threading
 
 import pyarrow.parquet as pq
 import pytest
@@ -43,7 +44,8 @@ def _rows(out, stage_dir):
 
 def test_vllm_engine_synthesizes_through_ray_data(ray_local, small_corpus, tmp_path):
     out = tmp_path / "run"
-    summary = synthesize(vllm_config(small_corpus, out))
+    # two units of work in flight per actor: threaded Ray Data calls sharing the engine (engines/shared.py)
+    summary = synthesize(vllm_config(small_corpus, out, "resources.units_in_flight_per_actor=2"))
     assert summary.num_documents == 2 and summary.num_extract_failed == 0
 
     entities = _rows(out, schema.EXTRACT)
@@ -77,6 +79,7 @@ def test_vllm_engine_synthesizes_through_ray_data(ray_local, small_corpus, tmp_p
 def test_vllm_engine_records_an_overlong_request_as_failed(tmp_path):
     """Lengths are checked before vLLM sees a request: an over-long prompt fails alone, with its reason."""
     from ray_entigraph.engines import GenerationRequest, SamplingParams, make_engine
+    from ray_entigraph.engines.shared import SharedEngine
 
     config = vllm_config(tmp_path / "unused.jsonl", tmp_path / "out", "model.max_model_len=1024",
                          "ingest.max_document_tokens=256")
@@ -96,9 +99,23 @@ def test_vllm_engine_records_an_overlong_request_as_failed(tmp_path):
                                                          repetition_penalty=1.0))
                for i, seed in enumerate([7, 7, 8, 9])]
     texts = [r.text for r in engine.generate(sampled)]
+    # Two units in flight on the one engine (engines/shared.py: vLLM's streaming path, as a model actor with
+    # resources.units_in_flight_per_actor > 1 runs it): each call gets its own results in its own order.
+    shared = SharedEngine(engine)
+    got: dict[str, list] = {}
+    calls = [threading.Thread(target=lambda n=n, r=r: got.__setitem__(n, shared.generate(r)))
+             for n, r in (("a", [long, short]), ("b", sampled))]
+    for t in calls:
+        t.start()
+    for t in calls:
+        t.join(timeout=300)
     engine.close()
     assert texts[0] == texts[1]
     assert len(set(texts[1:])) > 1
+    assert shared.streams and [r.key for r in got["a"]] == ["long", "short"]
+    assert "prompt too long" in got["a"][0].error and got["a"][1].error is None and got["a"][1].num_generated_tokens
+    assert [r.key for r in got["b"]] == ["s0", "s1", "s2", "s3"] and not any(r.error for r in got["b"])
+    assert got["b"][0].text == got["b"][1].text  # same seed, same sample, whatever else runs beside it
 
 
 def test_generative_protocol_on_vllm_for_a_model_without_a_chat_template(tmp_path, monkeypatch):
