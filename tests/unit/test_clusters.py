@@ -343,6 +343,10 @@ def test_paper_stage_requests_land_on_the_intended_node_types(path):
     assert nodes_for(types, [worker] * cfg.train.num_workers) == {train: cfg.train.num_workers // TRAIN_NODE_GPUS}
     # CPU-only work (Ray Data reads, packing) does not start a GPU node
     assert all(types[n]["resources"].get("GPU", 0) == 0 for n in nodes_for(types, [{"CPU": 1}] * 4))
+    # nor do the CPU stages' and packing's own pools at full size (resources.cpu, resources.pack)
+    for pool in (res.cpu, res.pack):
+        added = nodes_for(types, [{"CPU": pool.num_cpus_per_worker}] * pool.max_workers)
+        assert added and all(types[n]["resources"].get("GPU", 0) == 0 for n in added), (pool, added)
 
 
 # -- the checks themselves can fail -------------------------------------------------------------------------
