@@ -12,7 +12,8 @@ up), whose no-op resume and `status` are timed through the same proxy.
 
     .venv/bin/python benchmarks/control_plane.py [--sizes 10000 100000 1000000] [--fake-docs 10000000]
 
-Prints `RESULT docs=<n> wall_s=... driver_rss_growth_mb=... max_task_pickle_kb=... resume_noop_s=...
+Prints `RESULT docs=<n> wall_s=... gap_s=<extraction's last commit to synthesis's first unit>
+driver_rss_growth_mb=... max_task_pickle_kb=... resume_noop_s=...
 status_s=... driver_requests=...` per size, `RESULT fake_docs=... resume_noop_s=... status_s=...`, and a
 final `RESULT rss_growth_mb=<largest minus smallest size> added_doc_ms=<wall per added document between the
 two largest sizes>`.
@@ -89,6 +90,19 @@ def _shipped_kb(ctx) -> float:
     return max(len(cloudpickle.dumps(x)) for x in shipped) / 1024
 
 
+def stage_gap_s(ctx) -> float:
+    """Seconds from extraction's last commit to synthesis's first unit starting (a commit marker records
+    when it was committed and how long its unit ran): the time the model pool has no model work, which an
+    autoscaler's idle timeout must outlast or the GPU nodes are given back and rebuilt."""
+    last_extract, first_synth = 0.0, float("inf")
+    for p in range(ctx.config.num_partitions):
+        for e in ctx.entities_store.entries(p, ctx.entities_identity):
+            last_extract = max(last_extract, float(e["committed_at"]))
+        for e in ctx.synthetic_store.entries(p, ctx.synthetic_identity):
+            first_synth = min(first_synth, float(e["committed_at"]) - float(e.get("wall_s", 0.0)))
+    return first_synth - last_extract
+
+
 def child(n: int, args) -> None:
     import ray
     from latency_proxy import LatencyProxy
@@ -124,6 +138,7 @@ def child(n: int, args) -> None:
     status_requests = driver_proxy.snapshot() - run_requests - resume_requests
     print(json.dumps({
         "docs": summary.num_documents, "synthetic_rows": summary.num_synthetic_rows, "wall_s": round(wall, 1),
+        "extract_to_synthesize_gap_s": round(stage_gap_s(RunContext.resolve(config)), 1),
         "driver_rss_growth_mb": round(max(peak - base_rss, 0.0), 1), "driver_base_rss_mb": round(base_rss, 1),
         "max_task_pickle_kb": round(_shipped_kb(RunContext.resolve(config)), 1),
         "resume_noop_s": round(resume_s, 1), "status_s": round(status_s, 1),
@@ -225,7 +240,8 @@ def main() -> None:
                 sys.exit(f"run with {n} documents failed:\n{proc.stderr[-4000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
             results.append((n, r))
-            print(f"RESULT docs={n} wall_s={r['wall_s']} driver_rss_growth_mb={r['driver_rss_growth_mb']} "
+            print(f"RESULT docs={n} wall_s={r['wall_s']} gap_s={r['extract_to_synthesize_gap_s']} "
+                  f"driver_rss_growth_mb={r['driver_rss_growth_mb']} "
                   f"max_task_pickle_kb={r['max_task_pickle_kb']} resume_noop_s={r['resume_noop_s']} "
                   f"status_s={r['status_s']} driver_requests={r['driver_requests']} "
                   f"resume_requests={r['resume_requests']} status_requests={r['status_requests']} "

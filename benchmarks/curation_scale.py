@@ -10,12 +10,16 @@ no 5-word shingle). Planted near-duplicates, each one word changed from its orig
 - across documents (a copy of a row of a document 7 places on, almost always another partition);
 - one hot cluster of `--hot` rows, every one a copy of the same text, spread over the corpus.
 
-Prints `RESULT rows=<n> planted=<n> found=<n> recall=<x> unplanted_dropped=<n> wall_s=<s>
+The run is written by one process and curated by another, so the driver's memory is the curate stage's
+alone. Prints `RESULT rows=<n> planted=<n> found=<n> recall=<x> unplanted_dropped=<n> wall_s=<s>
 driver_rss_growth_mb=<mb> shuffle_rows=<band rows> shuffle_bytes_per_row=<bytes per synthetic row>
 cross_partition_edges=<n>` (the driver's peak RSS growth over its RSS once Ray is up; shuffle bytes are
 the Ray Data size of the (band key, row id) dataset over the rows).
 
-    .venv/bin/python benchmarks/curation_scale.py [--rows 1000000] [--hot 10000]
+    .venv/bin/python benchmarks/curation_scale.py [--sizes 100000 1000000] [--hot 10000]
+
+Per size one RESULT line; then `RESULT driver_rss_growth_mb_between_sizes=<mb>`: the driver's growth at
+the largest size minus at the smallest (imports and Ray's own start-up cancel out).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import json
 import os
 import random
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,55 +96,58 @@ class Texts:
         return " ".join(self.base(f"{doc}:{j}")).capitalize() + ".", cluster
 
 
-def child(args) -> None:
-    import ray
+def config_for(folder: str, partitions: int):
+    from ray_entigraph.config import load_config
+
+    return load_config(None, [
+        f"input.path={folder}/in/corpus.jsonl", f"output_dir={folder}/run", "engine.kind=echo",
+        f"num_partitions={partitions}", "plan.max_pairs_per_doc=10", "plan.max_triplets_per_doc=0",
+        "curate.enabled=true", "curate.dedup=true", "resources.cpu.max_workers=2"])
+
+
+def write(args) -> None:
+    """First process: the committed run, and the planted clusters (task id -> cluster) in planted.json."""
     from committed_layout import write_run
 
-    from ray_entigraph.config import load_config
-    from ray_entigraph.pipeline import synthesize
-
     docs = args.rows // ROWS_PER_DOC
-    tmp = tempfile.mkdtemp(prefix="bench-curate-")
-    os.makedirs(f"{tmp}/in")
-    with open(f"{tmp}/in/corpus.jsonl", "w") as f:  # the input file the committed run says it read
+    os.makedirs(f"{args.folder}/in")
+    with open(f"{args.folder}/in/corpus.jsonl", "w") as f:  # the input file the committed run says it read
         f.write(json.dumps({"title": "x", "text": "y" * 50}) + "\n")
-    out = f"{tmp}/run"
-    config = load_config(None, [
-        f"input.path={tmp}/in/corpus.jsonl", f"output_dir={out}", "engine.kind=echo",
-        f"num_partitions={args.partitions}", "plan.max_pairs_per_doc=10", "plan.max_triplets_per_doc=0",
-        "curate.enabled=true", "curate.dedup=true", "resources.cpu.max_workers=2"])
+    config = config_for(args.folder, args.partitions)
     texts = Texts(docs, args.hot)
     names = [f"Entity{k}" for k in range(5)]
-    position: dict[str, int] = {}
-
     doc_ids = {f"d{hashlib.blake2b(str(d).encode(), digest_size=16).hexdigest()}": d for d in range(docs)}
+    order: dict[str, int] = {}
+    planted: dict[str, str] = {}
 
     def doc_rows():
         for doc_id, d in doc_ids.items():
             yield {"doc_id": doc_id, "title": f"Doc {d}", "text": " ".join(texts.base(f"{d}:0")),
                    "num_tokens": 80, "source": "bench"}
 
-    order: dict[str, int] = {}
-    planted: dict[str, str] = {}
-
     def synthetic_text(row: dict, task: dict) -> str:
-        d = doc_ids[row["doc_id"]]
-        j = order.setdefault(row["doc_id"], 0)
+        j = order.get(row["doc_id"], 0)
         order[row["doc_id"]] = j + 1
-        text, cluster = texts.text(d, j)
-        position[task["task_id"]] = d * ROWS_PER_DOC + j
+        text, cluster = texts.text(doc_ids[row["doc_id"]], j)
         if cluster:
             planted[task["task_id"]] = cluster
         return text
 
     t0 = time.perf_counter()
     write_run(config, doc_rows, lambda r: names, synthetic=synthetic_text)
-    write_s = time.perf_counter() - t0
-    members: dict[str, int] = {}  # cluster -> rows in it (an original and its copy; the hot cluster's copies)
-    for cluster in planted.values():
-        members[cluster] = members.get(cluster, 0) + 1
-    expected_drops = sum(n - 1 for n in members.values())  # each cluster keeps one row
+    with open(f"{args.folder}/planted.json", "w") as f:
+        json.dump({"planted": planted, "rows": sum(order.values()), "write_s": time.perf_counter() - t0}, f)
 
+
+def child(args) -> None:
+    """Second process (the driver measured): curate with dedup, as `synthesize` runs it."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from ray_entigraph.context import RunContext
+    from ray_entigraph.pipeline import synthesize
+
+    config = config_for(args.folder, args.partitions)
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR")
     base_rss = rss_mb()
     t1 = time.perf_counter()
@@ -147,51 +155,68 @@ def child(args) -> None:
     wall = time.perf_counter() - t1
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
-    import pyarrow.parquet as pq
-
-    from ray_entigraph.context import RunContext
-
+    with open(f"{args.folder}/planted.json") as f:
+        info = json.load(f)
+    planted: dict[str, str] = info["planted"]
+    members: dict[str, int] = {}  # cluster -> rows in it (an original and its copy; the hot cluster's copies)
+    for cluster in planted.values():
+        members[cluster] = members.get(cluster, 0) + 1
+    expected_drops = sum(n - 1 for n in members.values())  # each cluster keeps one row
     ctx = RunContext.resolve(config)
-    errors = os.path.join(out, "errors", ctx.curated_stage())
-    dropped: dict[str, str] = {}
-    for root, _, files in os.walk(errors):
+    out = config.output_dir
+    dropped: set[str] = set()
+    for root, _, files in os.walk(os.path.join(out, "errors", ctx.curated_stage())):
         for name in files:
             if name.endswith(".parquet"):
                 t = pq.read_table(os.path.join(root, name), columns=["request_key", "error"]).to_pylist()
-                dropped.update({r["request_key"]: r["error"] for r in t if r["error"].startswith("near-duplicate")})
+                dropped.update(r["request_key"] for r in t if r["error"].startswith("near-duplicate"))
     found = sum(1 for tid in dropped if tid in planted)
-    summary = json.loads(open(os.path.join(out, ctx.curated_stage(), "_dedup", "summary.json")).read())
+    with open(os.path.join(out, ctx.curated_stage(), "_dedup", "summary.json")) as f:
+        summary = json.load(f)
     print(json.dumps({
-        "rows": len(position), "planted": expected_drops, "found": found,
+        "rows": info["rows"], "planted": expected_drops, "found": found,
         "recall": round(found / max(expected_drops, 1), 4),
         "unplanted_dropped": sum(1 for tid in dropped if tid not in planted), "dropped": len(dropped),
-        "hot": args.hot, "write_s": round(write_s, 1), "wall_s": round(wall, 1),
+        "hot": args.hot, "write_s": round(info["write_s"], 1), "wall_s": round(wall, 1),
         "driver_rss_growth_mb": round(max(peak - base_rss, 0.0), 1), "driver_base_rss_mb": round(base_rss, 1),
         "shuffle_rows": summary["band_rows"],
-        "shuffle_bytes_per_row": round(summary["shuffle_bytes"] / max(len(position), 1), 1),
+        "shuffle_bytes_per_row": round(summary["shuffle_bytes"] / max(info["rows"], 1), 1),
         "cross_partition_edges": summary["edges"]}), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000], help="rows per run")
     ap.add_argument("--hot", type=int, default=10_000)
     ap.add_argument("--partitions", type=int, default=64)
-    ap.add_argument("--child", action="store_true")
+    ap.add_argument("--step", choices=["write", "curate"])
+    ap.add_argument("--folder")
+    ap.add_argument("--rows", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.child:
+    if args.step == "write":
+        write(args)
+        return
+    if args.step == "curate":
         child(args)
         return
-    cmd = [sys.executable, __file__, "--child", "--rows", str(args.rows), "--hot", str(args.hot),
-           "--partitions", str(args.partitions)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
-    line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
-    if out.returncode or not line:
-        sys.stderr.write(out.stdout[-3000:] + out.stderr[-5000:])
-        sys.exit(out.returncode or 1)
-    r = json.loads(line[-1])
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in r.items()))
-
+    results = []
+    for rows in args.sizes:
+        folder = tempfile.mkdtemp(prefix="bench-curate-")
+        common = ["--rows", str(rows), "--hot", str(min(args.hot, rows // 10)), "--partitions", str(args.partitions),
+                  "--folder", folder]
+        subprocess.run([sys.executable, __file__, "--step", "write", *common], check=True)
+        out = subprocess.run([sys.executable, __file__, "--step", "curate", *common], capture_output=True, text=True)
+        line = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+        if out.returncode or not line:
+            sys.stderr.write(out.stdout[-3000:] + out.stderr[-5000:])
+            sys.exit(out.returncode or 1)
+        results.append(json.loads(line[-1]))
+        print("RESULT " + " ".join(f"{k}={v}" for k, v in results[-1].items()), flush=True)
+        shutil.rmtree(folder, ignore_errors=True)
+    if len(results) > 1:  # what grows with the corpus: the driver's growth at the largest size over the smallest
+        print(f"RESULT driver_rss_growth_mb_between_sizes="
+              f"{results[-1]['driver_rss_growth_mb'] - results[0]['driver_rss_growth_mb']:.1f} "
+              f"rows={results[0]['rows']}..{results[-1]['rows']}")
 
 if __name__ == "__main__":
     main()

@@ -74,6 +74,17 @@ def ray_node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
 
 
+def assigned_resources() -> dict[str, float]:
+    """The Ray resources held by the worker running this unit ({} outside Ray): a marker that says GPU shows
+    the unit ran on a model actor, one without it that it did not."""
+    import ray  # lazy: workers have Ray; unit tests of pure pieces need not start it
+
+    if not ray.is_initialized():
+        return {}
+    return {k: round(float(v), 4) for k, v in ray.get_runtime_context().get_assigned_resources().items()
+            if not k.startswith("node:")}
+
+
 def torch_threads_for(config: EntiGraphConfig) -> int:
     """Ray sets OMP_NUM_THREADS to an actor's num_cpus; on CPU we want every core the node gives us."""
     return config.engine.torch_threads or os.cpu_count() or 1
@@ -235,6 +246,7 @@ def commit_unit(
             "host": os.uname().nodename,
             "node_id": ray_node_id(),
             "pid": os.getpid(),
+            "resources": assigned_resources(),
         },
     )
     return manifest_row_table([entry])

@@ -5,8 +5,9 @@ content words that its source document contains, per sentence and overall). Then
 (`curate.*`): sentences below a threshold are removed (repair), rows below a threshold are dropped, and
 near-duplicate rows are dropped (`text/dedup.py`: a partition's own near-duplicates found and checked in
 its task; across partitions a hash shuffle of 16 bytes per band and row, star edges per bucket, their
-components in one task; removal files per partition, only counts on the driver). Each task takes one partition: it reads that partition's documents once (a synthetic row's document
-is in the row's own partition), then curates each of the partition's synthetic shards.
+components in one task; removal files per partition, only counts on the driver). Each task takes one
+partition: it reads that partition's documents once (a synthetic row's document is in the row's own
+partition), then curates each of the partition's synthetic shards.
 
 The output is a derived dataset, `output_dir/curated/<curation id>/`, one shard per synthetic shard,
 committed with the same protocol as every stage; every dropped row is recorded with its reason in
@@ -54,9 +55,9 @@ from ray_entigraph.text.dedup import (
 )
 from ray_entigraph.text.grounding import DocumentIndex, drop_unsupported_sentences, score_text
 
+logger = logging.getLogger(__name__)
 DROP_CATEGORIES = ("grounding", "judge", "duplicate", "short", "document")
 # Dedup's LSH bands weigh a missed pair (a duplicate kept) above an extra candidate (one comparison more).
-logger = logging.getLogger(__name__)
 LSH_FALSE_POSITIVE_WEIGHT, LSH_FALSE_NEGATIVE_WEIGHT = 0.2, 0.8
 DEDUP_ROWS_PER_BLOCK = 2**20  # (band, id) rows per block of dedup's shuffle
 

@@ -115,7 +115,10 @@ class RelationSynthesisWorker:
                 requests.append(request)
                 meta[task["task_id"]] = (base, request.response_prefix)
         usage = Usage()
-        for res in self.engine.generate(requests):
+        engine_started = time.time()
+        results = self.engine.generate(requests)
+        engine_s = time.time() - engine_started  # with units in flight, this unit's wait for its own results
+        for res in results:
             usage.add(res)
             base, prefix = meta[res.key]
             error = res.error or (None if res.text.strip() else "empty generation")
@@ -129,7 +132,9 @@ class RelationSynthesisWorker:
                 "num_generated_tokens": res.num_generated_tokens,
             })
         return commit_partitioned(self.store, rows, errors, row_schema=schema.SYNTHETIC, key_column="task_id",
-                                  started=started, usage=usage, stats=shard_identity(self.config, self.prompts.version))
+                                  started=started, usage=usage,
+                                  stats={**shard_identity(self.config, self.prompts.version),
+                                         "engine_started": round(engine_started, 3), "engine_s": round(engine_s, 3)})
 
 
 class Synthesize(Stage):
