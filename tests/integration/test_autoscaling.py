@@ -170,11 +170,15 @@ def drive(corpus: str, out: str, result_path: str, release_timeout_s: float) -> 
     import ray_entigraph as eg
 
     nodes: dict[str, dict] = {}
+    at_connect: list[str] = []  # the nodes of the first look, right after the driver connected
     stop = threading.Event()
 
     def look() -> None:
         now = time.time()
-        for n in ray.nodes():
+        seen = ray.nodes()
+        if not at_connect:
+            at_connect.extend(n["NodeID"] for n in seen if n["Alive"])
+        for n in seen:
             rec = nodes.setdefault(n["NodeID"], {"resources": {}, "alive_at": None, "dead_at": None, "death": ""})
             if n["Alive"]:
                 rec["resources"] = rec["resources"] or dict(n["Resources"])
@@ -204,6 +208,7 @@ def drive(corpus: str, out: str, result_path: str, release_timeout_s: float) -> 
             break
         time.sleep(0.25)
     Path(result_path).write_text(json.dumps({"started": started, "finished": finished, "nodes": nodes,
+                                             "at_connect": at_connect,
                                              "num_synthetic_rows": summary.num_synthetic_rows}))
 
 
@@ -224,17 +229,25 @@ def test_gpu_stage_brings_up_a_gpu_node_and_the_autoscaler_releases_it(fake_clus
     nodes, finished = record["nodes"], record["finished"]
     assert record["num_synthetic_rows"] > 0
 
-    heads = [i for i, n in nodes.items() if "node:__internal_head__" in n["resources"]]
-    assert len(heads) == 1 and not nodes[heads[0]]["resources"].get("GPU"), nodes
-    gpu_nodes = {i for i, n in nodes.items() if n["resources"].get("GPU") == 1}
+    # the run started on the head alone, which has no GPU; the autoscaler added nodes of the GPU type
+    (head,) = [i for i, n in nodes.items() if "node:__internal_head__" in n["resources"]]
+    assert "GPU" not in nodes[head]["resources"] and record["at_connect"] == [head], (record["at_connect"], nodes)
+    gpu_nodes = {i for i, n in nodes.items() if n["resources"].get("GPU")}
     assert gpu_nodes, f"no node with a GPU was launched: nodes seen {nodes}\nmonitor.log:\n{fake_cluster.monitor_log()}"
-    for i in gpu_nodes:  # launched by this run (min_workers 0: the cluster started with the head alone)
-        assert nodes[i]["alive_at"] > record["started"], nodes[i]
+    for i in gpu_nodes:  # the resources the GPU node type declares (a fake GPU: nothing behind it)
+        assert nodes[i]["resources"]["GPU"] == 1 and nodes[i]["resources"]["CPU"] == 2, nodes[i]
 
-    # every extract and synthesize shard was committed by a model actor on a GPU node
+    # every extract and synthesize shard was committed by a model actor holding the GPU, on a GPU node
     for stage in (schema.EXTRACT, schema.SYNTHESIZE):
-        ran_on = {e["node_id"] for e in stores.store(out, stage).all_entries()}
+        markers = stores.store(out, stage).all_entries()
+        ran_on = {e["node_id"] for e in markers}
         assert ran_on and ran_on <= gpu_nodes, f"{stage} shards ran on {ran_on}, GPU nodes {gpu_nodes}"
+        assert all(e["resources"].get("GPU") == 1 for e in markers), [e["resources"] for e in markers]
+
+    # ingest never lands on a model actor: its units ran on the CPU pool's actors, which hold no GPU
+    ingest = stores.store(out, schema.INGEST).all_entries()
+    assert ingest and all("GPU" not in e["resources"] and e["resources"].get("CPU") for e in ingest), \
+        [e["resources"] for e in ingest]
 
     # after the run the GPU node is idle: the autoscaler releases it; the head stays
     for i in gpu_nodes:
@@ -249,4 +262,4 @@ def test_gpu_stage_brings_up_a_gpu_node_and_the_autoscaler_releases_it(fake_clus
         assert idle_lines, f"the autoscaler did not report terminating {i} as idle:\n{fake_cluster.monitor_log()}"
         print(f"\nGPU node {i[-5:]}: up {nodes[i]['alive_at'] - record['started']:.1f}s into the run, released "
               f"{dead_at - finished:.1f}s after it ended (idle timeout {IDLE_TIMEOUT_MINUTES * 60:.0f}s)")
-    assert nodes[heads[0]]["dead_at"] is None
+    assert nodes[head]["dead_at"] is None
