@@ -279,6 +279,11 @@ def commit_partitioned(store: PartitionedStore, rows: list[dict], errors: list[d
 
         with ThreadPoolExecutor(max_workers=min(COMMIT_THREADS, len(order))) as pool:
             entries = list(pool.map(commit, range(len(order)), order))
+    return summed_manifest_row(entries)
+
+
+def summed_manifest_row(entries: list[dict]) -> pa.Table:
+    """One manifest row summing several commits of one unit of work."""
     return manifest_row_table([_sum_rows(entries)])
 
 

@@ -38,6 +38,7 @@ from ray_entigraph.stages.base import (
     run_partition_tasks,
     run_unit,
     shard_identity,
+    summed_manifest_row,
     totals_from_summary,
 )
 from ray_entigraph.text.chunk import head_within, split_document, word_offsets
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 # metadata_json as `full_title`: every extraction and relation prompt shows the title, and the prompt's
 # instructions and title together must fit config._PROMPT_OVERHEAD_TOKENS (512) beside the document chunk.
 MAX_TITLE_TOKENS = 64
+# Documents a unit of work holds before committing them (characters of text): a 128 MiB byte range of a large
+# file is committed in pieces, so a worker's memory follows this, not bytes_per_task, once the range is read.
+FLUSH_CHARS = 32 * 2**20
 
 
 def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, count_tokens,
@@ -131,37 +135,54 @@ class IngestWorker:
 
     def _ingest(self, unit: dict):
         started = time.time()
-        rows = []
+        seen: set[str] = set()
+        pending: list[dict] = []
+        entries: list[dict] = []
+        num_ok = num_failed = 0
+
+        def flush() -> None:
+            """Commit the documents made so far (a unit's k-th flush is a shard of its own, named after the unit
+            and k, so a re-run makes the same shards): a worker holds at most FLUSH_CHARS of documents."""
+            nonlocal num_ok, num_failed
+            ok = [r for r in pending if not r.get("error")]
+            errors = [error_row(schema.INGEST, r["doc_id"], r["doc_id"], f"{r['source']}: {r['error']}")
+                      for r in pending if r.get("error")]
+            if ok or errors or not entries:
+                part = [unit["marker"]] if not entries else [unit["marker"], f"flush {len(entries)}"]
+                entries.extend(commit_partitioned(
+                    self.store, ok, errors, row_schema=schema.DOCUMENTS, key_column="doc_id", started=started,
+                    stats=self._stats(unit["members"]),
+                    name_keys=part,  # two files with the same content still get shards of their own
+                ).to_pylist())
+            num_ok, num_failed = num_ok + len(ok), num_failed + len(errors)
+            pending.clear()
+
+        chars = 0
         for member in unit["members"]:
             for record in self._records(member):
-                rows.extend(documents_from_record(
+                for r in documents_from_record(
                     record,
                     max_tokens=self.config.ingest.max_document_tokens,
                     min_chars=self.config.ingest.min_document_chars,
                     count_tokens=self.count_tokens,
                     token_offsets=self.token_offsets,
-                ))
-        seen: set[str] = set()
-        unique = []
-        for r in rows:  # the first row of each doc_id
-            if r["doc_id"] not in seen:
-                seen.add(r["doc_id"])
-                unique.append(r)
-        ok = [r for r in unique if not r.get("error")]
-        errors = [error_row(schema.INGEST, r["doc_id"], r["doc_id"], f"{r['source']}: {r['error']}")
-                  for r in unique if r.get("error")]
-        summary = commit_partitioned(
-            self.store, ok, errors, row_schema=schema.DOCUMENTS, key_column="doc_id", started=started,
-            stats=self._stats(unit["members"]),
-            name_keys=[unit["marker"]],  # two files with the same content still get shards of their own
-        )
+                ):
+                    if r["doc_id"] not in seen:  # the first row of each doc_id
+                        seen.add(r["doc_id"])
+                        pending.append(r)
+                        chars += len(r.get("text") or "")
+                if chars >= FLUSH_CHARS:
+                    flush()
+                    chars = 0
+        flush()
+        summary = summed_manifest_row(entries)
         # the unit's marker last: its files (or a byte range of one) are ingested once all of its partitions'
         # shards are committed
         if self.store.fence is not None:
             self.store.fence.check()
         storage.write_text(self.files_url(f"{unit['marker']}.json"), json.dumps(
             {"members": [{k: m[k] for k in ("path", "file_id", "piece", "pieces")} for m in unit["members"]],
-             "num_ok": len(ok), "num_failed": len(errors)}))
+             "num_ok": num_ok, "num_failed": num_failed}))
         return summary
 
 

@@ -278,3 +278,28 @@ def test_small_files_are_read_in_groups_and_an_edited_file_regroups_only_its_own
     after = RunContext.resolve(load_config(None, args)).ingest_units()
     changed = [u for u in after if u["marker"] not in before]
     assert len(changed) == 1 and any(m["path"].endswith("d07.md") for m in changed[0]["members"])
+
+
+def test_a_unit_commits_its_documents_in_pieces_and_a_rerun_makes_the_same_shards(tmp_path, monkeypatch):
+    """A worker holds at most FLUSH_CHARS of documents: a unit larger than that commits several shards (named
+    after the unit and the piece), which a re-run of the unit rewrites under the same names."""
+    from ray_entigraph.stages import ingest
+
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(12):
+        (folder / f"d{i:02d}.md").write_text(f"{TEXT} Document number {i}.")
+    args = [f"input.path={folder}", f"output_dir={tmp_path}/run", "ingest.files_per_task=100"]
+    whole, _ = _ingest(*args)
+    monkeypatch.setattr(ingest, "FLUSH_CHARS", 3 * len(TEXT))  # a piece every three documents or so
+    args[1] = f"output_dir={tmp_path}/pieces"
+    (unit,) = RunContext.resolve(load_config(None, args)).ingest_units()
+    pieces, errors = _ingest(*args)
+    shards = sorted(p.name for p in (tmp_path / "pieces" / "documents").glob("p=*/*.parquet"))
+    assert errors == [] and len(shards) > len(list((tmp_path / "run" / "documents").glob("p=*/*.parquet")))
+    assert sorted(d["doc_id"] for d in pieces) == sorted(d["doc_id"] for d in whole) and len(pieces) == 12
+    marker = json.loads((tmp_path / "pieces" / "documents" / "_files" / f"{unit['marker']}.json").read_text())
+    assert marker["num_ok"] == 12
+    again, _ = _ingest(*args)  # the unit again (as after a crash before its marker): the same shards, no more
+    assert sorted(p.name for p in (tmp_path / "pieces" / "documents").glob("p=*/*.parquet")) == shards
+    assert len(again) == 12
