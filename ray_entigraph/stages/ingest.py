@@ -41,7 +41,7 @@ from ray_entigraph.stages.base import (
     summed_manifest_row,
     totals_from_summary,
 )
-from ray_entigraph.text.chunk import head_within, split_document, word_offsets
+from ray_entigraph.text.chunk import head_within, split_counted, word_offsets
 from ray_entigraph.text.identity import doc_id_for, neutralise_special_tokens, normalise_text
 
 log = logging.getLogger(__name__)
@@ -74,9 +74,9 @@ def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, coun
     if len(text) < min_chars:
         return [{**base, "doc_id": parent_id, "text": text,
                  "error": f"too short: {len(text)} characters < ingest.min_document_chars ({min_chars})"}]
-    chunks = split_document(text, max_tokens, token_offsets, count_tokens)
+    chunks = split_counted(text, max_tokens, token_offsets, count_tokens)
     rows = []
-    for i, chunk in enumerate(chunks):
+    for i, (chunk, num_tokens) in enumerate(chunks):
         # every chunk keeps the document's own title: prompts bind facts to the title questions use; the part
         # is in chunk_index / num_chunks
         rows.append({
@@ -86,7 +86,7 @@ def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, coun
             "parent_doc_id": parent_id,
             "chunk_index": i,
             "num_chunks": len(chunks),
-            "num_tokens": count_tokens(chunk),
+            "num_tokens": num_tokens,  # counted by the chunker: no tokenizer pass more
         })
     return rows
 

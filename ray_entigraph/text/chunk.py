@@ -20,19 +20,29 @@ _BOUNDARIES = (re.compile(r"\n\s*\n"), re.compile(r"[.!?][\"')\]\u201d\u2019]*\s
 
 
 def split_document(text: str, max_tokens: int, token_offsets: Offsets, count_tokens: Callable[[str], int]) -> list[str]:
-    """Chunks of `text` of at most `max_tokens` tokens each, in order, that together hold every character of it
-    but the whitespace at the cuts. `token_offsets(text)` gives each token's (start, end) characters: the text
-    is tokenized once, and each chunk is cut from the offsets, at the best boundary in the second half of the
-    window that fits (`_BOUNDARIES`), so the cost is linear in the text (re-tokenizing a growing chunk was
-    quadratic). Each chunk is counted once more with `count_tokens` (a piece of a text can tokenize
-    differently from the whole): a chunk over the limit is cut again, shorter."""
+    """The chunks of `split_counted`, without their counts."""
+    return [chunk for chunk, _ in split_counted(text, max_tokens, token_offsets, count_tokens)]
+
+
+def split_counted(text: str, max_tokens: int, token_offsets: Offsets,
+                  count_tokens: Callable[[str], int]) -> list[tuple[str, int]]:
+    """(chunk, its token count) of `text`, chunks of at most `max_tokens` tokens each, in order, that together
+    hold every character of it but the whitespace at the cuts. `token_offsets(text)` gives each token's
+    (start, end) characters: the text is tokenized once, and each chunk is cut from the offsets, at the best
+    boundary in the second half of the window that fits (`_BOUNDARIES`), so the cost is linear in the text
+    (re-tokenizing a growing chunk was quadratic). Each chunk is counted once more with `count_tokens` (a
+    piece of a text can tokenize differently from the whole): a chunk over the limit is cut again, shorter.
+    Offsets marked `exact` (a fast tokenizer's, `engines/hf.py:token_offsets`) count a text that fits as it
+    is: one tokenizer pass."""
     import bisect
 
     spans = token_offsets(text)
-    if len(spans) <= max_tokens and count_tokens(text) <= max_tokens:
-        return [text]
+    if len(spans) <= max_tokens:
+        n = len(spans) if getattr(token_offsets, "exact", False) else count_tokens(text)
+        if n <= max_tokens:
+            return [(text, n)]
     ends = [end for _, end in spans]
-    chunks: list[str] = []
+    chunks: list[tuple[str, int]] = []
     cut, i = 0, 0  # the chunk starts at character `cut`, inside or before token i
     while i < len(spans):
         budget = max_tokens
@@ -46,10 +56,11 @@ def split_document(text: str, max_tokens: int, token_offsets: Offsets, count_tok
             if budget == 1:  # one "token" of the offsets is over the limit (a slow tokenizer's word): by characters
                 end = cut + len(head_within(text[cut:end], max_tokens, count_tokens))
                 chunk = text[cut:end].strip()
+                n = count_tokens(chunk) if chunk else 0
                 break
             budget = max(1, budget - (n - max_tokens) - 1)
         if chunk:
-            chunks.append(chunk)
+            chunks.append((chunk, n))
         cut = end  # always past the last cut: the loop ends
         i = bisect.bisect_right(ends, cut)  # the first token that ends after the cut
     return chunks

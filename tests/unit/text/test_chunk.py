@@ -64,3 +64,23 @@ def test_a_piece_that_tokenizes_longer_than_its_offsets_is_cut_again():
     inflated = lambda s: count(s) + 5  # noqa: E731
     chunks = split_document(text, 50, word_offsets, inflated)
     assert all(inflated(c) <= 50 for c in chunks) and _squash("".join(chunks)) == _squash(text)
+
+
+def test_exact_offsets_count_a_text_that_fits_in_one_pass_and_chunks_come_with_their_counts():
+    from ray_entigraph.text.chunk import split_counted
+
+    calls = []
+
+    def count(text):
+        calls.append(text)
+        return len(text.split())
+
+    def exact(text):
+        return word_offsets(text)
+
+    exact.exact = True
+    assert split_counted("one two three", 10, exact, count) == [("one two three", 3)] and calls == []
+    assert split_counted("one two three", 10, word_offsets, count) == [("one two three", 3)] and len(calls) == 1
+    long = " ".join(f"w{i}" for i in range(25))
+    pieces = split_counted(long, 10, exact, count)
+    assert [n for _, n in pieces] == [count(c) for c, _ in pieces] and all(n <= 10 for _, n in pieces)
