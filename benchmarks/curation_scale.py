@@ -39,17 +39,11 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+from control_plane import rss_mb  # noqa: E402 - benchmarks/ is on the path above
+
 ROWS_PER_DOC = 10  # 5 entities: 10 pairs per document (no triplets, no summary)
 # 116 five-word shingles: a one-word edit is at Jaccard 0.92 to its original, two edits of one text 0.84
 WORDS_PER_ROW = 120
-
-
-def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def vocabulary(n: int = 5000) -> list[str]:

@@ -31,6 +31,7 @@ import pytest
 
 from ray_entigraph import schema
 from tests import stores
+from tests.procs import own_processes
 
 pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[2]
@@ -120,23 +121,7 @@ class FakeAutoscalingCluster:
 
     def _own_processes(self) -> list[int]:
         """Members of the head's session, anything naming our temp dir, and anything holding our token."""
-        token = f"RAY_AUTH_TOKEN={self.token}".encode()
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    session = int(f.read().rsplit(b")", 1)[1].split()[3])
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmdline = f.read()
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    environ = f.read()
-            except (OSError, ValueError, IndexError):
-                continue
-            if session == self._session or self.temp_dir.encode() in cmdline or token in environ.split(b"\0"):
-                pids.append(int(entry))
-        return pids
+        return own_processes({self._session}, self.temp_dir, self.token)
 
     def stop(self) -> None:
         for sig, grace in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 5.0)):

@@ -28,6 +28,7 @@ from ray_entigraph import schema, storage
 from ray_entigraph.ledger import read_run_state
 from ray_entigraph.train.metrics import read_metrics
 from tests import stores
+from tests.procs import own_processes
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the environment's bin: `ray`, `ray-entigraph`
@@ -144,23 +145,7 @@ class LocalRayCluster:
     def _own_processes(self) -> list[int]:
         """Our processes: members of the nodes' sessions, anything naming our temp dir, and job drivers and
         their watchers (Ray starts those in sessions of their own; they carry our token)."""
-        token = f"RAY_AUTH_TOKEN={self.token}".encode()
-        pids = []
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) == os.getpid():
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    session = int(f.read().rsplit(b")", 1)[1].split()[3])
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    cmdline = f.read()
-                with open(f"/proc/{entry}/environ", "rb") as f:
-                    environ = f.read()
-            except (OSError, ValueError, IndexError):
-                continue
-            if session in self._sessions or self.temp_dir.encode() in cmdline or token in environ.split(b"\0"):
-                pids.append(int(entry))
-        return pids
+        return own_processes(self._sessions, self.temp_dir, self.token)
 
     def stop(self) -> None:
         if self.dashboard_url:
