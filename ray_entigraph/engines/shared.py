@@ -126,8 +126,10 @@ class SharedEngine:
                     in_flight.clear()
                     continue
             for rid, res in finished:
-                call, i = in_flight.pop(rid, (None, 0))
-                if call is not None and call.error is None:  # None: added before its call failed to start
+                if rid not in in_flight:  # added before its call failed to start: nobody waits for it
+                    continue
+                call, i = in_flight.pop(rid)
+                if call.error is None:
                     call.deliver(i, res)
 
     def _generate_merged(self, calls: list[_Call]) -> None:
