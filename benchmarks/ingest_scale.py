@@ -58,6 +58,8 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 STATS_ENV = "BENCH_INGEST_STATS"  # the folder each ingest worker writes its counters to
 HERE_ENV = "BENCH_INGEST_HERE"  # where the workers import this file from
+sys.path.insert(0, HERE)
+from control_plane import rss_mb  # noqa: E402 - the benchmarks' one RSS reader, beside this file
 
 # -- generated inputs ---------------------------------------------------------------------------------------
 
@@ -172,18 +174,10 @@ def input_bytes(path: str) -> int:
 _COUNTERS: dict = {}
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 def _dump() -> None:
     c = _COUNTERS
     c["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    c["rss_mb"] = _rss_mb()
+    c["rss_mb"] = rss_mb()
     path = os.path.join(c["dir"], f"{os.getpid()}.json")
     with open(path + ".tmp", "w") as f:
         json.dump(c, f)
@@ -268,7 +262,7 @@ def install_counters(stats_dir: str) -> None:
     def timed_init(self, *a, **kw):
         t0 = time.perf_counter()
         init(self, *a, **kw)
-        _COUNTERS.update(ingest_worker=True, init_s=time.perf_counter() - t0, base_rss_mb=_rss_mb())
+        _COUNTERS.update(ingest_worker=True, init_s=time.perf_counter() - t0, base_rss_mb=rss_mb())
         _dump()
 
     def timed_call(self, batch):
@@ -278,7 +272,7 @@ def install_counters(stats_dir: str) -> None:
         finally:
             _COUNTERS["call_s"] += time.perf_counter() - t0
             _COUNTERS["units"] += 1
-            _COUNTERS["rss_after_unit_mb"].append(round(_rss_mb(), 1))
+            _COUNTERS["rss_after_unit_mb"].append(round(rss_mb(), 1))
             _dump()
 
     def timed_records(self, member):

@@ -4,6 +4,9 @@ stops its own nodes and never another Ray instance on the machine."""
 from __future__ import annotations
 
 import os
+import signal
+import time
+from collections.abc import Callable
 
 
 def own_processes(sessions: set[int], temp_dir: str, token: str) -> list[int]:
@@ -26,3 +29,16 @@ def own_processes(sessions: set[int], temp_dir: str, token: str) -> list[int]:
         if session in sessions or temp_dir.encode() in cmdline or marker in environ.split(b"\0"):
             pids.append(int(entry))
     return pids
+
+
+def stop_processes(find: Callable[[], list[int]], *, term_grace_s: float, poll_s: float) -> None:
+    """SIGTERM what `find` returns, wait up to `term_grace_s` for it to go, then SIGKILL what is left (5 s)."""
+    for sig, grace in ((signal.SIGTERM, term_grace_s), (signal.SIGKILL, 5.0)):
+        for pid in find():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + grace
+        while find() and time.time() < deadline:
+            time.sleep(poll_s)

@@ -215,7 +215,6 @@ def cross_partition_edges(batch: dict) -> dict:
     """Dedup pass 1b, one hash-partitioned block of (band, id) rows: every row of a bucket shares its block.
     Star edges to each bucket's smallest id, between rows of different partitions (a partition's own pairs
     were checked in pass 1)."""
-
     a, b = star_edges(batch["band"], batch["id"])
     other = (a >> ID_PARTITION_SHIFT) != (b >> ID_PARTITION_SHIFT)
     return {"a": a[other], "b": b[other]}

@@ -18,7 +18,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -31,7 +30,7 @@ import pytest
 
 from ray_entigraph import schema
 from tests import stores
-from tests.procs import own_processes
+from tests.procs import own_processes, stop_processes
 
 pytestmark = pytest.mark.timeout(300)
 REPO = Path(__file__).resolve().parents[2]
@@ -124,15 +123,7 @@ class FakeAutoscalingCluster:
         return own_processes({self._session}, self.temp_dir, self.token)
 
     def stop(self) -> None:
-        for sig, grace in ((signal.SIGTERM, 1.0), (signal.SIGKILL, 5.0)):
-            for pid in self._own_processes():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.time() + grace
-            while self._own_processes() and time.time() < deadline:
-                time.sleep(0.1)
+        stop_processes(self._own_processes, term_grace_s=1.0, poll_s=0.1)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 

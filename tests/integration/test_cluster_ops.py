@@ -28,7 +28,7 @@ from ray_entigraph import schema, storage
 from ray_entigraph.ledger import read_run_state
 from ray_entigraph.train.metrics import read_metrics
 from tests import stores
-from tests.procs import own_processes
+from tests.procs import own_processes, stop_processes
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the environment's bin: `ray`, `ray-entigraph`
@@ -152,15 +152,7 @@ class LocalRayCluster:
             for submission_id in self.submitted:
                 if self.job(submission_id).get("status") not in TERMINAL:
                     self.api(f"/api/jobs/{submission_id}/stop", method="POST")
-        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            for pid in self._own_processes():
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.time() + grace
-            while self._own_processes() and time.time() < deadline:
-                time.sleep(0.2)
+        stop_processes(self._own_processes, term_grace_s=5.0, poll_s=0.2)
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
