@@ -222,6 +222,12 @@ class ResourcesConfig(_Section):
         "unit's requests join the running batch (vLLM) or the next one (other engines), so the engine does not "
         "idle while a batch drains or the next unit is handed over. 2 to 4 on GPUs. An actor that dies charges an "
         "attempt to every unit it was running (resources.max_unit_attempts)."))
+    synthesize_while_extracting: bool = Field(True, description=(
+        "Plan and synthesize each extracted document in the same model actor right after its extraction "
+        "commits, so the model pool never waits between extract and synthesize (no second model load, and the "
+        "document is still in the engine's prefix cache). Applies with the entigraph augmenter, a model "
+        "extractor and no global budget (plan.max_tasks_total needs every extraction before the first task); "
+        "otherwise synthesis starts when extraction ends. The synthesize stage then does only what is left."))
     max_unit_attempts: int = Field(3, ge=1, le=100, description=(
         "Attempts of one unit of work (one model-actor call) whose actor dies while running it (out of memory, a "
         "segfault, a killed process); after that the unit's requests are recorded as failed with the reason, the "

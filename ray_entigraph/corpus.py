@@ -173,7 +173,7 @@ def capacity_histogram(batch: dict, *, corpus: Corpus) -> dict:
     """Partition ids -> {capacity: documents} histograms (JSON), summary counts and committed-task counts."""
     import json
 
-    hists, summaries, done, docs = [], [], [], []
+    hists, summaries, done, docs, missing = [], [], [], [], []
     for p in batch["partition"]:
         rows = planning_rows(corpus, int(p))
         hist: dict[int, int] = {}
@@ -184,9 +184,13 @@ def capacity_histogram(batch: dict, *, corpus: Corpus) -> dict:
         hists.append(json.dumps(hist))
         summaries.append(sum(bool(r.get("summary")) for r in rows) if corpus.entigraph else 0)
         docs.append(len(rows))
-        done.append(len(committed_keys(corpus.synthetic, int(p), "task_id")))
+        committed = committed_keys(corpus.synthetic, int(p), "task_id")
+        done.append(len(committed))
+        # without a global budget the plan is known here: the tasks it holds that are not committed (-1: unknown)
+        missing.append(-1 if corpus.config.plan.max_tasks_total is not None else len(
+            planned_task_ids(corpus, int(p), rows) - committed))
     return {"partition": batch["partition"], "histogram": hists, "summaries": summaries, "done": done,
-            "documents": docs}
+            "documents": docs, "missing": missing}
 
 
 def rank_buckets(batch: dict, *, corpus: Corpus, level: int, bucket: int | None) -> dict:

@@ -170,15 +170,17 @@ def _fault_kill_unit(store_url: str, unit: str) -> None:
 
 
 def run_unit(where: str, keys: list[str], max_attempts: int, work: Callable[[], T],
-             give_up: Callable[[str], T]) -> T:
+             give_up: Callable[[str], T], seen: dict | None = None) -> T:
     """Run one unit of work (`work()` commits it; `where`: the folder it commits to, `keys`: what it holds),
     unless its worker already died on it `max_attempts` times: then `give_up(reason)` records it as failed
-    (or raises), without running it."""
+    (or raises), without running it. `seen["attempt"]` is set to this attempt's number (1 the first time)."""
     import ray  # lazy: Ray loads only when a stage runs
 
     unit = storage.shard_name([where, *keys])
     counter = _attempt_counter()
     attempt = ray.get(counter.begin.remote(unit)) if counter is not None else 1
+    if seen is not None:
+        seen["attempt"] = attempt
     try:
         if attempt > max_attempts:
             return give_up(f"its worker died {attempt - 1} times while running it (out of memory, a crash or a "

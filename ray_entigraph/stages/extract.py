@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import time
 
+import pyarrow as pa
+
 from ray_entigraph import schema
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.corpus import extraction_counts, extraction_todo, seal_entities
@@ -59,29 +61,70 @@ def retry_sampling(base, attempt: int):
                       repetition_penalty=base.repetition_penalty)
 
 
+STREAM_UNITS_PER_SLOT = 2  # extraction units per actor slot below which synthesis waits for the plan instead
+
+
+def streams_synthesis(config: EntiGraphConfig) -> bool:
+    """Whether extraction's actors synthesize each document right after committing its entities
+    (`resources.synthesize_while_extracting`): only when a model extracts and no global budget waits for
+    every document's entities."""
+    return (config.resources.synthesize_while_extracting and config.synthesis.augmenter == "entigraph"
+            and config.extract.source == "model" and config.plan.max_tasks_total is None)
+
+
 class EntityExtractionWorker:
-    """Ray Data callable: documents -> entities rows, one committed shard per call."""
+    """Ray Data callable: documents -> entities rows, one committed shard per call; with `synthesis` (a
+    synthesis id), then the documents' synthesis on the same engine, committed as the synthesize stage would."""
 
     def __init__(self, config: EntiGraphConfig, prompts: PromptSet, constrained: bool, extraction: str,
-                 layout: Layout | None = None):
+                 layout: Layout | None = None, synthesis: str | None = None):
         self.config = worker_config(config)
         # extract.source=heuristic reads names from the document: no model to load
         self.engine = make_engine(self.config) if self.config.extract.source == "model" else None
         self.prompts = prompts
         self.constrained = constrained  # the request key says so too (RunContext.extraction_key)
-        self.store = (layout or Layout(config.output_dir, num_partitions=config.num_partitions)).entities(extraction)
+        layout = layout or Layout(config.output_dir, num_partitions=config.num_partitions)
+        self.store = layout.entities(extraction)
+        self.synthesizer = None
+        if synthesis is not None and self.engine is not None:
+            from ray_entigraph.stages.synthesize import RelationSynthesisWorker
+
+            self.synthesizer = RelationSynthesisWorker(config, prompts, synthesis, layout, engine=self.engine)
 
     def __call__(self, batch):
         docs = batch.select(["doc_id", "title", "text", "request_key"]).to_pylist()
-        return run_unit(self.store.url, [d["request_key"] for d in docs], self.config.resources.max_unit_attempts,
-                        lambda: self._run(docs), lambda reason: self._give_up(docs, reason))
+        out: dict = {}  # this call's own (several calls may run at once on one actor)
+        table = run_unit(self.store.url, [d["request_key"] for d in docs], self.config.resources.max_unit_attempts,
+                         lambda: self._run(docs, out), lambda reason: self._give_up(docs, reason), seen=out)
+        # A unit retried because its actor died may have died in the synthesis below: its documents are left to
+        # the synthesize stage, whose own attempt count bounds a unit that kills its actor every time.
+        if self.synthesizer is not None and out.get("rows") and out["attempt"] == 1:
+            table = self._synthesize(out["rows"], table)
+        return table
+
+    def _synthesize(self, rows: list[dict], table):
+        """The committed documents' task groups, planned exactly as the synthesize stage plans them (no budget;
+        nothing of these documents is committed yet, and a rerun rewrites the same shards), run in units of
+        resources.batch_size groups, each committed on its own. Their generated tokens are added to the
+        returned row, so progress shows all that the engine wrote."""
+        from ray_entigraph.planning import plan_groups
+
+        groups = [g for row in rows for g in plan_groups(row, config=self.config, prompts=self.prompts, budget=None,
+                                                          done=set())]
+        size, generated = self.config.resources.batch_size, 0
+        for i in range(0, len(groups), size):
+            generated += sum(self.synthesizer.run_groups(groups[i:i + size]).column("num_generated_tokens").to_pylist())
+        counts = table.column("num_generated_tokens").to_pylist()
+        counts[0] += generated
+        return table.set_column(table.schema.get_field_index("num_generated_tokens"), "num_generated_tokens",
+                                pa.array(counts, table.schema.field("num_generated_tokens").type))
 
     def _give_up(self, docs: list[dict], reason: str):
         errors = [error_row(schema.EXTRACT, d["request_key"], d["doc_id"], reason) for d in docs]
         return commit_partitioned(self.store, [], errors, row_schema=schema.ENTITIES, key_column="request_key",
                                   started=time.time(), stats=shard_identity(self.config, self.prompts.version))
 
-    def _run(self, docs: list[dict]):
+    def _run(self, docs: list[dict], out: dict | None = None):
         started = time.time()
         cfg = self.config.extract
         state = {d["doc_id"]: {"attempts": 0, "parsed": None, "raw": "", "dropped": 0} for d in docs}
@@ -151,8 +194,11 @@ class EntityExtractionWorker:
             else:
                 errors.append(error_row(schema.EXTRACT, d["request_key"], d["doc_id"],
                                         f"extraction failed after {st['attempts']} attempts: {st.get('reason')}"))
-        return commit_partitioned(self.store, rows, errors, row_schema=schema.ENTITIES, key_column="request_key",
-                                  started=started, usage=usage, stats=shard_identity(self.config, self.prompts.version))
+        table = commit_partitioned(self.store, rows, errors, row_schema=schema.ENTITIES, key_column="request_key",
+                                   started=started, usage=usage, stats=shard_identity(self.config, self.prompts.version))
+        if out is not None:
+            out["rows"] = rows
+        return table
 
 
 class Extract(Stage):
@@ -167,6 +213,16 @@ class Extract(Stage):
     def folder(self, ctx) -> str:
         return ctx.entities_store.stage
 
+    def streams(self, ctx, documents: int) -> bool:
+        """Whether this run's extraction actors synthesize too (`streams_synthesis`; the synthesize stage always
+        runs after this one, and does what is left): only when there are enough extraction units to keep every
+        actor's slots busy, since a unit's synthesis stays on the actor that extracted it (a few documents
+        synthesized from the plan instead spread over the whole pool)."""
+        res = ctx.config.resources
+        slots = res.max_actors * res.units_in_flight_per_actor
+        units = -(-documents // res.batch_size)
+        return streams_synthesis(ctx.config) and (slots == 1 or units >= STREAM_UNITS_PER_SLOT * slots)
+
     def plan(self, ctx) -> StagePlan:
         store, identity = ctx.entities_store, ctx.entities_identity
         summary = store.summary()
@@ -179,12 +235,14 @@ class Extract(Stage):
         todo = bounded_task(extraction_todo, "extraction planning")
         ds = partition_ids(store.num_partitions).map_batches(todo, fn_kwargs={"corpus": corpus}, batch_size=1,
                                                              num_cpus=PARTITION_TASK_CPUS)
-        return StagePlan(totals, dataset=ds if expected > done else None, units=expected - done, unit="documents")
+        return StagePlan(totals, dataset=ds if expected > done else None, units=expected - done, unit="documents",
+                         worker_args={"stream": self.streams(ctx, expected - done)})
 
     def apply(self, ctx, plan):
         return units_of_work(plan.dataset, ctx.config).map_batches(
             EntityExtractionWorker,
-            fn_constructor_args=(ctx.config, ctx.prompts, ctx.constrained_extraction, ctx.extraction_id, ctx.layout),
+            fn_constructor_args=(ctx.config, ctx.prompts, ctx.constrained_extraction, ctx.extraction_id, ctx.layout,
+                                 ctx.synthesis_id if plan.worker_args["stream"] else None),
             # extract.source=heuristic loads no model: CPU actors, never the model pool
             **(cpu_actor_kwargs(ctx.config, ctx.config.resources.batch_size)
                if ctx.config.extract.source == "heuristic" else model_actor_kwargs(ctx.config)))

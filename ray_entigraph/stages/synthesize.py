@@ -78,16 +78,20 @@ def relation_request(prompts: PromptSet, group: dict, task: dict, sampling) -> G
 class RelationSynthesisWorker:
     """Ray Data callable: a batch of task groups -> synthetic rows, one committed shard per call."""
 
-    def __init__(self, config: EntiGraphConfig, prompts: PromptSet, synthesis: str, layout: Layout | None = None):
+    def __init__(self, config: EntiGraphConfig, prompts: PromptSet, synthesis: str, layout: Layout | None = None,
+                 engine=None):
         self.config = worker_config(config)
-        self.engine = make_engine(self.config)
+        self.engine = engine if engine is not None else make_engine(self.config)  # the extractor's, when streamed
         self.prompts = prompts
         self.sampling = sampling_params(self.config.synthesis.sampling)
         self.sampling_json = json.dumps(self.config.synthesis.sampling.key(), sort_keys=True)
         self.store = (layout or Layout(config.output_dir, num_partitions=config.num_partitions)).synthetic(synthesis)
 
     def __call__(self, batch):
-        groups = batch.to_pylist()
+        return self.run_groups(batch.to_pylist())
+
+    def run_groups(self, groups: list[dict]):
+        """One unit of work: these task groups' rows committed as one shard (exactly once by task ids)."""
         tasks = [(t["task_id"], g["doc_id"]) for g in groups for t in g["tasks"]]
         return run_unit(self.store.url, [k for k, _ in tasks], self.config.resources.max_unit_attempts,
                         lambda: self._run(groups), lambda reason: self._give_up(tasks, reason))
@@ -161,7 +165,9 @@ class Synthesize(Stage):
         todo = bounded_task(synthesis_todo, "synthesis planning")
         ds = partition_ids(store.num_partitions).flat_map(todo, fn_kwargs={"corpus": corpus},
                                                           num_cpus=PARTITION_TASK_CPUS)
-        return StagePlan(totals, dataset=ds if expected else None, units=expected - done,
+        # nothing left (the extraction actors synthesized it all): no model actors started
+        nothing_left = expected == 0 or (budget is None and all(r["missing"] == 0 for r in counts))
+        return StagePlan(totals, dataset=None if nothing_left else ds, units=expected - done,
                          worker_args={"corpus": corpus})
 
     def _budget(self, ctx, corpus, counts: list[dict]) -> tuple[dict | None, int]:
