@@ -11,8 +11,10 @@ documents written straight into the committed layout (committed_layout.py: only 
 up), whose no-op resume and `status` are timed through the same proxy.
 
     .venv/bin/python benchmarks/control_plane.py [--sizes 10000 100000 1000000] [--fake-docs 10000000]
+        [--stream on|off|both]
 
-Prints `RESULT docs=<n> wall_s=... gap_s=<extraction's last commit to synthesis's first unit>
+Prints `RESULT docs=<n> stream=<on|off> wall_s=... gap_s=<extraction's last commit to synthesis's first unit;
+negative when synthesis streamed behind extraction> model_idle_s=<the gap when positive>
 driver_rss_growth_mb=... max_task_pickle_kb=... resume_noop_s=...
 status_s=... driver_requests=...` per size, `RESULT fake_docs=... resume_noop_s=... status_s=...`, and a
 final `RESULT rss_growth_mb=<largest minus smallest size> added_doc_ms=<wall per added document between the
@@ -117,8 +119,9 @@ def child(n: int, args) -> None:
     driver_proxy = LatencyProxy(upstream, args.delay_ms / 1000).start()
     tmp = tempfile.mkdtemp(prefix=f"bench-cp-{n}-")
     inputs = write_inputs(f"{tmp}/in", n, args.files)
-    out = f"s3://{args.bucket}/cp-{n}"
-    config = load_config(None, overrides(inputs, out, args.partitions))
+    out = f"s3://{args.bucket}/cp-{n}-{args.stream}"
+    config = load_config(None, [*overrides(inputs, out, args.partitions),
+                                f"resources.synthesize_while_extracting={args.stream == 'on'}"])
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"AWS_ENDPOINT_URL": workers_proxy.url}})
     _use_endpoint(driver_proxy.url)
@@ -138,7 +141,7 @@ def child(n: int, args) -> None:
     status_requests = driver_proxy.snapshot() - run_requests - resume_requests
     print(json.dumps({
         "docs": summary.num_documents, "synthetic_rows": summary.num_synthetic_rows, "wall_s": round(wall, 1),
-        "extract_to_synthesize_gap_s": round(stage_gap_s(RunContext.resolve(config)), 1),
+        "extract_to_synthesize_gap_s": round(stage_gap_s(RunContext.resolve(config)), 1), "stream": args.stream,
         "driver_rss_growth_mb": round(max(peak - base_rss, 0.0), 1), "driver_base_rss_mb": round(base_rss, 1),
         "max_task_pickle_kb": round(_shipped_kb(RunContext.resolve(config)), 1),
         "resume_noop_s": round(resume_s, 1), "status_s": round(status_s, 1),
@@ -204,6 +207,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=4, help="input files the documents are spread over")
     ap.add_argument("--delay-ms", type=float, default=20.0)
     ap.add_argument("--bucket", default="bench")
+    ap.add_argument("--stream", choices=("on", "off", "both"), default="on", help=(
+        "resources.synthesize_while_extracting; both: each size without, then with (side by side)"))
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--fake", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -233,14 +238,17 @@ def main() -> None:
         make_bucket = "import fsspec; fsspec.filesystem('s3').mkdir(" + repr(args.bucket) + ")"
         subprocess.run([sys.executable, "-c", make_bucket], env=env, check=True)
         results = []
-        for n in args.sizes:
-            proc = subprocess.run([sys.executable, __file__, "--child", str(n), *_passthrough(args)], env=env,
+        for n, stream in [(n, s) for n in args.sizes for s in (("off", "on") if args.stream == "both" else
+                                                                 (args.stream,))]:
+            proc = subprocess.run([sys.executable, __file__, "--child", str(n), *_passthrough(args, stream)], env=env,
                                   capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(f"run with {n} documents failed:\n{proc.stderr[-4000:]}")
             r = json.loads(proc.stdout.strip().splitlines()[-1])
-            results.append((n, r))
-            print(f"RESULT docs={n} wall_s={r['wall_s']} gap_s={r['extract_to_synthesize_gap_s']} "
+            if stream == args.stream or stream == "on":
+                results.append((n, r))
+            gap = r["extract_to_synthesize_gap_s"]
+            print(f"RESULT docs={n} stream={stream} wall_s={r['wall_s']} gap_s={gap} model_idle_s={max(gap, 0.0)} "
                   f"driver_rss_growth_mb={r['driver_rss_growth_mb']} "
                   f"max_task_pickle_kb={r['max_task_pickle_kb']} resume_noop_s={r['resume_noop_s']} "
                   f"status_s={r['status_s']} driver_requests={r['driver_requests']} "
@@ -248,7 +256,8 @@ def main() -> None:
                   f"worker_requests={r['worker_requests']}", flush=True)
             print(f"  detail {json.dumps(r)}", flush=True)
         if args.fake_docs:
-            proc = subprocess.run([sys.executable, __file__, "--fake", str(args.fake_docs), *_passthrough(args)],
+            proc = subprocess.run([sys.executable, __file__, "--fake", str(args.fake_docs),
+                                   *_passthrough(args, "on")],
                                   env=env, capture_output=True, text=True)
             if proc.returncode:
                 sys.exit(f"finished run of {args.fake_docs} documents failed:\n{proc.stderr[-4000:]}")
@@ -265,9 +274,9 @@ def main() -> None:
         moto.terminate()
 
 
-def _passthrough(args) -> list[str]:
+def _passthrough(args, stream: str) -> list[str]:
     return ["--partitions", str(args.partitions), "--files", str(args.files), "--delay-ms", str(args.delay_ms),
-            "--bucket", args.bucket]
+            "--bucket", args.bucket, "--stream", stream]
 
 
 if __name__ == "__main__":

@@ -57,7 +57,7 @@ def stage_totals(output_dir: str, stage: str, since: float | None = None, num_pa
     """Totals over a stage's commit markers (those committed at or after `since`, when given): a partitioned
     stage's from its summary or partition manifests (O(partitions) reads), another's from its markers."""
     totals = StageTotals(stage)
-    if stage.split("/")[0] in schema.STAGES:
+    if stage.split("/")[0] in schema.PARTITIONED_STAGES:
         t = Layout(output_dir, num_partitions=num_partitions).partitioned(stage).totals(since)
         for k in ("num_shards", "num_ok", "num_failed", "num_prompt_tokens", "num_cached_tokens",
                   "num_generated_tokens", "num_retries", "num_dropped"):

@@ -245,10 +245,14 @@ def curation_summary(ctx: RunContext) -> dict:
 
 
 def _judge_summary(ctx: RunContext) -> dict:
-    entries = ctx.layout.store(ctx.judge_stage).manifest_entries()
-    rated = sum(int(e.get("num_ok", 0)) for e in entries)
-    weighted = sum((e.get("mean_judge_score") or 0.0) * int(e.get("num_ok", 0)) for e in entries)
-    return {"judge_rated": rated, "judge_unrated": sum(int(e.get("num_failed", 0)) for e in entries),
-            "mean_judge_score": weighted / rated if rated else None}
+    """The judge's rated and unrated rows, summed over partitions by partition tasks (P small rows)."""
+    from ray_entigraph.stages.base import run_partition_tasks
+    from ray_entigraph.stages.judge import judge_summary
+
+    judged = ctx.layout.partitioned(ctx.judge_stage)
+    parts = run_partition_tasks(judged.num_partitions, judge_summary, judged=judged)
+    rated = sum(int(r["rated"]) for r in parts)
+    return {"judge_rated": rated, "judge_unrated": sum(int(r["unrated"]) for r in parts),
+            "mean_judge_score": sum(float(r["score"]) for r in parts) / rated if rated else None}
 
 

@@ -93,6 +93,7 @@ CURATED = pa.schema(
 
 # Model-based grounding check (curate.judge): one rating per synthetic row, one shard per synthetic shard.
 JUDGE = "judged"
+PARTITIONED_STAGES = (*STAGES, JUDGE)  # stage folders whose shards live in p=NNNNN/ partitions
 JUDGED = pa.schema(
     [
         ("task_id", pa.string()),

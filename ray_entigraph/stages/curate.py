@@ -29,6 +29,7 @@ from ray_entigraph.config import CurateConfig, EntiGraphConfig
 from ray_entigraph.corpus import Corpus, documents_by_id, synthetic_shards
 from ray_entigraph.layout import Layout, shard_basename
 from ray_entigraph.ledger import StageTotals
+from ray_entigraph.partitions import PartitionedStore
 from ray_entigraph.prompts import PromptSet, render
 from ray_entigraph.stages.base import (
     TASK_MAX_RETRIES,
@@ -39,6 +40,7 @@ from ray_entigraph.stages.base import (
     cpu_task_kwargs,
     error_row,
     items,
+    run_partition_tasks,
 )
 from ray_entigraph.stages.synthesize import prompt_values, template_for
 from ray_entigraph.text.dedup import (
@@ -112,28 +114,45 @@ class CurateJob:
     corpus: Corpus  # reads a partition's current documents
     stage: str  # curated/<id>
     layout: Layout  # where to commit (with the run's lease fence)
+    judged: PartitionedStore | None = None  # the judge's ratings (curate.judge), read partition by partition
 
 
-def partition_units(sources: list[tuple[str, dict]], judged: dict[str, list[str]] | None = None,
-                    only: set[str] | None = None) -> list[dict]:
-    """The units of a curate pass: one per partition, naming its synthetic shards and, with the judge, each
-    shard's judged files (read once by the driver's plan, so no task lists the judge's markers). Each shard
-    keeps its ordinal among all of its partition's shards (dedup's row ids) when `only` (URLs) picks some."""
+def partition_units(sources: list[tuple[str, dict]], only: set[str] | None = None) -> list[dict]:
+    """The units of a curate pass: one per partition, naming its synthetic shards. Each shard keeps its
+    ordinal among all of its partition's shards (dedup's row ids) when `only` (URLs) picks some."""
     by_partition: dict[int, list[dict]] = {}
     for url, entry in sources:
         shards = by_partition.setdefault(int(entry["partition"]), [])
-        shards.append({"url": url, "judged": (judged or {}).get(entry["shard"], []), "ordinal": len(shards)})
+        shards.append({"url": url, "ordinal": len(shards)})
     units = [{"partition": p, "shards": json.dumps([s for s in shards if only is None or s["url"] in only])}
              for p, shards in sorted(by_partition.items())]
     return [u for u in units if u["shards"] != "[]"]
 
 
-def _shard_scores(judged_files: list[str]) -> dict[str, float]:
+def partition_scores(judged: PartitionedStore | None, p: int) -> dict[str, float]:
+    """task id -> the judge's score, for partition p's rated rows (none without the judge)."""
     scores: dict[str, float] = {}
-    for url in judged_files:
-        table = storage.read_parquet(url, ["task_id", "judge_score"])
+    if judged is None:
+        return scores
+    part = judged.part(p)
+    urls = [storage.join(part.url, e["file"]) for e in part.manifest_entries() if e.get("rows", 0) > 0]
+    for table in storage.read_parquet_many(urls, ["task_id", "judge_score"]):
         scores.update(zip(table.column("task_id").to_pylist(), table.column("judge_score").to_pylist()))
     return scores
+
+
+def judge_rated_counts(batch: dict, *, corpus: Corpus, judged: PartitionedStore) -> dict:
+    """Partition ids -> {synthetic shard name: its rows the judge has rated} (JSON): a shard curated before the
+    judge rated more of its rows (a re-run after an outage) is curated again."""
+    out = []
+    for p in batch["partition"]:
+        rated = set(partition_scores(judged, int(p)))
+        counts = {}
+        for url in corpus.synthetic.shard_urls(int(p), corpus.synthetic_identity):
+            ids = storage.read_parquet(url, ["task_id"]).column("task_id").to_pylist()
+            counts[shard_basename(url)] = sum(t in rated for t in ids)
+        out.append(json.dumps(counts))
+    return {"partition": batch["partition"], "rated": out}
 
 
 class _PartitionDocuments:
@@ -186,8 +205,8 @@ def dedup_keys_batch(batch: dict, *, job: CurateJob) -> dict:
         p = int(p)
         docs = _PartitionDocuments(job.corpus, p)
         ids, sigs, task_ids = [], [], {}
+        scores = partition_scores(job.judged, p)
         for shard in json.loads(str(shards)):
-            scores = _shard_scores(shard["judged"])
             for i, (row, out, _, _) in enumerate(_curated_rows(shard["url"], job, docs, scores)):
                 if out is None:
                     continue
@@ -273,13 +292,15 @@ def commit_batch(batch: dict, *, job: CurateJob, dedup: dict | None = None) -> p
         p = int(p)
         docs = _PartitionDocuments(job.corpus, p)
         duplicates = _removals(dedup_folder(job), p, set(dedup["partitions"])) if dedup is not None else {}
+        scores = partition_scores(job.judged, p)
         for shard in json.loads(str(shards)):
             url = shard["url"]
             started = time.time()
             kept, dropped = [], []
             reasons = dict.fromkeys(DROP_CATEGORIES, 0)
-            scores = _shard_scores(shard["judged"])
+            rated = 0
             for i, (row, out, category, reason) in enumerate(_curated_rows(url, job, docs, scores)):
+                rated += row["task_id"] in scores
                 original = duplicates.get(row_id(p, int(shard["ordinal"]), i)) if out is not None else None
                 if original is not None:
                     category, reason, out = "duplicate", f"near-duplicate of {original}", None
@@ -289,7 +310,7 @@ def commit_batch(batch: dict, *, job: CurateJob, dedup: dict | None = None) -> p
                 else:
                     kept.append(out)
             name = shard_basename(url)
-            stats = {"source_shard": name, "num_dropped": len(dropped), "judge_rated": len(scores),
+            stats = {"source_shard": name, "num_dropped": len(dropped), "judge_rated": rated,
                      **{f"num_dropped_{k}": v for k, v in reasons.items()},
                      "num_sentences_dropped": sum(r["num_sentences_dropped"] for r in kept),
                      "mean_grounding": (sum(r["grounding"] for r in kept) / len(kept)) if kept else None}
@@ -324,27 +345,24 @@ class Curate(Stage):
 
     def plan(self, ctx) -> StagePlan:
         stage = self.folder(ctx)
-        sources = synthetic_shards(ctx.corpus())
-        judged = None  # with the judge: each synthetic shard's judged files, from one read of its markers
+        corpus = ctx.corpus()
+        sources = synthetic_shards(corpus)
+        judged = ctx.layout.partitioned(ctx.judge_stage) if ctx.config.curate.judge else None
         rated = None  # a shard curated before the judge rated more of its rows (a re-run after an outage) is redone
-        if ctx.config.curate.judge:
-            judge_store = storage.StageStore(ctx.config.output_dir, ctx.judge_stage)
-            judged, rated = {}, {}
-            for e in judge_store.manifest_entries():
-                shard = e.get("source_shard")
-                rated[shard] = int(e.get("num_ok", 0))
-                if e.get("rows"):
-                    judged.setdefault(shard, []).append(storage.join(judge_store.url, e["file"]))
+        if judged is not None:
+            rated = {}
+            for r in run_partition_tasks(judged.num_partitions, judge_rated_counts, corpus=corpus, judged=judged):
+                rated.update(json.loads(r["rated"]))
         done = {e.get("source_shard") for e in storage.StageStore(ctx.config.output_dir, stage).manifest_entries()
                 if rated is None or int(e.get("judge_rated", -1)) == rated.get(e.get("source_shard"), 0)}
         todo = [(u, e) for u, e in sources if shard_basename(u) not in done]
         totals = StageTotals(stage, expected=len(sources), done_before=len(sources) - len(todo))
         if not todo:
             return StagePlan(totals)
-        job = CurateJob(ctx.config, ctx.prompts, ctx.corpus(), stage, ctx.layout)
-        units = partition_units(sources, judged, only={u for u, _ in todo})
+        job = CurateJob(ctx.config, ctx.prompts, corpus, stage, ctx.layout, judged)
+        units = partition_units(sources, only={u for u, _ in todo})
         return StagePlan(totals, dataset=items(units), units=len(todo), unit="shards", per_row_units=1,
-                         worker_args={"job": job, "sources": partition_units(sources, judged), "tasks": len(units),
+                         worker_args={"job": job, "sources": partition_units(sources), "tasks": len(units),
                                       "rows": sum(int(e.get("rows", 0)) for _, e in sources)})
 
     def apply(self, ctx, plan):

@@ -195,7 +195,8 @@ class EntityExtractionWorker:
                 errors.append(error_row(schema.EXTRACT, d["request_key"], d["doc_id"],
                                         f"extraction failed after {st['attempts']} attempts: {st.get('reason')}"))
         table = commit_partitioned(self.store, rows, errors, row_schema=schema.ENTITIES, key_column="request_key",
-                                   started=started, usage=usage, stats=shard_identity(self.config, self.prompts.version))
+                                   started=started, usage=usage,
+                                   stats=shard_identity(self.config, self.prompts.version))
         if out is not None:
             out["rows"] = rows
         return table

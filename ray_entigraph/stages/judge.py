@@ -7,17 +7,18 @@ Engines that decode under a JSON schema (vLLM, OpenAI-compatible servers) are he
 others get a "Rating: " prefill and the first digit from 1 to 5 of the answer. An answer with no rating is
 recorded in the errors table with the answer itself, never guessed.
 
-One judged shard per synthetic shard, committed with the same protocol as every stage, under
-`output_dir/judged/<judge id>/`; the judge id hashes the judge model, its prompt version and whether the
-answer was constrained, so another judge never reuses these ratings. The curate stage reads them by
-synthetic shard name.
+Keyed by row like the other model stages: judged rows are committed with the same protocol, into the
+partition of their document, under `output_dir/judged/<judge id>/p=NNNNN/`; each partition's plan is an
+anti-join of its current synthetic rows against the task ids this judge has settled (rated, or failed for a
+reason about the row itself); rows that failed for an outage or a dead actor are asked again. The judge id
+hashes the judge model, its prompt version and whether the answer was constrained, so another judge never
+reuses these ratings. The curate stage reads a partition's ratings beside its synthetic rows.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
 import time
 
 import pyarrow as pa
@@ -25,22 +26,25 @@ import pyarrow as pa
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
 from ray_entigraph.context import JUDGE_SAMPLING_FIELDS
-from ray_entigraph.corpus import Corpus, documents_by_id, synthetic_shards
+from ray_entigraph.corpus import Corpus, committed_keys, documents_by_id
 from ray_entigraph.engines import GenerationRequest, GenerationResult, SamplingParams, make_engine
-from ray_entigraph.layout import Layout, shard_basename
 from ray_entigraph.ledger import StageTotals
+from ray_entigraph.partitions import PartitionedStore, partition_of
 from ray_entigraph.prompts import ChatTemplate, render, render_chat
 from ray_entigraph.stages.base import (
-    USAGE_FIELDS,
+    PARTITION_TASK_CPUS,
     Stage,
     StagePlan,
     Usage,
-    commit_unit,
+    bounded_task,
+    commit_partitioned,
     error_row,
-    items,
-    manifest_row_table,
     model_actor_kwargs,
+    partition_ids,
+    run_partition_tasks,
     run_unit,
+    summed_manifest_row,
+    units_of_work,
     worker_config,
 )
 
@@ -94,96 +98,150 @@ def judged_row(row: dict, result: GenerationResult, model: str, prompt_version: 
             "num_generated_tokens": result.num_generated_tokens}, None
 
 
-def partition_documents(corpus: Corpus, partition: int, cache: dict) -> dict[str, dict]:
-    """doc_id -> document row of one partition's current documents, read once per partition (`cache` holds the
-    last partition read: the judge's units come in partition order)."""
-    with cache.setdefault("lock", threading.Lock()):  # an actor may run several units at once
-        if cache.get("partition") != partition:
-            cache["docs"] = documents_by_id(corpus, partition)
-            cache["partition"] = partition
-        return cache["docs"]
+# -- planning tasks (workers, one partition each) ------------------------------------------------------
+
+
+def judged_keys(judged: PartitionedStore, p: int) -> tuple[set[str], set[str]]:
+    """(settled, retry) task ids of partition p: settled are rated, or failed for a reason about the row itself
+    (an answer without a rating, a prompt the engine refuses, a row whose document is gone: the judge decodes
+    greedily, so asking again would answer the same); retry failed for a reason that says nothing about the
+    row (an outage, a dead actor) and are asked again."""
+    entries = judged.part(p).manifest_entries()
+    rated = committed_keys(judged, p, "task_id")
+    settled = rated.union(*(e.get("settled_keys") or [] for e in entries))
+    retry = set().union(*(e.get("retry_keys") or [] for e in entries)) - settled
+    return settled, retry
+
+
+def current_rows(corpus: Corpus, p: int, columns: list[str]):
+    """Partition p's current synthetic rows (every shard of the synthesis identity, as curation reads them),
+    each task once."""
+    seen: set[str] = set()
+    for url in corpus.synthetic.shard_urls(p, corpus.synthetic_identity):
+        for row in storage.read_parquet(url, columns).to_pylist():
+            if row["task_id"] not in seen:
+                seen.add(row["task_id"])
+                yield row
+
+
+def judge_counts(batch: dict, *, corpus: Corpus, judged: PartitionedStore) -> dict:
+    """Partition ids -> current synthetic rows and those not settled by the judge yet."""
+    rows, todo = [], []
+    for p in batch["partition"]:
+        settled, _ = judged_keys(judged, int(p))
+        keys = [r["task_id"] for r in current_rows(corpus, int(p), ["task_id"])]
+        rows.append(len(keys))
+        todo.append(sum(k not in settled for k in keys))
+    return {"partition": batch["partition"], "rows": rows, "todo": todo}
+
+
+def judge_todo(row: dict, *, corpus: Corpus, judged: PartitionedStore, group_size: int) -> list[dict]:
+    """Ray Data flat_map: one partition id -> its rows not settled by the judge, in groups of one document
+    (which carry the document once: its requests share the long prefix). A row whose document is gone has a
+    group with no document; `retry` marks the rows asked again."""
+    p = int(row["partition"])
+    settled, retry = judged_keys(judged, p)
+    by_doc: dict[str, list[dict]] = {}
+    for r in current_rows(corpus, p, ["task_id", "doc_id", "text"]):
+        if r["task_id"] not in settled:
+            by_doc.setdefault(r["doc_id"], []).append({"task_id": r["task_id"], "text": r["text"],
+                                                       "retry": r["task_id"] in retry})
+    docs = documents_by_id(corpus, p) if by_doc else {}
+    groups = []
+    for doc_id in sorted(by_doc):
+        doc = docs.get(doc_id)
+        rows = by_doc[doc_id]
+        groups += [{"partition": p, "doc_id": doc_id, "title": (doc or {}).get("title") or "",
+                    "document": doc["text"] if doc else None, "rows": rows[i:i + group_size]}
+                   for i in range(0, len(rows), group_size)]
+    return groups
+
+
+def judge_summary(batch: dict, *, judged: PartitionedStore) -> dict:
+    """Partition ids -> rows rated, their summed scores, and rows without a rating (asked again or not)."""
+    rated, score, unrated = [], [], []
+    for p in batch["partition"]:
+        entries = judged.part(int(p)).manifest_entries()
+        ok = sum(int(e.get("num_ok", 0)) for e in entries)
+        rated.append(ok)
+        score.append(sum((e.get("mean_judge_score") or 0.0) * int(e.get("num_ok", 0)) for e in entries))
+        # a row that failed, then was asked again, is counted once by the unit that asked it again
+        unrated.append(sum(int(e.get("num_failed", 0)) - int(e.get("num_retried", 0)) for e in entries))
+    return {"partition": batch["partition"], "rated": rated, "score": score, "unrated": unrated}
 
 
 # -- Ray Data callable ---------------------------------------------------------------------------------
 
 
 class JudgeWorker:
-    """Ray Data callable on an actor pool: synthetic shard URLs -> one committed judged shard each."""
+    """Ray Data callable on an actor pool: groups of one document's synthetic rows -> judged rows, committed
+    into the rows' partitions as one unit of work (exactly once by task id, like the other model stages)."""
 
     def __init__(self, config: EntiGraphConfig, template: ChatTemplate, prompt_version: str, constrained: bool,
-                 stage: str, corpus: Corpus, layout: Layout | None = None):
+                 store: PartitionedStore):
         self.config = worker_config(config)  # the judge's config (context.judge_config)
         self.template, self.prompt_version, self.constrained = template, prompt_version, constrained
         self.engine = make_engine(self.config)
-        self.corpus, self._documents = corpus, {}  # documents read per partition, the last one kept
-        self.store = (layout or Layout(config.output_dir)).store(stage)
+        self.store = store
 
-    def __call__(self, batch: dict):
-        return pa.concat_tables([
-            run_unit(self.store.url, [str(item["url"])], self.config.resources.max_unit_attempts,
-                     lambda item=item: self._judge_shard(item),
-                     lambda reason, item=item: self._judge_shard(item, give_up=reason))
-            for item in (dict(zip(batch, values)) for values in zip(*batch.values()))])
+    def __call__(self, batch):
+        groups = batch.to_pylist()
+        keys = [r["task_id"] for g in groups for r in g["rows"]]
+        return run_unit(self.store.url, keys, self.config.resources.max_unit_attempts, lambda: self._run(groups),
+                        lambda reason: self._run(groups, give_up=reason))
 
-    def _judge_shard(self, item: dict, give_up: str | None = None) -> pa.Table:
-        """Rate a synthetic shard's rows (`item["url"]`). On a re-run after transient failures, `item` names the
-        judged shard's earlier marker: its rated rows and its other failures are kept as they are, and only the
-        rows it lists as retryable are sent again; its engine usage is carried over."""
+    def _run(self, groups: list[dict], give_up: str | None = None) -> pa.Table:
         started = time.time()
-        url, before = str(item["url"]), json.loads(str(item["before"]) or "{}")
-        rows = storage.read_parquet(url, ["task_id", "doc_id", "text"]).to_pylist()
-        judged = storage.read_parquet(storage.join(self.store.url, before["file"])).to_pylist() if before else []
-        errors = []
-        if before:
-            retry = set(before.get("retry_keys") or [])
-            rows = [r for r in rows if r["task_id"] in retry]
-            if before.get("error_file"):
-                errors = [e for e in storage.read_parquet(storage.join(self.config.output_dir, before["error_file"]))
-                          .to_pylist() if e["request_key"] not in retry]
-        kept = len(judged)
-        docs = partition_documents(self.corpus, int(item["partition"]), self._documents) if give_up is None else {}
-        requests, by_key, retry_keys = [], {}, []
-        for row in rows:
-            if give_up is not None:  # its actor died on it: a re-run asks again
-                errors.append(error_row(schema.JUDGE, row["task_id"], row["doc_id"], give_up))
-                retry_keys.append(row["task_id"])
-                continue
-            if row["doc_id"] not in docs:
-                errors.append(error_row(schema.JUDGE, row["task_id"], row["doc_id"],
-                                        "source document not found among the current input's documents"))
-                continue
-            requests.append(judge_request(self.template, row, docs[row["doc_id"]], constrained=self.constrained))
-            by_key[row["task_id"]] = row
-        usage = Usage(**{k: int(before.get(k, 0)) for k in USAGE_FIELDS})
+        judged, errors, requests, by_key = [], [], [], {}
+        retry_keys, settled_keys = set(), set()
+        for group in groups:
+            for row in group["rows"]:
+                row = {**row, "doc_id": group["doc_id"]}
+                if give_up is not None:  # its actor died on it: a re-run asks again
+                    errors.append(error_row(schema.JUDGE, row["task_id"], row["doc_id"], give_up))
+                    retry_keys.add(row["task_id"])
+                elif group["document"] is None:
+                    errors.append(error_row(schema.JUDGE, row["task_id"], row["doc_id"],
+                                            "source document not found among the current input's documents"))
+                    settled_keys.add(row["task_id"])
+                else:
+                    requests.append(judge_request(self.template, row, {"title": group["title"],
+                                                                       "text": group["document"]},
+                                                  constrained=self.constrained))
+                    by_key[row["task_id"]] = row
+        usage = Usage()
         for result in self.engine.generate(requests) if requests else []:
             usage.add(result)
             row = by_key[result.key]
             out, reason = judged_row(row, result, self.engine.model_name, self.prompt_version)
             if out is None:
                 errors.append(error_row(schema.JUDGE, row["task_id"], row["doc_id"], reason or "no rating"))
-                if result.transient:  # an outage, not an answer: a re-run asks again
-                    retry_keys.append(row["task_id"])
+                # an outage, not an answer: a re-run asks again; an answer without a rating is kept as it is
+                (retry_keys if result.transient else settled_keys).add(row["task_id"])
             else:
                 judged.append(out)
-        name = shard_basename(url)
-        mean = (sum(r["judge_score"] for r in judged) / len(judged)) if judged else None
-        table = commit_unit(self.store, judged, errors, row_schema=schema.JUDGED, key_column=None, started=started,
-                            usage=usage, stats={"source_shard": name, "mean_judge_score": mean,
-                                                "num_retryable": len(retry_keys), "retry_keys": retry_keys},
-                            name_keys=[name, self.store.stage])
-        if not before:
-            return table
-        # what this call did: the rows it rated and the ones still failing of those it asked again
-        row = table.to_pylist()[0]
-        row.update(num_ok=len(judged) - kept, num_failed=len(rows) - (len(judged) - kept))
-        for k in USAGE_FIELDS:
-            row[k] -= int(before.get(k, 0))
-        return manifest_row_table([row])
+        retried = {r["task_id"] for g in groups for r in g["rows"] if r.get("retry")}
+        parts: dict[int, tuple[list[dict], list[dict]]] = {}
+        for r in judged:
+            parts.setdefault(partition_of(r["doc_id"], self.store.num_partitions), ([], []))[0].append(r)
+        for e in errors:
+            parts.setdefault(partition_of(e["doc_id"], self.store.num_partitions), ([], []))[1].append(e)
+        entries = []
+        for i, (_, (ok, failed)) in enumerate(sorted(parts.items())):  # each partition's marker: its own keys
+            keys = {r["task_id"] for r in ok} | {e["request_key"] for e in failed}
+            stats = {"mean_judge_score": (sum(r["judge_score"] for r in ok) / len(ok)) if ok else None,
+                     "retry_keys": sorted(retry_keys & keys), "settled_keys": sorted(settled_keys & keys),
+                     "num_retried": len(retried & keys)}
+            entries.append(commit_partitioned(self.store, ok, failed, row_schema=schema.JUDGED, key_column="task_id",
+                                              started=started, usage=usage if i == 0 else None,
+                                              stats=stats).to_pylist()[0])
+        return summed_manifest_row(entries)
 
 
 class Judge(Stage):
-    """Driver half: every committed synthetic shard not judged yet by this judge, or judged while the engine
-    failed on some of its rows (those rows are sent again), one unit of work each."""
+    """Driver half: per partition, on the workers, the current synthetic rows this judge has not settled (an
+    anti-join inside the partition: rated rows and rows failed for a reason about themselves), grouped by
+    document and run on the judge's model actors. The driver holds P small rows, never a row or a shard name."""
 
     name = schema.JUDGE
 
@@ -194,25 +252,20 @@ class Judge(Stage):
         return ctx.judge_stage
 
     def plan(self, ctx) -> StagePlan:
-        store = storage.StageStore(ctx.config.output_dir, self.folder(ctx))
-        sources = synthetic_shards(ctx.corpus())
-        judged = {e.get("source_shard"): e for e in store.manifest_entries()}
-        # a shard is judged unless some of its rows failed for a reason that says nothing about them (an outage,
-        # a dead actor): those are sent again, the rest of the shard kept. An answer without a rating, a prompt
-        # the engine refuses, or a row whose document is gone is not asked again (the judge decodes greedily).
-        todo = [(url, e, judged.get(e["shard"])) for url, e in sources
-                if e["shard"] not in judged or int(judged[e["shard"]].get("num_retryable", 0))]
-        expected = sum(int(e.get("rows", 0)) for _, e in sources)
-        left = sum(int(j["num_retryable"]) if j else int(e.get("rows", 0)) for _, e, j in todo)
-        totals = StageTotals(self.name, expected=expected, done_before=expected - left)
+        judged, corpus = ctx.layout.partitioned(ctx.judge_stage), ctx.corpus()
+        counts = run_partition_tasks(judged.num_partitions, judge_counts, corpus=corpus, judged=judged)
+        expected, todo = sum(r["rows"] for r in counts), sum(r["todo"] for r in counts)
+        totals = StageTotals(self.name, expected=expected, done_before=expected - todo)
         if not todo:
             return StagePlan(totals)
-        return StagePlan(totals, units=left, dataset=items([  # in partition order: an actor reads each partition once
-            {"url": url, "partition": e["partition"], "before": json.dumps(j) if j else ""} for url, e, j in todo]))
+        plan = bounded_task(judge_todo, "judge planning")
+        ds = partition_ids(judged.num_partitions).flat_map(
+            plan, fn_kwargs={"corpus": corpus, "judged": judged, "group_size": ctx.config.plan.tasks_per_group},
+            num_cpus=PARTITION_TASK_CPUS)
+        return StagePlan(totals, dataset=ds, units=todo, worker_args={"judged": judged})
 
     def apply(self, ctx, plan):
-        kwargs = model_actor_kwargs(ctx.judge_config)
-        kwargs.update(batch_size=1, batch_format="numpy")  # one synthetic shard per call = one judged shard
         args = (ctx.judge_config, ctx.judge_template(), ctx.judge_prompts.version, ctx.constrained_judge,
-                self.folder(ctx), ctx.corpus(), ctx.layout)
-        return plan.dataset.map_batches(JudgeWorker, fn_constructor_args=args, **kwargs)
+                plan.worker_args["judged"])
+        return units_of_work(plan.dataset, ctx.judge_config).map_batches(
+            JudgeWorker, fn_constructor_args=args, **model_actor_kwargs(ctx.judge_config))

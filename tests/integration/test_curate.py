@@ -116,9 +116,9 @@ def test_judge_rates_every_row_or_records_why_and_curate_filters_on_it(ray_local
     _commit(config, rows, "shard0")
     ctx = RunContext.resolve(config)
     totals = run_stage(Judge(), ctx)
-    judged = storage.StageStore(str(out), ctx.judge_stage)
-    rated = {r["task_id"]: r for r in judged.read(schema=schema.JUDGED).to_pylist()}
-    failed = {r["request_key"]: r["error"] for u in judged.error_urls() for r in pq.read_table(u).to_pylist()}
+    judged = ctx.layout.partitioned(ctx.judge_stage)  # in partitions, keyed by row like the other model stages
+    rated = {r["task_id"]: r for r in judged.read_all()}
+    failed = {r["request_key"]: r["error"] for u in judged.all_error_urls() for r in pq.read_table(u).to_pylist()}
     assert set(rated) | set(failed) == {r["task_id"] for r in rows} and not set(rated) & set(failed)
     assert totals.num_ok == len(rated) and totals.num_failed == len(failed) and totals.num_prompt_tokens > 0
     assert failed["t4-orphan"].startswith("source document not found")
@@ -198,7 +198,8 @@ def test_a_judge_outage_then_a_rerun_rates_every_row_once(ray_local, tiny_model_
     config = load_config(None, [f"input.path={small_corpus}", f"output_dir={out}", f"model.name={tiny_model_dir}",
                                 "engine.kind=openai", f"engine.openai.base_url={stand_in.url}",
                                 "engine.openai.max_retries=0", "curate.enabled=true", "curate.judge=true",
-                                "curate.min_judge_score=0.5", "curate.min_chars=10", "max_error_fraction=1.0"])
+                                "curate.min_judge_score=0.5", "curate.min_chars=10", "max_error_fraction=1.0",
+                                "resources.batch_size=1"])  # one document's rows per unit of work
     try:
         synthesize(config, ingest_only=True)
         docs = stores.rows(out, schema.INGEST)
@@ -208,7 +209,7 @@ def test_a_judge_outage_then_a_rerun_rates_every_row_once(ray_local, tiny_model_
             _commit(config, rows[d::2], f"doc{d}")
         expected = {r["task_id"] for r in rows}
         ctx = RunContext.resolve(config)
-        stand_in.failing = 2  # the first shard judged (one shard per call, one actor) loses 2 of its 3 rows
+        stand_in.failing = 2  # the first unit judged (one document per call, one actor) loses 2 of its 3 rows
         first = run_stage(Judge(), ctx)
         assert first.num_ok == 4 and first.num_failed == 2  # the outage: 2 rows unrated
         run_stage(Curate(), ctx)
@@ -218,8 +219,7 @@ def test_a_judge_outage_then_a_rerun_rates_every_row_once(ray_local, tiny_model_
 
         second = run_stage(Judge(), ctx)  # the judge is back: the re-run asks exactly the unrated rows
         assert second.num_ok == 2 and second.num_failed == 0 and second.num_shards == 1
-        judged = storage.StageStore(str(out), ctx.judge_stage)
-        rated = [r["task_id"] for r in judged.read(schema=schema.JUDGED).to_pylist()]
+        rated = [r["task_id"] for r in ctx.layout.partitioned(ctx.judge_stage).read_all()]
         assert sorted(rated) == sorted(expected), "a row lost or rated twice"
         assert set(stand_in.answered) == expected and set(stand_in.answered.values()) == {1}
         assert run_stage(Judge(), ctx).num_shards == 0  # nothing left to rate
