@@ -75,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="count documents and tokens, estimate requests, tokens and cost; start no model")
     p.add_argument("--assume-entities", type=int, default=15, metavar="N",
                    help="dry run: entities per document where none were extracted yet (default 15)")
+    p.add_argument("--sample", type=float, metavar="FRACTION",
+                   help="dry run: read only this seeded share of the input (e.g. 0.01) and scale the counts up: an "
+                   "estimate for a corpus too large to read whole")
     p.add_argument("--json", action="store_true", help="dry run: machine-readable output")
 
     p = sub.add_parser("validate", help="check a config (and its inputs) without starting anything",
@@ -189,11 +192,12 @@ def cmd_synthesize(args) -> int:
     if args.dry_run:
         from ray_entigraph.estimate import dry_run  # lazy: --help stays fast (pulls in the stages, pyarrow, fsspec)
 
-        est = dry_run(config, args.assume_entities)
+        est = dry_run(config, args.assume_entities, sample=args.sample)
         if args.json:
             print(json.dumps(est, indent=2, sort_keys=True))
         else:
-            print("ray-entigraph synthesize --dry-run (no model started)")
+            print("ray-entigraph synthesize --dry-run (no model started)" + (
+                f"; estimated from a {args.sample:g} sample of the input" if args.sample else ""))
             for key, value in est.items():
                 shown = "-" if value is None else (f"{value:,.4f}" if isinstance(value, float) else f"{value:,}")
                 print(f"  {key:<36} {shown}")

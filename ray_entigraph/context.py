@@ -152,6 +152,10 @@ class RunContext:
                 self._file_sizes[fid] = int(identity[1] or 0)
         return self._file_ids
 
+    def file_sizes(self) -> list[tuple[str, str, int]]:
+        """(url, format, size in bytes) of every input file, in listing order."""
+        return [(url, fmt, self._file_sizes[fid]) for url, fmt, fid in self.file_ids()]
+
     def ingest_units(self) -> list[dict]:
         """The units of ingest work, each {"marker", "members"}: a JSON Lines or Parquet file larger than
         ingest.bytes_per_task is one unit per byte range of it (member `piece` i of `pieces`, bytes [start,

@@ -186,9 +186,10 @@ def capacity_histogram(batch: dict, *, corpus: Corpus) -> dict:
         docs.append(len(rows))
         committed = committed_keys(corpus.synthetic, int(p), "task_id")
         done.append(len(committed))
-        # without a global budget the plan is known here: the tasks it holds that are not committed (-1: unknown)
-        missing.append(-1 if corpus.config.plan.max_tasks_total is not None else len(
-            planned_task_ids(corpus, int(p), rows) - committed))
+        # without a global budget the plan is known here: the tasks it holds that are not committed (-1: unknown,
+        # or obviously some: nothing committed yet; only a partition synthesized while extracting is counted)
+        missing.append(0 if not rows else -1 if corpus.config.plan.max_tasks_total is not None or not committed
+                       else len(planned_task_ids(corpus, int(p), rows) - committed))
     return {"partition": batch["partition"], "histogram": hists, "summaries": summaries, "done": done,
             "documents": docs, "missing": missing}
 

@@ -119,7 +119,8 @@ def estimate_synthesis(
         caps = {d: task_capacity(entity_counts[d], max_pairs, max_triplets) for d in doc_tokens}
         n_rel = allocate_budget(caps, budget)
         n_extract = len(doc_tokens)
-    prompt = sum(n_rel[d] * (t + relation_overhead) for d, t in doc_tokens.items())
+    relation_prompt = sum(n_rel[d] * (t + relation_overhead) for d, t in doc_tokens.items())
+    prompt = relation_prompt
     if n_extract:
         prompt += sum(t + extract_overhead for t in doc_tokens.values())
     return {
@@ -128,5 +129,7 @@ def estimate_synthesis(
         "num_extract_requests": n_extract,
         "num_relation_requests": sum(n_rel.values()),
         "num_prompt_tokens": prompt,
+        "relation_prompt_tokens": relation_prompt,
         "max_generated_tokens": n_extract * extract_max_new + sum(n_rel.values()) * relation_max_new,
+        "relation_max_generated_tokens": sum(n_rel.values()) * relation_max_new,
     }
