@@ -40,6 +40,23 @@ class InputConfig(_Section):
         "Column holding the document title; the file name is used for text files."))
     max_documents: int | None = Field(None, ge=1, description=(
         "Read at most this many documents (for trials); None reads all."))
+    where: list[str] = Field(default_factory=list, description=(
+        "Keep only records whose columns satisfy every condition, checked at ingest before any model call: "
+        "`column op value` with op one of == != >= <= > < in `not in`, value JSON or a bare word, e.g. "
+        "['language == en', 'score >= 3']. A record without a named column is recorded as an error; records "
+        "left out are counted (`num_filtered` in documents/_files/ markers)."))
+
+    @field_validator("where")
+    @classmethod
+    def _conditions_parse(cls, value: list[str]) -> list[str]:
+        from ray_entigraph.text.conditions import parse_condition
+
+        for text in value:
+            try:
+                parse_condition(text)
+            except ValueError as exc:
+                raise ValueError(f"input.where: {exc}") from None
+        return value
 
 
 class IngestConfig(_Section):

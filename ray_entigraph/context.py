@@ -141,7 +141,8 @@ class RunContext:
             # document once), so a run folder keeps its identities when those settings change
             ingest = c.ingest.model_dump(mode="json", exclude={"bytes_per_task", "files_per_task"})
             reading = {"ingest": ingest, "tokenizer": document_tokenizer_name(c),
-                       "fields": [c.input.text_field, c.input.title_field, c.input.format]}
+                       "fields": [c.input.text_field, c.input.title_field, c.input.format],
+                       **({"where": c.input.where} if c.input.where else {})}  # (absent: older folders keep ids)
             self._file_ids = []
             self._file_sizes = {}
             for url, fmt in self.input_files:

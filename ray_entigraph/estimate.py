@@ -93,8 +93,10 @@ def dry_run(config: EntiGraphConfig, assume_entities: int = DEFAULT_ASSUMED_ENTI
             return records_from_file(url, fmt, config.input)
         return records_from_range(url, fmt, config.input, start, end)
 
+    num_filtered = 0
     for url, fmt, start, end in reads:
         for record in records(url, fmt, start, end):
+            num_filtered += bool(record.get("filtered"))
             for row in documents_from_record(record, max_tokens=config.ingest.max_document_tokens,
                                              min_chars=config.ingest.min_document_chars, count_tokens=count,
                                              token_offsets=offsets):
@@ -135,10 +137,11 @@ def dry_run(config: EntiGraphConfig, assume_entities: int = DEFAULT_ASSUMED_ENTI
     )
     if sample is not None:
         est = _scaled(est, sample, config.plan.max_tasks_total)
-        num_rejected = round(num_rejected / sample)
+        num_rejected, num_filtered = round(num_rejected / sample), round(num_filtered / sample)
     est.update(
         num_input_files=len(files),
         num_rejected_inputs=num_rejected,
+        num_filtered_inputs=num_filtered,
         num_documents_with_known_entities=len(known),
         assumed_entities_per_document=assume_entities,
         estimated_cost_usd=config.cost.estimate(est["num_prompt_tokens"], est["max_generated_tokens"]),

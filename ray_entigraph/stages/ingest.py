@@ -57,7 +57,9 @@ FLUSH_CHARS = 32 * 2**20
 
 def documents_from_record(record: dict, *, max_tokens: int, min_chars: int, count_tokens,
                           token_offsets=word_offsets) -> list[dict]:
-    """Normalise, identify and chunk one record into documents rows."""
+    """Normalise, identify and chunk one record into documents rows (none for a record input.where left out)."""
+    if record.get("filtered"):
+        return []
     if record.get("error"):
         err_id = doc_id_for("error:" + record["source"])
         return [{"doc_id": err_id, "source": record["source"], "error": record["error"]}]
@@ -157,9 +159,10 @@ class IngestWorker:
             num_ok, num_failed = num_ok + len(ok), num_failed + len(errors)
             pending.clear()
 
-        chars = 0
+        chars = filtered = 0
         for member in unit["members"]:
             for record in self._records(member):
+                filtered += bool(record.get("filtered"))
                 for r in documents_from_record(
                     record,
                     max_tokens=self.config.ingest.max_document_tokens,
@@ -182,7 +185,7 @@ class IngestWorker:
             self.store.fence.check()
         storage.write_text(self.files_url(f"{unit['marker']}.json"), json.dumps(
             {"members": [{k: m[k] for k in ("path", "file_id", "piece", "pieces")} for m in unit["members"]],
-             "num_ok": num_ok, "num_failed": num_failed}))
+             "num_ok": num_ok, "num_failed": num_failed, "num_filtered": filtered}))
         return summary
 
 

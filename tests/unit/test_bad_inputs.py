@@ -305,3 +305,27 @@ def test_a_unit_commits_its_documents_in_pieces_and_a_rerun_makes_the_same_shard
     again, _ = _ingest(*args)  # the unit again (as after a crash before its marker): the same shards, no more
     assert sorted(p.name for p in (tmp_path / "pieces" / "documents").glob("p=*/*.parquet")) == shards
     assert len(again) == 12
+
+
+def test_input_where_keeps_matching_records_counts_the_rest_and_names_a_missing_column(tmp_path, capsys):
+    """input.where filters records on their metadata columns at ingest, before any model call: a Parquet
+    dataset of several files with `language` and `score` columns keeps the English rows scoring >= 3, the
+    others are counted in the unit's marker; a record without a named column is an error row naming it; a
+    malformed condition is refused before anything starts."""
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    rows = [{"title": f"Doc {i}", "text": f"{TEXT} Record {i}.", "language": "en" if i % 3 else "fr",
+             "score": i % 5} for i in range(30)]
+    for f in range(3):
+        pq.write_table(pa.Table.from_pylist(rows[f::3]), folder / f"part-{f}.parquet")
+    (folder / "odd.jsonl").write_text(json.dumps({"title": "No score", "text": TEXT, "language": "en"}) + "\n")
+    args = [f"input.path={folder}", f"output_dir={tmp_path}/run", "input.where=['language == en', 'score >= 3']"]
+    docs, errors = _ingest(*args)
+    kept = sorted(int(d["title"].split()[1]) for d in docs)
+    assert kept == [i for i in range(30) if i % 3 and i % 5 >= 3]
+    assert len(errors) == 1 and "input.where names column 'score'" in errors[0]["error"]
+    markers = [json.loads(p.read_text()) for p in (tmp_path / "run" / "documents" / "_files").glob("*.json")]
+    assert sum(m["num_filtered"] for m in markers) == 30 - len(kept)
+    assert _dry_run(capsys, *args)["num_filtered_inputs"] == 30 - len(kept)
+    line = _refused(capsys, tmp_path, f"input.path={folder}", "input.where=['score => 3']")
+    assert "input.where" in line and "'score => 3'" in line
