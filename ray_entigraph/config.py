@@ -49,14 +49,7 @@ class InputConfig(_Section):
     @field_validator("where")
     @classmethod
     def _conditions_parse(cls, value: list[str]) -> list[str]:
-        from ray_entigraph.text.conditions import parse_condition
-
-        for text in value:
-            try:
-                parse_condition(text)
-            except ValueError as exc:
-                raise ValueError(f"input.where: {exc}") from None
-        return value
+        return _check_conditions("input.where", value)
 
 
 class IngestConfig(_Section):
@@ -309,9 +302,49 @@ class PlanConfig(_Section):
     rephrase_repeats: int = Field(1, ge=1, description="Rephrase augmenter: generations per (document, style).")
 
 
+def _check_conditions(key: str, value: list[str]) -> list[str]:
+    from ray_entigraph.text.conditions import parse_condition
+
+    for text in value:
+        try:
+            parse_condition(text)
+        except ValueError as exc:
+            raise ValueError(f"{key}: {exc}") from None
+    return value
+
+
+class RewriteFormat(_Section):
+    name: str = Field(..., description="A template of the prompt set's `rephrase` section (e.g. `faq`).")
+    when: list[str] = Field(default_factory=list, description=(
+        "Conditions over the document's columns (its input metadata, `num_tokens`, `source`, `title`, "
+        "`chunk_index`, `num_chunks`), all of which must hold: `column op value` as in input.where. A document "
+        "without a named column does not get this format."))
+    repeats: int = Field(1, ge=1, description="Rewrites of one document in this format (different seeds).")
+
+    @field_validator("when")
+    @classmethod
+    def _when_parses(cls, value: list[str]) -> list[str]:
+        return _check_conditions("rewrite.formats[].when", value)
+
+
+class RewriteConfig(_Section):
+    formats: list[RewriteFormat] = Field(default_factory=list, description=(
+        "The `rewrite` augmenter's formats, each chosen per document by its `when` rules; empty: every format "
+        "of the prompt set, once, for every document."))
+    output_ratio: float = Field(1.0, gt=0.0, le=8.0, description=(
+        "A rewrite's token budget in proportion to its document: max_new_tokens = output_ratio x the document's "
+        "tokens, within [min_new_tokens, synthesis.sampling.max_new_tokens]."))
+    min_new_tokens: int = Field(64, ge=1, description="The smallest per-document max_new_tokens of a rewrite.")
+
+    def key(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
 class SynthesisConfig(_Section):
-    augmenter: Literal["entigraph", "rephrase"] = Field("entigraph", description=(
-        "`entigraph` (entities, pairs, triplets) or `rephrase` (the paper's WRAP-style baseline: three styles)."))
+    augmenter: Literal["entigraph", "rephrase", "rewrite"] = Field("entigraph", description=(
+        "`entigraph` (entities, pairs, triplets), `rephrase` (the paper's WRAP-style baseline: three styles) or "
+        "`rewrite` (whole-corpus rewriting: formats chosen per document by rules, `rewrite.*`, with output budgets "
+        "in proportion to the document)."))
     prompts: str = Field("entigraph-v1", description=(
         "Prompt set: a built-in name (`entigraph-v1`, `rephrase-v1`) or a path to a YAML prompt file."))
     sampling: SamplingConfig = Field(default_factory=SamplingConfig, description=(
@@ -350,10 +383,16 @@ class CurateConfig(_Section):
     min_judge_score: float | None = Field(None, ge=0.0, le=1.0, description=(
         "Drop rows whose judge score is below this, and rows the judge gave no rating (reason recorded); None keeps "
         "every row. Needs judge=true."))
+    output_filters: list[Literal["looping", "truncated", "refusal", "language"]] = Field(
+        default_factory=list, description=(
+            "Drop what small generators get wrong, each drop recorded with its reason: `looping` (one 4-word span "
+            "a quarter of the text), `truncated` (stopped at max_new_tokens), `refusal` (\"I'm sorry, ...\"), "
+            "`language` (not the document's script; an English document's text not English)."))
 
     def identity(self) -> dict[str, Any]:
-        """What decides the curated rows (everything but `enabled`)."""
-        return self.model_dump(exclude={"enabled"})
+        """What decides the curated rows (everything but `enabled`; no output filters: left out, as before
+        they existed)."""
+        return self.model_dump(exclude={"enabled"} | ({"output_filters"} if not self.output_filters else set()))
 
     @model_validator(mode="after")
     def _judge_threshold_needs_judge(self) -> "CurateConfig":
@@ -649,6 +688,7 @@ class EntiGraphConfig(_Section):
     extract: ExtractConfig = Field(default_factory=ExtractConfig)
     plan: PlanConfig = Field(default_factory=PlanConfig)
     synthesis: SynthesisConfig = Field(default_factory=SynthesisConfig)
+    rewrite: RewriteConfig = Field(default_factory=RewriteConfig)
     curate: CurateConfig = Field(default_factory=CurateConfig)
     cost: CostConfig = Field(default_factory=CostConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -687,10 +727,11 @@ class EntiGraphConfig(_Section):
                     f"- {_PROMPT_OVERHEAD_TOKENS} tokens of instructions leaves {room}. "
                     f"Fix: lower {key}.max_new_tokens or ingest.max_document_tokens, or raise model.max_model_len."
                 )
-        if self.synthesis.augmenter == "rephrase" and self.synthesis.prompts.startswith("entigraph"):
+        if self.synthesis.augmenter in ("rephrase", "rewrite") and self.synthesis.prompts.startswith("entigraph"):
+            want = "rephrase-v1" if self.synthesis.augmenter == "rephrase" else "rewrite-v1"
             raise ValueError(
-                "synthesis.augmenter is 'rephrase' but synthesis.prompts is an EntiGraph prompt set. "
-                "Fix: set synthesis.prompts=rephrase-v1 (or your own rephrase prompt file)."
+                f"synthesis.augmenter is {self.synthesis.augmenter!r} but synthesis.prompts is an EntiGraph prompt "
+                f"set. Fix: set synthesis.prompts={want} (or your own prompt file with a `rephrase` section)."
             )
         return self
 

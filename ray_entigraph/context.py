@@ -96,6 +96,11 @@ class RunContext:
                 missing.append("triplet")
         else:
             missing = [] if p.rephrase else ["rephrase"]
+            unknown = [f.name for f in self.config.rewrite.formats if f.name not in p.rephrase]
+            if self.config.synthesis.augmenter == "rewrite" and p.rephrase and unknown:
+                raise PromptError(f"rewrite.formats names {', '.join(map(repr, unknown))}, which prompt set {name!r} "
+                                  f"does not have (it has {', '.join(p.rephrase)}). Fix: use those names, or add "
+                                  "the templates to the prompt set's `rephrase` section.")
         if missing:
             raise PromptError(f"Prompt set {name!r} has no {', '.join(missing)} template(s), which "
                               f"synthesis.augmenter={self.config.synthesis.augmenter} needs. Fix: add them, or set "

@@ -111,7 +111,10 @@ def read_entities(corpus: Corpus, p: int, docs: list[dict] | None = None) -> lis
 
 def planning_rows(corpus: Corpus, p: int) -> list[dict]:
     """The rows the plan is made from: entities rows (EntiGraph) or documents rows (rephrase)."""
-    docs = read_documents(corpus, p, ["doc_id", "title", "text"])
+    columns = ["doc_id", "title", "text"]
+    if corpus.config.synthesis.augmenter == "rewrite":  # what its rules may test, and its output budgets
+        columns += ["num_tokens", "metadata_json", "source", "chunk_index", "num_chunks"]
+    docs = read_documents(corpus, p, columns)
     return read_entities(corpus, p, docs) if corpus.entigraph else docs
 
 
@@ -173,7 +176,7 @@ def capacity_histogram(batch: dict, *, corpus: Corpus) -> dict:
     """Partition ids -> {capacity: documents} histograms (JSON), summary counts and committed-task counts."""
     import json
 
-    hists, summaries, done, docs, missing = [], [], [], [], []
+    hists, summaries, done, docs, missing, planned = [], [], [], [], [], []
     for p in batch["partition"]:
         rows = planning_rows(corpus, int(p))
         hist: dict[int, int] = {}
@@ -184,6 +187,9 @@ def capacity_histogram(batch: dict, *, corpus: Corpus) -> dict:
         hists.append(json.dumps(hist))
         summaries.append(sum(bool(r.get("summary")) for r in rows) if corpus.entigraph else 0)
         docs.append(len(rows))
+        # the rewrite augmenter's tasks per document follow its rules: counted here (-1: not this augmenter)
+        planned.append(sum(len(document_tasks(corpus.config, corpus.prompts, r, None)) for r in rows)
+                       if corpus.config.synthesis.augmenter == "rewrite" else -1)
         committed = committed_keys(corpus.synthetic, int(p), "task_id")
         done.append(len(committed))
         # without a global budget the plan is known here: the tasks it holds that are not committed (-1: unknown,
@@ -191,7 +197,7 @@ def capacity_histogram(batch: dict, *, corpus: Corpus) -> dict:
         missing.append(0 if not rows else -1 if corpus.config.plan.max_tasks_total is not None or not committed
                        else len(planned_task_ids(corpus, int(p), rows) - committed))
     return {"partition": batch["partition"], "histogram": hists, "summaries": summaries, "done": done,
-            "documents": docs, "missing": missing}
+            "documents": docs, "missing": missing, "planned": planned}
 
 
 def rank_buckets(batch: dict, *, corpus: Corpus, level: int, bucket: int | None) -> dict:

@@ -21,6 +21,7 @@ from ray_entigraph.engines.hf import document_tokenizer_name, load_tokenizer, to
 from ray_entigraph.errors import ConfigError
 from ray_entigraph.inputs import records_from_file, records_from_range, splittable
 from ray_entigraph.partitions import partition_of
+from ray_entigraph.planning import rewrite_tasks
 from ray_entigraph.prompts import render_chat
 from ray_entigraph.stages.ingest import documents_from_record
 from ray_entigraph.text.plan import estimate_synthesis
@@ -94,6 +95,7 @@ def dry_run(config: EntiGraphConfig, assume_entities: int = DEFAULT_ASSUMED_ENTI
         return records_from_range(url, fmt, config.input, start, end)
 
     num_filtered = 0
+    rewrites: dict[str, int] | None = {} if config.synthesis.augmenter == "rewrite" else None
     for url, fmt, start, end in reads:
         for record in records(url, fmt, start, end):
             num_filtered += bool(record.get("filtered"))
@@ -104,6 +106,8 @@ def dry_run(config: EntiGraphConfig, assume_entities: int = DEFAULT_ASSUMED_ENTI
                     num_rejected += 1
                 elif config.input.max_documents is None or len(doc_tokens) < config.input.max_documents:
                     doc_tokens[row["doc_id"]] = row["num_tokens"]
+                    if rewrites is not None:  # its rules read the row's columns, as the plan does
+                        rewrites[row["doc_id"]] = len(rewrite_tasks(config, ctx.prompts, row))
     prompts = ctx.prompts
 
     def overhead(template, n_entities: int) -> int:
@@ -134,6 +138,7 @@ def dry_run(config: EntiGraphConfig, assume_entities: int = DEFAULT_ASSUMED_ENTI
         relation_max_new=config.synthesis.sampling.max_new_tokens,
         max_pairs=config.plan.max_pairs_per_doc, max_triplets=config.plan.max_triplets_per_doc,
         budget=config.plan.max_tasks_total if sample is None else None, rephrase_per_doc=rephrase,
+        tasks_per_doc=rewrites,
     )
     if sample is not None:
         est = _scaled(est, sample, config.plan.max_tasks_total)

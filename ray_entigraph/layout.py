@@ -89,9 +89,10 @@ def synthesis_id(config: EntiGraphConfig, *, prompt_version: str, extraction: st
     """Names the synthetic/ folder: what determines a synthetic row's text besides its document and entities
     (model, prompt version, sampling, seed, augmenter, and the extraction its entities came from). Rows of
     another identity stay in their own folder, never read with these."""
+    rewrite = {"rewrite": config.rewrite.key()} if config.synthesis.augmenter == "rewrite" else {}
     return _short_hash({"model": config.model.name, "prompts": prompt_version, "seed": config.seed,
                         "sampling": config.synthesis.sampling.key(), "augmenter": config.synthesis.augmenter,
-                        "extraction": extraction})
+                        "extraction": extraction, **rewrite})  # (rewrite: its budgets change the texts)
 
 
 def stage_identity(*parts: object) -> str:

@@ -91,7 +91,7 @@ class SynthesisSummary:
         return [
             f"curated          {c['kept']} rows kept, mean grounding {grounding}; dropped {c['dropped']}: "
             f"{c['dropped_grounding']} below min_grounding, {c['dropped_judge']} below min_judge_score or unrated, "
-            f"{c['dropped_duplicate']} near-duplicates, "
+            f"{c['dropped_duplicate']} near-duplicates, {c['dropped_output']} by output filters, "
             f"{c['dropped_short']} empty after repair ({c['sentences_dropped']} sentences removed from kept rows)",
             f"curated output   {c['url']} (drops and reasons: {c['errors_url']})",
         ] + ([f"judge            {c['judge_rated']} rows rated, mean score "

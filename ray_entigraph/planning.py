@@ -15,9 +15,14 @@ rank-key prefixes and, in the one boundary bin, the keys themselves. The driver 
 
 from __future__ import annotations
 
+import functools
+import json
+import math
+
 from ray_entigraph import schema
-from ray_entigraph.config import EntiGraphConfig
+from ray_entigraph.config import EntiGraphConfig, RewriteFormat
 from ray_entigraph.prompts import PromptSet
+from ray_entigraph.text.conditions import Condition, MissingColumn, parse_condition
 from ray_entigraph.text.identity import derive_seed, request_key
 from ray_entigraph.text.plan import plan_entity_subsets, task_capacity
 
@@ -37,6 +42,7 @@ def _task(config: EntiGraphConfig, prompts: PromptSet, doc_id: str, kind: str, e
         "entities": list(entities),
         "seed": derive_seed(config.seed, doc_id, key_kind or kind, *entities),
         "text": text,
+        "max_new_tokens": None,  # the sampling's, unless the task sets its own (rewrite budgets)
     }
 
 
@@ -69,6 +75,45 @@ def rephrase_tasks(config: EntiGraphConfig, prompts: PromptSet, row: dict) -> li
     return tasks
 
 
+def rewrite_columns(row: dict) -> dict:
+    """What a rewrite rule may test: the document's input metadata and its own columns."""
+    meta = json.loads(row.get("metadata_json") or "{}")
+    own = {k: row[k] for k in ("num_tokens", "source", "title", "chunk_index", "num_chunks") if k in row}
+    return {**meta, **own}
+
+
+def rewrite_budget(config: EntiGraphConfig, num_tokens: int) -> int:
+    """A rewrite's max_new_tokens: rewrite.output_ratio x the document's tokens, within [min_new_tokens,
+    synthesis.sampling.max_new_tokens]."""
+    cap = config.synthesis.sampling.max_new_tokens
+    return min(cap, max(config.rewrite.min_new_tokens, math.ceil(config.rewrite.output_ratio * num_tokens)))
+
+
+def rewrite_tasks(config: EntiGraphConfig, prompts: PromptSet, row: dict) -> list[dict]:
+    """The formats whose rules this document satisfies (every format of the prompt set without
+    rewrite.formats), `repeats` tasks each, with a token budget in proportion to the document."""
+    formats = config.rewrite.formats or [RewriteFormat(name=name) for name in prompts.rephrase]
+    columns = rewrite_columns(row)
+    budget = rewrite_budget(config, int(row.get("num_tokens") or 0))
+    tasks = []
+    for fmt in formats:
+        try:
+            if not all(_condition(c).holds(columns) for c in fmt.when):
+                continue
+        except MissingColumn:  # a document without the column does not get this format
+            continue
+        kind = schema.KIND_REWRITE_PREFIX + fmt.name
+        for repeat in range(fmt.repeats):
+            task = _task(config, prompts, row["doc_id"], kind, (), key_kind=f"{kind}#{repeat}")
+            tasks.append({**task, "max_new_tokens": budget})
+    return tasks
+
+
+@functools.lru_cache(maxsize=256)
+def _condition(text: str) -> Condition:
+    return parse_condition(text)
+
+
 def capacity(config: EntiGraphConfig, num_entities: int) -> int:
     return task_capacity(num_entities, config.plan.max_pairs_per_doc, config.plan.max_triplets_per_doc)
 
@@ -86,6 +131,8 @@ def document_tasks(config: EntiGraphConfig, prompts: PromptSet, row: dict, budge
     """Every task the plan gives one document (an entities row, or a documents row for rephrase)."""
     if config.synthesis.augmenter == "rephrase":
         return rephrase_tasks(config, prompts, row)
+    if config.synthesis.augmenter == "rewrite":
+        return rewrite_tasks(config, prompts, row)
     limit = None
     if budget is not None:
         limit = allocation(capacity(config, len(row["entities"] or [])), rank_key(config.seed, row["doc_id"]), budget)

@@ -20,6 +20,7 @@ KIND_PAIR = "pair"
 KIND_TRIPLET = "triplet"
 KIND_QA = "qa"  # a pair or triplet written as questions and answers (a prompt set's relation_qa)
 KIND_REPHRASE_PREFIX = "rephrase:"
+KIND_REWRITE_PREFIX = "rewrite:"  # the rewrite augmenter's formats (a prompt set's `rephrase` templates)
 
 DOCUMENTS = pa.schema(
     [

@@ -13,19 +13,8 @@ from collections import Counter
 from ray_entigraph.corpus import Corpus, read_documents, read_synthetic
 from ray_entigraph.eval.quality import Question
 from ray_entigraph.text.grounding import DocumentIndex, score_text
+from ray_entigraph.text.output_filters import loops
 from ray_entigraph.text.overlap import COPY_N, contaminated, copy_rate, ngrams, probes, words
-
-LOOP_N = 4  # a row loops when one 4-word span makes up a quarter of its spans or more
-
-
-def loops(text: str, n: int = LOOP_N, share: float = 0.25) -> bool:
-    """Whether a text repeats itself: its most common n-word span is at least `share` of its spans (a small
-    model stuck on one phrase), counted only for texts of 20 words or more."""
-    ws = words(text)
-    if len(ws) < 20:
-        return False
-    counts = Counter(tuple(ws[i:i + n]) for i in range(len(ws) - n + 1))
-    return counts.most_common(1)[0][1] * n / (len(ws) - n + 1) >= share
 
 
 def question_probes(questions: list[Question]) -> dict[str, list[tuple[str, ...]]]:

@@ -56,9 +56,10 @@ from ray_entigraph.text.dedup import (
     verified_star_edges,
 )
 from ray_entigraph.text.grounding import DocumentIndex, drop_unsupported_sentences, score_text
+from ray_entigraph.text.output_filters import output_problem
 
 logger = logging.getLogger(__name__)
-DROP_CATEGORIES = ("grounding", "judge", "duplicate", "short", "document")
+DROP_CATEGORIES = ("grounding", "judge", "duplicate", "short", "document", "output")
 # Dedup's LSH bands weigh a missed pair (a duplicate kept) above an extra candidate (one comparison more).
 LSH_FALSE_POSITIVE_WEIGHT, LSH_FALSE_NEGATIVE_WEIGHT = 0.2, 0.8
 DEDUP_ROWS_PER_BLOCK = 2**20  # (band, id) rows per block of dedup's shuffle
@@ -79,9 +80,15 @@ def forced_prefix(prompts, row: dict) -> str:
 
 
 def curate_row(row: dict, index, cfg: CurateConfig, prefix: str,
-               judge_score: float | None = None) -> tuple[dict | None, str | None, str | None]:
+               judge_score: float | None = None, document: str = "") -> tuple[dict | None, str | None, str | None]:
     """(the curated row, None, None) or (None, drop category, why it was dropped). `judge_score`: the judge
-    model's score of the row (curate.judge), None where it gave none."""
+    model's score of the row (curate.judge), None where it gave none; `document`: its document's text (the
+    output filters' language check)."""
+    if cfg.output_filters:
+        problem = output_problem(row["text"][len(prefix):], row.get("finish_reason"), document,
+                                 tuple(cfg.output_filters))
+        if problem is not None:
+            return None, "output", problem
     text, num_dropped = row["text"], 0
     if cfg.min_sentence_grounding is not None:
         text, num_dropped = drop_unsupported_sentences(text, index, cfg.min_sentence_grounding, keep_prefix=prefix)
@@ -178,7 +185,7 @@ def _curated_rows(url: str, job: CurateJob, docs: _PartitionDocuments, scores: d
             yield row, None, "document", "source document not found among the current input's documents"
             continue
         yield row, *curate_row(row, index, job.config.curate, forced_prefix(job.prompts, row),
-                               scores.get(row["task_id"]))
+                               scores.get(row["task_id"]), docs.docs[row["doc_id"]]["text"])
 
 
 def dedup_folder(job: CurateJob) -> str:

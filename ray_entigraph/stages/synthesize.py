@@ -46,9 +46,9 @@ def template_for(prompts: PromptSet, kind: str) -> ChatTemplate:
         return prompts.triplet
     if kind == schema.KIND_QA and prompts.relation_qa:
         return prompts.relation_qa
-    if (kind.startswith(schema.KIND_REPHRASE_PREFIX)
-            and kind.removeprefix(schema.KIND_REPHRASE_PREFIX) in prompts.rephrase):
-        return prompts.rephrase[kind.removeprefix(schema.KIND_REPHRASE_PREFIX)]
+    for prefix in (schema.KIND_REPHRASE_PREFIX, schema.KIND_REWRITE_PREFIX):  # both: the `rephrase` templates
+        if kind.startswith(prefix) and kind.removeprefix(prefix) in prompts.rephrase:
+            return prompts.rephrase[kind.removeprefix(prefix)]
     raise PromptError(f"Prompt set {prompts.version!r} has no template for kind {kind!r}. Fix: add one, or use a "
                       "built-in prompt set.")
 
@@ -65,6 +65,8 @@ def relation_request(prompts: PromptSet, group: dict, task: dict, sampling) -> G
     if prompts.context == "focused" and task["entities"]:  # only the passages about this task's entities
         text = focused_context(text, list(task["entities"]), prompts.context_window)
     values = prompt_values(group["title"], text, task["entities"])
+    if task.get("max_new_tokens"):  # a budget of its own (rewrite: in proportion to the document)
+        sampling = replace(sampling, max_new_tokens=int(task["max_new_tokens"]))
     return GenerationRequest(
         key=task["task_id"],
         messages=render_chat(template, values),
@@ -117,20 +119,22 @@ class RelationSynthesisWorker:
                     continue
                 request = relation_request(self.prompts, group, task, self.sampling)
                 requests.append(request)
-                meta[task["task_id"]] = (base, request.response_prefix)
+                sampling_json = self.sampling_json if not task.get("max_new_tokens") else json.dumps(
+                    {**json.loads(self.sampling_json), "max_new_tokens": int(task["max_new_tokens"])}, sort_keys=True)
+                meta[task["task_id"]] = (base, request.response_prefix, sampling_json)
         usage = Usage()
         engine_started = time.time()
         results = self.engine.generate(requests)
         engine_s = time.time() - engine_started  # with units in flight, this unit's wait for its own results
         for res in results:
             usage.add(res)
-            base, prefix = meta[res.key]
+            base, prefix, sampling_json = meta[res.key]
             error = res.error or (None if res.text.strip() else "empty generation")
             if error:
                 errors.append(error_row(schema.SYNTHESIZE, res.key, base["doc_id"], error))
                 continue
             rows.append({
-                **base, "text": prefix + res.text, "sampling_json": self.sampling_json,
+                **base, "text": prefix + res.text, "sampling_json": sampling_json,
                 "finish_reason": res.finish_reason,
                 "num_prompt_tokens": res.num_prompt_tokens, "num_cached_tokens": res.num_cached_tokens,
                 "num_generated_tokens": res.num_generated_tokens,
@@ -177,6 +181,8 @@ class Synthesize(Stage):
         if config.synthesis.augmenter == "rephrase":
             per_doc = len(ctx.prompts.rephrase) * config.plan.rephrase_repeats
             return None, per_doc * sum(r["documents"] for r in counts)
+        if config.synthesis.augmenter == "rewrite":  # tasks per document follow its rules: counted per partition
+            return None, sum(r["planned"] for r in counts)
         histogram: dict[int, int] = {}
         for r in counts:
             for c, n in json.loads(r["histogram"]).items():

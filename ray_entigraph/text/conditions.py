@@ -53,6 +53,9 @@ def parse_condition(text: str) -> Condition:
     try:
         value = json.loads(raw)
     except json.JSONDecodeError:
+        if raw[0] in "<>=!":  # `score >> 1`, `a == = b`: a mistyped operator, not a word
+            raise ValueError(f"{text!r}: {raw!r} is not a value. Fix: one operator, then a number, a word or "
+                             "JSON, e.g. 'score >= 3'") from None
         value = raw
     if op in ("in", "not in") and not isinstance(value, (list, str)):
         raise ValueError(f"{text!r}: `{op}` needs a list. Fix: e.g. '{column} {op} [\"a\", \"b\"]'")

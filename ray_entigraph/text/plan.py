@@ -109,10 +109,15 @@ def estimate_synthesis(
     max_triplets: int,
     budget: int | None,
     rephrase_per_doc: int | None = None,
+    tasks_per_doc: dict[str, int] | None = None,
 ) -> dict[str, int]:
     """Requests and tokens a synthesis run will use (for `--dry-run`). Prompt tokens are exact up to the
-    chat template; generated tokens are upper bounds (max_new_tokens per request)."""
-    if rephrase_per_doc is not None:
+    chat template; generated tokens are upper bounds (max_new_tokens per request). `tasks_per_doc`: each
+    document's own number of requests and no extraction (the rewrite augmenter)."""
+    if tasks_per_doc is not None:
+        n_rel = {d: tasks_per_doc.get(d, 0) for d in doc_tokens}
+        n_extract = 0
+    elif rephrase_per_doc is not None:
         n_rel = {d: rephrase_per_doc for d in doc_tokens}
         n_extract = 0
     else:

@@ -192,6 +192,45 @@ def test_rephrase_augmenter(ray_local, tiny_model_dir, small_corpus, tmp_path):
     assert not (out / "entities").exists()
 
 
+def test_rewrite_augmenter_picks_formats_by_rules_and_curation_filters_outputs(ray_local, demo_docs, tmp_path):
+    """The rewrite augmenter end to end (echo engine): a Parquet corpus with metadata columns, input.where
+    leaving one document out, formats chosen per document by rules over its metadata, each rewrite's
+    max_new_tokens in proportion to its chunk, chunked documents rewritten chunk by chunk; then the output
+    filters drop every row the echo engine cut off at max_new_tokens, each with its reason."""
+    import pyarrow as pa
+
+    records = [{"title": d["title"], "text": d["article"], "quality": q, "lang": lang}
+               for d, q, lang in zip(demo_docs[:4], [0.9, 0.2, 0.9, 0.9], ["en", "en", "en", "fr"])]
+    pq.write_table(pa.Table.from_pylist(records), tmp_path / "corpus.parquet")
+    out = tmp_path / "rewrite"
+    config = load_config(None, [
+        f"input.path={tmp_path / 'corpus.parquet'}", f"output_dir={out}", "engine.kind=echo", "num_partitions=2",
+        "input.where=['lang == en']", "synthesis.augmenter=rewrite", "synthesis.prompts=rewrite-v1",
+        'rewrite.formats=[{name: faq, when: ["quality >= 0.5"]}, {name: wikipedia, when: ["quality < 0.5"]}, '
+        '{name: table, repeats: 2}]', "rewrite.output_ratio=0.25", "rewrite.min_new_tokens=16",
+        "synthesis.sampling.max_new_tokens=48", "ingest.max_document_tokens=256", "curate.enabled=true",
+        "curate.output_filters=[truncated, refusal]", "curate.min_chars=0"])
+    summary = synthesize(config)
+    docs = {d["doc_id"]: d for d in stores.rows(out, schema.INGEST)}
+    assert {d["title"] for d in docs.values()} == {r["title"] for r in records[:3]}  # the French one left out
+    assert max(d["num_chunks"] for d in docs.values()) > 1  # long documents are rewritten chunk by chunk
+    rows = _synthetic_rows(out)
+    by_doc: dict[str, list[str]] = {}
+    for r in rows:
+        by_doc.setdefault(r["doc_id"], []).append(r["kind"].removeprefix(schema.KIND_REWRITE_PREFIX))
+        budget = json.loads(r["sampling_json"])["max_new_tokens"]
+        assert budget == min(48, max(16, -(-docs[r["doc_id"]]["num_tokens"] // 4)))
+    for doc_id, kinds in by_doc.items():
+        quality = json.loads(docs[doc_id]["metadata_json"])["quality"]
+        assert sorted(kinds) == sorted(["faq" if quality >= 0.5 else "wikipedia", "table", "table"])
+    assert set(by_doc) == set(docs) and len(rows) == 3 * len(docs) == summary.num_tasks_planned
+    curation = summary.curation
+    assert curation["kept"] == 0 and curation["dropped_output"] == len(rows)  # echo stops at max_new_tokens
+    drops = [r["error"] for u in glob.glob(str(out / "errors" / "curated" / "**" / "*.parquet"), recursive=True)
+             for r in pq.read_table(u).to_pylist()]
+    assert len(drops) == len(rows) and all(d.startswith("truncated") for d in drops)
+
+
 def test_error_fraction_fails_the_stage_with_reason(ray_local, tiny_model_dir, small_corpus, tmp_path):
     out = tmp_path / "fail"
     # a random model never writes an entity list; without the heuristic fallback every document fails
