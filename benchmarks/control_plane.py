@@ -11,7 +11,7 @@ documents written straight into the committed layout (committed_layout.py: only 
 up), whose no-op resume and `status` are timed through the same proxy.
 
     .venv/bin/python benchmarks/control_plane.py [--sizes 10000 100000 1000000] [--fake-docs 10000000]
-        [--stream on|off|both]
+        [--stream on|off|both] [--augmenter entigraph|rewrite]
 
 Prints `RESULT docs=<n> stream=<on|off> wall_s=... gap_s=<extraction's last commit to synthesis's first unit;
 negative when synthesis streamed behind extraction> model_idle_s=<the gap when positive>
@@ -45,12 +45,19 @@ def doc_text(i: int, rng: random.Random) -> str:
     return f"Record {i}. {a} {b} met {c} at the {b} Guild in {1800 + i % 200}; the {a} Archive keeps it."
 
 
-def write_inputs(folder: str, n: int, files: int) -> str:
+def write_inputs(folder: str, n: int, files: int, metadata: bool = False) -> str:
+    """n short documents in `files` JSON Lines files; with `metadata`, each record also has a `quality` score
+    and a `lang` (1 in 20 not English), and 1 in 50 documents is long enough to be chunked at ingest."""
     rng = random.Random(0)
     os.makedirs(folder, exist_ok=True)
     handles = [open(os.path.join(folder, f"part-{k:03d}.jsonl"), "w") for k in range(files)]
     for i in range(n):
-        handles[i % files].write(json.dumps({"title": f"Record {i}", "text": doc_text(i, rng)}) + "\n")
+        record = {"title": f"Record {i}", "text": doc_text(i, rng)}
+        if metadata:
+            long = i % 50 == 0
+            record.update(text=" ".join(doc_text(i, rng) for _ in range(40)) if long else record["text"],
+                          quality=round(rng.random(), 3), lang="fr" if i % 20 == 7 else "en")
+        handles[i % files].write(json.dumps(record) + "\n")
     for h in handles:
         h.close()
     return folder
@@ -64,12 +71,17 @@ def rss_mb() -> float:
     return 0.0
 
 
-def overrides(inputs: str, out: str, partitions: int) -> list[str]:
-    return [f"input.path={inputs}", f"output_dir={out}", "engine.kind=echo", "num_partitions=" + str(partitions),
-            "extract.max_attempts=1", "extract.fallback=heuristic", "plan.max_pairs_per_doc=2",
-            "plan.max_triplets_per_doc=0", "plan.tasks_per_group=4", "resources.batch_size=1000",
-            "resources.min_actors=1", "resources.max_actors=1", "resources.num_cpus_per_actor=1",
-            "ingest.max_document_tokens=256"]
+def overrides(inputs: str, out: str, partitions: int, augmenter: str = "entigraph") -> list[str]:
+    common = [f"input.path={inputs}", f"output_dir={out}", "engine.kind=echo", "num_partitions=" + str(partitions),
+              "plan.tasks_per_group=4", "resources.batch_size=1000", "resources.min_actors=1",
+              "resources.max_actors=1", "resources.num_cpus_per_actor=1", "ingest.max_document_tokens=256"]
+    if augmenter == "rewrite":  # every format of rewrite-v1, chosen by rules over the records' metadata
+        return [*common, "synthesis.augmenter=rewrite", "synthesis.prompts=rewrite-v1", "input.where=['lang == en']",
+                'rewrite.formats=[{name: wikipedia, when: ["quality < 0.5"]}, {name: faq, when: ["quality >= 0.5"]}, '
+                '{name: table, when: ["num_chunks > 1"]}, {name: tutorial, when: ["quality >= 0.9"]}, '
+                '{name: knowledge_list}]', "rewrite.min_new_tokens=16"]
+    return [*common, "extract.max_attempts=1", "extract.fallback=heuristic", "plan.max_pairs_per_doc=2",
+            "plan.max_triplets_per_doc=0"]
 
 
 def _use_endpoint(url: str) -> None:
@@ -118,9 +130,9 @@ def child(n: int, args) -> None:
     workers_proxy = LatencyProxy(upstream, args.delay_ms / 1000).start()
     driver_proxy = LatencyProxy(upstream, args.delay_ms / 1000).start()
     tmp = tempfile.mkdtemp(prefix=f"bench-cp-{n}-")
-    inputs = write_inputs(f"{tmp}/in", n, args.files)
-    out = f"s3://{args.bucket}/cp-{n}-{args.stream}"
-    config = load_config(None, [*overrides(inputs, out, args.partitions),
+    inputs = write_inputs(f"{tmp}/in", n, args.files, metadata=args.augmenter == "rewrite")
+    out = f"s3://{args.bucket}/cp-{n}-{args.stream}-{args.augmenter}"
+    config = load_config(None, [*overrides(inputs, out, args.partitions, args.augmenter),
                                 f"resources.synthesize_while_extracting={args.stream == 'on'}"])
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="ERROR",
              runtime_env={"env_vars": {"AWS_ENDPOINT_URL": workers_proxy.url}})
@@ -141,7 +153,9 @@ def child(n: int, args) -> None:
     status_requests = driver_proxy.snapshot() - run_requests - resume_requests
     print(json.dumps({
         "docs": summary.num_documents, "synthetic_rows": summary.num_synthetic_rows, "wall_s": round(wall, 1),
-        "extract_to_synthesize_gap_s": round(stage_gap_s(RunContext.resolve(config)), 1), "stream": args.stream,
+        "extract_to_synthesize_gap_s": (round(stage_gap_s(RunContext.resolve(config)), 1)
+                                        if args.augmenter == "entigraph" else None), "stream": args.stream,
+        "augmenter": args.augmenter, "rows_by_kind": summary.rows_by_kind,
         "driver_rss_growth_mb": round(max(peak - base_rss, 0.0), 1), "driver_base_rss_mb": round(base_rss, 1),
         "max_task_pickle_kb": round(_shipped_kb(RunContext.resolve(config)), 1),
         "resume_noop_s": round(resume_s, 1), "status_s": round(status_s, 1),
@@ -209,6 +223,9 @@ def main() -> None:
     ap.add_argument("--bucket", default="bench")
     ap.add_argument("--stream", choices=("on", "off", "both"), default="on", help=(
         "resources.synthesize_while_extracting; both: each size without, then with (side by side)"))
+    ap.add_argument("--augmenter", choices=("entigraph", "rewrite"), default="entigraph", help=(
+        "rewrite: records with metadata (quality, lang; 1 in 50 long enough to chunk), input.where on lang, every "
+        "format of rewrite-v1 chosen by rules"))
     ap.add_argument("--child", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--fake", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -248,7 +265,9 @@ def main() -> None:
             if stream == args.stream or stream == "on":
                 results.append((n, r))
             gap = r["extract_to_synthesize_gap_s"]
-            print(f"RESULT docs={n} stream={stream} wall_s={r['wall_s']} gap_s={gap} model_idle_s={max(gap, 0.0)} "
+            idle = None if gap is None else max(gap, 0.0)
+            print(f"RESULT docs={n} augmenter={args.augmenter} stream={stream} synthetic_rows={r['synthetic_rows']} "
+                  f"wall_s={r['wall_s']} gap_s={gap} model_idle_s={idle} "
                   f"driver_rss_growth_mb={r['driver_rss_growth_mb']} "
                   f"max_task_pickle_kb={r['max_task_pickle_kb']} resume_noop_s={r['resume_noop_s']} "
                   f"status_s={r['status_s']} driver_requests={r['driver_requests']} "
@@ -276,7 +295,7 @@ def main() -> None:
 
 def _passthrough(args, stream: str) -> list[str]:
     return ["--partitions", str(args.partitions), "--files", str(args.files), "--delay-ms", str(args.delay_ms),
-            "--bucket", args.bucket, "--stream", stream]
+            "--bucket", args.bucket, "--stream", stream, "--augmenter", args.augmenter]
 
 
 if __name__ == "__main__":
