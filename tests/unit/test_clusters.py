@@ -349,6 +349,24 @@ def test_paper_stage_requests_land_on_the_intended_node_types(path):
         assert added and all(types[n]["resources"].get("GPU", 0) == 0 for n in added), (pool, added)
 
 
+@pytest.mark.parametrize("path", [p for p in FILES if kind_of(load(p)) in ("launcher", "RayCluster")],
+                         ids=lambda p: str(p.relative_to(CLUSTERS)))
+def test_the_rewrite_presets_pools_land_on_synthesis_and_cpu_nodes(path):
+    """The corpus-rewriting preset's model actors at full pool size fit the 1-GPU synthesis type only, and its
+    CPU pools start no GPU node."""
+    from ray_entigraph.config import load_config
+
+    res = load_config(REPO / "configs" / "rewrite-corpus.yaml").resources
+    types = node_types_of(path)
+    synth = next(n for n, t in types.items() if t["resources"].get("GPU") == 1)
+    label = next(k for k in types[synth]["resources"] if k.startswith(ACCELERATOR))
+    actor = {"CPU": res.num_cpus_per_actor, "GPU": res.num_gpus_per_actor, label: 0.001}
+    assert nodes_for(types, [actor] * res.max_actors) == {synth: res.max_actors}
+    for pool in (res.cpu, res.pack):
+        added = nodes_for(types, [{"CPU": pool.num_cpus_per_worker}] * pool.max_workers)
+        assert added and all(types[n]["resources"].get("GPU", 0) == 0 for n in added), (pool, added)
+
+
 # -- the checks themselves can fail -------------------------------------------------------------------------
 
 def _set(doc, dotted: str, value):
