@@ -192,6 +192,15 @@ class Progress:
         else:
             print(line, file=self.stream, flush=True)
 
+    def done_elsewhere(self, done: int, where: str) -> None:
+        """The one line of a stage whose work another stage did (synthesis streamed behind extraction)."""
+        line = f"[{self.stage}] {done}/{self.total} {self.unit} done {where}: nothing left to run"
+        if self.bar is not None:
+            self.bar.write(line, file=self.stream)
+            self.bar.close()
+        else:
+            print(line, file=self.stream, flush=True)
+
     def close(self) -> None:
         """The bar's last redraw (a stage that ends short of its total: failures, a stop)."""
         if self.bar is not None:

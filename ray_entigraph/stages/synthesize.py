@@ -15,7 +15,7 @@ from ray_entigraph.corpus import capacity_histogram, rank_buckets, seal_syntheti
 from ray_entigraph.engines import GenerationRequest, make_engine, sampling_params
 from ray_entigraph.errors import PromptError
 from ray_entigraph.layout import Layout
-from ray_entigraph.ledger import StageTotals
+from ray_entigraph.ledger import Progress, StageTotals
 from ray_entigraph.planning import remainder_bucket, remainder_threshold, water_level
 from ray_entigraph.prompts import ChatTemplate, PromptSet, relation_values, render, render_chat
 from ray_entigraph.stages.base import (
@@ -171,6 +171,9 @@ class Synthesize(Stage):
                                                           num_cpus=PARTITION_TASK_CPUS)
         # nothing left (the extraction actors synthesized it all): no model actors started
         nothing_left = expected == 0 or (budget is None and all(r["missing"] == 0 for r in counts))
+        if nothing_left and expected:
+            Progress(self.name, expected).done_elsewhere(done, "while extracting (resources.synthesize_while_"
+                                                               "extracting) or earlier")
         return StagePlan(totals, dataset=None if nothing_left else ds, units=expected - done,
                          worker_args={"corpus": corpus})
 

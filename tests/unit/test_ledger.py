@@ -107,6 +107,8 @@ def test_progress_line_shows_counts_rate_and_eta(monkeypatch):
     progress.start(5)
     assert stream.getvalue().splitlines()[-1] == (
         "[synthetic] 40 requests to do (5 done earlier): starting (the first progress line follows the first commit)")
+    Progress("synthetic", 40, stream=stream).done_elsewhere(40, "while extracting")
+    assert stream.getvalue().splitlines()[-1] == "[synthetic] 40/40 requests done while extracting: nothing left to run"
     arms = Progress("ablate", 3, unit="arms trained", stream=stream, tokens=False)  # sweep and ablate: no token rate
     clock[0] += 600
     arms.update(1, 0, 0)
