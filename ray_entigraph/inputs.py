@@ -9,7 +9,6 @@ worker starts.
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import re
@@ -19,7 +18,7 @@ from ray_entigraph import storage
 from ray_entigraph.config import InputConfig
 from ray_entigraph.demo.replay import stdlib_docstrings_path
 from ray_entigraph.errors import InputError
-from ray_entigraph.text.conditions import Condition, MissingColumn, first_failing, parse_condition
+from ray_entigraph.text.conditions import MissingColumn, first_failing, parse_conditions
 
 __all__ = ["DEMO_CORPUS", "InputError", "list_input_files", "records_from_file", "resolve_input_path"]
 
@@ -212,15 +211,10 @@ def _records_from_array(decoded: str, url: str, name: str, cfg: InputConfig) -> 
     return out or [{"source": url, "error": f"empty file: {name} holds an empty array."}]
 
 
-@functools.lru_cache(maxsize=64)
-def _conditions(where: tuple[str, ...]) -> tuple[Condition, ...]:
-    return tuple(parse_condition(text) for text in where)
-
-
 def _record_from_mapping(obj: dict, url: str, where: str, cfg: InputConfig) -> dict:
     if cfg.where:  # input.where: a record left out is marked, so ingest counts it
         try:
-            failing = first_failing(_conditions(tuple(cfg.where)), obj)
+            failing = first_failing(parse_conditions(tuple(cfg.where)), obj)
         except MissingColumn as exc:
             return {"source": f"{url} {where}", "error": f"input.where names column {exc.args[0]!r}, which {where} "
                     f"of {Path(url).name} does not have. Fix: add the column, or change input.where."}

@@ -15,14 +15,13 @@ rank-key prefixes and, in the one boundary bin, the keys themselves. The driver 
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 
 from ray_entigraph import schema
 from ray_entigraph.config import EntiGraphConfig, RewriteFormat
 from ray_entigraph.prompts import PromptSet
-from ray_entigraph.text.conditions import Condition, MissingColumn, parse_condition
+from ray_entigraph.text.conditions import MissingColumn, parse_conditions
 from ray_entigraph.text.identity import derive_seed, request_key
 from ray_entigraph.text.plan import plan_entity_subsets, task_capacity
 
@@ -98,7 +97,7 @@ def rewrite_tasks(config: EntiGraphConfig, prompts: PromptSet, row: dict) -> lis
     tasks = []
     for fmt in formats:
         try:
-            if not all(_condition(c).holds(columns) for c in fmt.when):
+            if not all(c.holds(columns) for c in parse_conditions(tuple(fmt.when))):
                 continue
         except MissingColumn:  # a document without the column does not get this format
             continue
@@ -107,11 +106,6 @@ def rewrite_tasks(config: EntiGraphConfig, prompts: PromptSet, row: dict) -> lis
             task = _task(config, prompts, row["doc_id"], kind, (), key_kind=f"{kind}#{repeat}")
             tasks.append({**task, "max_new_tokens": budget})
     return tasks
-
-
-@functools.lru_cache(maxsize=256)
-def _condition(text: str) -> Condition:
-    return parse_condition(text)
 
 
 def capacity(config: EntiGraphConfig, num_entities: int) -> int:

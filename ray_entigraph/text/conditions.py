@@ -10,6 +10,7 @@ the caller reports, never a silent miss.
 
 from __future__ import annotations
 
+import functools
 import json
 import operator
 import re
@@ -60,6 +61,12 @@ def parse_condition(text: str) -> Condition:
     if op in ("in", "not in") and not isinstance(value, (list, str)):
         raise ValueError(f"{text!r}: `{op}` needs a list. Fix: e.g. '{column} {op} [\"a\", \"b\"]'")
     return Condition(column, op, value, text)
+
+
+@functools.lru_cache(maxsize=256)
+def parse_conditions(texts: tuple[str, ...]) -> tuple[Condition, ...]:
+    """Each condition parsed once per process (rules are checked per record and per document)."""
+    return tuple(parse_condition(text) for text in texts)
 
 
 def first_failing(conditions: tuple[Condition, ...], record: dict) -> Condition | None:
