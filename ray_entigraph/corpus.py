@@ -187,15 +187,16 @@ def capacity_histogram(batch: dict, *, corpus: Corpus) -> dict:
         hists.append(json.dumps(hist))
         summaries.append(sum(bool(r.get("summary")) for r in rows) if corpus.entigraph else 0)
         docs.append(len(rows))
-        # the rewrite augmenter's tasks per document follow its rules: counted here (-1: not this augmenter)
-        planned.append(sum(len(document_tasks(corpus.config, corpus.prompts, r, None)) for r in rows)
-                       if corpus.config.synthesis.augmenter == "rewrite" else -1)
         committed = committed_keys(corpus.synthetic, int(p), "task_id")
         done.append(len(committed))
-        # without a global budget the plan is known here: the tasks it holds that are not committed (-1: unknown,
-        # or obviously some: nothing committed yet; only a partition synthesized while extracting is counted)
-        missing.append(0 if not rows else -1 if corpus.config.plan.max_tasks_total is not None or not committed
-                       else len(planned_task_ids(corpus, int(p), rows) - committed))
+        rewrite = corpus.config.synthesis.augmenter == "rewrite"
+        # without a global budget the plan is known here (planned once): the rewrite augmenter's task count, which
+        # follows its rules (-1: another augmenter), and the tasks not committed (-1: unknown, or obviously some:
+        # nothing committed yet; only a partition synthesized while extracting is counted)
+        unbudgeted = corpus.config.plan.max_tasks_total is None
+        ids = planned_task_ids(corpus, int(p), rows) if rows and (rewrite or (unbudgeted and committed)) else set()
+        planned.append(len(ids) if rewrite else -1)
+        missing.append(0 if not rows else len(ids - committed) if unbudgeted and committed else -1)
     return {"partition": batch["partition"], "histogram": hists, "summaries": summaries, "done": done,
             "documents": docs, "missing": missing, "planned": planned}
 
