@@ -259,10 +259,12 @@ def commit_unit(
 
 def commit_partitioned(store: PartitionedStore, rows: list[dict], errors: list[dict], *, usage: Usage | None = None,
                        stats: dict[str, Any] | None = None, name_keys: list[str] | None = None,
+                       partition_stats: Callable[[list[dict], list[dict]], dict] | None = None,
                        **kwargs: Any) -> pa.Table:
     """Commit one unit of work into the partitions its documents belong to (one shard per partition present;
     a unit planned from one partition makes one shard) and return one manifest row summing them. The unit's
-    engine usage is recorded with its first shard."""
+    engine usage is recorded with its first shard; `partition_stats(rows, errors)` adds a partition's own
+    figures to its marker."""
     parts: dict[int, tuple[list[dict], list[dict]]] = {}
     for r in rows:
         parts.setdefault(partition_of(r["doc_id"], store.num_partitions), ([], []))[0].append(r)
@@ -271,8 +273,9 @@ def commit_partitioned(store: PartitionedStore, rows: list[dict], errors: list[d
         parts.setdefault(p, ([], []))[1].append(e)
     def commit(i: int, p: int) -> dict:
         ok, failed = parts[p]
+        own = partition_stats(ok, failed) if partition_stats is not None else {}
         table = commit_unit(store.part(p), ok, failed, usage=usage if i == 0 else None,
-                            stats={**(stats or {}), "partition": p},
+                            stats={**(stats or {}), **own, "partition": p},
                             name_keys=[*(name_keys or []), f"p={p}"] if name_keys is not None else None, **kwargs)
         return table.to_pylist()[0]
 

@@ -29,7 +29,7 @@ from ray_entigraph.context import JUDGE_SAMPLING_FIELDS
 from ray_entigraph.corpus import Corpus, committed_keys, documents_by_id
 from ray_entigraph.engines import GenerationRequest, GenerationResult, SamplingParams, make_engine
 from ray_entigraph.ledger import StageTotals
-from ray_entigraph.partitions import PartitionedStore, partition_of
+from ray_entigraph.partitions import PartitionedStore
 from ray_entigraph.prompts import ChatTemplate, render, render_chat
 from ray_entigraph.stages.base import (
     PARTITION_TASK_CPUS,
@@ -43,7 +43,6 @@ from ray_entigraph.stages.base import (
     partition_ids,
     run_partition_tasks,
     run_unit,
-    summed_manifest_row,
     units_of_work,
     worker_config,
 )
@@ -221,21 +220,15 @@ class JudgeWorker:
             else:
                 judged.append(out)
         retried = {r["task_id"] for g in groups for r in g["rows"] if r.get("retry")}
-        parts: dict[int, tuple[list[dict], list[dict]]] = {}
-        for r in judged:
-            parts.setdefault(partition_of(r["doc_id"], self.store.num_partitions), ([], []))[0].append(r)
-        for e in errors:
-            parts.setdefault(partition_of(e["doc_id"], self.store.num_partitions), ([], []))[1].append(e)
-        entries = []
-        for i, (_, (ok, failed)) in enumerate(sorted(parts.items())):  # each partition's marker: its own keys
+
+        def own(ok: list[dict], failed: list[dict]) -> dict:  # each partition's marker names its own keys
             keys = {r["task_id"] for r in ok} | {e["request_key"] for e in failed}
-            stats = {"mean_judge_score": (sum(r["judge_score"] for r in ok) / len(ok)) if ok else None,
-                     "retry_keys": sorted(retry_keys & keys), "settled_keys": sorted(settled_keys & keys),
-                     "num_retried": len(retried & keys)}
-            entries.append(commit_partitioned(self.store, ok, failed, row_schema=schema.JUDGED, key_column="task_id",
-                                              started=started, usage=usage if i == 0 else None,
-                                              stats=stats).to_pylist()[0])
-        return summed_manifest_row(entries)
+            return {"mean_judge_score": (sum(r["judge_score"] for r in ok) / len(ok)) if ok else None,
+                    "retry_keys": sorted(retry_keys & keys), "settled_keys": sorted(settled_keys & keys),
+                    "num_retried": len(retried & keys)}
+
+        return commit_partitioned(self.store, judged, errors, row_schema=schema.JUDGED, key_column="task_id",
+                                  started=started, usage=usage, partition_stats=own)
 
 
 class Judge(Stage):
