@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -411,6 +412,9 @@ class ReplaySource(_Section):
     weight: float = Field(1.0, gt=0, description="Relative weight among replay sources.")
 
 
+STREAM_NAME = re.compile(r"documents|synthetic|megadocs|format:[A-Za-z0-9_.-]+|kind:[A-Za-z0-9_.:-]+")
+
+
 class TrainConfig(_Section):
     name: str = Field("train", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$", description=(
         "Folder under output_dir for this training's mixture, checkpoints, metrics and exported model (`sweep` "
@@ -436,6 +440,13 @@ class TrainConfig(_Section):
         "`shuffled`: synthetic texts packed one after another in task order (the documents' texts interleaved); "
         "`megadocs`: all synthetic texts of one source document joined into one long text, kept contiguous in the "
         "packed stream (arXiv 2603.18534, 'stitching')."))
+    streams: dict[str, float] = Field(default_factory=dict, description=(
+        "The training mixture by token share (replay aside): stream -> share, shares summing to 1. Streams: "
+        "`documents` (the human-written documents), `synthetic` (every synthetic row), `format:<name>` (the rewrite "
+        "augmenter's rows of one format, e.g. `format:faq`), `kind:<kind>` (synthetic rows of one kind, e.g. "
+        "`kind:pair`), `megadocs` (each document followed by all its synthetic texts, as one text). An epoch is the "
+        "largest mix in which no stream repeats a block; each stream's share is exact to one block per epoch; "
+        "train.max_steps sets a token budget. Empty: train.corpus decides."))
     global_batch_size: int = Field(16, ge=1, description=(
         "Sequences per optimizer step over all workers (the paper: 16)."))
     micro_batch_size: int = Field(1, ge=1, description=(
@@ -500,6 +511,18 @@ class TrainConfig(_Section):
         if self.replay_share > 0 and not self.replay:
             raise ValueError("train.replay_share > 0 but train.replay lists no source. Fix: add a replay source or "
                              "set train.replay_share=0.")
+        if self.streams:
+            bad = [k for k in self.streams if not STREAM_NAME.fullmatch(k)]
+            if bad:
+                raise ValueError(f"train.streams names an unknown stream {bad[0]!r}. Fix: use documents, synthetic, "
+                                 "megadocs, format:<name> or kind:<kind>.")
+            if any(v <= 0 for v in self.streams.values()) or abs(sum(self.streams.values()) - 1.0) > 1e-6:
+                raise ValueError(f"train.streams shares must be > 0 and sum to 1; they sum to "
+                                 f"{sum(self.streams.values()):g}. Fix: rescale them.")
+            if self.corpus != "synthetic" or self.max_synthetic_tokens is not None:
+                raise ValueError("train.streams is set together with train.corpus or train.max_synthetic_tokens. "
+                                 "Fix: name the documents as a stream (documents) and set the budget with "
+                                 "train.max_steps.")
         if len({r.name for r in self.replay}) != len(self.replay):
             raise ValueError("train.replay has two sources with the same name. Fix: give each a distinct name.")
         return self
@@ -564,9 +587,21 @@ class SweepConfig(_Section):
     raw_cpt_steps: int | None = Field(None, ge=1, description=(
         "Optimizer steps of the Raw CPT baseline (many passes over the documents, which are far shorter than "
         "any synthetic budget); None: as many steps as the largest EntiGraph budget trains."))
+    mixtures: list[dict[str, float]] = Field(default_factory=list, description=(
+        "Token shares of train.streams to compare (e.g. [{documents: 0.7, format:faq: 0.3}, {documents: 0.3, "
+        "format:faq: 0.7}]): one arm per mixture, `mix-<i>`, each trained for train.max_steps, instead of the "
+        "token budgets; the rephrase baseline is not trained."))
     baselines: list[Literal["raw", "rephrase"]] = Field(default_factory=_default_baselines, description=(
         "Baselines trained and evaluated beside EntiGraph: `raw` (Raw CPT on the documents), `rephrase` (the "
         "WRAP-style rephrase augmenter, synthesized into output_dir/sweep/rephrase)."))
+
+
+    @field_validator("mixtures")
+    @classmethod
+    def _mixtures_are_streams(cls, value: list[dict[str, float]]) -> list[dict[str, float]]:
+        for shares in value:
+            TrainConfig(streams=shares)  # the same checks as train.streams
+        return value
 
 
 class RunConfig(_Section):

@@ -24,7 +24,7 @@ from ray_entigraph.config import EntiGraphConfig, InputConfig
 from ray_entigraph.context import RunContext
 from ray_entigraph.corpus import Corpus, read_documents, read_synthetic
 from ray_entigraph.engines.hf import load_tokenizer
-from ray_entigraph.errors import InputError, StageFailed
+from ray_entigraph.errors import ConfigError, InputError, StageFailed
 from ray_entigraph.inputs import list_input_files, records_from_file
 from ray_entigraph.layout import Layout, base_model_name, shard_basename
 from ray_entigraph.stages.base import ray_node_id, run_unit, start_attempt_counter
@@ -38,8 +38,10 @@ def pack_units(ctx: RunContext) -> list[dict]:
     synthetic rows or documents (read through corpus.py, so only the current identity's rows), a curated
     shard, or a replay file."""
     config = ctx.config
-    units = []
-    if config.train.corpus in ("synthetic", "synthetic+raw"):
+    units = stream_units(ctx) if config.train.streams else []
+    if config.train.streams:
+        pass
+    elif config.train.corpus in ("synthetic", "synthetic+raw"):
         if config.curate.enabled:  # the curated copy (stages/curate.py)
             store = ctx.layout.store(ctx.curated_stage())
             for entry in store.manifest_entries():
@@ -49,7 +51,7 @@ def pack_units(ctx: RunContext) -> list[dict]:
                                   "version": str(entry.get("sha256", ""))[:16]})
         else:
             units += _partition_units(ctx, "synthetic", ctx.synthetic_store, ctx.synthetic_identity)
-    if config.train.corpus in ("raw", "synthetic+raw"):
+    if config.train.corpus in ("raw", "synthetic+raw") and not config.train.streams:
         # the source documents join the main stream ("synthetic" names the corpus being taught)
         units += _partition_units(ctx, "documents", ctx.layout.documents, ctx.documents_identity)
     for rep in config.train.replay:
@@ -60,6 +62,43 @@ def pack_units(ctx: RunContext) -> list[dict]:
     # in a copy of the run (our own shards are named by content hash)
     units.sort(key=lambda u: (u["source"], _unit_id(u)))
     return units + tail_units(config, units)
+
+
+def stream_units(ctx: RunContext) -> list[dict]:
+    """The units of each stream of `train.streams` (train/mix.py), each stream its own block source: the
+    documents' partitions, the synthetic rows (all, or of one kind: `select`), or megadocs (a partition's
+    documents each followed by its synthetic texts; documents and their rows share a partition)."""
+    config = ctx.config
+    units = []
+    for stream in sorted(config.train.streams):
+        select = stream_kind(stream)
+        if stream == "documents":
+            units += _partition_units(ctx, "documents", ctx.layout.documents, ctx.documents_identity, stream)
+        elif stream == "megadocs":
+            if config.curate.enabled:
+                raise ConfigError("train.streams names megadocs, which joins documents with the uncurated synthetic "
+                                  "rows, but curate.enabled is true. Fix: train the curated rows as the synthetic "
+                                  "or format streams, or set curate.enabled=false.")
+            units += _partition_units(ctx, "megadocs", ctx.synthetic_store, ctx.synthetic_identity, stream,
+                                      extra=(ctx.documents_identity,))
+        elif config.curate.enabled:
+            store = ctx.layout.store(ctx.curated_stage())
+            for entry in store.manifest_entries():
+                if entry.get("rows", 0) > 0:
+                    units.append({"source": stream, "url": storage.join(store.url, entry["file"]), "fmt": "parquet",
+                                  "text_field": "text", "sort_by": "task_id", "internal": True, "select": select,
+                                  "version": str(entry.get("sha256", ""))[:16]})
+        else:
+            units += _partition_units(ctx, "synthetic", ctx.synthetic_store, ctx.synthetic_identity, stream,
+                                      select=select)
+    return units
+
+
+def stream_kind(stream: str) -> str:
+    """The `kind` a stream's synthetic rows have ("" for every kind): `format:faq` -> `rewrite:faq`."""
+    if stream.startswith("format:"):
+        return schema.KIND_REWRITE_PREFIX + stream.removeprefix("format:")
+    return stream.removeprefix("kind:") if stream.startswith("kind:") else ""
 
 
 def tail_units(config: EntiGraphConfig, units: list[dict]) -> list[dict]:
@@ -75,8 +114,10 @@ def tail_units(config: EntiGraphConfig, units: list[dict]) -> list[dict]:
     return out
 
 
-def _partition_units(ctx: RunContext, kind: str, store, identity: str) -> list[dict]:
-    """One unit per non-empty sealed partition, named by what it holds (its sealed shards): P manifest reads."""
+def _partition_units(ctx: RunContext, kind: str, store, identity: str, source: str = schema.SYNTHETIC_SOURCE,
+                     select: str = "", extra: tuple = ()) -> list[dict]:
+    """One unit per non-empty sealed partition, named by what it holds (its sealed shards, the kind of rows it
+    selects, and `extra`: a megadoc unit also holds the partition's documents): P manifest reads."""
     units = []
     for p in range(store.num_partitions):
         manifest = store.sealed(p)
@@ -84,14 +125,15 @@ def _partition_units(ctx: RunContext, kind: str, store, identity: str) -> list[d
             continue  # never sealed for this identity: nothing of it is current yet
         shards = sorted(e["shard"] for e in manifest["entries"] if e.get("rows", 0) > 0)
         if shards:
-            content = hashlib.sha256(json.dumps([identity, shards]).encode()).hexdigest()[:16]
-            units.append({"source": schema.SYNTHETIC_SOURCE, "url": f"{kind}/p={p:05d}/{content}", "fmt": kind,
+            named = [identity, shards] + ([select] if select else []) + list(extra)
+            content = hashlib.sha256(json.dumps(named).encode()).hexdigest()[:16]
+            units.append({"source": source, "url": f"{kind}/p={p:05d}/{content}", "fmt": kind, "select": select,
                           "partition": p, "text_field": "text", "sort_by": "", "internal": True})
     return units
 
 
 def _unit_id(unit: dict) -> str:
-    if unit["fmt"] in ("synthetic", "documents", "tails"):
+    if unit["fmt"] in ("synthetic", "documents", "tails", "megadocs"):
         return unit["url"].replace("/", "-")
     if unit["internal"]:
         return shard_basename(unit["url"]) + (f"@{unit['version']}" if unit.get("version") else "")
@@ -109,20 +151,27 @@ def unit_keys(config: EntiGraphConfig, unit: dict) -> list[str]:
 def _megadoc_unit(config: EntiGraphConfig, unit: dict) -> bool:
     """Megadoc packing applies to synthetic rows (a document's rows are in one partition, or one curated shard)."""
     return config.train.packing == "megadocs" and (unit["fmt"] == "synthetic" or (
-        unit["fmt"] == "parquet" and unit["internal"] and unit["source"] == schema.SYNTHETIC_SOURCE))
+        unit["fmt"] == "parquet" and unit["internal"] and unit["source"] != "documents"
+        and not unit["source"].startswith(schema.REPLAY_PREFIX)))
 
 
 def read_texts(unit: dict, corpus: Corpus | None = None, mega: bool = False) -> list[str]:
     """The unit's texts in a fixed order (by task_id or doc_id; replay files in file order). With `mega` (a
     synthetic unit in megadoc mode, `_megadoc_unit`), one text per source document (`train.pack.megadocs`)."""
+    select = unit.get("select", "")
     if unit["fmt"] == "synthetic":
-        rows = read_synthetic(corpus, unit["partition"], ["text", "doc_id"] if mega else ["text"])
+        rows = read_synthetic(corpus, unit["partition"], ["text", "doc_id", "kind"])
+        rows = [r for r in rows if r["kind"] == select] if select else rows
         return megadocs(rows) if mega else [r["text"] for r in rows if r["text"]]
     if unit["fmt"] == "documents":
         return [r["text"] for r in read_documents(corpus, unit["partition"], ["text"]) if r["text"]]
+    if unit["fmt"] == "megadocs":  # each document, then its synthetic texts (train.pack.megadocs)
+        docs = read_documents(corpus, unit["partition"], ["text"])
+        return megadocs(read_synthetic(corpus, unit["partition"], ["text", "doc_id"]), leading=docs)
     if unit["fmt"] == "parquet":
         cols = [unit["text_field"]] + ([unit["sort_by"]] if unit["sort_by"] else []) + (["doc_id"] if mega else [])
-        rows = storage.read_parquet(unit["url"], cols).to_pylist()
+        rows = storage.read_parquet(unit["url"], cols + (["kind"] if select else [])).to_pylist()
+        rows = [r for r in rows if r["kind"] == select] if select else rows
         if unit["sort_by"]:
             rows.sort(key=lambda r: r[unit["sort_by"]])
         if mega:
@@ -202,7 +251,13 @@ def run_pack(config: EntiGraphConfig, ctx: RunContext | None = None) -> dict[str
 
     ctx = ctx or RunContext.resolve(config)
     units = pack_units(ctx)
-    if not any(u["source"] == schema.SYNTHETIC_SOURCE for u in units):
+    if config.train.streams:
+        empty = sorted(set(config.train.streams) - {u["source"] for u in units})
+        if empty:
+            raise InputError(f"No training text for the stream {empty[0]!r} of train.streams in {config.output_dir!r}: "
+                             "nothing committed for this config. Fix: run `ray-entigraph synthesize` with the same "
+                             "config first.")
+    elif not any(u["source"] == schema.SYNTHETIC_SOURCE for u in units):
         what = "synthetic rows" if config.train.corpus != "raw" else "documents"
         others = [storage.filesystem(u)[1].rstrip("/").rsplit("/", 1)[-1]
                   for u in storage.list_files(ctx.layout.url(schema.SYNTHESIZE))]

@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ray_entigraph import schema, storage
 from ray_entigraph.config import EntiGraphConfig
@@ -24,7 +24,7 @@ from ray_entigraph.runtime import init_ray, save_resolved_config
 from ray_entigraph.train.data import block_files, run_pack
 from ray_entigraph.train.loop import train_loop_per_worker
 from ray_entigraph.train.metrics import read_metrics
-from ray_entigraph.train.mix import MixSpec, synthetic_subset
+from ray_entigraph.train.mix import MixSpec, realised_shares, synthetic_subset
 from ray_entigraph.train.trackers import check_available as check_trackers
 
 logger = logging.getLogger(__name__)
@@ -42,12 +42,15 @@ class TrainSummary:
     metrics_url: str
     plot_url: str | None
     wall_s: float
+    realised_shares: dict = field(default_factory=dict)  # with train.streams: each source's token share
 
     def lines(self) -> list[str]:
         return [
             f"blocks           {', '.join(f'{k}: {v}' for k, v in sorted(self.blocks.items()))}",
             f"corpus tokens    {self.synthetic_tokens_used} trained on per epoch (whole blocks)",
             f"replay share     {self.realised_replay_share:.2%} of the training stream (realised)",
+            *([f"token shares     {', '.join(f'{k} {v:.2%}' for k, v in self.realised_shares.items())} (realised)"]
+              if self.realised_shares else []),
             f"steps            {self.steps}, "
             f"final loss {self.final_loss if self.final_loss is None else round(self.final_loss, 4)}",
             f"throughput       {self.mean_tokens_per_s:.0f} training tokens/s (mean over steps)",
@@ -64,8 +67,12 @@ def build_mixture(config: EntiGraphConfig, counts: dict[str, int]) -> dict:
     available = counts.get(schema.SYNTHETIC_SOURCE, 0)
     chosen = synthetic_subset(available, tc.max_synthetic_tokens, tc.block_len, seed)
     used = available if chosen is None else len(chosen)
-    spec = MixSpec(used, {r.name: counts.get(schema.REPLAY_PREFIX + r.name, 0) for r in tc.replay},
-                   {r.name: r.weight for r in tc.replay}, tc.replay_share if tc.replay else 0.0, tc.replay_mode, seed)
+    streams = {name: counts.get(name, 0) for name in tc.streams}
+    spec = MixSpec(0 if streams else used, {r.name: counts.get(schema.REPLAY_PREFIX + r.name, 0) for r in tc.replay},
+                   {r.name: r.weight for r in tc.replay}, tc.replay_share if tc.replay else 0.0, tc.replay_mode, seed,
+                   streams, dict(tc.streams))
+    if streams:
+        used = sum(spec.main_counts.values())
     if spec.epoch_length < tc.global_batch_size:
         raise ConfigError(
             f"The training stream has {spec.epoch_length} blocks, fewer than train.global_batch_size "
@@ -75,7 +82,9 @@ def build_mixture(config: EntiGraphConfig, counts: dict[str, int]) -> dict:
     return {"format": 2, "spec": spec.to_json(), "epoch_length": spec.epoch_length, "counts": counts,
             "realised_replay_share": share, "mode": tc.replay_mode, "trajectory": trajectory_settings(config),
             "configured_replay_share": tc.replay_share, "synthetic_blocks_used": used,
-            "synthetic_tokens_used": used * tc.block_len}
+            "synthetic_tokens_used": used * tc.block_len,
+            **({"stream_blocks_per_epoch": spec.main_counts, "configured_stream_shares": dict(tc.streams),
+                "realised_shares": realised_shares(spec)} if streams else {})}
 
 
 def trajectory_settings(config: EntiGraphConfig) -> dict:
@@ -83,7 +92,7 @@ def trajectory_settings(config: EntiGraphConfig) -> dict:
     max_steps, checkpointing, logging and worker counts may change between resumes."""
     tc = config.train
     keys = ("block_len", "global_batch_size", "epochs", "lr", "warmup_ratio", "min_lr_ratio",
-            "weight_decay", "grad_clip", "dtype", "strategy", "max_synthetic_tokens")
+            "weight_decay", "grad_clip", "dtype", "strategy", "max_synthetic_tokens")  # streams: in the spec
     # the model trained, whether named by train.base_model or (unset) by model.name
     return {"seed": tc.effective_seed(config.seed), "base_model": base_model_name(config),
             **{k: getattr(tc, k) for k in keys}}
@@ -139,6 +148,10 @@ def _train(config: EntiGraphConfig, ctx: RunContext, started: float) -> TrainSum
     print(f"[train] {mixture['epoch_length']} blocks per epoch, replay share realised "
           f"{mixture['realised_replay_share']:.4f} (configured {config.train.replay_share}, "
           f"mode {config.train.replay_mode})", flush=True)
+    if mixture.get("realised_shares"):
+        print("[train] token shares realised: " + ", ".join(
+            f"{k} {v:.4f} (configured {config.train.streams.get(k, '-')})"
+            for k, v in mixture["realised_shares"].items()), flush=True)
     tc = config.train
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -161,7 +174,7 @@ def _train(config: EntiGraphConfig, ctx: RunContext, started: float) -> TrainSum
         final_loss=lines[-1]["loss"] if lines else None,
         mean_tokens_per_s=sum(m["tokens_per_s"] for m in lines) / max(len(lines), 1),
         model_url=train_url(config, "model"), metrics_url=metrics_url, plot_url=plot_url,
-        wall_s=time.time() - started,
+        wall_s=time.time() - started, realised_shares=mixture.get("realised_shares") or {},
     )
 
 

@@ -31,7 +31,7 @@ from ray_entigraph.ledger import format_duration
 from ray_entigraph.train import dist
 from ray_entigraph.train.data import BlockReader
 from ray_entigraph.train.metrics import MetricsLog
-from ray_entigraph.train.mix import SYNTHETIC, MixSpec, stream_item, synthetic_subset
+from ray_entigraph.train.mix import SYNTHETIC, MixSpec, is_replay, stream_item, synthetic_subset
 from ray_entigraph.train.schedule import accumulation_steps, decay_groups, total_steps, warmup_cosine
 from ray_entigraph.train.trackers import Trackers
 
@@ -226,7 +226,7 @@ def run_training(config: EntiGraphConfig, block_files: dict, d: dist.Dist, check
                 (per_token.mean() / accum).backward()
             row_sums = per_token.detach().sum(dim=1).double().cpu()
             for row, (src, _) in enumerate(items):
-                k = 0 if src == "synthetic" else 2
+                k = 2 if is_replay(src) else 0
                 sums[k] += row_sums[row]
                 sums[k + 1] += per_token.size(1)
         grad_norm = dist.clip_grad_norm(model.parameters(), tc.grad_clip, d)

@@ -8,6 +8,12 @@ between epochs). `add`: replay blocks are added on top, so that they are the con
 epoch. Several replay sources share the replay part by weight; every block holds block_len tokens, so block
 counts are token counts. A replay source with fewer blocks than it must supply is cycled through, each pass
 in a fresh order. The order within an epoch is a seeded shuffle.
+
+Streams (`train.streams`): instead of one synthetic corpus, the non-replay part is several named streams
+(the human-written documents, each synthetic format, megadocs) by token share. An epoch is then the largest
+mix in which no stream repeats a block (min over streams of blocks / share); each stream's count is its
+share of it, exact to one block, and which of its blocks are drawn changes between epochs. Replay keeps its
+share of the whole, as above.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import numpy as np
 from ray_entigraph.errors import InputError
 
 SYNTHETIC = "synthetic"
+REPLAY = "replay:"  # schema.REPLAY_PREFIX
 
 
 def _split(total: int, weights: dict[str, float]) -> dict[str, int]:
@@ -43,8 +50,16 @@ class MixSpec:
     share: float = 0.0
     mode: str = "replace"
     seed: int = 0
+    streams: dict[str, int] = field(default_factory=dict)  # stream -> blocks available (empty: one synthetic)
+    stream_shares: dict[str, float] = field(default_factory=dict)  # stream -> token share of the non-replay part
 
     def __post_init__(self) -> None:
+        if set(self.streams) != set(self.stream_shares) or any(w <= 0 for w in self.stream_shares.values()):
+            raise ValueError("every stream needs a share > 0, and every share a stream")
+        for name, count in self.streams.items():
+            if count == 0:
+                raise InputError(f"training stream {name!r} has no blocks. Fix: synthesize what it names, or remove "
+                                 f"it from train.streams.")
         if not 0.0 <= self.share < 1.0:
             raise ValueError(f"replay share must be in [0, 1), got {self.share}")
         if self.mode not in ("replace", "add"):
@@ -61,9 +76,30 @@ class MixSpec:
         return {k: w for k, w in sorted(self.replay_weights.items()) if w > 0}
 
     @property
+    def base_length(self) -> int:
+        """The non-replay blocks of an epoch before replay: the synthetic corpus, or with streams the largest
+        mix in which no stream repeats a block."""
+        if not self.streams:
+            return self.num_synthetic
+        return min(self.streams[k] * _DENOM // round(w / sum(self.stream_shares.values()) * _DENOM)
+                   for k, w in self.stream_shares.items())
+
+    @property
     def num_replay(self) -> int:
-        n = self.num_synthetic
+        n = self.base_length
         return round(self.share * n) if self.mode == "replace" else round(self.share / (1.0 - self.share) * n)
+
+    @property
+    def main_counts(self) -> dict[str, int]:
+        """Blocks of each non-replay stream per epoch."""
+        kept = self.base_length - self.num_replay if self.mode == "replace" else self.base_length
+        if not self.streams:
+            return {SYNTHETIC: kept}
+        return _split(kept, dict(sorted(self.stream_shares.items())))
+
+    @property
+    def main_available(self) -> dict[str, int]:
+        return self.streams or {SYNTHETIC: self.num_synthetic}
 
     @property
     def replay_counts(self) -> dict[str, int]:
@@ -71,26 +107,33 @@ class MixSpec:
 
     @property
     def sources(self) -> list[str]:
-        """Source names by code: 0 is the synthetic corpus, then "replay:<name>" in name order."""
-        return [SYNTHETIC, *(f"replay:{name}" for name in self.weights)]
+        """Source names by code: the synthetic corpus (or the streams in name order), then "replay:<name>" in
+        name order."""
+        return [*sorted(self.main_available), *(REPLAY + name for name in self.weights)]
 
     @property
     def epoch_length(self) -> int:
-        kept = self.num_synthetic - self.num_replay if self.mode == "replace" else self.num_synthetic
-        return kept + self.num_replay
+        return sum(self.main_counts.values()) + self.num_replay
 
     def to_json(self) -> dict:
-        return {"num_synthetic": self.num_synthetic, "replay_available": self.replay_available,
-                "replay_weights": self.replay_weights, "share": self.share, "mode": self.mode, "seed": self.seed}
+        out = {"num_synthetic": self.num_synthetic, "replay_available": self.replay_available,
+               "replay_weights": self.replay_weights, "share": self.share, "mode": self.mode, "seed": self.seed}
+        if self.streams:  # absent otherwise: mixtures written before streams existed compare equal
+            out.update(streams=self.streams, stream_shares=self.stream_shares)
+        return out
 
     @classmethod
     def from_json(cls, data: dict) -> "MixSpec":
         return cls(**data)
 
 
+_DENOM = 10**9  # shares as integer parts per billion: the epoch length is exact integer arithmetic
+
+
 def _key(spec: MixSpec) -> tuple:
     return (spec.num_synthetic, tuple(sorted(spec.replay_available.items())),
-            tuple(sorted(spec.replay_weights.items())), spec.share, spec.mode, spec.seed)
+            tuple(sorted(spec.replay_weights.items())), spec.share, spec.mode, spec.seed,
+            tuple(sorted(spec.streams.items())), tuple(sorted(spec.stream_shares.items())))
 
 
 def epoch_stream(spec: MixSpec, epoch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -109,18 +152,24 @@ _CACHE: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
 
 def _epoch_stream(spec: MixSpec, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([spec.seed, epoch, 0x5EED])
-    n = spec.num_synthetic
-    if spec.mode == "replace":
-        kept = np.sort(rng.choice(n, n - spec.num_replay, replace=False)) if spec.num_replay else np.arange(n)
-    else:
-        kept = np.arange(n)
-    sources, indices = [np.zeros(len(kept), dtype=np.int16)], [kept.astype(np.int64)]
-    for code, name in enumerate(spec.weights, start=1):
+    sources, indices = [], []
+    counts, available = spec.main_counts, spec.main_available
+    for code, name in enumerate(sorted(available)):
+        n, count = available[name], counts.get(name, 0)
+        if count == n:
+            kept = np.arange(n)
+        elif count < n:  # which blocks give way is drawn afresh every epoch
+            kept = np.sort(rng.choice(n, count, replace=False))
+        else:
+            kept = np.concatenate([rng.permutation(n) for _ in range(-(-count // n))])[:count]
+        sources.append(np.full(len(kept), code, dtype=np.int16))
+        indices.append(kept.astype(np.int64))
+    for code, name in enumerate(spec.weights, start=len(available)):
         count = spec.replay_counts.get(name, 0)
         if not count:
             continue
-        available = spec.replay_available[name]
-        passes = [rng.permutation(available) for _ in range(-(-count // available))]
+        available_r = spec.replay_available[name]
+        passes = [rng.permutation(available_r) for _ in range(-(-count // available_r))]
         indices.append(np.concatenate(passes)[:count].astype(np.int64))
         sources.append(np.full(count, code, dtype=np.int16))
     src, idx = np.concatenate(sources), np.concatenate(indices)
@@ -143,8 +192,20 @@ def plan_mixture(num_synthetic: int, replay_available: dict[str, int], replay_we
     return [(spec.sources[int(s)], int(i)) for s, i in zip(src, idx)]
 
 
+def is_replay(source: str) -> bool:
+    return source.startswith(REPLAY)
+
+
 def realised_share(stream: list[tuple[str, int]]) -> float:
-    return sum(src != SYNTHETIC for src, _ in stream) / max(len(stream), 1)
+    """The replay share of a stream."""
+    return sum(is_replay(src) for src, _ in stream) / max(len(stream), 1)
+
+
+def realised_shares(spec: MixSpec, epoch: int = 0) -> dict[str, float]:
+    """Each source's share of an epoch's blocks (= of its tokens: every block holds block_len tokens)."""
+    src, _ = epoch_stream(spec, epoch)
+    counts = np.bincount(src, minlength=len(spec.sources))
+    return {name: float(counts[i]) / max(len(src), 1) for i, name in enumerate(spec.sources)}
 
 
 def synthetic_subset(available: int, max_tokens: int | None, block_len: int, seed: int) -> list[int] | None:

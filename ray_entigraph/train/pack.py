@@ -54,13 +54,18 @@ def pack_tails(tails: list[np.ndarray], block_len: int) -> tuple[np.ndarray, int
     return stream.reshape(-1, block_len), short
 
 
-def megadocs(rows: list[dict]) -> list[str]:
+def megadocs(rows: list[dict], leading: list[dict] | None = None) -> list[str]:
     """Megadoc packing (arXiv 2603.18534, "stitching"): every text of one source document joined into one
-    long text, in task order, documents in doc_id order. Rows need doc_id, task_id (or any sort key) and text."""
+    long text, in task order, documents in doc_id order. Rows need doc_id, task_id (or any sort key) and text.
+    `leading`: documents (doc_id, text) whose own text opens their megadoc (a document followed by its
+    rewrites); a document without rows is a megadoc of itself."""
     by_doc: dict[str, list[tuple[str, str]]] = {}
+    for doc in leading or []:
+        if doc["text"]:
+            by_doc.setdefault(doc["doc_id"], []).append(("", doc["text"]))  # "" sorts before every task id
     for row in rows:
         if row["text"]:
-            by_doc.setdefault(row["doc_id"], []).append((row.get("task_id") or "", row["text"]))
+            by_doc.setdefault(row["doc_id"], []).append((row.get("task_id") or "\x00", row["text"]))
     return [MEGADOC_SEPARATOR.join(text for _, text in sorted(by_doc[d])) for d in sorted(by_doc)]
 
 

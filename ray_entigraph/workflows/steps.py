@@ -168,6 +168,7 @@ def raw_cpt_config(config: EntiGraphConfig, name: str, steps: int) -> EntiGraphC
     """Raw CPT (the documents alone, train's other settings) for `steps` optimizer steps in <output_dir>/<name>:
     the positive control of `run` and `sweep`. Its stream is repeated enough that the steps, not the stream's
     end, stop it."""
+    config = config.model_copy(update={"train": config.train.model_copy(update={"streams": {}})})  # documents only
     return derive(config, [f"train.name={name}", "train.corpus=raw", f"train.max_steps={steps}",
                            f"train.epochs={max(config.train.epochs, MIN_STREAM_EPOCHS)}",
                            "train.max_synthetic_tokens=null", "run.raw_cpt_control_steps=null"])

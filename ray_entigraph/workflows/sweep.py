@@ -28,7 +28,7 @@ from ray_entigraph.train.data import run_pack
 from ray_entigraph.train.launch import run_train
 from ray_entigraph.workflows.plots import accuracy_vs_tokens_plot
 from ray_entigraph.workflows.preflight import preflight
-from ray_entigraph.workflows.steps import raw_cpt_config, run_step, synthesis_data
+from ray_entigraph.workflows.steps import MIN_STREAM_EPOCHS, raw_cpt_config, run_step, synthesis_data
 
 
 @dataclass
@@ -73,28 +73,48 @@ def raw_cpt_steps(config: EntiGraphConfig, largest_budget: int) -> int:
     return max(config.train.epochs * blocks // config.train.global_batch_size, 1)
 
 
+def sweep_arms(config: EntiGraphConfig, available_blocks: int) -> list[tuple[str, EntiGraphConfig]]:
+    """The arms trained on the main output_dir: EntiGraph at each token budget, or with sweep.mixtures one
+    arm per mixture of train.streams (`mix-<i>`, each trained for train.max_steps: equal tokens); then Raw CPT."""
+    arms: list[tuple[str, EntiGraphConfig]] = []
+    if config.sweep.mixtures:
+        if config.train.max_steps is None:
+            raise ConfigError("sweep.mixtures compares mixtures at equal tokens, which needs train.max_steps (each "
+                              "mixture's epoch has its own length). Fix: set train.max_steps.")
+        base = config.model_copy(update={"train": config.train.model_copy(update={"streams": {}})})
+        for i, shares in enumerate(config.sweep.mixtures):
+            # every mixture trains train.max_steps, not fewer when its epoch is short
+            arm = derive(base, [f"train.name=sweep/mix-{i}", f"train.streams={json.dumps(shares)}",
+                                f"train.epochs={max(config.train.epochs, MIN_STREAM_EPOCHS)}"])
+            arms.append((f"mix-{i}", arm))
+    else:
+        for budget in sweep_budgets(config, available_blocks):
+            # epochs over each budget set its steps (a preset's train.max_steps would give every budget the same)
+            arms.append((f"entigraph-{budget}", derive(config, [f"train.name=sweep/entigraph-{budget}",
+                                                                f"train.max_synthetic_tokens={budget}",
+                                                                "train.max_steps=null"])))
+    if "raw" in config.sweep.baselines:
+        steps = (config.train.max_steps if config.sweep.mixtures and not config.sweep.raw_cpt_steps
+                 else raw_cpt_steps(config, max(sweep_budgets(config, available_blocks))))
+        arms.append(("raw-cpt", raw_cpt_config(config, f"sweep/raw-cpt-{steps}steps", steps)))
+    return arms
+
+
 @leased("sweep")
 def sweep(config: EntiGraphConfig) -> SweepSummary:
     """EntiGraph at several synthetic token budgets, plus the baselines, trained and evaluated alike."""
     started = time.time()
-    if config.synthesis.augmenter != "entigraph":
-        raise ConfigError("sweep needs synthesis.augmenter=entigraph (the rephrase baseline is one of its arms). "
-                         "Fix: use an EntiGraph config.")
+    if config.synthesis.augmenter != "entigraph" and not config.sweep.mixtures:
+        raise ConfigError("sweep needs synthesis.augmenter=entigraph (the rephrase baseline is one of its arms), "
+                          "or sweep.mixtures (token shares of train.streams to compare). Fix: use an EntiGraph "
+                          "config, or list the mixtures.")
     ctx, _ = preflight(config, "sweep")  # every input of every arm, before anything is paid for
     synth = run_step(config, "synthesize", "synthesize", lambda: synthesize(config, ctx=ctx),
                      data=synthesis_data(ctx))
     init_ray(config)
     available = run_pack(config).get(schema.SYNTHETIC_SOURCE, 0)
-    arms: list[tuple[str, EntiGraphConfig]] = []
-    for budget in sweep_budgets(config, available):
-        # epochs over each budget set its steps (a preset's train.max_steps would give every budget the same)
-        arms.append((f"entigraph-{budget}", derive(config, [f"train.name=sweep/entigraph-{budget}",
-                                                            f"train.max_synthetic_tokens={budget}",
-                                                            "train.max_steps=null"])))
-    if "raw" in config.sweep.baselines:
-        steps = raw_cpt_steps(config, max(sweep_budgets(config, available)))
-        arms.append(("raw-cpt", raw_cpt_config(config, f"sweep/raw-cpt-{steps}steps", steps)))
-    if "rephrase" in config.sweep.baselines:
+    arms = sweep_arms(config, available)
+    if "rephrase" in config.sweep.baselines and not config.sweep.mixtures:
         rephrase = derive(config, [f"output_dir={storage.join(config.output_dir, 'sweep', 'rephrase')}",
                                    "synthesis.augmenter=rephrase", "synthesis.prompts=rephrase-v1",
                                    "train.max_synthetic_tokens=null", "train.max_steps=null"])
@@ -133,7 +153,9 @@ def sweep_report(config: EntiGraphConfig, report: dict, tokens: dict[str, int], 
             continue
         arm = "entigraph" if label.startswith("entigraph-") else label
         points.append({"arm": label, "series": arm, "synthetic_tokens": 0 if label == "base" else tokens.get(label, 0),
-                       "accuracy": row["accuracy"], "ci95": row["accuracy_ci95"]})
+                       "accuracy": row["accuracy"], "ci95": row["accuracy_ci95"],
+                       **({"streams": config.sweep.mixtures[int(label[4:])]}
+                          if label.startswith("mix-") and config.sweep.mixtures else {})})
     curve_pts = sorted((p["synthetic_tokens"], p["accuracy"]) for p in points if p["series"] in ("entigraph", "base"))
     n_terms = terms_for(len(curve_pts))
     fitted = None

@@ -26,6 +26,7 @@ TRAIN = ["train.block_len=64", "train.global_batch_size=4", "train.micro_batch_s
          "train.lr=3e-3", "train.warmup_ratio=0.1", "train.checkpoint_every=3", "train.max_steps=10", "train.epochs=3",
          "train.replay_share=0.25", "train.replay=[{name: stdlib, path: 'builtin:stdlib-docs'}]",
          "synthesis.sampling.max_new_tokens=48"]  # as the corpus was synthesized: its synthesis identity
+STREAMS = "train.streams={documents: 0.3, 'kind:pair': 0.3, megadocs: 0.4}"
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +153,15 @@ def test_train_with_output_on_s3(synthesized, tiny_model_dir, s3_bucket):
         storage.put_dir(str(synthesized / rel), f"{out}/{rel}")
     storage.write_bytes(f"{out}/_layout.json", (synthesized / "_layout.json").read_bytes())
     config = tiny_config(tiny_model_dir, "builtin:demo", out, "input.max_documents=3", *TRAIN,
-                         "train.max_steps=3", "train.checkpoint_every=2", "train.report_to=[tensorboard]")
+                         "train.max_steps=3", "train.checkpoint_every=2", "train.report_to=[tensorboard]", STREAMS)
     summary = run_train(config)
     assert summary.steps == 3
+    # the streams' token shares, exact to one block per stream (train/mix.py), replay 25% of the whole
+    mixture = json.loads(storage.read_text(f"{out}/train/mixture.json"))
+    main = mixture["epoch_length"] - round(mixture["realised_replay_share"] * mixture["epoch_length"])
+    for name, share in {"documents": 0.3, "kind:pair": 0.3, "megadocs": 0.4}.items():
+        assert abs(mixture["stream_blocks_per_epoch"][name] - share * main) <= 1
+        assert summary.blocks[name] > 0
     fs, path = storage.filesystem(f"{out}/train/ray/train")
     names = {p.rsplit("/", 1)[-1] for p in fs.ls(path)}
     assert {"checkpoint-step-00000002", "checkpoint-step-00000003"} <= names
@@ -178,6 +185,31 @@ def test_raw_cpt_baseline_packs_the_source_documents(synthesized, tiny_model_dir
     counts = run_pack(config, ctx)
     blocks = load_blocks(block_files(ctx)["synthetic"], config.train.block_len)
     assert counts["synthetic"] == len(blocks) > 0
+
+
+def test_training_streams_pack_the_documents_one_kind_and_megadocs_apart(synthesized, tiny_model_dir):
+    """train.streams: each stream is its own block source; a kind's stream holds that kind's rows in task
+    order, a megadoc is a document followed by its synthetic texts. (Trained end to end in the S3 test.)"""
+    from ray_entigraph.context import RunContext
+    from ray_entigraph.corpus import read_documents, read_synthetic
+    from ray_entigraph.train.data import pack_units, read_texts
+
+    config = tiny_config(tiny_model_dir, "builtin:demo", synthesized, "input.max_documents=3", *TRAIN, STREAMS)
+    ctx = RunContext.resolve(config)
+    corpus, fmts = ctx.corpus(), {}
+    for unit in pack_units(ctx):
+        fmts.setdefault(unit["source"], set()).add(unit["fmt"])
+        if unit["fmt"] == "synthetic":
+            rows = read_synthetic(corpus, unit["partition"], ["kind", "text"])
+            assert read_texts(unit, corpus) == [r["text"] for r in rows if r["kind"] == "pair" and r["text"]]
+        if unit["fmt"] == "megadocs":
+            docs = read_documents(corpus, unit["partition"], ["text"])
+            texts = read_texts(unit, corpus)
+            assert len(texts) == len(docs) and all(t.startswith(d["text"]) for t, d in zip(texts, docs))
+            rows = read_synthetic(corpus, unit["partition"], ["doc_id", "text"])
+            assert sum(len(t) for t in texts) == sum(len(x["text"]) for x in docs + rows) + 2 * len(rows)
+    assert fmts == {"documents": {"documents", "tails"}, "kind:pair": {"synthetic", "tails"},
+                    "megadocs": {"megadocs", "tails"}, "replay:stdlib": {"jsonl", "tails"}}
 
 
 def test_packing_loses_no_token_and_megadocs_keep_a_documents_texts_together(synthesized, tiny_model_dir,

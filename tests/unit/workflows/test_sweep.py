@@ -121,3 +121,27 @@ def test_a_sweep_with_a_new_budget_trains_only_that_arm_and_evaluates_every_arm_
     assert raw.train.name.startswith("sweep/raw-cpt-") and raw.output_dir == str(tmp_path)
     assert rephrase.synthesis.augmenter == "rephrase" and rephrase.output_dir.endswith("sweep/rephrase")
     assert calls["eval"] == [["base", "entigraph-128", "entigraph-256", "raw-cpt", "rephrase"]]
+
+
+def test_sweep_over_stream_shares_trains_one_arm_per_mixture_at_equal_steps():
+    """sweep.mixtures: one arm per mixture of train.streams (the human text and each format by token share),
+    each trained for train.max_steps; Raw CPT the same steps, on the documents alone."""
+    import pytest
+
+    from ray_entigraph.errors import ConfigError
+    from ray_entigraph.workflows.sweep import sweep_arms
+
+    mixtures = "sweep.mixtures=[{documents: 0.7, 'format:faq': 0.3}, {documents: 0.3, 'format:faq': 0.7}]"
+    config = load_config(None, ["synthesis.augmenter=rewrite", "synthesis.prompts=rewrite-v1", mixtures,
+                                "train.max_steps=30", "train.streams={documents: 1.0}"])
+    arms = dict(sweep_arms(config, 100))
+    assert list(arms) == ["mix-0", "mix-1", "raw-cpt"]
+    assert arms["mix-0"].train.streams == {"documents": 0.7, "format:faq": 0.3}  # replaced, not merged
+    assert arms["mix-1"].train.streams == {"documents": 0.3, "format:faq": 0.7}
+    assert {a.train.max_steps for a in arms.values()} == {30} and arms["mix-1"].train.epochs >= 64
+    assert arms["raw-cpt"].train.corpus == "raw" and not arms["raw-cpt"].train.streams
+    assert arms["mix-0"].train.name == "sweep/mix-0"
+    with pytest.raises(ConfigError, match="train.max_steps"):
+        sweep_arms(load_config(None, [mixtures]), 100)
+    with pytest.raises(ConfigError, match="sum to 1"):
+        load_config(None, ["sweep.mixtures=[{documents: 0.7}]"])
