@@ -447,6 +447,9 @@ class TrainConfig(_Section):
         "`kind:pair`), `megadocs` (each document followed by all its synthetic texts, as one text). An epoch is the "
         "largest mix in which no stream repeats a block; each stream's share is exact to one block per epoch; "
         "train.max_steps sets a token budget. Empty: train.corpus decides."))
+    stitch_chunks: bool = Field(True, description=(
+        "With the rewrite augmenter: a long document's chunks were rewritten one by one; train on each format's "
+        "rewrites of its chunks joined back in chunk order, one text per document, format and repeat."))
     global_batch_size: int = Field(16, ge=1, description=(
         "Sequences per optimizer step over all workers (the paper: 16)."))
     micro_batch_size: int = Field(1, ge=1, description=(

@@ -27,7 +27,9 @@ from ray_entigraph.engines.hf import load_tokenizer
 from ray_entigraph.errors import ConfigError, InputError, StageFailed
 from ray_entigraph.inputs import list_input_files, records_from_file
 from ray_entigraph.layout import Layout, base_model_name, shard_basename
+from ray_entigraph.partitions import partition_of
 from ray_entigraph.stages.base import ray_node_id, run_unit, start_attempt_counter
+from ray_entigraph.text.stitch import ROUTED_COLUMNS, chunk_info, is_stitched, route, stitch
 from ray_entigraph.train.pack import megadocs, pack_tails, pack_token_lists, tokenizer_bos
 
 PACK_FORMAT = "pack=2"  # BOS where the tokenizer starts texts with one, tails kept (format 1 dropped them)
@@ -58,10 +60,53 @@ def pack_units(ctx: RunContext) -> list[dict]:
         for url, fmt in list_input_files(InputConfig(path=rep.path, text_field=rep.text_field)):
             units.append({"source": schema.REPLAY_PREFIX + rep.name, "url": url, "fmt": fmt,
                           "text_field": rep.text_field, "sort_by": "", "internal": False})
+    units += stitch_units(ctx, units)
     # a fixed order that does not depend on where output_dir lives: block i of a source is the same block
     # in a copy of the run (our own shards are named by content hash)
     units.sort(key=lambda u: (u["source"], _unit_id(u)))
     return units + tail_units(config, units)
+
+
+def stitching(config: EntiGraphConfig) -> bool:
+    return config.synthesis.augmenter == "rewrite" and config.train.stitch_chunks
+
+
+def _rows_unit(unit: dict) -> bool:
+    """A unit of synthetic rows (a partition, or a curated shard), not documents, megadocs or replay."""
+    return unit["fmt"] == "synthetic" or (unit["fmt"] == "parquet" and unit["internal"]
+                                          and unit["source"] != "documents")
+
+
+def stitch_units(ctx: RunContext, units: list[dict]) -> list[dict]:
+    """With the rewrite augmenter (text/stitch.py): every unit of synthetic rows leaves its chunks' rewrites
+    out (`stitch`), and each source gets one `stitched` unit per partition, the texts joined back per
+    document of that partition. The stitch id names every rows unit they come from."""
+    if not stitching(ctx.config):
+        return []
+    rows_units = [u for u in units if _rows_unit(u)]
+    if not rows_units:
+        return []
+    stitch_id = hashlib.sha256(json.dumps(sorted({_unit_id(u) for u in rows_units})).encode()).hexdigest()[:16]
+    out = []
+    for unit in rows_units:
+        unit["stitch"] = stitch_id
+    for source, select in sorted({(u["source"], u.get("select", "")) for u in rows_units}):
+        for q in range(ctx.config.num_partitions):
+            out.append({"source": source, "url": f"stitched/p={q:05d}/{stitch_id}", "fmt": "stitched",
+                        "partition": q, "select": select, "stitch": stitch_id, "text_field": "text",
+                        "sort_by": "", "internal": True})
+    return out
+
+
+def route_units(units: list[dict]) -> list[dict]:
+    """One routing unit per distinct rows unit: its chunks' rewrites written where their document's
+    stitched unit reads them (the first wave of packing)."""
+    seen: dict[str, dict] = {}
+    for unit in units:
+        if unit.get("stitch") and unit["fmt"] != "stitched":
+            seen.setdefault(_unit_id(unit), unit)
+    return [{"of": u, "name": hashlib.sha256(k.encode()).hexdigest()[:16], "stitch": u["stitch"]}
+            for k, u in sorted(seen.items())]
 
 
 def stream_units(ctx: RunContext) -> list[dict]:
@@ -133,7 +178,7 @@ def _partition_units(ctx: RunContext, kind: str, store, identity: str, source: s
 
 
 def _unit_id(unit: dict) -> str:
-    if unit["fmt"] in ("synthetic", "documents", "tails", "megadocs"):
+    if unit["fmt"] in ("synthetic", "documents", "tails", "megadocs", "stitched"):
         return unit["url"].replace("/", "-")
     if unit["internal"]:
         return shard_basename(unit["url"]) + (f"@{unit['version']}" if unit.get("version") else "")
@@ -145,12 +190,14 @@ def unit_keys(config: EntiGraphConfig, unit: dict) -> list[str]:
             PACK_FORMAT]
     if _megadoc_unit(config, unit):
         keys.append("packing=megadocs")
+    if unit.get("stitch"):  # its chunks' rewrites are left out (rows units), or joined (stitched units)
+        keys.append(f"stitch={unit['stitch']}")
     return keys
 
 
 def _megadoc_unit(config: EntiGraphConfig, unit: dict) -> bool:
     """Megadoc packing applies to synthetic rows (a document's rows are in one partition, or one curated shard)."""
-    return config.train.packing == "megadocs" and (unit["fmt"] == "synthetic" or (
+    return config.train.packing == "megadocs" and (unit["fmt"] in ("synthetic", "stitched") or (
         unit["fmt"] == "parquet" and unit["internal"] and unit["source"] != "documents"
         and not unit["source"].startswith(schema.REPLAY_PREFIX)))
 
@@ -162,7 +209,15 @@ def read_texts(unit: dict, corpus: Corpus | None = None, mega: bool = False) -> 
     if unit["fmt"] == "synthetic":
         rows = read_synthetic(corpus, unit["partition"], ["text", "doc_id", "kind"])
         rows = [r for r in rows if r["kind"] == select] if select else rows
+        rows = _without_chunk_rewrites(unit, rows, corpus)
         return megadocs(rows) if mega else [r["text"] for r in rows if r["text"]]
+    if unit["fmt"] == "stitched":
+        stitched = stitch(read_routed(routed_url(corpus, unit["stitch"], unit["partition"])))
+        stitched = [r for r in stitched if r["kind"] == select] if select else stitched
+        if mega:  # a document's stitched texts (its formats and repeats) as one megadoc
+            return megadocs([{"doc_id": r["parent_doc_id"], "task_id": f"{r['kind']}#{i:06d}", "text": r["text"]}
+                             for i, r in enumerate(stitched)])
+        return [r["text"] for r in stitched]
     if unit["fmt"] == "documents":
         return [r["text"] for r in read_documents(corpus, unit["partition"], ["text"]) if r["text"]]
     if unit["fmt"] == "megadocs":  # each document, then its synthetic texts (train.pack.megadocs)
@@ -170,8 +225,10 @@ def read_texts(unit: dict, corpus: Corpus | None = None, mega: bool = False) -> 
         return megadocs(read_synthetic(corpus, unit["partition"], ["text", "doc_id"]), leading=docs)
     if unit["fmt"] == "parquet":
         cols = [unit["text_field"]] + ([unit["sort_by"]] if unit["sort_by"] else []) + (["doc_id"] if mega else [])
-        rows = storage.read_parquet(unit["url"], cols + (["kind"] if select else [])).to_pylist()
+        extra = (["kind"] if select or unit.get("stitch") else []) + (["doc_id"] if unit.get("stitch") else [])
+        rows = storage.read_parquet(unit["url"], sorted(set(cols + extra))).to_pylist()
         rows = [r for r in rows if r["kind"] == select] if select else rows
+        rows = _without_chunk_rewrites(unit, rows, corpus)
         if unit["sort_by"]:
             rows.sort(key=lambda r: r[unit["sort_by"]])
         if mega:
@@ -182,6 +239,59 @@ def read_texts(unit: dict, corpus: Corpus | None = None, mega: bool = False) -> 
     if bad and len(bad) == len(records):
         raise InputError(f"replay input {unit['url']} has no usable text: {bad[0]}")
     return [r["text"] for r in records if not r.get("error")]
+
+
+def _chunks_of(corpus: Corpus, p: int) -> dict:
+    return chunk_info(read_documents(corpus, p, ["parent_doc_id", "chunk_index", "num_chunks"]))
+
+
+def _without_chunk_rewrites(unit: dict, rows: list[dict], corpus: Corpus | None) -> list[dict]:
+    """A rows unit under stitching: its rows less the rewrites of chunks (their document's stitched unit
+    trains them). A curated shard's rows are all of one partition (the synthetic shard it curated)."""
+    if not unit.get("stitch") or not rows:
+        return rows
+    p = unit["partition"] if "partition" in unit else partition_of(rows[0]["doc_id"], corpus.num_partitions)
+    chunks = _chunks_of(corpus, p)
+    return [r for r in rows if not is_stitched(r, chunks)] if chunks else rows
+
+
+def routed_url(corpus: Corpus, stitch_id: str, q: int) -> str:
+    """The folder of the chunk rewrites routed to partition q (one file per rows unit that had any)."""
+    return storage.join(corpus.config.output_dir, "train", "stitch", stitch_id, f"q={q:05d}")
+
+
+def read_routed(folder: str) -> list[dict]:
+    urls = storage.list_files(folder, ".parquet")
+    return [r for t in storage.read_parquet_many(urls, list(ROUTED_COLUMNS)) for r in t.to_pylist()] if urls else []
+
+
+def route_chunk_rewrites(batch, *, corpus: Corpus):
+    """Packing's first wave (a CPU task per rows unit): the unit's rewrites of chunks, written into the
+    folder of each one's document's partition, then a marker; a unit routed before is skipped."""
+    import pyarrow as pa
+
+    done = []
+    for job in batch.to_pylist():
+        unit, name = job["of"], job["name"]
+        marker = storage.join(corpus.config.output_dir, "train", "stitch", job["stitch"], "_routed", name + ".json")
+        if not storage.exists(marker):
+            if unit["fmt"] == "synthetic":
+                p = unit["partition"]
+                rows = read_synthetic(corpus, p, ["text", "doc_id", "kind"])
+            else:
+                rows = storage.read_parquet(unit["url"], ["task_id", "doc_id", "kind", "text"]).to_pylist()
+                p = partition_of(rows[0]["doc_id"], corpus.num_partitions) if rows else 0
+            routed = route(rows, _chunks_of(corpus, p)) if rows else []
+            by_q: dict[int, list[dict]] = {}
+            for r in routed:
+                by_q.setdefault(partition_of(r["parent_doc_id"], corpus.num_partitions), []).append(r)
+            for q, part in sorted(by_q.items()):
+                table = pa.Table.from_pylist([{c: r[c] for c in ROUTED_COLUMNS} for r in part])
+                url = storage.join(routed_url(corpus, job["stitch"], q), name + ".parquet")
+                storage.write_bytes(url, storage.table_to_parquet_bytes(table))
+            storage.write_text(marker, json.dumps({"routed": len(routed), "partitions": sorted(by_q)}))
+        done.append({"name": name})
+    return pa.Table.from_pylist(done)
 
 
 class PackWorker:
@@ -277,6 +387,12 @@ def run_pack(config: EntiGraphConfig, ctx: RunContext | None = None) -> dict[str
         if not storage.exists(marker):
             todo.append(unit)
     start_attempt_counter()
+    routes = route_units(units) if any(u["fmt"] == "stitched" for u in todo) else []
+    if routes:  # the chunks' rewrites to their documents' partitions, before the stitched units read them
+        for _ in ray.data.from_items(routes).map_batches(
+                route_chunk_rewrites, fn_kwargs={"corpus": ctx.corpus()}, batch_size=1, batch_format="pyarrow",
+                num_cpus=config.resources.pack.num_cpus_per_worker).iter_rows():
+            pass
     # two passes: the units, then each source's tails shard (it reads the tails the first pass wrote)
     for wave in ([u for u in todo if u["fmt"] != "tails"], [u for u in todo if u["fmt"] == "tails"]):
         if not wave:

@@ -229,6 +229,36 @@ def test_rewrite_augmenter_picks_formats_by_rules_and_curation_filters_outputs(r
     drops = [r["error"] for u in glob.glob(str(out / "errors" / "curated" / "**" / "*.parquet"), recursive=True)
              for r in pq.read_table(u).to_pylist()]
     assert len(drops) == len(rows) and all(d.startswith("truncated") for d in drops)
+    _check_stitched_training_texts(config, docs, rows)
+
+
+def _check_stitched_training_texts(config, docs: dict, rows: list[dict]) -> None:
+    """Packing the rewrites (train.stitch_chunks, text/stitch.py): a long document's chunk rewrites of one
+    format are trained as one text per repeat, in chunk order; every other row as it is; nothing lost."""
+    from ray_entigraph.config import derive
+    from ray_entigraph.context import RunContext
+    from ray_entigraph.train.data import block_files, pack_units, read_texts, run_pack
+
+    config = derive(config, ["curate.enabled=false", "train.streams={documents: 0.5, 'format:table': 0.5}",
+                             "train.block_len=32"])
+    ctx = RunContext.resolve(config)
+    counts = run_pack(config, ctx)  # routes the chunks' rewrites first, then packs
+    assert counts["format:table"] > 0 and set(block_files(ctx)) == {"documents", "format:table"}
+    corpus = ctx.corpus()
+    texts = {"synthetic": [], "stitched": []}
+    for unit in pack_units(ctx):
+        if unit["source"] == "format:table" and unit["fmt"] in texts:
+            texts[unit["fmt"]] += read_texts(unit, corpus)
+    table = [r for r in rows if r["kind"] == "rewrite:table"]
+    whole = [r["text"] for r in table if docs[r["doc_id"]]["num_chunks"] == 1]
+    assert sorted(texts["synthetic"]) == sorted(whole)  # rows of unchunked documents, as they are
+    expected = []
+    for parent in {d["parent_doc_id"] for d in docs.values() if d["num_chunks"] > 1}:
+        chunks = sorted((d["chunk_index"], d["doc_id"]) for d in docs.values() if d["parent_doc_id"] == parent)
+        for repeat in range(2):  # the r-th rewrite of each chunk by task id, chunks in order
+            expected.append("\n\n".join(sorted((r["task_id"], r["text"]) for r in table if r["doc_id"] == d)[repeat][1]
+                                        for _, d in chunks))
+    assert expected and sorted(texts["stitched"]) == sorted(expected)
 
 
 def test_error_fraction_fails_the_stage_with_reason(ray_local, tiny_model_dir, small_corpus, tmp_path):
