@@ -10,8 +10,7 @@ it) leaves a gap: the others are still joined in order, and the text records how
 
 from __future__ import annotations
 
-from ray_entigraph import schema
-
+REWRITE_PREFIX = "rewrite:"  # schema.KIND_REWRITE_PREFIX (text/ sits below schema)
 STITCH_SEPARATOR = "\n\n"
 ROUTED_COLUMNS = ("parent_doc_id", "kind", "chunk_index", "num_chunks", "task_id", "text")
 
@@ -24,7 +23,7 @@ def chunk_info(documents: list[dict]) -> dict[str, tuple[str, int, int]]:
 
 def is_stitched(row: dict, chunks: dict[str, tuple[str, int, int]]) -> bool:
     """Whether a synthetic row is a rewrite of a chunk (trained as part of its document's stitched text)."""
-    return row["doc_id"] in chunks and (row.get("kind") or "").startswith(schema.KIND_REWRITE_PREFIX)
+    return row["doc_id"] in chunks and (row.get("kind") or "").startswith(REWRITE_PREFIX)
 
 
 def route(rows: list[dict], chunks: dict[str, tuple[str, int, int]]) -> list[dict]:
