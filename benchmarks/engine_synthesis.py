@@ -40,7 +40,7 @@ def build_config(args, out: str, *extra: str):
         f"plan.tasks_per_group={args.pairs}", f"plan.max_pairs_per_doc={args.pairs}", "plan.max_triplets_per_doc=0",
         "synthesis.sampling.temperature=0", f"synthesis.sampling.max_new_tokens={args.max_new_tokens}",
         f"engine.max_batch_size={args.batch}", "engine.vllm.enforce_eager=true", "engine.vllm.cpu_kv_cache_gib=2",
-    ]
+    ] + ([f"engine.vllm.max_num_seqs={args.max_num_seqs}"] if args.max_num_seqs else [])
     return load_config(None, overrides + list(extra))
 
 
@@ -78,6 +78,8 @@ def main() -> None:  # noqa: C901 - a linear script
     ap.add_argument("--model", default="bundled:smollm2-135m-instruct")
     ap.add_argument("--in-flight", type=int, default=2,
                     help="units in flight per actor in the second pipeline run (resources.units_in_flight_per_actor)")
+    ap.add_argument("--max-num-seqs", type=int, default=None,
+                    help="vLLM: engine.vllm.max_num_seqs (benchmarks/engine_sweep.py finds it); default vLLM's own")
     args = ap.parse_args()
 
     from transformers import AutoTokenizer
