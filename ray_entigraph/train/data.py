@@ -99,12 +99,13 @@ def stitch_units(ctx: RunContext, units: list[dict]) -> list[dict]:
 
 
 def route_units(units: list[dict]) -> list[dict]:
-    """One routing unit per distinct rows unit: its chunks' rewrites written where their document's
-    stitched unit reads them (the first wave of packing)."""
+    """One routing unit per partition of synthetic rows (or curated shard), whichever streams read it: its
+    chunks' rewrites written where their document's stitched unit reads them (the first wave of packing)."""
     seen: dict[str, dict] = {}
     for unit in units:
         if unit.get("stitch") and unit["fmt"] != "stitched":
-            seen.setdefault(_unit_id(unit), unit)
+            key = f"p={unit['partition']:05d}" if unit["fmt"] == "synthetic" else _unit_id(unit)
+            seen.setdefault(key, unit)
     return [{"of": u, "name": hashlib.sha256(k.encode()).hexdigest()[:16], "stitch": u["stitch"]}
             for k, u in sorted(seen.items())]
 

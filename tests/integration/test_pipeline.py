@@ -239,11 +239,11 @@ def _check_stitched_training_texts(config, docs: dict, rows: list[dict]) -> None
     from ray_entigraph.context import RunContext
     from ray_entigraph.train.data import block_files, pack_units, read_texts, run_pack
 
-    config = derive(config, ["curate.enabled=false", "train.streams={documents: 0.5, 'format:table': 0.5}",
-                             "train.block_len=32"])
+    config = derive(config, ["curate.enabled=false", "train.block_len=32",  # two formats read each partition
+                             "train.streams={documents: 0.4, 'format:table': 0.3, 'format:faq': 0.3}"])
     ctx = RunContext.resolve(config)
     counts = run_pack(config, ctx)  # routes the chunks' rewrites first, then packs
-    assert counts["format:table"] > 0 and set(block_files(ctx)) == {"documents", "format:table"}
+    assert counts["format:table"] > 0 and set(block_files(ctx)) == {"documents", "format:table", "format:faq"}
     corpus = ctx.corpus()
     texts = {"synthetic": [], "stitched": []}
     for unit in pack_units(ctx):
