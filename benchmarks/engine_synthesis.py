@@ -61,7 +61,8 @@ def long_documents(num_docs: int, target_tokens: int, count_tokens) -> list[dict
         text = "\n\n".join(parts)
         while count_tokens(text) > target_tokens + 100:
             text = text[: int(len(text) * 0.95)].rsplit(" ", 1)[0] + "."
-        docs.append({"title": f"Kestavel compendium, volume {i + 1}", "text": text})
+        # the volume number keeps documents distinct beyond the six articles (equal texts are one document)
+        docs.append({"title": f"Kestavel compendium, volume {i + 1}", "text": f"Volume {i + 1}.\n\n{text}"})
     return docs
 
 
