@@ -104,6 +104,8 @@ def sweep_arms(config: EntiGraphConfig, available_blocks: int) -> list[tuple[str
 def sweep(config: EntiGraphConfig) -> SweepSummary:
     """EntiGraph at several synthetic token budgets, plus the baselines, trained and evaluated alike."""
     started = time.time()
+    if config.sweep.mixtures and config.train.max_steps is None:  # before anything runs
+        sweep_arms(config, 1)
     if config.synthesis.augmenter != "entigraph" and not config.sweep.mixtures:
         raise ConfigError("sweep needs synthesis.augmenter=entigraph (the rephrase baseline is one of its arms), "
                           "or sweep.mixtures (token shares of train.streams to compare). Fix: use an EntiGraph "
