@@ -90,7 +90,8 @@ class VLLMConfig(_Section):
     max_num_seqs: int | None = Field(None, ge=1, description=(
         "Sequences vLLM runs at once per replica; None: vLLM's default."))
     cpu_kv_cache_gib: int | None = Field(None, ge=1, description=(
-        "CPU build only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); None: vLLM's default."))
+        "CPU build only: KV cache size in GiB (VLLM_CPU_KVCACHE_SPACE); None: 4 GiB (vLLM's own default reserves "
+        "90% of the machine's memory and refuses to start unless that much is free)."))
     structured_extraction: bool = Field(True, description=(
         "Constrain entity-extraction output to the JSON schema {summary, entities[]} (vLLM structured outputs)."))
     engine_args: dict[str, Any] = Field(default_factory=dict, description=(

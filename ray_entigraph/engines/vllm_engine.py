@@ -65,6 +65,18 @@ def engine_kwargs(model: "ModelConfig", vllm_config: "VLLMConfig", seed: int, mo
     return kwargs
 
 
+CPU_KV_CACHE_GIB = 4  # the CPU build's KV cache when engine.vllm.cpu_kv_cache_gib is unset
+
+
+def cpu_kv_cache_space(vllm_config: "VLLMConfig", cpu: bool) -> str | None:
+    """VLLM_CPU_KVCACHE_SPACE for the CPU build: the configured GiB, else CPU_KV_CACHE_GIB. Without it vLLM
+    0.32's CPU build reserves gpu_memory_utilization (0.9) of the machine's memory and refuses to start unless
+    that much is free; on GPUs nothing is set."""
+    if vllm_config.cpu_kv_cache_gib is not None:
+        return str(vllm_config.cpu_kv_cache_gib)
+    return str(CPU_KV_CACHE_GIB) if cpu else None
+
+
 class VLLMEngine:
     """Built from `config.model`, `config.engine.vllm` and the run seed (vLLM's own seed); starts `vllm.LLM`."""
 
@@ -73,15 +85,16 @@ class VLLMEngine:
 
         if importlib.util.find_spec("vllm") is None:
             raise EngineError(vllm_missing_message())
-        if vllm_config.cpu_kv_cache_gib is not None:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(vllm_config.cpu_kv_cache_gib)
+        import torch
+
+        space = cpu_kv_cache_space(vllm_config, cpu=not torch.cuda.is_available())
+        if space is not None:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = space
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its INFO lines would flood every actor's log
         import vllm  # lazy: vLLM loads in the actor only (the driver may lack it)
 
         path = resolve_model_path(model.name, model.cache_dir)
-        import torch
-
         kwargs = engine_kwargs(model, vllm_config, seed, path, cpu=not torch.cuda.is_available())
         logger.info("starting vLLM %s on %s (tensor_parallel_size=%d)", vllm.__version__, model.name,
                     vllm_config.tensor_parallel_size)

@@ -25,3 +25,13 @@ def test_the_cpu_build_never_splits_a_prefill_unless_told_to():
     assert engine_kwargs(cfg.model, cfg.engine.vllm, 0, "/m", cpu=True)["enable_chunked_prefill"] is False
     told = load_config(None, ["engine.kind=vllm", "engine.vllm.engine_args.enable_chunked_prefill=true"])
     assert engine_kwargs(told.model, told.engine.vllm, 0, "/m", cpu=True)["enable_chunked_prefill"] is True
+
+
+def test_the_cpu_build_gets_a_bounded_kv_cache_unless_one_is_configured():
+    """vLLM's CPU build would otherwise reserve 90% of the machine's memory and refuse to start when that much
+    is not free (`make demo`'s config with engine.kind=vllm failed so on this 24 GB machine)."""
+    from ray_entigraph.engines.vllm_engine import CPU_KV_CACHE_GIB, cpu_kv_cache_space
+
+    assert cpu_kv_cache_space(load_config(None, []).engine.vllm, cpu=True) == str(CPU_KV_CACHE_GIB)
+    assert cpu_kv_cache_space(load_config(None, ["engine.vllm.cpu_kv_cache_gib=2"]).engine.vllm, cpu=True) == "2"
+    assert cpu_kv_cache_space(load_config(None, []).engine.vllm, cpu=False) is None  # GPUs: vLLM's own sizing
