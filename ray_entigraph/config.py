@@ -599,7 +599,6 @@ class SweepConfig(_Section):
         "Baselines trained and evaluated beside EntiGraph: `raw` (Raw CPT on the documents), `rephrase` (the "
         "WRAP-style rephrase augmenter, synthesized into output_dir/sweep/rephrase)."))
 
-
     @field_validator("mixtures")
     @classmethod
     def _mixtures_are_streams(cls, value: list[dict[str, float]]) -> list[dict[str, float]]:
@@ -952,6 +951,11 @@ def derive(config: EntiGraphConfig, overrides: list[str]) -> EntiGraphConfig:
     derived = absolutize_local_paths(derived)
     derived._arm_of = config._arm_of or config.output_dir
     return derived
+
+
+def without_streams(config: EntiGraphConfig) -> EntiGraphConfig:
+    """`config` with train.streams emptied (a `derive` override would merge into the mapping, not replace it)."""
+    return config.model_copy(update={"train": config.train.model_copy(update={"streams": {}})})
 
 
 def is_arm_in_its_run_folder(config: EntiGraphConfig) -> bool:

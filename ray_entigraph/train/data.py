@@ -40,22 +40,13 @@ def pack_units(ctx: RunContext) -> list[dict]:
     synthetic rows or documents (read through corpus.py, so only the current identity's rows), a curated
     shard, or a replay file."""
     config = ctx.config
-    units = stream_units(ctx) if config.train.streams else []
     if config.train.streams:
-        pass
-    elif config.train.corpus in ("synthetic", "synthetic+raw"):
-        if config.curate.enabled:  # the curated copy (stages/curate.py)
-            store = ctx.layout.store(ctx.curated_stage())
-            for entry in store.manifest_entries():
-                if entry.get("rows", 0) > 0:  # named by content too: a shard curated again is packed again
-                    units.append({"source": schema.SYNTHETIC_SOURCE, "url": storage.join(store.url, entry["file"]),
-                                  "fmt": "parquet", "text_field": "text", "sort_by": "task_id", "internal": True,
-                                  "version": str(entry.get("sha256", ""))[:16]})
-        else:
-            units += _partition_units(ctx, "synthetic", ctx.synthetic_store, ctx.synthetic_identity)
-    if config.train.corpus in ("raw", "synthetic+raw") and not config.train.streams:
-        # the source documents join the main stream ("synthetic" names the corpus being taught)
-        units += _partition_units(ctx, "documents", ctx.layout.documents, ctx.documents_identity)
+        units = stream_units(ctx)
+    else:
+        units = _rows_units(ctx, schema.SYNTHETIC_SOURCE) if config.train.corpus != "raw" else []
+        if config.train.corpus in ("raw", "synthetic+raw"):
+            # the source documents join the main stream ("synthetic" names the corpus being taught)
+            units += _partition_units(ctx, "documents", ctx.layout.documents, ctx.documents_identity)
     for rep in config.train.replay:
         for url, fmt in list_input_files(InputConfig(path=rep.path, text_field=rep.text_field)):
             units.append({"source": schema.REPLAY_PREFIX + rep.name, "url": url, "fmt": fmt,
@@ -127,17 +118,21 @@ def stream_units(ctx: RunContext) -> list[dict]:
                                   "or format streams, or set curate.enabled=false.")
             units += _partition_units(ctx, "megadocs", ctx.synthetic_store, ctx.synthetic_identity, stream,
                                       extra=(ctx.documents_identity,))
-        elif config.curate.enabled:
-            store = ctx.layout.store(ctx.curated_stage())
-            for entry in store.manifest_entries():
-                if entry.get("rows", 0) > 0:
-                    units.append({"source": stream, "url": storage.join(store.url, entry["file"]), "fmt": "parquet",
-                                  "text_field": "text", "sort_by": "task_id", "internal": True, "select": select,
-                                  "version": str(entry.get("sha256", ""))[:16]})
         else:
-            units += _partition_units(ctx, "synthetic", ctx.synthetic_store, ctx.synthetic_identity, stream,
-                                      select=select)
+            units += _rows_units(ctx, stream, select)
     return units
+
+
+def _rows_units(ctx: RunContext, source: str, select: str = "") -> list[dict]:
+    """The units of synthetic rows (of one kind: `select`): each curated shard when curating, else each sealed
+    partition of the current rows."""
+    if not ctx.config.curate.enabled:
+        return _partition_units(ctx, "synthetic", ctx.synthetic_store, ctx.synthetic_identity, source, select=select)
+    store = ctx.layout.store(ctx.curated_stage())  # the curated copy (stages/curate.py)
+    # named by content too: a shard curated again is packed again
+    return [{"source": source, "url": storage.join(store.url, entry["file"]), "fmt": "parquet", "text_field": "text",
+             "sort_by": "task_id", "internal": True, "select": select, "version": str(entry.get("sha256", ""))[:16]}
+            for entry in store.manifest_entries() if entry.get("rows", 0) > 0]
 
 
 def stream_kind(stream: str) -> str:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 
 from ray_entigraph import storage
-from ray_entigraph.config import EntiGraphConfig, derive, section_hash
+from ray_entigraph.config import EntiGraphConfig, derive, section_hash, without_streams
 from ray_entigraph.context import RunContext
 from ray_entigraph.errors import ConfigError
 from ray_entigraph.eval.launch import models_to_evaluate, run_eval
@@ -168,8 +168,7 @@ def raw_cpt_config(config: EntiGraphConfig, name: str, steps: int) -> EntiGraphC
     """Raw CPT (the documents alone, train's other settings) for `steps` optimizer steps in <output_dir>/<name>:
     the positive control of `run` and `sweep`. Its stream is repeated enough that the steps, not the stream's
     end, stop it."""
-    config = config.model_copy(update={"train": config.train.model_copy(update={"streams": {}})})  # documents only
-    return derive(config, [f"train.name={name}", "train.corpus=raw", f"train.max_steps={steps}",
+    return derive(without_streams(config), [f"train.name={name}", "train.corpus=raw", f"train.max_steps={steps}",
                            f"train.epochs={max(config.train.epochs, MIN_STREAM_EPOCHS)}",
                            "train.max_synthetic_tokens=null", "run.raw_cpt_control_steps=null"])
 

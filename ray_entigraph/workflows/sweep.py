@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 from ray_entigraph import schema, storage
-from ray_entigraph.config import EntiGraphConfig, derive
+from ray_entigraph.config import EntiGraphConfig, derive, without_streams
 from ray_entigraph.errors import ConfigError
 from ray_entigraph.eval.curve import fit, terms_for
 from ray_entigraph.eval.launch import BASE_LABEL, run_eval
@@ -81,7 +81,7 @@ def sweep_arms(config: EntiGraphConfig, available_blocks: int) -> list[tuple[str
         if config.train.max_steps is None:
             raise ConfigError("sweep.mixtures compares mixtures at equal tokens, which needs train.max_steps (each "
                               "mixture's epoch has its own length). Fix: set train.max_steps.")
-        base = config.model_copy(update={"train": config.train.model_copy(update={"streams": {}})})
+        base = without_streams(config)
         for i, shares in enumerate(config.sweep.mixtures):
             # every mixture trains train.max_steps, not fewer when its epoch is short
             arm = derive(base, [f"train.name=sweep/mix-{i}", f"train.streams={json.dumps(shares)}",
