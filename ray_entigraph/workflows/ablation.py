@@ -90,14 +90,15 @@ class AblationSummary:
             return "-" if x is None else f"{x:.2f}"
 
         out = [f"{'arm':<24} {'tokens':>7} {'steps':>5} {'seeds':>5}  {'accuracy [95% CI]':<20} {'vs base, pts':<20} "
-               f"{'vs entigraph, pts':<20} {'verdict':<16} {'ppl docs':>8} {'ppl held-out':>12} {'grounding':>9} "
-               f"{'copied':>6}"]
+               f"{'vs entigraph, pts':<20} {'verdict':<16} {'vs raw-cpt, pts':<20} {'ppl docs':>8} "
+               f"{'ppl held-out':>12} {'grounding':>9} {'copied':>6}"]
         for r in self.rows:
             acc = f"{100 * r['accuracy']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
             out.append(f"{r['arm']:<24} {r['synthetic_tokens']:>7} {r['steps']:>5} {len(r['seeds']) or '-':>5}  "
                        f"{acc:<20} {delta(r, 'delta_vs_base'):<20} {delta(r, 'delta_vs_entigraph'):<20} "
-                       f"{r.get('verdict_vs_entigraph', '-'):<16} {ppl(r['perplexity_knowledge']):>8} "
-                       f"{ppl(r['perplexity_forgetting']):>12} {ppl(r.get('mean_grounding')):>9} "
+                       f"{r.get('verdict_vs_entigraph', '-'):<16} {delta(r, 'delta_vs_raw_cpt'):<20} "
+                       f"{ppl(r['perplexity_knowledge']):>8} {ppl(r['perplexity_forgetting']):>12} "
+                       f"{ppl(r.get('mean_grounding')):>9} "
                        f"{ppl(r.get('copy_rate')):>6}")
         return out + [self.control, f"report           {self.report_url}"] + [
             f"plot             {u}" for u in (self.plot_url, self.arms_plot_url) if u]
@@ -259,6 +260,9 @@ def ablation_report(config: EntiGraphConfig, report: dict, runs: list[AblationRu
             groups.setdefault(f"{run.variant}-{run.budget}", []).append(run)
     answers = aggregate_arms(questions, {"base": ["base"],
                                          **{arm: [r.name for r in rs] for arm, rs in groups.items() if rs}})
+    # the positive control's arm (its largest budget): every other trained arm is paired with it as well
+    raw_arm = max((arm for arm, rs in groups.items() if rs and rs[0].variant == "raw-cpt" and arm in answers),
+                  key=lambda arm: groups[arm][0].budget, default=None)
     rows = []
     for arm, rs in groups.items():
         labels = [r.name for r in rs] or ["base"]
@@ -271,6 +275,7 @@ def ablation_report(config: EntiGraphConfig, report: dict, runs: list[AblationRu
         reference = f"{REFERENCE_ARM}-{rs[0].budget}" if rs else None
         vs_ref = (paired_delta(answers[arm], answers[reference])
                   if rs and variant != REFERENCE_ARM and reference in answers else None)
+        vs_raw = paired_delta(answers[arm], answers[raw_arm]) if rs and raw_arm and arm != raw_arm else None
 
         def ppl(key, labels=labels):
             return _mean([by_label[label][key] for label in labels if by_label[label][key] is not None])
@@ -284,6 +289,8 @@ def ablation_report(config: EntiGraphConfig, report: dict, runs: list[AblationRu
                      "delta_vs_entigraph": vs_ref[0] if vs_ref else None,
                      "delta_vs_entigraph_ci95": list(vs_ref[1]) if vs_ref else None,
                      "verdict_vs_entigraph": verdict(vs_ref[1]) if vs_ref else "-",
+                     "delta_vs_raw_cpt": vs_raw[0] if vs_raw else None,
+                     "delta_vs_raw_cpt_ci95": list(vs_raw[1]) if vs_raw else None,
                      "perplexity_knowledge": ppl("perplexity_knowledge"),
                      "perplexity_forgetting": ppl("perplexity_forgetting"),
                      **_faithfulness_fields((faithfulness or {}).get(variant))})

@@ -89,6 +89,10 @@ def test_ablation_report_compares_each_arm_with_entigraph_on_the_same_questions(
     assert rows["dedup-512"]["verdict_vs_entigraph"] == "within interval"
     assert rows["raw-cpt-512"]["delta_vs_entigraph"] == pytest.approx(0.5)
     assert rows["raw-cpt-512"]["verdict_vs_entigraph"] == "helped"
+    # every other trained arm is also paired with the positive control, whatever the difference
+    assert rows["dedup-512"]["delta_vs_raw_cpt"] == pytest.approx(-0.5)
+    assert rows["dedup-512"]["delta_vs_raw_cpt_ci95"][1] < 0
+    assert rows["raw-cpt-512"]["delta_vs_raw_cpt"] is None and rows["base"]["delta_vs_raw_cpt"] is None
     assert verdict((-0.3, -0.1)) == "hurt" and verdict(None) == "-"
     lines = summary.lines()
     assert lines[0].startswith("arm") and any(line.startswith("raw-cpt-512") and "helped" in line for line in lines)
