@@ -90,11 +90,26 @@ def preflight(config: "EntiGraphConfig") -> list[str]:
                 f"{o.api_key_env!r} (engine.openai.api_key_env) is not set. Fix: export {o.api_key_env}=<key> "
                 "(on a cluster: in every node's environment), or set engine.openai.api_key_env=null "
                 "for a server without authentication.")
+    if kind == "vllm" or (kind == "openai" and config.engine.openai.send_repetition_penalty):
+        warnings += prompt_penalty_warnings(config)
     if kind == "vllm" and importlib.util.find_spec("vllm") is None:
         from ray_entigraph.engines.vllm_engine import vllm_missing_message  # lazy: engine modules load only when used
 
         warnings.append(vllm_missing_message() + " (This is only a problem if the model actors' nodes lack it too.)")
     return warnings
+
+
+def prompt_penalty_warnings(config: "EntiGraphConfig") -> list[str]:
+    """vLLM and OpenAI-compatible servers apply `repetition_penalty` to the prompt's tokens as well, so a value
+    above 1 penalises the document's own names, numbers and words (the transformers engine penalises generated
+    tokens only): one warning per sampling section that would send one, with the fix."""
+    sections = [("synthesis.sampling", config.synthesis.sampling)]
+    if config.extract.source == "model":
+        sections.append(("extract.sampling", config.extract.sampling))
+    return [f"{key}.repetition_penalty={s.repetition_penalty:g} with engine.kind={config.engine.kind} penalises the "
+            "prompt's tokens too (the document's own names and numbers) and pushes the text off the document. Fix: "
+            f"{key}.repetition_penalty=1.0 {key}.frequency_penalty=0.3 (generated tokens only)."
+            for key, s in sections if s.repetition_penalty > 1.0]
 
 
 def make_engine(config: "EntiGraphConfig") -> Engine:

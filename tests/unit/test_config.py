@@ -107,16 +107,23 @@ def test_missing_local_model_path_is_named_before_workers_start(tmp_path):
     assert load_config(None, ["model.name=HuggingFaceTB/SmolLM2-135M"]).model.name == "HuggingFaceTB/SmolLM2-135M"
 
 
-def test_gpu_preset_extends_the_demo_and_changes_only_engine_resources_and_output_dir():
+def test_gpu_preset_extends_the_demo_and_changes_only_engine_resources_penalties_and_output_dir():
     import yaml
 
     from ray_entigraph.config import PRESETS_DIR
 
     cluster = yaml.safe_load((PRESETS_DIR / "demo-gpu.yaml").read_text())
-    assert cluster["extends"] == "demo" and set(cluster) == {"extends", "engine", "resources", "output_dir"}
+    assert cluster["extends"] == "demo"
+    assert set(cluster) == {"extends", "engine", "resources", "output_dir", "extract", "synthesis"}
     laptop, gpu = load_config("demo"), load_config("demo-gpu")
     assert gpu.engine.kind == "vllm" and gpu.resources.num_gpus_per_actor == 1
-    assert gpu.synthesis == laptop.synthesis and gpu.train == laptop.train and gpu.plan == laptop.plan
+    assert gpu.train == laptop.train and gpu.plan == laptop.plan
+    # vLLM penalises prompt tokens with repetition_penalty: the same sampling with a frequency penalty instead
+    for section in ("synthesis", "extract"):
+        same = {"repetition_penalty": 1.0, "frequency_penalty": 0.3}
+        assert getattr(gpu, section).sampling == getattr(laptop, section).sampling.model_copy(update=same)
+        assert getattr(gpu, section).model_copy(update={"sampling": None}) == \
+            getattr(laptop, section).model_copy(update={"sampling": None})
 
 
 def test_presets_load_by_name_from_any_folder_and_extends_chains_merge(tmp_path, monkeypatch):

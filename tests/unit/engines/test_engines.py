@@ -63,12 +63,27 @@ def test_engine_modules_import_without_their_heavy_packages():
 def test_preflight_refuses_a_hosted_api_without_its_key_before_workers_start(monkeypatch):
     monkeypatch.delenv("EG_TEST_KEY", raising=False)
     hosted = _cfg("engine.kind=openai", "engine.openai.base_url=https://api.example.com/v1",
-                  "engine.openai.api_key_env=EG_TEST_KEY")
+                  "engine.openai.api_key_env=EG_TEST_KEY", "engine.openai.send_repetition_penalty=false")
     with pytest.raises(EngineError, match="EG_TEST_KEY.*is not set"):
         preflight(hosted)
     monkeypatch.setenv("EG_TEST_KEY", "sk-test")
     assert preflight(hosted) == []
     monkeypatch.delenv("EG_TEST_KEY")
     local = _cfg("engine.kind=openai", "engine.openai.base_url=http://127.0.0.1:8000/v1",
-                 "engine.openai.api_key_env=EG_TEST_KEY")
+                 "engine.openai.api_key_env=EG_TEST_KEY", "engine.openai.send_repetition_penalty=false")
     assert preflight(local) == []  # a local server gets no key
+
+
+def test_preflight_warns_when_vllm_or_a_server_would_penalise_the_documents_own_words():
+    demo = lambda *o: load_config("configs/demo.yaml", list(o))  # noqa: E731
+    assert preflight(demo()) == []  # transformers penalises generated tokens only
+    warnings = preflight(demo("engine.kind=vllm"))
+    assert [w.split(" with ")[0] for w in warnings] == ["synthesis.sampling.repetition_penalty=1.15",
+                                                        "extract.sampling.repetition_penalty=1.2"]
+    assert "Fix: synthesis.sampling.repetition_penalty=1.0 synthesis.sampling.frequency_penalty=0.3" in warnings[0]
+    assert preflight(demo("engine.kind=vllm", "extract.source=heuristic", "synthesis.sampling.repetition_penalty=1.0",
+                          "synthesis.sampling.frequency_penalty=0.3")) == []
+    assert preflight(load_config("configs/demo-gpu.yaml", [])) == []  # the GPU preset uses a frequency penalty
+    server = ["engine.kind=openai", "engine.openai.base_url=http://127.0.0.1:8000/v1", "engine.openai.api_key_env=null"]
+    assert len(preflight(demo(*server))) == 2
+    assert preflight(demo(*server, "engine.openai.send_repetition_penalty=false")) == []
