@@ -69,6 +69,14 @@ def accuracy_vs_tokens_plot(points: list[dict], fitted: dict | None, url: str,
     return url
 
 
+def arms_title(rows: list[dict]) -> str:
+    """The arms plot's title: the synthetic arms' common steps, and Raw CPT's own when it differs."""
+    steps = sorted({r["steps"] for r in rows if r["steps"] and r.get("variant") != "raw-cpt"})
+    raw = sorted({r["steps"] for r in rows if r.get("variant") == "raw-cpt"})
+    title = f"Ablation at equal synthetic tokens and steps ({'/'.join(map(str, steps)) or '-'} steps"
+    return title + (f"; Raw CPT {'/'.join(map(str, raw))} steps)" if raw and raw != steps else ")")
+
+
 def arms_plot(rows: list[dict], url: str) -> str | None:
     """Per arm: closed-book accuracy with its interval (left), perplexity on the documents and on held-out text
     (right); arms of one budget read side by side, where the tokens plot stacks them on one x."""
@@ -100,6 +108,6 @@ def arms_plot(rows: list[dict], url: str) -> str | None:
     ppl.barh([y - 0.2 for y in ys], held, height=0.4, color=_FORGETTING_COLOR, label="held-out text (forgetting)")
     ppl.set_xlabel("perplexity (lower is better)")
     ppl.legend(fontsize=8, loc="lower right", ncol=2)
-    fig.suptitle(f"Ablation at equal synthetic tokens and steps ({rows[-1]['steps']} steps)")
+    fig.suptitle(arms_title(rows))
     storage.write_bytes(url, png_bytes(fig))
     return url

@@ -173,3 +173,12 @@ def test_each_training_seed_is_its_own_run_with_its_own_data_order():
     seeds = [r.config.train.effective_seed(r.config.seed) for r in (plain, seeded)]
     orders = [plan_mixture(200, {"r": 50}, {"r": 1.0}, share=0.1, mode="replace", seed=s) for s in seeds]
     assert seeds[0] != seeds[1] and orders[0] != orders[1]
+
+
+def test_the_arms_plot_title_names_the_synthetic_steps_and_raw_cpts_own():
+    from ray_entigraph.workflows.plots import arms_title
+
+    rows = [{"arm": "base", "variant": "base", "steps": 0}, {"arm": "e", "variant": "entigraph", "steps": 77},
+            {"arm": "r", "variant": "raw-cpt", "steps": 120}]
+    assert arms_title(rows) == "Ablation at equal synthetic tokens and steps (77 steps; Raw CPT 120 steps)"
+    assert arms_title(rows[:2]) == "Ablation at equal synthetic tokens and steps (77 steps)"
