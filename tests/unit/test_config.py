@@ -107,17 +107,19 @@ def test_missing_local_model_path_is_named_before_workers_start(tmp_path):
     assert load_config(None, ["model.name=HuggingFaceTB/SmolLM2-135M"]).model.name == "HuggingFaceTB/SmolLM2-135M"
 
 
-def test_gpu_preset_extends_the_demo_and_changes_only_engine_resources_penalties_and_output_dir():
+def test_gpu_preset_extends_the_demo_and_changes_only_engine_resources_and_output_dir():
     import yaml
 
     from ray_entigraph.config import PRESETS_DIR
 
+    on_vllm = yaml.safe_load((PRESETS_DIR / "demo-vllm.yaml").read_text())
+    assert on_vllm["extends"] == "demo" and set(on_vllm) == {"extends", "engine", "output_dir", "extract", "synthesis"}
     cluster = yaml.safe_load((PRESETS_DIR / "demo-gpu.yaml").read_text())
-    assert cluster["extends"] == "demo"
-    assert set(cluster) == {"extends", "engine", "resources", "output_dir", "extract", "synthesis"}
-    laptop, gpu = load_config("demo"), load_config("demo-gpu")
-    assert gpu.engine.kind == "vllm" and gpu.resources.num_gpus_per_actor == 1
-    assert gpu.train == laptop.train and gpu.plan == laptop.plan
+    assert cluster["extends"] == "demo-vllm" and set(cluster) == {"extends", "engine", "resources", "output_dir"}
+    laptop, cpu_vllm, gpu = load_config("demo"), load_config("demo-vllm"), load_config("demo-gpu")
+    assert gpu.engine.kind == cpu_vllm.engine.kind == "vllm" and gpu.resources.num_gpus_per_actor == 1
+    assert gpu.train == laptop.train and gpu.plan == laptop.plan and gpu.synthesis == cpu_vllm.synthesis
+    assert cpu_vllm.resources == laptop.resources
     # vLLM penalises prompt tokens with repetition_penalty: the same sampling with a frequency penalty instead
     for section in ("synthesis", "extract"):
         same = {"repetition_penalty": 1.0, "frequency_penalty": 0.3}

@@ -83,7 +83,8 @@ def test_preflight_warns_when_vllm_or_a_server_would_penalise_the_documents_own_
     assert "Fix: synthesis.sampling.repetition_penalty=1.0 synthesis.sampling.frequency_penalty=0.3" in warnings[0]
     assert preflight(demo("engine.kind=vllm", "extract.source=heuristic", "synthesis.sampling.repetition_penalty=1.0",
                           "synthesis.sampling.frequency_penalty=0.3")) == []
-    assert preflight(load_config("configs/demo-gpu.yaml", [])) == []  # the GPU preset uses a frequency penalty
+    for preset in ("demo-vllm", "demo-gpu"):  # the vLLM presets use a frequency penalty instead
+        assert preflight(load_config(preset, [])) == []
     server = ["engine.kind=openai", "engine.openai.base_url=http://127.0.0.1:8000/v1", "engine.openai.api_key_env=null"]
     assert len(preflight(demo(*server))) == 2
     assert preflight(demo(*server, "engine.openai.send_repetition_penalty=false")) == []
