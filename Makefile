@@ -22,14 +22,18 @@ $(STAMP): pyproject.toml constraints/cpu.txt
 	rm -f $(VENV)/.installed-* && touch $(STAMP) && \
 	echo "install: done in $$(( $$(date +%s) - start ))s"
 
+# The demo's preset: `demo` (synthesis on transformers). `DEMO_PRESET=demo-vllm make demo` synthesizes on vLLM's
+# CPU build instead; both measured side by side in docs/engines.md ("The demo on both engines").
+DEMO_PRESET ?= demo
+
 demo: install
-	@echo "demo: synthesize -> train -> eval on the built-in demo corpus -> $(DEMO_OUT)"
+	@echo "demo: synthesize -> train -> eval on the built-in demo corpus -> $(DEMO_OUT) (preset $(DEMO_PRESET))"
 	@start=$$(date +%s); \
-	$(BIN)/ray-entigraph run --config configs/demo.yaml output_dir=$(DEMO_OUT) && \
+	$(BIN)/ray-entigraph run --config $(DEMO_PRESET) output_dir=$(DEMO_OUT) && \
 	echo "demo: wall time $$(( $$(date +%s) - start ))s (install time excluded); report: $(DEMO_OUT)/eval/report.md"
 
 demo-synthesize: install
-	$(BIN)/ray-entigraph synthesize --config configs/demo.yaml output_dir=$(DEMO_OUT)
+	$(BIN)/ray-entigraph synthesize --config $(DEMO_PRESET) output_dir=$(DEMO_OUT)
 
 demo-sweep: install
 	@start=$$(date +%s); \
