@@ -260,7 +260,7 @@ def ablation_report(config: EntiGraphConfig, report: dict, runs: list[AblationRu
             groups.setdefault(f"{run.variant}-{run.budget}", []).append(run)
     answers = aggregate_arms(questions, {"base": ["base"],
                                          **{arm: [r.name for r in rs] for arm, rs in groups.items() if rs}})
-    # the positive control's arm (its largest budget): every other trained arm is paired with it as well
+    # the positive control's arm (its largest budget): the gate reads it, every other trained arm is paired with it
     raw_arm = max((arm for arm, rs in groups.items() if rs and rs[0].variant == "raw-cpt" and arm in answers),
                   key=lambda arm: groups[arm][0].budget, default=None)
     rows = []
@@ -301,7 +301,7 @@ def ablation_report(config: EntiGraphConfig, report: dict, runs: list[AblationRu
                                        title="Ablation: accuracy against synthetic tokens (95% cluster bootstrap CI)")
     arms_url = arms_plot(rows, storage.join(out, "arms.png"))
     report_url = storage.join(out, "ablation.json")
-    raw = max((r for r in rows if r["variant"] == "raw-cpt"), key=lambda r: r["synthetic_tokens"], default=None)
+    raw = next((r for r in rows if r["arm"] == raw_arm), None)
     control = positive_control(raw and raw["delta_vs_base"], raw and raw["delta_vs_base_ci95"])
     storage.write_text(report_url, json.dumps({"rows": rows, "positive_control": control,
                                                "eval_report": storage.join(out, "eval", "report.md"),
